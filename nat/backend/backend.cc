@@ -1,0 +1,78 @@
+#include "nat/backend/backend.h"
+
+#include <algorithm>
+#include <iterator>
+
+#include "absl/strings/str_cat.h"
+
+namespace fabric::nat {
+
+namespace {
+template <typename T>
+std::set<T> Minus(const std::set<T>& a, const std::set<T>& b) {
+  std::set<T> out;
+  std::set_difference(a.begin(), a.end(), b.begin(), b.end(),
+                      std::inserter(out, out.end()));
+  return out;
+}
+
+RuleSet Minus(const RuleSet& a, const RuleSet& b) {
+  RuleSet out;
+  out.dnat = Minus(a.dnat, b.dnat);
+  out.masquerade = Minus(a.masquerade, b.masquerade);
+  out.hairpin = Minus(a.hairpin, b.hairpin);
+  out.localhost_interfaces =
+      Minus(a.localhost_interfaces, b.localhost_interfaces);
+  return out;
+}
+}  // namespace
+
+std::string Batch::DebugString() const {
+  std::string out;
+  if (!remove.empty()) absl::StrAppend(&out, "remove:\n", remove.DebugString());
+  if (!add.empty()) absl::StrAppend(&out, "add:\n", add.DebugString());
+  return out;
+}
+
+Batch Diff(const RuleSet& current, const RuleSet& desired) {
+  return Batch{Minus(current, desired), Minus(desired, current)};
+}
+
+std::string SyncReport::DebugString() const {
+  switch (action) {
+    case Action::kNone:
+      return "in sync";
+    case Action::kApplied:
+      return absl::StrCat("applied ", changes.remove.size(), " removal(s), ",
+                          changes.add.size(), " addition(s)");
+    case Action::kReplaced:
+      return absl::StrCat("replaced table (", reason, "); it lacked ",
+                          changes.add.size(), " and had ",
+                          changes.remove.size(), " extra element(s)");
+  }
+  return "";
+}
+
+absl::StatusOr<SyncReport> Sync(Backend& backend, const RuleSet& desired) {
+  absl::StatusOr<KernelState> state = backend.Read();
+  if (!state.ok()) return state.status();
+  SyncReport report;
+  report.changes = Diff(state->rules, desired);
+  if (!state->table_present || !state->layout_intact) {
+    report.action = SyncReport::Action::kReplaced;
+    report.reason = state->table_present ? state->problem : "table missing";
+    if (absl::Status s = backend.Replace(desired); !s.ok()) return s;
+    return report;
+  }
+  if (report.changes.empty()) return report;
+  report.action = SyncReport::Action::kApplied;
+  absl::Status s = backend.Apply(report.changes);
+  if (s.ok()) return report;
+  // Someone changed the table between Read and Apply: rebuild it whole.
+  report.action = SyncReport::Action::kReplaced;
+  report.reason = absl::StrCat("element batch failed: ", s.message());
+  if (absl::Status r = backend.Replace(desired); !r.ok()) return r;
+  return report;
+}
+
+}  // namespace fabric::nat

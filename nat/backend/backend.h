@@ -1,0 +1,88 @@
+// Backend: the only component that changes kernel NAT state.
+//
+// Implementations: NftablesBackend (libnftnl over netlink, table
+// `inet fabric_nat`), FakeBackend (testonly, in memory). The agent's core
+// owns one Backend and serializes every call (thread-compatible).
+//
+// The desired state is a RuleSet (nat/types.h). Changes travel as a Batch of
+// elements to remove and to add, applied all-or-nothing; Sync() below finds
+// the smallest batch that makes the kernel match a desired RuleSet.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nat/types.h"
+
+namespace fabric::nat {
+
+// A set of changes, applied together: `remove` first, then `add`.
+struct Batch {
+  RuleSet remove;
+  RuleSet add;
+
+  bool empty() const { return remove.empty() && add.empty(); }
+  size_t size() const { return remove.size() + add.size(); }
+  std::string DebugString() const;
+};
+
+// The changes that turn `current` into `desired`.
+Batch Diff(const RuleSet& current, const RuleSet& desired);
+
+// What a backend read back from the kernel.
+struct KernelState {
+  // Our table exists.
+  bool table_present = false;
+  // Every chain, rule and map of our layout is present and as we made it.
+  // When false, `problem` says what is wrong and only a Replace can heal it.
+  bool layout_intact = false;
+  std::string problem;
+  // The elements found in our maps and sets (whatever the layout's state).
+  RuleSet rules;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "nftables", "fake".
+  virtual std::string name() const = 0;
+
+  // Applies every change in `batch` or none of them. REQUIRES: the table
+  // exists with an intact layout (after Replace). Errors name the offending
+  // change: kNotFound removing an element the kernel lacks, kAlreadyExists
+  // adding one it holds, kFailedPrecondition when the table is missing,
+  // kUnavailable when the kernel could not be reached, kInternal otherwise.
+  virtual absl::Status Apply(const Batch& batch) = 0;
+
+  // Atomically replaces our table with one that holds exactly `desired`
+  // (creating it if missing). Nothing outside our table is touched.
+  virtual absl::Status Replace(const RuleSet& desired) = 0;
+
+  // Reads back what the kernel holds in our table.
+  virtual absl::StatusOr<KernelState> Read() const = 0;
+
+  // Removes our table and everything in it. OK if it does not exist.
+  virtual absl::Status DeleteTable() = 0;
+};
+
+// What Sync did.
+struct SyncReport {
+  enum class Action { kNone, kApplied, kReplaced };
+  Action action = Action::kNone;
+  // For kApplied: the batch. For kReplaced: what the kernel lacked (add)
+  // and held beyond the desired state (remove), as far as could be read.
+  Batch changes;
+  // For kReplaced: why the layout had to be rebuilt.
+  std::string reason;
+  std::string DebugString() const;
+};
+
+// Makes the kernel hold exactly `desired` with the smallest change: nothing
+// when it already does, one element batch when the layout is intact, a
+// Replace otherwise (or when the element batch fails because the kernel
+// changed between the read and the apply).
+absl::StatusOr<SyncReport> Sync(Backend& backend, const RuleSet& desired);
+
+}  // namespace fabric::nat

@@ -1,0 +1,128 @@
+// PortAllocator: who holds which host port. The single source of truth for
+// host ports across every front-end (CNI, NAT-PMP/PCP, UPnP, the API), so two
+// owners can never publish the same port.
+//
+// Ports are held per (protocol, family, host address). A holder on "any"
+// address (nullopt) conflicts with every specific address of that family on
+// the same port, and the reverse; two different specific addresses do not
+// conflict. IPv4 and IPv6 are independent.
+//
+// Dynamic allocation takes only ports that nobody holds on any address, from
+// a configured range, least recently released first; it costs O(1)
+// amortised for single ports, whatever the number of ports held.
+//
+// Thread-compatible: the agent's core serializes all calls.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nat/types.h"
+
+namespace fabric::nat {
+
+// Where a port is held: protocol, family and host address (nullopt = any).
+struct PortScope {
+  Protocol protocol = Protocol::kTcp;
+  Family family = Family::kIPv4;
+  std::optional<IpAddress> host_ip;
+
+  static PortScope Of(const PortMapping& m) {
+    return PortScope{m.protocol, m.family(), m.host_ip};
+  }
+  // "tcp on 0.0.0.0", "udp on fd00::1".
+  std::string ToString() const;
+};
+
+class PortAllocator {
+ public:
+  // Dynamic allocation draws from [dynamic_lo, dynamic_hi].
+  // REQUIRES: 1 <= dynamic_lo <= dynamic_hi <= 65535.
+  PortAllocator(uint16_t dynamic_lo, uint16_t dynamic_hi);
+
+  PortAllocator(const PortAllocator&) = delete;
+  PortAllocator& operator=(const PortAllocator&) = delete;
+
+  // Holds ports [port, port + count - 1] in `scope` for `holder`, all or
+  // none. kAlreadyExists naming the first conflicting port and its holder
+  // ("host port 8080/tcp on 0.0.0.0 is held by cni:3f2a/eth0");
+  // kInvalidArgument for port 0, count 0 or a range past 65535.
+  absl::Status Reserve(const PortScope& scope, uint16_t port, uint16_t count,
+                       const std::string& holder);
+
+  // Holds `count` consecutive ports that nobody holds on any address, from
+  // the dynamic range, and returns the first. kResourceExhausted when no
+  // such run is left.
+  absl::StatusOr<uint16_t> Allocate(const PortScope& scope, uint16_t count,
+                                    const std::string& holder);
+
+  // Holds `count` consecutive ports free in `scope`, within [lo, hi],
+  // preferring `suggested` and then the ports after it (wrapping). For
+  // NAT-PMP/PCP, whose clients suggest a port and whose range differs from
+  // the dynamic one. kResourceExhausted when none is free.
+  absl::StatusOr<uint16_t> AllocateNear(const PortScope& scope,
+                                        uint16_t suggested, uint16_t count,
+                                        uint16_t lo, uint16_t hi,
+                                        const std::string& holder);
+
+  // Releases ports [port, port + count - 1] in exactly `scope`. Ports not
+  // held there are ignored.
+  void Release(const PortScope& scope, uint16_t port, uint16_t count);
+
+  // Who holds `port` in a way that conflicts with `scope`, if anyone.
+  std::optional<std::string> ConflictingHolder(const PortScope& scope,
+                                               uint16_t port) const;
+
+  // Number of (scope, port) holds.
+  size_t held() const { return held_; }
+  uint16_t dynamic_lo() const { return dynamic_lo_; }
+  uint16_t dynamic_hi() const { return dynamic_hi_; }
+
+ private:
+  // Holders of one port number within one (protocol, family).
+  struct Slot {
+    std::optional<std::string> any_holder;
+    std::map<IpAddress, std::string> specific;
+    bool empty() const { return !any_holder && specific.empty(); }
+  };
+  // Everything about one (protocol, family).
+  struct Pool {
+    std::unordered_map<uint16_t, Slot> slots;
+    // Bit p set: someone holds port p on some address.
+    std::vector<uint64_t> used = std::vector<uint64_t>(65536 / 64, 0);
+    // Candidate free ports of the dynamic range, least recently released
+    // first. Entries may be stale (held since); they are skipped lazily.
+    std::deque<uint16_t> free_queue;
+    std::vector<bool> in_queue = std::vector<bool>(65536, false);
+    bool initialized = false;
+
+    bool IsUsed(uint16_t p) const { return (used[p >> 6] >> (p & 63)) & 1; }
+  };
+
+  Pool& PoolFor(Protocol protocol, Family family);
+  const Pool* FindPool(Protocol protocol, Family family) const;
+  static std::optional<std::string> Conflict(const Pool& pool,
+                                             const PortScope& scope,
+                                             uint16_t port);
+  void Hold(Pool& pool, const PortScope& scope, uint16_t port,
+            const std::string& holder);
+  // First port of a run of `count` unused ports in [lo, hi] at or after
+  // `start` (wrapping to lo), or nullopt.
+  static std::optional<uint16_t> FindUnusedRun(const Pool& pool, uint16_t start,
+                                               uint16_t count, uint16_t lo,
+                                               uint16_t hi);
+
+  uint16_t dynamic_lo_;
+  uint16_t dynamic_hi_;
+  std::map<std::pair<Protocol, Family>, Pool> pools_;
+  size_t held_ = 0;
+};
+
+}  // namespace fabric::nat

@@ -1,0 +1,275 @@
+#include "nat/types.h"
+
+#include <arpa/inet.h>
+
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace fabric::nat {
+
+namespace {
+// Shifted ranges are expanded one element per port; keep that bounded.
+constexpr int kMaxShiftedRange = 1024;
+}  // namespace
+
+absl::string_view ProtocolName(Protocol protocol) {
+  switch (protocol) {
+    case Protocol::kTcp:
+      return "tcp";
+    case Protocol::kUdp:
+      return "udp";
+    case Protocol::kSctp:
+      return "sctp";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<Protocol> ParseProtocol(absl::string_view name) {
+  std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "tcp") return Protocol::kTcp;
+  if (lower == "udp") return Protocol::kUdp;
+  if (lower == "sctp") return Protocol::kSctp;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown protocol \"", name, "\": expected tcp, udp or sctp"));
+}
+
+absl::string_view FamilyName(Family family) {
+  return family == Family::kIPv4 ? "ipv4" : "ipv6";
+}
+
+absl::StatusOr<IpAddress> IpAddress::Parse(absl::string_view text) {
+  std::string s(text);
+  IpAddress a;
+  if (inet_pton(AF_INET, s.c_str(), a.bytes_.data()) == 1) {
+    a.family_ = Family::kIPv4;
+    return a;
+  }
+  if (inet_pton(AF_INET6, s.c_str(), a.bytes_.data()) == 1) {
+    a.family_ = Family::kIPv6;
+    return a;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", text, "\" is not an IPv4 or IPv6 address"));
+}
+
+IpAddress IpAddress::FromBytes(Family family, const uint8_t* bytes) {
+  IpAddress a;
+  a.family_ = family;
+  std::memcpy(a.bytes_.data(), bytes, a.size());
+  return a;
+}
+
+IpAddress IpAddress::AnyOf(Family family) {
+  IpAddress a;
+  a.family_ = family;
+  return a;
+}
+
+bool IpAddress::IsUnspecified() const {
+  for (size_t i = 0; i < size(); ++i) {
+    if (bytes_[i] != 0) return false;
+  }
+  return true;
+}
+
+bool IpAddress::IsLoopback() const {
+  if (is_v4()) return bytes_[0] == 127;
+  for (int i = 0; i < 15; ++i) {
+    if (bytes_[i] != 0) return false;
+  }
+  return bytes_[15] == 1;
+}
+
+std::string IpAddress::ToString() const {
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(is_v4() ? AF_INET : AF_INET6, bytes_.data(), buf, sizeof(buf));
+  return buf;
+}
+
+absl::StatusOr<Prefix> Prefix::Parse(absl::string_view text) {
+  std::vector<absl::string_view> parts = absl::StrSplit(text, '/');
+  if (parts.size() > 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text, "\" is not an address/length prefix"));
+  }
+  absl::StatusOr<IpAddress> address = IpAddress::Parse(parts[0]);
+  if (!address.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", text, "\" is not a prefix: ", address.status().message()));
+  }
+  Prefix p{*address, address->is_v4() ? 32 : 128};
+  if (parts.size() == 2) {
+    int max = p.length;
+    if (!absl::SimpleAtoi(parts[1], &p.length) || p.length < 0 ||
+        p.length > max) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", text, "\": prefix length must be 0-", max));
+    }
+  }
+  return p;
+}
+
+Prefix Prefix::Network() const {
+  uint8_t bytes[16];
+  std::memcpy(bytes, address.bytes(), address.size());
+  for (size_t i = 0; i < address.size(); ++i) {
+    int bits = length - static_cast<int>(i) * 8;
+    if (bits >= 8) continue;
+    bytes[i] &= bits <= 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
+  }
+  return Prefix{IpAddress::FromBytes(family(), bytes), length};
+}
+
+IpAddress Prefix::Last() const {
+  uint8_t bytes[16];
+  std::memcpy(bytes, address.bytes(), address.size());
+  for (size_t i = 0; i < address.size(); ++i) {
+    int bits = length - static_cast<int>(i) * 8;
+    if (bits >= 8) continue;
+    bytes[i] |= bits <= 0 ? 0xff : static_cast<uint8_t>(0xff >> bits);
+  }
+  return IpAddress::FromBytes(family(), bytes);
+}
+
+bool Prefix::Contains(const IpAddress& a) const {
+  if (a.family() != family()) return false;
+  return Prefix{a, length}.Network().address == Network().address;
+}
+
+std::string Prefix::ToString() const {
+  return absl::StrCat(address.ToString(), "/", length);
+}
+
+namespace {
+std::string HostPort(const std::optional<IpAddress>& ip, Family family,
+                     absl::string_view ports) {
+  IpAddress a = ip.has_value() ? *ip : IpAddress::AnyOf(family);
+  if (a.is_v4()) return absl::StrCat(a.ToString(), ":", ports);
+  return absl::StrCat("[", a.ToString(), "]:", ports);
+}
+}  // namespace
+
+std::string DnatElement::ToString() const {
+  std::string ports = is_range() ? absl::StrCat(port_lo, "-", port_hi)
+                                 : absl::StrCat(port_lo);
+  std::string target =
+      is_range() ? (target_ip.is_v4() ? target_ip.ToString()
+                                      : absl::StrCat("[", target_ip.ToString(),
+                                                     "]"))
+                 : HostPort(target_ip, family, absl::StrCat(target_port));
+  return absl::StrCat(ProtocolName(protocol), " ",
+                      HostPort(host_ip, family, ports), " -> ", target);
+}
+
+std::string RuleSet::DebugString() const {
+  std::string out;
+  for (const auto& e : dnat) absl::StrAppend(&out, "dnat ", e.ToString(), "\n");
+  for (const auto& p : masquerade) {
+    absl::StrAppend(&out, "masquerade ", p.ToString(), "\n");
+  }
+  for (const auto& p : hairpin) {
+    absl::StrAppend(&out, "hairpin ", p.ToString(), "\n");
+  }
+  for (const auto& i : localhost_interfaces) {
+    absl::StrAppend(&out, "localhost ", i, "\n");
+  }
+  return out;
+}
+
+absl::Status PortMapping::Validate() const {
+  if (host_port == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ToString(), ": host port must be 1-65535"));
+  }
+  if (target_port == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ToString(), ": target port must be 1-65535"));
+  }
+  if (port_count == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ToString(), ": port count must be at least 1"));
+  }
+  if (int{host_port} + port_count - 1 > 65535 ||
+      int{target_port} + port_count - 1 > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ToString(), ": port range runs past 65535"));
+  }
+  if (port_count > 1 && host_port != target_port &&
+      port_count > kMaxShiftedRange) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ToString(), ": a range whose host and target ports differ may span at "
+                    "most ",
+        kMaxShiftedRange, " ports (ranges with equal ports have no limit)"));
+  }
+  if (host_ip.has_value() && host_ip->family() != target_ip.family()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ToString(), ": host address ", host_ip->ToString(), " is ",
+        FamilyName(host_ip->family()), " but target is ",
+        FamilyName(target_ip.family())));
+  }
+  if (target_ip.IsUnspecified() || target_ip.IsLoopback()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        ToString(), ": target address must be a routable unicast address"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<DnatElement> PortMapping::ToElements() const {
+  DnatElement base;
+  base.family = family();
+  base.protocol = protocol;
+  base.host_ip = host_ip;
+  base.target_ip = target_ip;
+  std::vector<DnatElement> out;
+  if (port_count <= 1) {
+    base.port_lo = base.port_hi = host_port;
+    base.target_port = target_port;
+    out.push_back(base);
+  } else if (host_port == target_port) {
+    base.port_lo = host_port;
+    base.port_hi = last_host_port();
+    out.push_back(base);
+  } else {
+    for (int i = 0; i < port_count; ++i) {
+      DnatElement e = base;
+      e.port_lo = e.port_hi = host_port + i;
+      e.target_port = target_port + i;
+      out.push_back(e);
+    }
+  }
+  return out;
+}
+
+std::string PortMapping::ToString() const {
+  std::string host = port_count > 1
+                         ? absl::StrCat(host_port, "-", last_host_port())
+                         : absl::StrCat(host_port);
+  std::string target = port_count > 1
+                           ? absl::StrCat(target_port, "-",
+                                          int{target_port} + port_count - 1)
+                           : absl::StrCat(target_port);
+  return absl::StrCat(ProtocolName(protocol), " ",
+                      HostPort(host_ip, family(), host), " -> ",
+                      HostPort(target_ip, family(), target));
+}
+
+absl::StatusOr<std::pair<uint16_t, uint16_t>> ParsePortRange(
+    absl::string_view text) {
+  std::vector<absl::string_view> parts = absl::StrSplit(text, '-');
+  int lo = 0, hi = 0;
+  bool ok = parts.size() <= 2 && absl::SimpleAtoi(parts[0], &lo);
+  hi = lo;
+  if (ok && parts.size() == 2) ok = absl::SimpleAtoi(parts[1], &hi);
+  if (!ok || lo < 1 || hi > 65535 || lo > hi) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", text, "\" is not a port range: expected LO-HI within 1-65535"));
+  }
+  return std::make_pair(static_cast<uint16_t>(lo), static_cast<uint16_t>(hi));
+}
+
+}  // namespace fabric::nat

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every Debian package that the build, the tests, the demo and the
+# benchmarks need. Idempotent: packages already present are not touched and
+# apt's index is refreshed only when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  bazel-bootstrap g++ pkg-config
+  protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
+  libabsl-dev libnftnl-dev libmnl-dev libip4tc-dev libip6tc-dev libxtables-dev
+  libnetfilter-conntrack-dev libsqlite3-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libsystemd-dev zlib1g-dev
+  libre2-dev libc-ares-dev
+  # kernel-facing tools used by tests and the demo (never by the product)
+  iproute2 nftables iptables conntrack
+  # real peers
+  containernetworking-plugins natpmpc miniupnpc miniupnpd
+  # test clients
+  socat curl netcat-openbsd python3 jq procps kmod
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # miniupnpd asks debconf questions; answer them with the defaults.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The kernel modules the nftables backend and tests use. Loading may fail
+# inside some containers where they are built in; that is fine.
+for m in nf_tables nft_nat nft_chain_nat nf_nat nf_conntrack nft_fib nft_fib_inet \
+         nft_masq nft_ct nf_conntrack_netlink sctp; do
+  modprobe -q "$m" 2>/dev/null || true
+done
