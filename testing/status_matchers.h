@@ -40,6 +40,15 @@ MATCHER_P2(StatusIs, code, message_matcher, "") {
          ::testing::Matches(message_matcher)(std::string(s.message()));
 }
 
+MATCHER_P(IsOkAndHolds, value_matcher, "") {
+  if (!arg.ok()) {
+    *result_listener << "status is " << arg.status();
+    return false;
+  }
+  *result_listener << "value is \"" << ::testing::PrintToString(*arg) << "\"";
+  return ::testing::Matches(value_matcher)(*arg);
+}
+
 }  // namespace fabric::testing
 
 #define FABRIC_CONCAT_INNER(a, b) a##b

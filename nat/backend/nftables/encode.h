@@ -1,0 +1,87 @@
+// Pure functions that turn Fabric NAT's desired state into nftables netlink
+// messages, and kernel dumps back into state. No I/O: the backend sends what
+// these build. Tested against golden files without a kernel.
+//
+// Layout of table `inet fabric_nat` (one lookup per packet and family
+// however many mappings there are; a mapping is one element):
+//
+//   map dnat4       ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+//   map dnat4_any   inet_proto . inet_service : ipv4_addr . inet_service
+//   map range4      ipv4_addr . inet_proto . inet_service : ipv4_addr  (interval)
+//   map range4_any  inet_proto . inet_service : ipv4_addr              (interval)
+//   ... the same four for ipv6 (dnat6, dnat6_any, range6, range6_any)
+//   set masq4/masq6, hairpin4/hairpin6   container networks (interval)
+//   set localhost_ifaces                 ifname
+//   chain prerouting (nat, dstnat)   fib daddr type local jump hostports
+//   chain output (nat, -100)         fib daddr type local jump hostports
+//   chain hostports                  one dnat-through-map rule per map
+//   chain postrouting (nat, srcnat)  hairpin, outbound and localhost masquerade
+//   chain forward (filter, 0)        ct status dnat accept
+//
+// Range maps carry no target port: the destination port is kept, so host
+// port N reaches target port N (nftables cannot shift a port range here).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nat/backend/backend.h"
+#include "nat/types.h"
+
+struct nlmsghdr;
+struct nftnl_set;
+struct nftnl_rule;
+struct nftnl_chain;
+
+namespace fabric::nat::nftables {
+
+inline constexpr char kTableName[] = "fabric_nat";
+
+// A netlink batch ready to send, and what each message does (by sequence
+// number), so that a kernel error can name the change that caused it.
+struct EncodedBatch {
+  std::vector<uint8_t> bytes;
+  std::map<uint32_t, std::string> what;
+  // Sequence number after the last one used.
+  uint32_t next_seq = 0;
+  // Number of messages between batch begin and end.
+  size_t messages = 0;
+};
+
+// Element additions and removals for an intact table.
+EncodedBatch EncodeApply(const Batch& batch, uint32_t first_seq);
+
+// Deletes our table (if present) and recreates it holding exactly `desired`,
+// in one transaction.
+EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq);
+
+// Deletes our table. Fails with ENOENT in the kernel when it is absent.
+EncodedBatch EncodeDeleteTable(uint32_t first_seq);
+
+// Names of every map and set of the layout.
+std::vector<std::string> SetNames();
+
+// Adds the elements of one set dump (`set` parsed from the kernel) to
+// `rules`. kDataLoss for elements that do not fit the layout (a foreign
+// element): their description goes into the message.
+absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules);
+
+// A printable signature of a rule's expressions, comparable between rules
+// built here and rules read back from the kernel.
+std::string RuleSignature(nftnl_rule* rule);
+
+// The layout's rules, by chain, as signatures in order.
+std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures();
+
+// The layout's chains: name -> "type hook priority" ("" for regular chains).
+std::map<std::string, std::string> ExpectedChains();
+std::string ChainSignature(const nftnl_chain* chain);
+
+// The layout's sets: name -> "flags keylen datalen".
+std::map<std::string, std::string> ExpectedSets();
+std::string SetSignature(const nftnl_set* set);
+
+}  // namespace fabric::nat::nftables

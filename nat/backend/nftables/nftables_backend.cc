@@ -1,0 +1,289 @@
+#include "nat/backend/nftables/nftables_backend.h"
+
+#include <libnftnl/chain.h>
+#include <libnftnl/rule.h>
+#include <libnftnl/set.h>
+#include <libnftnl/table.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace fabric::nat {
+
+using nftables::kTableName;
+
+absl::Status SetRouteLocalnet(const std::string& interface, bool on) {
+  if (interface.empty() || interface.find('/') != std::string::npos ||
+      interface == "." || interface == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", interface, "\" is not an interface name"));
+  }
+  std::string path =
+      absl::StrCat("/proc/sys/net/ipv4/conf/", interface, "/route_localnet");
+  std::ofstream f(path);
+  if (!f) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot open ", path, " (does interface ", interface, " exist?)"));
+  }
+  f << (on ? "1\n" : "0\n");
+  f.close();
+  if (!f) {
+    return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<NftablesBackend>> NftablesBackend::Create() {
+  absl::StatusOr<std::unique_ptr<netlink::NetlinkSocket>> socket =
+      netlink::NetlinkSocket::Open();
+  if (!socket.ok()) return socket.status();
+  return std::unique_ptr<NftablesBackend>(
+      new NftablesBackend(std::move(*socket)));
+}
+
+absl::Status NftablesBackend::Send(const nftables::EncodedBatch& batch,
+                                   absl::string_view operation) {
+  absl::StatusOr<netlink::NetlinkSocket::BatchResult> result =
+      socket_->SendBatch(batch.bytes);
+  if (!result.ok()) return result.status();
+  if (result->errors.empty()) {
+    last_generation_ = result->generation;
+    return absl::OkStatus();
+  }
+  // The kernel rolled the whole batch back. The first error is the cause;
+  // later ones may be its consequences.
+  const netlink::NetlinkSocket::MessageError& first = result->errors.front();
+  auto it = batch.what.find(first.seq);
+  std::string change = it != batch.what.end()
+                           ? it->second
+                           : absl::StrCat("message ", first.seq);
+  std::string msg = absl::StrCat("netlink: ", change, ": ",
+                                 std::strerror(first.error));
+  if (!first.message.empty()) absl::StrAppend(&msg, " (", first.message, ")");
+  if (result->errors.size() > 1) {
+    absl::StrAppend(&msg, "; ", result->errors.size() - 1,
+                    " more error(s) in the same batch");
+  }
+  absl::StrAppend(&msg, "; ", operation, " rolled back, nothing changed");
+  return absl::Status(netlink::CodeForErrno(first.error), msg);
+}
+
+absl::Status NftablesBackend::Apply(const Batch& batch) {
+  if (batch.empty()) return absl::OkStatus();
+  // route_localnet first: harmless if the batch then fails.
+  for (const std::string& i : batch.add.localhost_interfaces) {
+    if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
+  }
+  uint32_t first = socket_->ReserveSeq(0);
+  nftables::EncodedBatch encoded = nftables::EncodeApply(batch, first);
+  socket_->ReserveSeq(encoded.next_seq - first);
+  if (absl::Status s = Send(encoded, "batch"); !s.ok()) return s;
+  for (const std::string& i : batch.remove.localhost_interfaces) {
+    SetRouteLocalnet(i, false).IgnoreError();  // the interface may be gone
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NftablesBackend::Replace(const RuleSet& desired) {
+  for (const std::string& i : desired.localhost_interfaces) {
+    if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
+  }
+  uint32_t first = socket_->ReserveSeq(0);
+  nftables::EncodedBatch encoded = nftables::EncodeReplace(desired, first);
+  socket_->ReserveSeq(encoded.next_seq - first);
+  return Send(encoded, "table replacement");
+}
+
+absl::Status NftablesBackend::DeleteTable() {
+  uint32_t first = socket_->ReserveSeq(0);
+  nftables::EncodedBatch encoded = nftables::EncodeDeleteTable(first);
+  socket_->ReserveSeq(encoded.next_seq - first);
+  absl::Status s = Send(encoded, "table deletion");
+  if (s.code() == absl::StatusCode::kNotFound) return absl::OkStatus();
+  return s;
+}
+
+absl::StatusOr<KernelState> NftablesBackend::Read() const {
+  KernelState state;
+  netlink::NetlinkSocket& sock = *socket_;
+
+  // The table.
+  absl::Status table = sock.Request(
+      "get table inet fabric_nat",
+      [](char* buf, uint32_t seq) {
+        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE,
+                                              NFPROTO_INET, NLM_F_ACK, seq);
+        nftnl_table* t = nftnl_table_alloc();
+        nftnl_table_set_str(t, NFTNL_TABLE_NAME, kTableName);
+        nftnl_table_nlmsg_build_payload(nlh, t);
+        nftnl_table_free(t);
+        return nlh;
+      },
+      [](const nlmsghdr*) { return absl::OkStatus(); });
+  if (table.code() == absl::StatusCode::kNotFound) return state;
+  if (!table.ok()) return table;
+  state.table_present = true;
+  std::vector<std::string> problems;
+
+  // Chains.
+  std::map<std::string, std::string> chains;
+  absl::Status s = sock.Request(
+      "list chains",
+      [](char* buf, uint32_t seq) {
+        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN,
+                                              NFPROTO_INET, NLM_F_DUMP, seq);
+        nftnl_chain* c = nftnl_chain_alloc();
+        nftnl_chain_set_str(c, NFTNL_CHAIN_TABLE, kTableName);
+        nftnl_chain_nlmsg_build_payload(nlh, c);
+        nftnl_chain_free(c);
+        return nlh;
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_chain* c = nftnl_chain_alloc();
+        if (nftnl_chain_nlmsg_parse(nlh, c) == 0 &&
+            std::string(nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE)) == kTableName) {
+          chains[nftnl_chain_get_str(c, NFTNL_CHAIN_NAME)] =
+              nftables::ChainSignature(c);
+        }
+        nftnl_chain_free(c);
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  for (const auto& [name, sig] : nftables::ExpectedChains()) {
+    auto it = chains.find(name);
+    if (it == chains.end()) {
+      problems.push_back(absl::StrCat("chain ", name, " missing"));
+    } else if (it->second != sig) {
+      problems.push_back(absl::StrCat("chain ", name, " is \"", it->second,
+                                      "\", expected \"", sig, "\""));
+    }
+  }
+  if (chains.size() > nftables::ExpectedChains().size()) {
+    problems.push_back("foreign chains in the table");
+  }
+
+  // Sets.
+  std::map<std::string, std::string> sets;
+  s = sock.Request(
+      "list sets",
+      [](char* buf, uint32_t seq) {
+        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSET, NFPROTO_INET,
+                                              NLM_F_DUMP, seq);
+        nftnl_set* st = nftnl_set_alloc();
+        nftnl_set_set_str(st, NFTNL_SET_TABLE, kTableName);
+        nftnl_set_nlmsg_build_payload(nlh, st);
+        nftnl_set_free(st);
+        return nlh;
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_set* st = nftnl_set_alloc();
+        if (nftnl_set_nlmsg_parse(nlh, st) == 0 &&
+            std::string(nftnl_set_get_str(st, NFTNL_SET_TABLE)) == kTableName) {
+          sets[nftnl_set_get_str(st, NFTNL_SET_NAME)] =
+              nftables::SetSignature(st);
+        }
+        nftnl_set_free(st);
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  for (const auto& [name, sig] : nftables::ExpectedSets()) {
+    auto it = sets.find(name);
+    if (it == sets.end()) {
+      problems.push_back(absl::StrCat("set ", name, " missing"));
+    } else if (it->second != sig) {
+      problems.push_back(absl::StrCat("set ", name, " is \"", it->second,
+                                      "\", expected \"", sig, "\""));
+    }
+  }
+
+  // Rules.
+  std::map<std::string, std::vector<std::string>> rules;
+  s = sock.Request(
+      "list rules",
+      [](char* buf, uint32_t seq) {
+        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE,
+                                              NFPROTO_INET, NLM_F_DUMP, seq);
+        nftnl_rule* r = nftnl_rule_alloc();
+        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, kTableName);
+        nftnl_rule_nlmsg_build_payload(nlh, r);
+        nftnl_rule_free(r);
+        return nlh;
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_rule* r = nftnl_rule_alloc();
+        if (nftnl_rule_nlmsg_parse(nlh, r) == 0 &&
+            std::string(nftnl_rule_get_str(r, NFTNL_RULE_TABLE)) == kTableName) {
+          rules[nftnl_rule_get_str(r, NFTNL_RULE_CHAIN)].push_back(
+              nftables::RuleSignature(r));
+        }
+        nftnl_rule_free(r);
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  auto expected_rules = nftables::ExpectedRuleSignatures();
+  for (const auto& [chain, expected] : expected_rules) {
+    const std::vector<std::string>& have = rules[chain];
+    if (have != expected) {
+      std::string detail;
+      for (size_t i = 0; i < have.size() && i < expected.size(); ++i) {
+        if (have[i] != expected[i]) {
+          detail = absl::StrCat("; rule ", i, " is ", have[i], ", expected ",
+                                expected[i]);
+          break;
+        }
+      }
+      problems.push_back(absl::StrCat("chain ", chain, " holds ", have.size(),
+                                      " rule(s) not as laid out (expected ",
+                                      expected.size(), ")", detail));
+    }
+  }
+  for (const auto& [chain, have] : rules) {
+    if (expected_rules.count(chain) == 0 && !have.empty()) {
+      problems.push_back(absl::StrCat("foreign rules in chain ", chain));
+    }
+  }
+
+  // Elements of every set we know and found.
+  for (const std::string& name : nftables::SetNames()) {
+    if (sets.count(name) == 0) continue;
+    nftnl_set* st = nftnl_set_alloc();
+    nftnl_set_set_str(st, NFTNL_SET_TABLE, kTableName);
+    nftnl_set_set_str(st, NFTNL_SET_NAME, name.c_str());
+    nftnl_set_set_u32(st, NFTNL_SET_FAMILY, NFPROTO_INET);
+    absl::Status decode;
+    s = sock.Request(
+        absl::StrCat("list elements of set ", name),
+        [&](char* buf, uint32_t seq) {
+          nlmsghdr* nlh = nftnl_nlmsg_build_hdr(
+              buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, seq);
+          nftnl_set_elems_nlmsg_build_payload(nlh, st);
+          return nlh;
+        },
+        [&](const nlmsghdr* nlh) {
+          nftnl_set* part = nftnl_set_alloc();
+          if (nftnl_set_elems_nlmsg_parse(nlh, part) == 0) {
+            absl::Status d = nftables::DecodeElements(part, &state.rules);
+            if (!d.ok() && decode.ok()) decode = d;
+          }
+          nftnl_set_free(part);
+          return absl::OkStatus();
+        });
+    nftnl_set_free(st);
+    if (!s.ok()) return s;
+    if (!decode.ok()) problems.push_back(std::string(decode.message()));
+  }
+
+  state.layout_intact = problems.empty();
+  state.problem = absl::StrJoin(problems, "; ");
+  return state;
+}
+
+}  // namespace fabric::nat

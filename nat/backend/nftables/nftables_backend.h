@@ -1,0 +1,49 @@
+// NftablesBackend: realizes a RuleSet in table `inet fabric_nat` through
+// libnftnl netlink batches (no `nft` process). Every change is one batch,
+// committed or rolled back whole by the kernel; each kernel error is mapped
+// to the change that caused it. Nothing outside table `inet fabric_nat` is
+// touched, except the `route_localnet` sysctl of interfaces in
+// `localhost_interfaces`.
+//
+// Thread-compatible: the agent's core serializes all calls.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "nat/backend/backend.h"
+#include "nat/backend/nftables/encode.h"
+#include "nat/netlink/socket.h"
+
+namespace fabric::nat {
+
+class NftablesBackend : public Backend {
+ public:
+  // Opens the netlink socket. kPermissionDenied without CAP_NET_ADMIN.
+  static absl::StatusOr<std::unique_ptr<NftablesBackend>> Create();
+
+  std::string name() const override { return "nftables"; }
+  absl::Status Apply(const Batch& batch) override;
+  absl::Status Replace(const RuleSet& desired) override;
+  absl::StatusOr<KernelState> Read() const override;
+  absl::Status DeleteTable() override;
+
+  // The ruleset generation after our last successful batch, so that event
+  // listeners can tell our own changes from someone else's.
+  uint32_t last_generation() const { return last_generation_; }
+  uint32_t port_id() const { return socket_->port_id(); }
+
+ private:
+  explicit NftablesBackend(std::unique_ptr<netlink::NetlinkSocket> socket)
+      : socket_(std::move(socket)) {}
+  absl::Status Send(const nftables::EncodedBatch& batch,
+                    absl::string_view operation);
+
+  std::unique_ptr<netlink::NetlinkSocket> socket_;
+  uint32_t last_generation_ = 0;
+};
+
+// Sets /proc/sys/net/ipv4/conf/<interface>/route_localnet.
+absl::Status SetRouteLocalnet(const std::string& interface, bool on);
+
+}  // namespace fabric::nat

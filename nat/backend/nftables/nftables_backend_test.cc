@@ -1,0 +1,344 @@
+// Kernel tests for the nftables backend: real rules in a fresh network
+// namespace, proven with real packets.
+//
+// Topology (all namespaces made here, removed after each test):
+//   outside  eth0 192.0.2.2/24 2001:db8::2/64
+//      |
+//   host     wan0 192.0.2.1/24 192.0.2.10/24 2001:db8::1/64   <- the backend works here
+//            ctr0 10.99.0.1/24 fd00:99::1/64
+//      |
+//   container eth0 10.99.0.2/24 fd00:99::2/64 (default routes via host)
+// The outside namespace has no route to the container network: only DNAT
+// (and conntrack's reverse translation) gets packets there and back.
+#include "nat/backend/nftables/nftables_backend.h"
+
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "testing/netns.h"
+#include "testing/status_matchers.h"
+
+namespace fabric::nat {
+namespace {
+
+using ::fabric::testing::IsOkAndHolds;
+using ::fabric::testing::Netns;
+using ::fabric::testing::ScopedNetns;
+using ::fabric::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
+
+DnatElement Dnat(Protocol proto, std::optional<IpAddress> host_ip,
+                 uint16_t host_port, const char* target, uint16_t target_port) {
+  PortMapping m;
+  m.protocol = proto;
+  m.host_ip = host_ip;
+  m.host_port = host_port;
+  m.target_ip = Ip(target);
+  m.target_port = target_port;
+  return m.ToElements().front();
+}
+
+class NftablesBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(geteuid(), 0u) << "kernel tests run as root";
+    ASSERT_OK_AND_ASSIGN(host_, Netns::Create("host"));
+    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
+    ASSERT_OK_AND_ASSIGN(container_, Netns::Create("ctr"));
+    ASSERT_OK(testing::Link(*host_, "wan0",
+                            "192.0.2.1/24 192.0.2.10/24 2001:db8::1/64",
+                            *outside_, "eth0", "192.0.2.2/24 2001:db8::2/64"));
+    ASSERT_OK(testing::Link(*host_, "ctr0", "10.99.0.1/24 fd00:99::1/64",
+                            *container_, "eth0", "10.99.0.2/24 fd00:99::2/64"));
+    ASSERT_OK(container_->Exec("ip route add default via 10.99.0.1 && "
+                               "ip -6 route add default via fd00:99::1"));
+    ASSERT_OK(host_->Exec("sysctl -qw net.ipv4.ip_forward=1 "
+                          "net.ipv6.conf.all.forwarding=1"));
+    ASSERT_OK_AND_ASSIGN(auto enter, ScopedNetns::Enter(*host_));
+    ASSERT_OK_AND_ASSIGN(backend_, NftablesBackend::Create());
+  }
+
+  // A server in the container answering "<token> <peer>".
+  void Serve(const std::string& proto, int port, const std::string& token) {
+    ASSERT_OK(container_->Spawn(absl::StrCat("exec /usr/bin/python3 ",
+                                             testing::NetTool(), " serve ",
+                                             proto, " ", port, " ", token))
+                  .status());
+    // Wait until it listens.
+    for (int i = 0; i < 100; ++i) {
+      std::string flag = proto == "udp" ? "-uln" : (proto == "sctp" ? "-Sln" : "-tln");
+      auto out = container_->Exec(absl::StrCat("ss -H ", flag, " 'sport = :", port, "'"));
+      if (out.ok() && !out->empty()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    FAIL() << "server on " << port << "/" << proto << " did not start";
+  }
+
+  absl::StatusOr<std::string> Ask(const Netns& from, const std::string& proto,
+                                  const std::string& host, int port,
+                                  double timeout = 2.0) {
+    return from.Exec(absl::StrCat("/usr/bin/python3 ", testing::NetTool(),
+                                  " ask ", proto, " ", host, " ", port,
+                                  " --timeout ", timeout));
+  }
+
+  std::unique_ptr<Netns> host_, outside_, container_;
+  std::unique_ptr<NftablesBackend> backend_;
+};
+
+TEST_F(NftablesBackendTest, PublishedPortsForwardTcpUdpV4AndV6) {
+  Serve("tcp", 80, "web");
+  Serve("udp", 53, "dns");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80),
+                Dnat(Protocol::kUdp, std::nullopt, 5353, "10.99.0.2", 53),
+                Dnat(Protocol::kTcp, std::nullopt, 8080, "fd00:99::2", 80),
+                Dnat(Protocol::kUdp, std::nullopt, 5353, "fd00:99::2", 53)};
+  // Before: nothing forwards.
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
+  ASSERT_OK(backend_->Replace(rules));
+
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+  EXPECT_THAT(Ask(*outside_, "udp", "192.0.2.1", 5353),
+              IsOkAndHolds(std::string("dns 192.0.2.2\n")));
+  EXPECT_THAT(Ask(*outside_, "udp", "2001:db8::1", 5353),
+              IsOkAndHolds(std::string("dns 2001:db8::2\n")));
+  EXPECT_THAT(Ask(*outside_, "tcp", "2001:db8::1", 8080),
+              IsOkAndHolds(std::string("web 2001:db8::2\n")));
+  // Any local address: the second address of the host answers too.
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.10", 8080),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.table_present);
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+}
+
+TEST_F(NftablesBackendTest, SctpMapping) {
+  if (!host_->Exec("modprobe sctp 2>/dev/null; test -d /proc/sys/net/sctp").ok()) {
+    GTEST_SKIP() << "no SCTP in this kernel";
+  }
+  Serve("sctp", 9000, "sctp");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kSctp, std::nullopt, 9900, "10.99.0.2", 9000)};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_THAT(Ask(*outside_, "sctp", "192.0.2.1", 9900),
+              IsOkAndHolds(StartsWith("sctp ")));
+}
+
+TEST_F(NftablesBackendTest, HostIpMappingAnswersOnlyOnThatAddress) {
+  Serve("tcp", 80, "web");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, Ip("192.0.2.10"), 9090, "10.99.0.2", 80)};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.10", 9090),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 9090, 0.5).ok());
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_EQ(state.rules, rules);
+}
+
+TEST_F(NftablesBackendTest, EqualPortRangeIsOneElementAndKeepsPorts) {
+  Serve("tcp", 7001, "range");
+  PortMapping m;
+  m.protocol = Protocol::kTcp;
+  m.host_port = 7000;
+  m.port_count = 3;
+  m.target_ip = Ip("10.99.0.2");
+  m.target_port = 7000;
+  RuleSet rules;
+  for (const DnatElement& e : m.ToElements()) rules.dnat.insert(e);
+  ASSERT_EQ(rules.dnat.size(), 1u);
+  // The same range on one host address, over IPv6 too.
+  m.host_ip = Ip("2001:db8::1");
+  m.target_ip = Ip("fd00:99::2");
+  for (const DnatElement& e : m.ToElements()) rules.dnat.insert(e);
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 7001),
+              IsOkAndHolds(std::string("range 192.0.2.2\n")));
+  EXPECT_THAT(Ask(*outside_, "tcp", "2001:db8::1", 7001),
+              IsOkAndHolds(std::string("range 2001:db8::2\n")));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 7003, 0.5).ok());
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+  auto nft = host_->Exec("nft list map inet fabric_nat range4_any");
+  ASSERT_OK(nft.status());
+  EXPECT_THAT(*nft, HasSubstr("7000-7002"));
+}
+
+TEST_F(NftablesBackendTest, RemovedMappingStopsForwarding) {
+  Serve("tcp", 80, "web");
+  DnatElement e = Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80);
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  Batch add;
+  add.add.dnat = {e};
+  ASSERT_OK(backend_->Apply(add));
+  EXPECT_TRUE(Ask(*outside_, "tcp", "192.0.2.1", 8080).ok());
+  Batch remove;
+  remove.remove.dnat = {e};
+  ASSERT_OK(backend_->Apply(remove));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.rules.dnat.empty());
+}
+
+TEST_F(NftablesBackendTest, MasqueradeAndHairpin) {
+  Serve("tcp", 80, "web");
+  // A server outside, to see whose address the container's traffic has.
+  ASSERT_OK(outside_->Spawn(absl::StrCat("exec /usr/bin/python3 ",
+                                         testing::NetTool(),
+                                         " serve tcp 9999 outside")).status());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Without masquerade the outside has no route back to the container.
+  EXPECT_FALSE(Ask(*container_, "tcp", "192.0.2.2", 9999, 0.5).ok());
+
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  rules.masquerade = {*Prefix::Parse("10.99.0.0/24")};
+  rules.hairpin = {*Prefix::Parse("10.99.0.0/24")};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.2", 9999),
+              IsOkAndHolds(std::string("outside 192.0.2.1\n")));
+  // Hairpin: the container reaches its own published port through the
+  // host's address, and sees the host's address as the peer.
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.1", 8080),
+              IsOkAndHolds(std::string("web 10.99.0.1\n")));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+}
+
+TEST_F(NftablesBackendTest, LocalhostAccess) {
+  Serve("tcp", 80, "web");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_FALSE(Ask(*host_, "tcp", "127.0.0.1", 8080, 0.5).ok());
+  rules.localhost_interfaces = {"ctr0"};
+  {
+    // route_localnet is written through /proc/sys, which shows the network
+    // namespace of the thread that opens it.
+    ASSERT_OK_AND_ASSIGN(auto enter, ScopedNetns::Enter(*host_));
+    ASSERT_OK(backend_->Replace(rules));
+  }
+  EXPECT_THAT(Ask(*host_, "tcp", "127.0.0.1", 8080),
+              IsOkAndHolds(std::string("web 10.99.0.1\n")));
+  EXPECT_THAT(host_->Exec("cat /proc/sys/net/ipv4/conf/ctr0/route_localnet"),
+              IsOkAndHolds(std::string("1\n")));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_EQ(state.rules, rules);
+}
+
+TEST_F(NftablesBackendTest, TenThousandMappingsApplyAndReadBackExactly) {
+  RuleSet rules;
+  for (int i = 0; i < 10000; ++i) {
+    Protocol p = i % 2 ? Protocol::kUdp : Protocol::kTcp;
+    std::string target = absl::StrCat("10.99.", 1 + i / 250, ".", 1 + i % 250);
+    rules.dnat.insert(Dnat(p, std::nullopt, 20000 + i, target.c_str(), 80));
+  }
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  Batch batch;
+  batch.add = rules;
+  ASSERT_OK(backend_->Apply(batch));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_EQ(state.rules.dnat.size(), 10000u);
+  EXPECT_TRUE(state.rules == rules);
+  // And a full replacement with them is exact too.
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.rules == rules);
+}
+
+TEST_F(NftablesBackendTest, FailingBatchNamesTheCauseAndChangesNothing) {
+  RuleSet rules;
+  DnatElement present = Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80);
+  rules.dnat = {present};
+  ASSERT_OK(backend_->Replace(rules));
+
+  // Adding what is there fails, and the other addition in the batch is not
+  // made either.
+  DnatElement fresh = Dnat(Protocol::kUdp, std::nullopt, 5353, "10.99.0.2", 53);
+  Batch dup;
+  dup.add.dnat = {present, fresh};
+  EXPECT_THAT(backend_->Apply(dup),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("add tcp 0.0.0.0:8080 -> 10.99.0.2:80 to map "
+                                 "dnat4_any")));
+  // Removing what is not there fails the same way.
+  Batch missing;
+  missing.remove.dnat = {fresh};
+  missing.add.masquerade = {*Prefix::Parse("10.99.0.0/24")};
+  EXPECT_THAT(backend_->Apply(missing),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("remove udp 0.0.0.0:5353 -> 10.99.0.2:53")));
+  // An element for a map that does not exist.
+  ASSERT_OK(host_->Exec("nft flush chain inet fabric_nat hostports && "
+                        "nft delete map inet fabric_nat range6"));
+  Batch no_map;
+  no_map.add.dnat = {fresh};
+  PortMapping range;
+  range.protocol = Protocol::kTcp;
+  range.host_port = 6000;
+  range.port_count = 5;
+  range.target_ip = Ip("fd00:99::2");
+  range.target_port = 6000;
+  range.host_ip = Ip("2001:db8::1");
+  no_map.add.dnat.insert(range.ToElements().front());
+  EXPECT_THAT(backend_->Apply(no_map),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("to map range6: No such file or directory")));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+  EXPECT_FALSE(state.layout_intact);
+  EXPECT_THAT(state.problem, HasSubstr("set range6 missing"));
+  // Replace heals the layout.
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+}
+
+TEST_F(NftablesBackendTest, TouchesNoOtherTable) {
+  ASSERT_OK(host_->Exec(
+      "nft add table ip other && "
+      "nft add chain ip other c '{ type filter hook input priority 0; }' && "
+      "nft add rule ip other c tcp dport 22 accept"));
+  std::string before = *host_->Exec("nft list table ip other");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK(backend_->DeleteTable());
+  EXPECT_EQ(*host_->Exec("nft list table ip other"), before);
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_FALSE(state.table_present);
+  EXPECT_OK(backend_->DeleteTable());  // already gone: fine
+}
+
+TEST_F(NftablesBackendTest, ForeignChangesAreDetected) {
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK(host_->Exec("nft delete element inet fabric_nat dnat4_any "
+                        "'{ tcp . 8080 }'"));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_TRUE(state.rules.dnat.empty());
+  ASSERT_OK(host_->Exec("nft flush chain inet fabric_nat postrouting"));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_FALSE(state.layout_intact);
+  EXPECT_THAT(state.problem, HasSubstr("chain postrouting"));
+  ASSERT_OK(host_->Exec("nft flush ruleset"));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_FALSE(state.table_present);
+}
+
+}  // namespace
+}  // namespace fabric::nat

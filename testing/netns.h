@@ -1,0 +1,67 @@
+// Test fixture: network namespaces that a test creates, uses and always
+// removes (destructors run on ASSERT failures too; namespaces left by a
+// crashed test are swept by the next one). Names are "fnt-<pid>-<n>-<tag>",
+// unique per process. Requires root.
+//
+// Commands run inside a namespace with `ip netns exec`; the test's own code
+// enters one with ScopedNetns (setns on the calling thread), e.g. to open a
+// netlink socket there. Never touches the machine's own namespace.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fabric::testing {
+
+// Runs `command` with /bin/sh; returns its stdout. kInternal with the
+// command, exit code and stderr on failure.
+absl::StatusOr<std::string> Shell(const std::string& command);
+
+class Netns {
+ public:
+  // Creates namespace "fnt-<pid>-<n>-<tag>" with loopback up.
+  static absl::StatusOr<std::unique_ptr<Netns>> Create(const std::string& tag);
+  ~Netns();
+
+  const std::string& name() const { return name_; }
+  // `ip netns exec <name> sh -c <command>`; returns stdout.
+  absl::StatusOr<std::string> Exec(const std::string& command) const;
+  // Starts `command` in the background inside the namespace; it is killed
+  // (with its process group) when the Netns goes.
+  absl::StatusOr<pid_t> Spawn(const std::string& command);
+
+  // Deletes namespaces named fnt-<pid>-* whose process is gone.
+  static void SweepStale();
+
+ private:
+  explicit Netns(std::string name) : name_(std::move(name)) {}
+  std::string name_;
+  std::vector<pid_t> children_;
+};
+
+// Connects two namespaces with a veth pair: `a_if` in a with `a_addrs`,
+// `b_if` in b with `b_addrs` (space-separated prefixes, v4 or v6).
+absl::Status Link(Netns& a, const std::string& a_if, const std::string& a_addrs,
+                  Netns& b, const std::string& b_if, const std::string& b_addrs);
+
+// Enters a namespace on the calling thread until destroyed.
+class ScopedNetns {
+ public:
+  static absl::StatusOr<std::unique_ptr<ScopedNetns>> Enter(const Netns& ns);
+  ~ScopedNetns();
+
+ private:
+  explicit ScopedNetns(int original) : original_(original) {}
+  int original_;
+};
+
+// Path of testing/nettool.py in the runfiles.
+std::string NetTool();
+
+}  // namespace fabric::testing
