@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -256,6 +257,27 @@ std::string PortMapping::ToString() const {
   return absl::StrCat(ProtocolName(protocol), " ",
                       HostPort(host_ip, family(), host), " -> ",
                       HostPort(target_ip, family(), target));
+}
+
+std::set<Prefix> CoalescePrefixes(const std::set<Prefix>& prefixes) {
+  // Shortest first: a prefix is kept unless a kept one covers it.
+  std::vector<Prefix> nets;
+  for (const Prefix& p : prefixes) nets.push_back(p.Network());
+  std::sort(nets.begin(), nets.end(), [](const Prefix& a, const Prefix& b) {
+    return a.length < b.length;
+  });
+  std::set<Prefix> out;
+  for (const Prefix& p : nets) {
+    bool covered = false;
+    for (const Prefix& kept : out) {
+      if (kept.length <= p.length && kept.Contains(p.address)) {
+        covered = true;
+        break;
+      }
+    }
+    if (!covered) out.insert(p);
+  }
+  return out;
 }
 
 absl::StatusOr<std::pair<uint16_t, uint16_t>> ParsePortRange(

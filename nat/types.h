@@ -193,6 +193,10 @@ struct PortMapping {
   }
 };
 
+// The prefixes in network form, without any prefix that another one covers:
+// what an interval set can hold (the kernel rejects overlapping intervals).
+std::set<Prefix> CoalescePrefixes(const std::set<Prefix>& prefixes);
+
 // Parses "lo-hi" (or a single port) into an inclusive range within 1-65535.
 absl::StatusOr<std::pair<uint16_t, uint16_t>> ParsePortRange(
     absl::string_view text);

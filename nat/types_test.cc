@@ -48,6 +48,20 @@ TEST(PrefixTest, NetworkLastAndContains) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+TEST(PrefixTest, CoalesceDropsCoveredPrefixes) {
+  std::set<Prefix> in = {*Prefix::Parse("10.22.0.5/16"),
+                         *Prefix::Parse("10.22.7.0/24"),
+                         *Prefix::Parse("10.23.0.0/16"),
+                         *Prefix::Parse("fd00::1/64")};
+  std::set<Prefix> want = {*Prefix::Parse("10.22.0.0/16"),
+                           *Prefix::Parse("10.23.0.0/16"),
+                           *Prefix::Parse("fd00::/64")};
+  EXPECT_EQ(CoalescePrefixes(in), want);
+  EXPECT_EQ(CoalescePrefixes({*Prefix::Parse("0.0.0.0/0"),
+                              *Prefix::Parse("10.0.0.0/8")}),
+            std::set<Prefix>{*Prefix::Parse("0.0.0.0/0")});
+}
+
 TEST(ProtocolTest, ParsesNamesCaseInsensitively) {
   EXPECT_EQ(*ParseProtocol("TCP"), Protocol::kTcp);
   EXPECT_EQ(*ParseProtocol("udp"), Protocol::kUdp);

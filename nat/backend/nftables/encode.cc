@@ -15,6 +15,7 @@
 #include <net/if.h>
 
 #include <cstring>
+#include <algorithm>
 #include <functional>
 #include <memory>
 
@@ -174,8 +175,10 @@ class Builder {
   nlmsghdr* Start(uint16_t type, uint16_t flags, std::string what) {
     out_.what[seq_] = std::move(what);
     ++out_.messages;
+    // No NLM_F_ACK: the kernel reports every error anyway, and a batch of
+    // 100,000 elements would otherwise queue 100,000 acks.
     return nftnl_nlmsg_build_hdr(Reserve(), type, NFPROTO_INET,
-                                 flags | NLM_F_ACK, seq_++);
+                                 flags, seq_++);
   }
   void Done() { Commit(); }
 
@@ -662,7 +665,9 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules) {
   }
   std::vector<std::string> foreign;
   // Interval sets: start and end elements, collected then paired in order.
-  std::map<IpAddress, bool> bounds;  // address -> is end
+  // Adjacent prefixes share an address (the end of one, the start of the
+  // next); the end sorts first.
+  std::vector<std::pair<IpAddress, bool>> bounds;  // (address, is start)
 
   nftnl_set_elems_iter* it =
       nftnl_set_elems_iter_create(const_cast<nftnl_set*>(set));
@@ -713,8 +718,8 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules) {
         foreign.push_back("malformed element");
         continue;
       }
-      bounds[IpAddress::FromBytes(prefixes->family, key)] =
-          (flags & NFT_SET_ELEM_INTERVAL_END) != 0;
+      bounds.emplace_back(IpAddress::FromBytes(prefixes->family, key),
+                          (flags & NFT_SET_ELEM_INTERVAL_END) == 0);
     } else if (name == kLocalhostSet) {
       if (key == nullptr || klen != IFNAMSIZ) {
         foreign.push_back("malformed element");
@@ -729,13 +734,14 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules) {
 
   if (prefixes != nullptr) {
     // Pair each start with the next end; a start with no end runs to the top.
+    std::sort(bounds.begin(), bounds.end());
     for (auto b = bounds.begin(); b != bounds.end(); ++b) {
-      if (b->second) continue;  // a stray end element (e.g. nft's 0 end)
+      if (!b->second) continue;  // a stray end element (e.g. nft's 0 end)
       IpAddress start = b->first;
       auto next = std::next(b);
       std::optional<IpAddress> end;
       if (next != bounds.end()) {
-        if (!next->second) {
+        if (next->second) {
           foreign.push_back(absl::StrCat("open interval at ", start.ToString()));
           continue;
         }

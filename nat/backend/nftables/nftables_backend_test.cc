@@ -215,6 +215,23 @@ TEST_F(NftablesBackendTest, MasqueradeAndHairpin) {
   EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
 }
 
+TEST_F(NftablesBackendTest, AdjacentAndWholeSpacePrefixesReadBack) {
+  RuleSet rules;
+  rules.hairpin = {*Prefix::Parse("10.99.0.0/24"), *Prefix::Parse("10.99.1.0/24"),
+                   *Prefix::Parse("fd00:99::/64"), *Prefix::Parse("fd00:99:0:1::/64")};
+  rules.masquerade = {*Prefix::Parse("0.0.0.0/0"), *Prefix::Parse("::/0")};
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+  Batch b;
+  b.remove.hairpin = {*Prefix::Parse("10.99.0.0/24")};
+  ASSERT_OK(backend_->Apply(b));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  rules.hairpin.erase(*Prefix::Parse("10.99.0.0/24"));
+  EXPECT_EQ(state.rules, rules) << state.rules.DebugString();
+}
+
 TEST_F(NftablesBackendTest, LocalhostAccess) {
   Serve("tcp", 80, "web");
   RuleSet rules;
