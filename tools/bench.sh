@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints its figures (as root: kernel benchmarks use
+# network namespaces of their own). Not part of the test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+bazel build -c opt //tests/bench:all
+for b in nat_bench; do
+  echo
+  bazel-bin/tests/bench/$b "$@"
+done
