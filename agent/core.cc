@@ -1,0 +1,801 @@
+#include "agent/core.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace fabric::agent {
+
+using nat::Batch;
+using nat::Family;
+using nat::IpAddress;
+using nat::PortMapping;
+using nat::PortScope;
+using nat::Prefix;
+
+namespace {
+
+constexpr size_t kMaxIdLength = 256;
+
+bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
+                  const std::string& owner_id) {
+  if (kind != v1::OWNER_KIND_UNSPECIFIED && m.owner().kind() != kind) {
+    return false;
+  }
+  return owner_id.empty() || m.owner().id() == owner_id;
+}
+
+std::string ShortId(const std::string& id) { return id.substr(0, 12); }
+
+std::string AttachmentHolder(const v1::AttachmentKey& k) {
+  return absl::StrCat("container ", ShortId(k.container_id()), " (",
+                      k.ifname(), ", network ", k.network_name(), ")");
+}
+
+std::string MappingHolder(const v1::PortMapping& m) {
+  switch (m.owner().kind()) {
+    case v1::OWNER_KIND_NATPMP:
+      return absl::StrCat("NAT-PMP lease of ", m.owner().id());
+    case v1::OWNER_KIND_PCP:
+      return absl::StrCat("PCP lease of ", m.owner().id());
+    case v1::OWNER_KIND_UPNP:
+      return absl::StrCat("UPnP mapping of ", m.owner().id());
+    default:
+      return absl::StrCat("mapping ", m.id(), " of ", m.owner().id());
+  }
+}
+
+google::protobuf::Timestamp Now() {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(absl::Now()));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// EventQueue
+
+std::optional<v1::MappingEvent> EventQueue::Pop(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+               [&] { return closed_ || !events_.empty(); });
+  if (events_.empty()) return std::nullopt;
+  v1::MappingEvent e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
+void EventQueue::Push(v1::MappingEvent event) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    events_.push_back(std::move(event));
+  }
+  cv_.notify_one();
+}
+
+void EventQueue::Close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool EventQueue::closed() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+
+// ---------------------------------------------------------------------------
+// Conversions
+
+v1::Protocol ToProto(nat::Protocol p) {
+  switch (p) {
+    case nat::Protocol::kTcp:
+      return v1::PROTOCOL_TCP;
+    case nat::Protocol::kUdp:
+      return v1::PROTOCOL_UDP;
+    case nat::Protocol::kSctp:
+      return v1::PROTOCOL_SCTP;
+  }
+  return v1::PROTOCOL_UNSPECIFIED;
+}
+
+absl::StatusOr<nat::Protocol> FromProto(v1::Protocol p) {
+  switch (p) {
+    case v1::PROTOCOL_TCP:
+      return nat::Protocol::kTcp;
+    case v1::PROTOCOL_UDP:
+      return nat::Protocol::kUdp;
+    case v1::PROTOCOL_SCTP:
+      return nat::Protocol::kSctp;
+    default:
+      return absl::InvalidArgumentError(
+          "protocol must be PROTOCOL_TCP, PROTOCOL_UDP or PROTOCOL_SCTP");
+  }
+}
+
+namespace {
+// "" / 0.0.0.0 / :: -> nullopt (any address).
+absl::StatusOr<std::optional<IpAddress>> ParseHostIp(const std::string& text) {
+  if (text.empty()) return std::optional<IpAddress>();
+  absl::StatusOr<IpAddress> ip = IpAddress::Parse(text);
+  if (!ip.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host IP: ", ip.status().message()));
+  }
+  if (ip->IsUnspecified()) return std::optional<IpAddress>();
+  return std::optional<IpAddress>(*ip);
+}
+}  // namespace
+
+absl::StatusOr<PortMapping> ToNatMapping(const v1::PortMapping& m) {
+  PortMapping out;
+  absl::StatusOr<nat::Protocol> proto = FromProto(m.protocol());
+  if (!proto.ok()) return proto.status();
+  out.protocol = *proto;
+  absl::StatusOr<std::optional<IpAddress>> host = ParseHostIp(m.host_ip());
+  if (!host.ok()) return host.status();
+  out.host_ip = *host;
+  absl::StatusOr<IpAddress> target = IpAddress::Parse(m.target_ip());
+  if (!target.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target IP: ", target.status().message()));
+  }
+  out.target_ip = *target;
+  if (m.host_port() > 65535 || m.target_port() > 65535 ||
+      m.port_count() > 65535) {
+    return absl::InvalidArgumentError("ports must be 1-65535");
+  }
+  out.host_port = static_cast<uint16_t>(m.host_port());
+  out.target_port = static_cast<uint16_t>(m.target_port());
+  out.port_count = m.port_count() == 0 ? 1 : static_cast<uint16_t>(m.port_count());
+  if (out.host_ip.has_value() && out.host_ip->family() != out.target_ip.family()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "host IP ", out.host_ip->ToString(), " and target IP ",
+        out.target_ip.ToString(), " are of different families"));
+  }
+  // Host port 0 is allocated later; validate the rest with a placeholder.
+  PortMapping check = out;
+  if (check.host_port == 0) check.host_port = 1;
+  if (absl::Status s = check.Validate(); !s.ok()) return s;
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// AgentCore
+
+AgentCore::AgentCore(std::unique_ptr<Store> store, nat::Backend* backend,
+                     nat::ConntrackCleaner* conntrack, CoreOptions options)
+    : options_(options),
+      backend_name_(backend->name()),
+      backend_(backend),
+      conntrack_(conntrack),
+      started_at_(absl::Now()),
+      store_(std::move(store)),
+      allocator_(options.dynamic_lo, options.dynamic_hi) {}
+
+absl::Status AgentCore::Start() {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<StoreContents> contents = store_->Load();
+  if (!contents.ok()) {
+    not_ready_reason_ = std::string(contents.status().message());
+    return contents.status();
+  }
+  next_mapping_id_ = contents->next_mapping_id;
+  for (const v1::PortMapping& proto : contents->mappings) {
+    absl::StatusOr<PortMapping> m = ToNatMapping(proto);
+    absl::Status s = m.status();
+    if (s.ok()) {
+      s = allocator_.Reserve(PortScope::Of(*m), m->host_port, m->port_count,
+                             MappingHolder(proto));
+    }
+    if (!s.ok()) {
+      not_ready_reason_ = absl::StrCat("stored mapping ", proto.id(),
+                                       " cannot be restored: ", s.message());
+      return absl::FailedPreconditionError(not_ready_reason_);
+    }
+    mappings_[proto.id()] = MappingRecord{proto, *m};
+  }
+  for (const v1::Attachment& a : contents->attachments) {
+    AttachmentRecord rec;
+    rec.proto = a;
+    for (const std::string& addr : a.container_addresses()) {
+      if (absl::StatusOr<Prefix> p = Prefix::Parse(addr); p.ok()) {
+        rec.networks.push_back(p->Network());
+      }
+    }
+    std::string owner = AttachmentOwnerId(a.key());
+    for (auto& [id, m] : mappings_) {
+      if (m.proto.owner().kind() == v1::OWNER_KIND_CNI &&
+          m.proto.owner().id() == owner) {
+        rec.mapping_ids.push_back(id);
+      }
+    }
+    attachments_[owner] = std::move(rec);
+  }
+  for (auto& [id, m] : mappings_) {
+    // Re-label CNI holders now that attachments are known.
+    if (m.proto.owner().kind() != v1::OWNER_KIND_CNI) continue;
+    auto it = attachments_.find(m.proto.owner().id());
+    if (it == attachments_.end()) continue;
+    allocator_.Release(PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count);
+    allocator_
+        .Reserve(PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count,
+                 AttachmentHolder(it->second.proto.key()))
+        .IgnoreError();
+  }
+  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, Desired());
+  if (!report.ok()) {
+    not_ready_reason_ =
+        absl::StrCat("kernel sync failed: ", report.status().message());
+    return report.status();
+  }
+  ready_ = true;
+  not_ready_reason_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status AgentCore::ReadyOrError() const {
+  if (ready_) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("agent not ready: ", not_ready_reason_));
+}
+
+std::string AgentCore::NewMappingId() {
+  return absl::StrCat("m-", next_mapping_id_++);
+}
+
+void AgentCore::NetworkState(std::set<Prefix>* masquerade,
+                             std::set<Prefix>* hairpin,
+                             std::set<std::string>* interfaces) const {
+  for (const auto& [owner, rec] : attachments_) {
+    const v1::AttachmentOptions& o = rec.proto.options();
+    for (const Prefix& p : rec.networks) {
+      if (o.masquerade()) masquerade->insert(p);
+      if (o.hairpin()) hairpin->insert(p);
+    }
+    if (o.localhost() && !rec.proto.host_interface().empty()) {
+      interfaces->insert(rec.proto.host_interface());
+    }
+  }
+  *masquerade = nat::CoalescePrefixes(*masquerade);
+  *hairpin = nat::CoalescePrefixes(*hairpin);
+}
+
+nat::RuleSet AgentCore::Desired() const {
+  nat::RuleSet r;
+  for (const auto& [id, m] : mappings_) {
+    for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
+  }
+  NetworkState(&r.masquerade, &r.hairpin, &r.localhost_interfaces);
+  return r;
+}
+
+Batch AgentCore::NetworkBatch(const AttachmentRecord* added,
+                              const AttachmentRecord* removed) const {
+  nat::RuleSet before, after;
+  NetworkState(&before.masquerade, &before.hairpin,
+               &before.localhost_interfaces);
+  // The state after: recompute over the changed set of attachments.
+  std::map<std::string, AttachmentRecord> changed;
+  const std::map<std::string, AttachmentRecord>* atts = &attachments_;
+  if (added != nullptr || removed != nullptr) {
+    changed = attachments_;
+    if (added != nullptr) changed[AttachmentOwnerId(added->proto.key())] = *added;
+    if (removed != nullptr) changed.erase(AttachmentOwnerId(removed->proto.key()));
+    atts = &changed;
+  }
+  for (const auto& [owner, rec] : *atts) {
+    const v1::AttachmentOptions& o = rec.proto.options();
+    for (const Prefix& p : rec.networks) {
+      if (o.masquerade()) after.masquerade.insert(p);
+      if (o.hairpin()) after.hairpin.insert(p);
+    }
+    if (o.localhost() && !rec.proto.host_interface().empty()) {
+      after.localhost_interfaces.insert(rec.proto.host_interface());
+    }
+  }
+  after.masquerade = nat::CoalescePrefixes(after.masquerade);
+  after.hairpin = nat::CoalescePrefixes(after.hairpin);
+  return nat::Diff(before, after);
+}
+
+absl::Status AgentCore::ReservePorts(PortMapping& m, const std::string& holder) {
+  if (m.host_port == 0) {
+    absl::StatusOr<uint16_t> port =
+        allocator_.Allocate(PortScope::Of(m), m.port_count, holder);
+    if (!port.ok()) return port.status();
+    m.host_port = *port;
+    if (m.target_port == 0) m.target_port = *port;
+    return absl::OkStatus();
+  }
+  return allocator_.Reserve(PortScope::Of(m), m.host_port, m.port_count,
+                            holder);
+}
+
+void AgentCore::ReleasePorts(const PortMapping& m) {
+  allocator_.Release(PortScope::Of(m), m.host_port, m.port_count);
+}
+
+absl::Status AgentCore::Realize(const StoreWrite& write, const StoreWrite& undo,
+                                const Batch& batch) {
+  if (absl::Status s = store_->Commit(write); !s.ok()) return s;
+  absl::Status applied = backend_->Apply(batch);
+  if (applied.ok()) return applied;
+  if (absl::Status u = store_->Commit(undo); !u.ok()) {
+    // The store now holds what the kernel refused; the reconciler's next
+    // sync retries the kernel side. Say so.
+    return absl::InternalError(absl::StrCat(
+        applied.message(), "; undoing the store write failed too (", u.message(),
+        "): the agent will retry the kernel change on its next sync"));
+  }
+  return applied;
+}
+
+void AgentCore::Forget(const PortMapping& m) {
+  if (conntrack_ == nullptr || m.protocol == nat::Protocol::kTcp) return;
+  // Datagram flows keep their translation (or their lack of one) for as
+  // long as the client keeps sending; drop them so the next packet is
+  // translated afresh.
+  conntrack_
+      ->ForgetHostPorts(m.family(), m.protocol, m.host_ip, m.host_port,
+                        m.last_host_port())
+      .IgnoreError();
+}
+
+void AgentCore::Publish(v1::MappingEvent::Type type, const v1::PortMapping& m) {
+  for (const Subscriber& s : subscribers_) {
+    if (!OwnerMatches(m, s.kind, s.owner_id)) continue;
+    v1::MappingEvent e;
+    e.set_type(type);
+    *e.mutable_mapping() = m;
+    s.queue->Push(std::move(e));
+  }
+}
+
+absl::StatusOr<v1::PortMapping> AgentCore::AddMappingLocked(
+    v1::PortMapping proto, PortMapping nat_mapping, const std::string& holder,
+    StoreWrite* write, Batch* batch) {
+  if (absl::Status s = ReservePorts(nat_mapping, holder); !s.ok()) return s;
+  proto.set_id(NewMappingId());
+  proto.set_host_port(nat_mapping.host_port);
+  proto.set_target_port(nat_mapping.target_port);
+  proto.set_port_count(nat_mapping.port_count);
+  *proto.mutable_created_at() = Now();
+  write->put_mappings.push_back(proto);
+  for (const nat::DnatElement& e : nat_mapping.ToElements()) {
+    batch->add.dnat.insert(e);
+  }
+  return proto;
+}
+
+absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
+    const v1::Attachment& attachment) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  const v1::AttachmentKey& key = attachment.key();
+  if (key.container_id().empty() || key.ifname().empty()) {
+    return absl::InvalidArgumentError(
+        "attachment key needs a container id and an interface name");
+  }
+  if (key.container_id().size() > kMaxIdLength ||
+      key.network_name().size() > kMaxIdLength) {
+    return absl::InvalidArgumentError("container id or network name too long");
+  }
+  std::string owner = AttachmentOwnerId(key);
+  if (auto it = attachments_.find(owner); it != attachments_.end()) {
+    if (google::protobuf::util::MessageDifferencer::Equals(it->second.proto,
+                                                           attachment)) {
+      v1::AttachResponse response;
+      for (const std::string& id : it->second.mapping_ids) {
+        *response.add_mappings() = mappings_.at(id).proto;
+      }
+      return response;
+    }
+    return absl::AlreadyExistsError(absl::StrCat(
+        AttachmentHolder(key),
+        " is already attached with a different configuration; detach it "
+        "first"));
+  }
+
+  AttachmentRecord rec;
+  rec.proto = attachment;
+  std::vector<IpAddress> addresses;
+  for (const std::string& text : attachment.container_addresses()) {
+    absl::StatusOr<Prefix> p = Prefix::Parse(text);
+    if (!p.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("container address: ", p.status().message()));
+    }
+    addresses.push_back(p->address);
+    rec.networks.push_back(p->Network());
+  }
+  if (attachment.options().localhost() && attachment.host_interface().empty()) {
+    return absl::InvalidArgumentError(
+        "localhost access needs the host-side interface (host_interface)");
+  }
+
+  // Expand each requested mapping to one per matching container address.
+  std::vector<std::pair<v1::PortMapping, PortMapping>> planned;
+  for (int i = 0; i < attachment.port_mappings_size(); ++i) {
+    const v1::PortMappingRequest& r = attachment.port_mappings(i);
+    std::string where = absl::StrCat("port mapping ", i + 1, " (host port ",
+                                     r.host_port(), ", container port ",
+                                     r.container_port(), ")");
+    if (r.container_port() == 0 || r.container_port() > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": container port must be 1-65535"));
+    }
+    absl::StatusOr<std::optional<IpAddress>> host_ip = ParseHostIp(r.host_ip());
+    if (!host_ip.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", host_ip.status().message()));
+    }
+    bool any_family = false;
+    std::set<Family> families;
+    for (const IpAddress& addr : addresses) {
+      if (host_ip->has_value() && (*host_ip)->family() != addr.family()) continue;
+      // One mapping per family: to the first address of that family.
+      if (!families.insert(addr.family()).second) continue;
+      any_family = true;
+      v1::PortMapping proto;
+      proto.mutable_owner()->set_kind(v1::OWNER_KIND_CNI);
+      proto.mutable_owner()->set_id(owner);
+      proto.set_protocol(r.protocol() == v1::PROTOCOL_UNSPECIFIED
+                             ? v1::PROTOCOL_TCP
+                             : r.protocol());
+      proto.set_host_ip(host_ip->has_value() ? (*host_ip)->ToString() : "");
+      proto.set_host_port(r.host_port());
+      proto.set_port_count(r.port_count());
+      proto.set_target_ip(addr.ToString());
+      proto.set_target_port(r.container_port());
+      proto.set_description(where);
+      absl::StatusOr<PortMapping> m = ToNatMapping(proto);
+      if (!m.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": ", m.status().message()));
+      }
+      planned.emplace_back(proto, *m);
+    }
+    if (!any_family) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": host IP ", r.host_ip(),
+          " has no container address of its family"));
+    }
+  }
+
+  // Reserve, all or nothing.
+  StoreWrite write;
+  Batch batch;
+  std::vector<PortMapping> reserved;
+  std::string holder = AttachmentHolder(key);
+  int64_t id_mark = next_mapping_id_;
+  auto unreserve = [&] {
+    for (const PortMapping& m : reserved) ReleasePorts(m);
+    next_mapping_id_ = id_mark;
+  };
+  std::vector<std::pair<v1::PortMapping, PortMapping>> made;
+  for (auto& [proto, m] : planned) {
+    // A dual-stack mapping with host port 0 takes the same port in both
+    // families.
+    if (m.host_port == 0) {
+      for (const auto& [p2, m2] : made) {
+        if (p2.description() == proto.description()) m.host_port = m2.host_port;
+      }
+    }
+    PortMapping reserving = m;
+    absl::StatusOr<v1::PortMapping> added =
+        AddMappingLocked(proto, reserving, holder, &write, &batch);
+    if (!added.ok()) {
+      unreserve();
+      return added.status();
+    }
+    PortMapping final_mapping = *ToNatMapping(*added);
+    reserved.push_back(final_mapping);
+    rec.mapping_ids.push_back(added->id());
+    made.emplace_back(*added, final_mapping);
+  }
+  write.put_attachments.push_back(attachment);
+  write.next_mapping_id = next_mapping_id_;
+  Batch network = NetworkBatch(&rec, nullptr);
+  batch.add.masquerade = network.add.masquerade;
+  batch.add.hairpin = network.add.hairpin;
+  batch.add.localhost_interfaces = network.add.localhost_interfaces;
+  batch.remove.masquerade = network.remove.masquerade;
+  batch.remove.hairpin = network.remove.hairpin;
+
+  StoreWrite undo;
+  undo.delete_attachments.push_back(key);
+  for (const auto& [p, m] : made) undo.delete_mappings.push_back(p.id());
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) {
+    unreserve();
+    return s;
+  }
+  v1::AttachResponse response;
+  for (auto& [proto, m] : made) {
+    Forget(m);
+    mappings_[proto.id()] = MappingRecord{proto, m};
+    Publish(v1::MappingEvent::TYPE_ADDED, proto);
+    *response.add_mappings() = proto;
+  }
+  attachments_[owner] = std::move(rec);
+  return response;
+}
+
+absl::StatusOr<bool> AgentCore::Detach(const v1::AttachmentKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  return DetachLocked(key);
+}
+
+absl::StatusOr<bool> AgentCore::DetachLocked(const v1::AttachmentKey& key) {
+  std::string owner = AttachmentOwnerId(key);
+  auto it = attachments_.find(owner);
+  if (it == attachments_.end()) return false;
+  const AttachmentRecord& rec = it->second;
+  StoreWrite write, undo;
+  Batch batch;
+  write.delete_attachments.push_back(key);
+  undo.put_attachments.push_back(rec.proto);
+  for (const std::string& id : rec.mapping_ids) {
+    const MappingRecord& m = mappings_.at(id);
+    write.delete_mappings.push_back(id);
+    undo.put_mappings.push_back(m.proto);
+    for (const nat::DnatElement& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
+  }
+  Batch network = NetworkBatch(nullptr, &rec);
+  batch.remove.masquerade = network.remove.masquerade;
+  batch.remove.hairpin = network.remove.hairpin;
+  batch.remove.localhost_interfaces = network.remove.localhost_interfaces;
+  batch.add.masquerade = network.add.masquerade;
+  batch.add.hairpin = network.add.hairpin;
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
+  for (const std::string& id : rec.mapping_ids) {
+    MappingRecord m = std::move(mappings_.at(id));
+    mappings_.erase(id);
+    ReleasePorts(m.nat);
+    Forget(m.nat);
+    Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
+  }
+  attachments_.erase(it);
+  return true;
+}
+
+absl::Status AgentCore::Check(const v1::AttachmentKey& key) {
+  nat::RuleSet needed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+    auto it = attachments_.find(AttachmentOwnerId(key));
+    if (it == attachments_.end()) {
+      return absl::NotFoundError(
+          absl::StrCat(AttachmentHolder(key), " is not attached"));
+    }
+    for (const std::string& id : it->second.mapping_ids) {
+      for (const nat::DnatElement& e : mappings_.at(id).nat.ToElements()) {
+        needed.dnat.insert(e);
+      }
+    }
+    nat::RuleSet all = Desired();
+    const v1::AttachmentOptions& o = it->second.proto.options();
+    for (const Prefix& p : it->second.networks) {
+      for (const Prefix& q : all.masquerade) {
+        if (o.masquerade() && q.Contains(p.address)) needed.masquerade.insert(q);
+      }
+      for (const Prefix& q : all.hairpin) {
+        if (o.hairpin() && q.Contains(p.address)) needed.hairpin.insert(q);
+      }
+    }
+    if (o.localhost()) {
+      needed.localhost_interfaces.insert(it->second.proto.host_interface());
+    }
+    // Read the kernel under the lock, so that no concurrent change of ours
+    // makes the comparison lie.
+    absl::StatusOr<nat::KernelState> state = backend_->Read();
+    if (!state.ok()) return state.status();
+    if (!state->table_present) {
+      return absl::FailedPreconditionError(
+          "the kernel has no table inet fabric_nat");
+    }
+    std::vector<std::string> missing;
+    if (!state->layout_intact) missing.push_back(state->problem);
+    nat::Batch diff = nat::Diff(state->rules, needed);
+    for (const auto& e : diff.add.dnat) missing.push_back(absl::StrCat("dnat ", e.ToString()));
+    for (const auto& p : diff.add.masquerade) {
+      missing.push_back(absl::StrCat("masquerade ", p.ToString()));
+    }
+    for (const auto& p : diff.add.hairpin) {
+      missing.push_back(absl::StrCat("hairpin ", p.ToString()));
+    }
+    for (const auto& i : diff.add.localhost_interfaces) {
+      missing.push_back(absl::StrCat("localhost access on ", i));
+    }
+    if (!missing.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          AttachmentHolder(key), ": missing from the kernel: ",
+          absl::StrJoin(missing, "; ")));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::AttachmentKey>> AgentCore::GarbageCollect(
+    const std::string& network, const std::vector<v1::AttachmentKey>& valid) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  std::set<std::string> keep;
+  for (const v1::AttachmentKey& k : valid) {
+    v1::AttachmentKey full = k;
+    full.set_network_name(network);
+    keep.insert(AttachmentOwnerId(full));
+  }
+  std::vector<v1::AttachmentKey> stale;
+  for (const auto& [owner, rec] : attachments_) {
+    if (rec.proto.key().network_name() == network && keep.count(owner) == 0) {
+      stale.push_back(rec.proto.key());
+    }
+  }
+  std::vector<v1::AttachmentKey> removed;
+  std::vector<std::string> errors;
+  for (const v1::AttachmentKey& k : stale) {
+    absl::StatusOr<bool> r = DetachLocked(k);
+    if (r.ok()) {
+      removed.push_back(k);
+    } else {
+      errors.push_back(std::string(r.status().message()));
+    }
+  }
+  if (!errors.empty()) {
+    return absl::InternalError(absl::StrCat(
+        "garbage collection removed ", removed.size(), " attachment(s) and failed on ",
+        errors.size(), ": ", absl::StrJoin(errors, "; ")));
+  }
+  return removed;
+}
+
+absl::StatusOr<v1::PortMapping> AgentCore::CreateMapping(
+    const v1::PortMapping& request) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  if (request.owner().kind() == v1::OWNER_KIND_UNSPECIFIED ||
+      request.owner().kind() == v1::OWNER_KIND_CNI) {
+    return absl::InvalidArgumentError(
+        "a mapping needs an owner kind other than CNI (CNI mappings come "
+        "with attachments)");
+  }
+  if (request.owner().id().empty() || request.owner().id().size() > kMaxIdLength ||
+      request.description().size() > kMaxIdLength) {
+    return absl::InvalidArgumentError(
+        "owner id must be 1-256 bytes and description at most 256");
+  }
+  absl::StatusOr<PortMapping> m = ToNatMapping(request);
+  if (!m.ok()) return m.status();
+  v1::PortMapping proto = request;
+  proto.clear_created_at();
+  StoreWrite write;
+  Batch batch;
+  int64_t id_mark = next_mapping_id_;
+  absl::StatusOr<v1::PortMapping> added =
+      AddMappingLocked(proto, *m, MappingHolder(request), &write, &batch);
+  if (!added.ok()) return added.status();
+  PortMapping final_mapping = *ToNatMapping(*added);
+  // Re-label the holder with the id now known.
+  ReleasePorts(final_mapping);
+  allocator_
+      .Reserve(PortScope::Of(final_mapping), final_mapping.host_port,
+               final_mapping.port_count, MappingHolder(*added))
+      .IgnoreError();
+  write.next_mapping_id = next_mapping_id_;
+  StoreWrite undo;
+  undo.delete_mappings.push_back(added->id());
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) {
+    ReleasePorts(final_mapping);
+    next_mapping_id_ = id_mark;
+    return s;
+  }
+  Forget(final_mapping);
+  mappings_[added->id()] = MappingRecord{*added, final_mapping};
+  Publish(v1::MappingEvent::TYPE_ADDED, *added);
+  return *added;
+}
+
+absl::Status AgentCore::DeleteMapping(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  auto it = mappings_.find(id);
+  if (it == mappings_.end()) {
+    return absl::NotFoundError(absl::StrCat("no mapping ", id));
+  }
+  if (it->second.proto.owner().kind() == v1::OWNER_KIND_CNI) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "mapping ", id, " belongs to container attachment ",
+        it->second.proto.owner().id(), "; it goes when the container is deleted"));
+  }
+  StoreWrite write, undo;
+  write.delete_mappings.push_back(id);
+  undo.put_mappings.push_back(it->second.proto);
+  Batch batch;
+  for (const nat::DnatElement& e : it->second.nat.ToElements()) {
+    batch.remove.dnat.insert(e);
+  }
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
+  ReleasePorts(it->second.nat);
+  Forget(it->second.nat);
+  Publish(v1::MappingEvent::TYPE_REMOVED, it->second.proto);
+  mappings_.erase(it);
+  return absl::OkStatus();
+}
+
+std::vector<v1::PortMapping> AgentCore::ListMappings(
+    v1::OwnerKind kind, const std::string& owner_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<v1::PortMapping> out;
+  for (const auto& [id, m] : mappings_) {
+    if (OwnerMatches(m.proto, kind, owner_id)) out.push_back(m.proto);
+  }
+  return out;
+}
+
+std::shared_ptr<EventQueue> AgentCore::Subscribe(v1::OwnerKind kind,
+                                                 const std::string& owner_id) {
+  auto queue = std::make_shared<EventQueue>();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, m] : mappings_) {
+    if (!OwnerMatches(m.proto, kind, owner_id)) continue;
+    v1::MappingEvent e;
+    e.set_type(v1::MappingEvent::TYPE_ADDED);
+    *e.mutable_mapping() = m.proto;
+    queue->Push(std::move(e));
+  }
+  v1::MappingEvent synced;
+  synced.set_type(v1::MappingEvent::TYPE_SYNCED);
+  queue->Push(std::move(synced));
+  subscribers_.push_back(Subscriber{kind, owner_id, queue});
+  return queue;
+}
+
+void AgentCore::Unsubscribe(const std::shared_ptr<EventQueue>& queue) {
+  queue->Close();
+  std::lock_guard<std::mutex> lock(mu_);
+  subscribers_.erase(
+      std::remove_if(subscribers_.begin(), subscribers_.end(),
+                     [&](const Subscriber& s) { return s.queue == queue; }),
+      subscribers_.end());
+}
+
+absl::StatusOr<nat::SyncReport> AgentCore::Resync() {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, Desired());
+  if (report.ok() && report->action != nat::SyncReport::Action::kNone) {
+    ++repairs_;
+    last_repair_ = absl::Now();
+  }
+  return report;
+}
+
+v1::GetStatusResponse AgentCore::Status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::GetStatusResponse r;
+  r.set_ready(ready_);
+  r.set_reason(not_ready_reason_);
+  r.set_backend(backend_name_);
+  r.set_attachments(static_cast<uint32_t>(attachments_.size()));
+  r.set_mappings(static_cast<uint32_t>(mappings_.size()));
+  *r.mutable_started_at() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(started_at_));
+  r.set_repairs(repairs_);
+  if (last_repair_ != absl::InfinitePast()) {
+    *r.mutable_last_repair_at() =
+        google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+            absl::ToUnixNanos(last_repair_));
+  }
+  return r;
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,166 @@
+// AgentCore: the one place that owns NAT state. Every front-end (the gRPC
+// services for the CNI plugin, orchestrators and fabricctl; later NAT-PMP,
+// PCP and UPnP) calls into it; it serializes all of them.
+//
+// One operation: validate -> reserve host ports -> commit to the store ->
+// apply one kernel batch -> reply. Any failure undoes what was done, so an
+// operation either happened entirely (on disk and in the kernel) or not at
+// all.
+//
+// Threading: thread-safe. One std::mutex guards everything; the core never
+// calls out (no callbacks, RPCs or waits on others) while holding it. Watch
+// events are pushed into per-subscriber queues that the subscriber drains on
+// its own thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "agent/store.h"
+#include "fabric/nat/v1/nat.pb.h"
+#include "nat/backend/backend.h"
+#include "nat/conntrack/conntrack.h"
+#include "nat/port_allocator.h"
+
+namespace fabric::agent {
+
+struct CoreOptions {
+  // Dynamic host port range (host port 0 in a request).
+  uint16_t dynamic_lo = 32768;
+  uint16_t dynamic_hi = 60999;
+};
+
+// A subscriber's queue of mapping events (WatchMappings).
+class EventQueue {
+ public:
+  // Waits up to `timeout` for an event. nullopt on timeout or when closed.
+  std::optional<v1::MappingEvent> Pop(absl::Duration timeout);
+  void Push(v1::MappingEvent event);
+  void Close();
+  bool closed() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::MappingEvent> events_;  // guarded by mu_
+  bool closed_ = false;                  // guarded by mu_
+};
+
+class AgentCore {
+ public:
+  AgentCore(std::unique_ptr<Store> store, nat::Backend* backend,
+            nat::ConntrackCleaner* conntrack, CoreOptions options);
+
+  // Loads the store, rebuilds the allocator and makes the kernel match in
+  // one batch. Until it succeeds the core is not ready and refuses changes
+  // with kUnavailable.
+  absl::Status Start();
+
+  // CNI attachments (see proto/fabric/nat/v1/nat.proto for the contract).
+  absl::StatusOr<v1::AttachResponse> Attach(const v1::Attachment& attachment);
+  // True when the attachment existed.
+  absl::StatusOr<bool> Detach(const v1::AttachmentKey& key);
+  absl::Status Check(const v1::AttachmentKey& key);
+  absl::StatusOr<std::vector<v1::AttachmentKey>> GarbageCollect(
+      const std::string& network,
+      const std::vector<v1::AttachmentKey>& valid);
+
+  // Mappings for orchestrators and tools.
+  absl::StatusOr<v1::PortMapping> CreateMapping(const v1::PortMapping& request);
+  absl::Status DeleteMapping(const std::string& id);
+  std::vector<v1::PortMapping> ListMappings(v1::OwnerKind kind,
+                                            const std::string& owner_id) const;
+  // Current mappings as TYPE_ADDED events, then TYPE_SYNCED, then every
+  // change, through the returned queue. Unsubscribe when done.
+  std::shared_ptr<EventQueue> Subscribe(v1::OwnerKind kind,
+                                        const std::string& owner_id);
+  void Unsubscribe(const std::shared_ptr<EventQueue>& queue);
+
+  // Makes the kernel match the store again (reconciler, after a foreign
+  // change). Reports what it did.
+  absl::StatusOr<nat::SyncReport> Resync();
+
+  v1::GetStatusResponse Status() const;
+  // The kernel state the store asks for.
+  nat::RuleSet Desired() const;
+  const std::string& backend_name() const { return backend_name_; }
+
+ private:
+  struct MappingRecord {
+    v1::PortMapping proto;
+    nat::PortMapping nat;
+  };
+  struct AttachmentRecord {
+    v1::Attachment proto;
+    std::vector<std::string> mapping_ids;
+    std::vector<nat::Prefix> networks;  // container networks (prefix form)
+  };
+
+  absl::Status ReadyOrError() const;
+  // Reserves `m`'s host ports (allocating when host_port is 0) for holder.
+  absl::Status ReservePorts(nat::PortMapping& m, const std::string& holder);
+  void ReleasePorts(const nat::PortMapping& m);
+  // Commits `write`, then applies `batch`; if the kernel refuses, commits
+  // `undo` and returns the kernel's error.
+  absl::Status Realize(const StoreWrite& write, const StoreWrite& undo,
+                       const nat::Batch& batch);
+  // The prefix/interface part of the desired state for the current
+  // attachments.
+  void NetworkState(std::set<nat::Prefix>* masquerade,
+                    std::set<nat::Prefix>* hairpin,
+                    std::set<std::string>* interfaces) const;
+  // The batch that turns the current desired network state into the one
+  // for `attachments_` with `change` applied (added or removed).
+  nat::Batch NetworkBatch(const AttachmentRecord* added,
+                          const AttachmentRecord* removed) const;
+  absl::StatusOr<v1::PortMapping> AddMappingLocked(v1::PortMapping proto,
+                                                   nat::PortMapping nat,
+                                                   const std::string& holder,
+                                                   StoreWrite* write,
+                                                   nat::Batch* batch);
+  void Forget(const nat::PortMapping& m);
+  void Publish(v1::MappingEvent::Type type, const v1::PortMapping& m);
+  absl::StatusOr<bool> DetachLocked(const v1::AttachmentKey& key);
+  std::string NewMappingId();
+
+  const CoreOptions options_;
+  const std::string backend_name_;
+  nat::Backend* const backend_;
+  nat::ConntrackCleaner* const conntrack_;
+  const absl::Time started_at_;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<Store> store_;                          // guarded by mu_
+  nat::PortAllocator allocator_;                          // guarded by mu_
+  std::map<std::string, MappingRecord> mappings_;         // guarded by mu_
+  std::map<std::string, AttachmentRecord> attachments_;   // guarded by mu_
+  int64_t next_mapping_id_ = 1;                           // guarded by mu_
+  bool ready_ = false;                                    // guarded by mu_
+  std::string not_ready_reason_ = "starting";             // guarded by mu_
+  uint64_t repairs_ = 0;                                  // guarded by mu_
+  absl::Time last_repair_ = absl::InfinitePast();         // guarded by mu_
+  struct Subscriber {
+    v1::OwnerKind kind;
+    std::string owner_id;
+    std::shared_ptr<EventQueue> queue;
+  };
+  std::vector<Subscriber> subscribers_;                   // guarded by mu_
+};
+
+// Parses and checks a v1 mapping request into the NAT value type.
+// kInvalidArgument naming the field.
+absl::StatusOr<nat::PortMapping> ToNatMapping(const v1::PortMapping& m);
+v1::Protocol ToProto(nat::Protocol p);
+absl::StatusOr<nat::Protocol> FromProto(v1::Protocol p);
+
+}  // namespace fabric::agent

@@ -1,0 +1,246 @@
+#include "agent/core.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nat/backend/fake/fake_backend.h"
+#include "testing/status_matchers.h"
+
+namespace fabric::agent {
+namespace {
+
+using ::fabric::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::SizeIs;
+
+class CoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::string(std::getenv("TEST_TMPDIR")) + "/" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    Restart();
+  }
+
+  void Restart() {
+    core_.reset();
+    auto store = Store::Open(dir_);
+    ASSERT_OK(store.status());
+    core_ = std::make_unique<AgentCore>(std::move(*store), &backend_,
+                                        &conntrack_, CoreOptions{40000, 40099});
+    ASSERT_OK(core_->Start());
+  }
+
+  static v1::Attachment Container(const std::string& cid,
+                                  const std::string& addr, int host_port,
+                                  int container_port) {
+    v1::Attachment a;
+    a.mutable_key()->set_container_id(cid);
+    a.mutable_key()->set_ifname("eth0");
+    a.mutable_key()->set_network_name("net1");
+    a.set_netns_path("/run/netns/" + cid);
+    a.add_container_addresses(addr);
+    a.set_host_interface("cni0");
+    a.mutable_options()->set_hairpin(true);
+    if (host_port >= 0) {
+      v1::PortMappingRequest* r = a.add_port_mappings();
+      r->set_protocol(v1::PROTOCOL_TCP);
+      r->set_host_port(host_port);
+      r->set_container_port(container_port);
+    }
+    return a;
+  }
+
+  std::string dir_;
+  nat::FakeBackend backend_;
+  nat::RecordingConntrackCleaner conntrack_;
+  std::unique_ptr<AgentCore> core_;
+};
+
+TEST_F(CoreTest, AttachPublishesAndDetachRemovesEverything) {
+  ASSERT_OK_AND_ASSIGN(v1::AttachResponse r,
+                       core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)));
+  ASSERT_THAT(r.mappings(), SizeIs(1));
+  EXPECT_EQ(r.mappings(0).host_port(), 8080u);
+  EXPECT_EQ(r.mappings(0).owner().kind(), v1::OWNER_KIND_CNI);
+  EXPECT_EQ(backend_.rules().dnat.size(), 1u);
+  EXPECT_EQ(backend_.rules().hairpin.size(), 1u);
+  EXPECT_EQ(backend_.rules().hairpin.begin()->ToString(), "10.22.0.0/16");
+  ASSERT_OK_AND_ASSIGN(bool existed, core_->Detach(Container("c1", "", 0, 0).key()));
+  EXPECT_TRUE(existed);
+  EXPECT_TRUE(backend_.rules().empty()) << backend_.rules().DebugString();
+  EXPECT_TRUE(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, "").empty());
+  // Idempotent.
+  ASSERT_OK_AND_ASSIGN(existed, core_->Detach(Container("c1", "", 0, 0).key()));
+  EXPECT_FALSE(existed);
+}
+
+TEST_F(CoreTest, ConflictNamesTheHolderAndChangesNothing) {
+  ASSERT_OK(core_->Attach(Container("3f2a9b", "10.22.0.5/16", 8080, 80)).status());
+  nat::RuleSet before = backend_.rules();
+  EXPECT_THAT(core_->Attach(Container("beef", "10.22.0.6/16", 8080, 80)),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("host port 8080/tcp on 0.0.0.0 is held by "
+                                 "container 3f2a9b (eth0, network net1)")));
+  EXPECT_EQ(backend_.rules(), before);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, ""), SizeIs(1));
+}
+
+TEST_F(CoreTest, DualStackGetsOneMappingPerFamily) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 80);
+  a.add_container_addresses("fd00::5/64");
+  ASSERT_OK_AND_ASSIGN(v1::AttachResponse r, core_->Attach(a));
+  ASSERT_THAT(r.mappings(), SizeIs(2));
+  EXPECT_EQ(backend_.rules().dnat.size(), 2u);
+  // A host IP limits the mapping to its family.
+  v1::Attachment b = Container("c2", "10.23.0.5/16", -1, 0);
+  b.add_container_addresses("fd01::5/64");
+  v1::PortMappingRequest* m = b.add_port_mappings();
+  m->set_host_ip("fd00::1");
+  m->set_host_port(9000);
+  m->set_container_port(90);
+  ASSERT_OK_AND_ASSIGN(r, core_->Attach(b));
+  ASSERT_THAT(r.mappings(), SizeIs(1));
+  EXPECT_EQ(r.mappings(0).target_ip(), "fd01::5");
+}
+
+TEST_F(CoreTest, BadInputIsRefusedWithTheField) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 0);
+  EXPECT_THAT(core_->Attach(a),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("container port must be 1-65535")));
+  a = Container("c1", "10.22.0.5/99", 8080, 80);
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("prefix length")));
+  a = Container("c1", "10.22.0.5/16", 8080, 80);
+  a.mutable_port_mappings(0)->set_host_ip("fd00::1");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("no container address")));
+  EXPECT_TRUE(backend_.rules().empty());
+}
+
+TEST_F(CoreTest, KernelFailureUndoesStoreAndPorts) {
+  backend_.FailNext(absl::InternalError("netlink: boom"));
+  EXPECT_THAT(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("boom")));
+  EXPECT_TRUE(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, "").empty());
+  // The port is free again, and the store holds nothing after a restart.
+  ASSERT_OK(core_->Attach(Container("c2", "10.22.0.6/16", 8080, 80)).status());
+  Restart();
+  auto list = core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, "");
+  ASSERT_THAT(list, SizeIs(1));
+  EXPECT_THAT(list[0].owner().id(), HasSubstr("c2/"));
+}
+
+TEST_F(CoreTest, StateSurvivesRestartAndKernelIsResynced) {
+  ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)).status());
+  nat::RuleSet want = backend_.rules();
+  backend_.DeleteTable().IgnoreError();  // e.g. a flush while the agent was down
+  Restart();
+  EXPECT_EQ(backend_.rules(), want);
+  // Still held after restart.
+  EXPECT_THAT(core_->Attach(Container("c9", "10.22.0.9/16", 8080, 80)),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("c1")));
+  // Mapping ids never repeat across restarts.
+  ASSERT_OK_AND_ASSIGN(auto r, core_->Attach(Container("c2", "10.22.0.6/16", 8081, 80)));
+  EXPECT_EQ(r.mappings(0).id(), "m-2");
+}
+
+TEST_F(CoreTest, ReattachSameIsIdempotentDifferentIsRefused) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 80);
+  ASSERT_OK_AND_ASSIGN(auto r1, core_->Attach(a));
+  ASSERT_OK_AND_ASSIGN(auto r2, core_->Attach(a));
+  EXPECT_EQ(r1.mappings(0).id(), r2.mappings(0).id());
+  a.mutable_port_mappings(0)->set_host_port(8081);
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kAlreadyExists,
+                                         HasSubstr("different configuration")));
+}
+
+TEST_F(CoreTest, SharedNetworkRulesStayUntilLastContainerGoes) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", -1, 0);
+  a.mutable_options()->set_masquerade(true);
+  v1::Attachment b = Container("c2", "10.22.0.6/16", -1, 0);
+  b.mutable_options()->set_masquerade(true);
+  ASSERT_OK(core_->Attach(a).status());
+  ASSERT_OK(core_->Attach(b).status());
+  EXPECT_EQ(backend_.rules().masquerade.size(), 1u);
+  ASSERT_OK(core_->Detach(a.key()).status());
+  EXPECT_EQ(backend_.rules().masquerade.size(), 1u);
+  ASSERT_OK(core_->Detach(b.key()).status());
+  EXPECT_TRUE(backend_.rules().masquerade.empty());
+}
+
+TEST_F(CoreTest, CheckFindsMissingRules) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 80);
+  ASSERT_OK(core_->Attach(a).status());
+  EXPECT_OK(core_->Check(a.key()));
+  backend_.mutable_rules().dnat.clear();
+  EXPECT_THAT(core_->Check(a.key()),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("dnat tcp 0.0.0.0:8080 -> 10.22.0.5:80")));
+  EXPECT_THAT(core_->Check(Container("zz", "", 0, 0).key()),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(auto report, core_->Resync());
+  EXPECT_EQ(report.action, nat::SyncReport::Action::kApplied);
+  EXPECT_OK(core_->Check(a.key()));
+  EXPECT_EQ(core_->Status().repairs(), 1u);
+}
+
+TEST_F(CoreTest, GarbageCollectKeepsOnlyValidOfThatNetwork) {
+  ASSERT_OK(core_->Attach(Container("keep", "10.22.0.5/16", 8080, 80)).status());
+  ASSERT_OK(core_->Attach(Container("gone", "10.22.0.6/16", 8081, 80)).status());
+  v1::Attachment other = Container("other", "10.22.0.7/16", 8082, 80);
+  other.mutable_key()->set_network_name("net2");
+  ASSERT_OK(core_->Attach(other).status());
+  v1::AttachmentKey keep;
+  keep.set_container_id("keep");
+  keep.set_ifname("eth0");
+  ASSERT_OK_AND_ASSIGN(auto removed, core_->GarbageCollect("net1", {keep}));
+  ASSERT_THAT(removed, SizeIs(1));
+  EXPECT_EQ(removed[0].container_id(), "gone");
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, ""), SizeIs(2));
+}
+
+TEST_F(CoreTest, ApiMappingsShareTheAllocatorWithContainers) {
+  v1::PortMapping m;
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  m.mutable_owner()->set_id("web-svc");
+  m.set_protocol(v1::PROTOCOL_UDP);
+  m.set_target_ip("10.22.0.9");
+  m.set_target_port(53);
+  ASSERT_OK_AND_ASSIGN(v1::PortMapping made, core_->CreateMapping(m));
+  EXPECT_GE(made.host_port(), 40000u);
+  EXPECT_LE(made.host_port(), 40099u);
+  EXPECT_THAT(conntrack_.calls, SizeIs(1));  // UDP: stale flows forgotten
+  v1::Attachment a = Container("c1", "10.22.0.5/16", -1, 0);
+  v1::PortMappingRequest* r = a.add_port_mappings();
+  r->set_protocol(v1::PROTOCOL_UDP);
+  r->set_host_port(made.host_port());
+  r->set_container_port(53);
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kAlreadyExists,
+                                         HasSubstr("web-svc")));
+  EXPECT_THAT(core_->DeleteMapping("m-999"), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK(core_->DeleteMapping(made.id()));
+  EXPECT_OK(core_->Attach(a).status());
+  auto cni = core_->ListMappings(v1::OWNER_KIND_CNI, "");
+  ASSERT_THAT(cni, SizeIs(1));
+  EXPECT_THAT(core_->DeleteMapping(cni[0].id()),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(CoreTest, WatchSeesSnapshotThenChanges) {
+  ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)).status());
+  auto q = core_->Subscribe(v1::OWNER_KIND_UNSPECIFIED, "");
+  auto e = q->Pop(absl::Seconds(1));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_ADDED);
+  e = q->Pop(absl::Seconds(1));
+  EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_SYNCED);
+  ASSERT_OK(core_->Detach(Container("c1", "", 0, 0).key()).status());
+  e = q->Pop(absl::Seconds(1));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_REMOVED);
+  core_->Unsubscribe(q);
+  EXPECT_FALSE(q->Pop(absl::Milliseconds(10)).has_value());
+}
+
+}  // namespace
+}  // namespace fabric::agent

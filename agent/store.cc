@@ -1,0 +1,261 @@
+#include "agent/store.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace fabric::agent {
+
+namespace {
+
+absl::Status SqlError(sqlite3* db, absl::string_view what) {
+  return absl::InternalError(
+      absl::StrCat("store: ", what, ": ", sqlite3_errmsg(db)));
+}
+
+// A prepared statement, finalized on scope exit.
+class Statement {
+ public:
+  Statement(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  sqlite3_stmt* get() { return stmt_; }
+  void BindText(int i, const std::string& s) {
+    sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()),
+                      SQLITE_TRANSIENT);
+  }
+  void BindBlob(int i, const std::string& s) {
+    sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()),
+                      SQLITE_TRANSIENT);
+  }
+  // Runs a statement that returns no rows, then resets it for reuse.
+  bool Run() {
+    int rc = sqlite3_step(stmt_);
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+    return rc == SQLITE_DONE;
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+std::string Blob(sqlite3_stmt* s, int col) {
+  const void* p = sqlite3_column_blob(s, col);
+  int n = sqlite3_column_bytes(s, col);
+  return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
+}
+
+}  // namespace
+
+std::string AttachmentOwnerId(const v1::AttachmentKey& key) {
+  return absl::StrCat(key.container_id(), "/", key.ifname(), "/",
+                      key.network_name());
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
+  mkdir(dir.c_str(), 0700);
+  std::string path = absl::StrCat(dir, "/state.db");
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                               SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  auto refuse = [&](absl::string_view why) {
+    std::string msg = absl::StrCat(
+        "store ", path, " cannot be used: ", why,
+        db != nullptr ? absl::StrCat(" (", sqlite3_errmsg(db), ")") : "",
+        ". The agent will not start and leaves the kernel rules as they are; "
+        "restore a backup (fabricctl backup) or move the file away to start "
+        "empty.");
+    if (db != nullptr) sqlite3_close(db);
+    return absl::FailedPreconditionError(msg);
+  };
+  if (rc != SQLITE_OK) return refuse("cannot open");
+  std::unique_ptr<Store> store(new Store(db, path));
+  sqlite3_busy_timeout(db, 5000);
+  // Reading the schema version is the first real read: a corrupt or
+  // non-database file fails here.
+  int version = -1;
+  {
+    Statement s(db, "PRAGMA user_version");
+    if (!s.ok() || sqlite3_step(s.get()) != SQLITE_ROW) {
+      store->db_ = nullptr;
+      return refuse("not a readable SQLite database");
+    }
+    version = sqlite3_column_int(s.get(), 0);
+  }
+  {
+    Statement s(db, "PRAGMA quick_check");
+    if (!s.ok() || sqlite3_step(s.get()) != SQLITE_ROW ||
+        std::string(reinterpret_cast<const char*>(
+            sqlite3_column_text(s.get(), 0))) != "ok") {
+      store->db_ = nullptr;
+      return refuse("integrity check failed");
+    }
+  }
+  if (version > kSchemaVersion) {
+    store->db_ = nullptr;
+    return refuse(absl::StrCat("schema version ", version,
+                               " is newer than this agent's (",
+                               kSchemaVersion, ")"));
+  }
+  for (const char* pragma :
+       {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
+        "PRAGMA foreign_keys=ON"}) {
+    if (absl::Status s = store->Exec(pragma); !s.ok()) return s;
+  }
+  // Migrations, one per version step, each in its own transaction.
+  if (version < 1) {
+    absl::Status s = store->Exec(
+        "BEGIN;"
+        "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"
+        "CREATE TABLE IF NOT EXISTS attachments("
+        "  container_id TEXT NOT NULL, ifname TEXT NOT NULL,"
+        "  network TEXT NOT NULL, spec BLOB NOT NULL,"
+        "  PRIMARY KEY(container_id, ifname, network));"
+        "CREATE TABLE IF NOT EXISTS mappings("
+        "  id TEXT PRIMARY KEY, owner_kind INTEGER NOT NULL,"
+        "  owner_id TEXT NOT NULL, spec BLOB NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS mappings_owner ON mappings(owner_kind, owner_id);"
+        "INSERT OR IGNORE INTO meta VALUES('next_mapping_id', '1');"
+        "PRAGMA user_version=1;"
+        "COMMIT;");
+    if (!s.ok()) return s;
+  }
+  return store;
+}
+
+Store::~Store() {
+  if (db_ != nullptr) sqlite3_close(db_);
+}
+
+absl::Status Store::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err != nullptr ? err : "unknown error";
+    sqlite3_free(err);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return absl::InternalError(absl::StrCat("store: ", msg));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StoreContents> Store::Load() const {
+  StoreContents out;
+  {
+    Statement s(db_, "SELECT spec FROM attachments");
+    if (!s.ok()) return SqlError(db_, "read attachments");
+    while (sqlite3_step(s.get()) == SQLITE_ROW) {
+      v1::Attachment a;
+      if (!a.ParseFromString(Blob(s.get(), 0))) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("store ", path_, ": an attachment row is corrupt"));
+      }
+      out.attachments.push_back(std::move(a));
+    }
+  }
+  {
+    Statement s(db_, "SELECT spec FROM mappings ORDER BY rowid");
+    if (!s.ok()) return SqlError(db_, "read mappings");
+    while (sqlite3_step(s.get()) == SQLITE_ROW) {
+      v1::PortMapping m;
+      if (!m.ParseFromString(Blob(s.get(), 0))) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("store ", path_, ": a mapping row is corrupt"));
+      }
+      out.mappings.push_back(std::move(m));
+    }
+  }
+  {
+    Statement s(db_, "SELECT value FROM meta WHERE key='next_mapping_id'");
+    if (s.ok() && sqlite3_step(s.get()) == SQLITE_ROW) {
+      out.next_mapping_id = sqlite3_column_int64(s.get(), 0);
+    }
+  }
+  return out;
+}
+
+absl::Status Store::Commit(const StoreWrite& write) {
+  if (write.empty()) return absl::OkStatus();
+  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto fail = [&](absl::string_view what) {
+    absl::Status s = SqlError(db_, what);
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return s;
+  };
+  {
+    Statement del(db_,
+                  "DELETE FROM attachments WHERE container_id=?1 AND "
+                  "ifname=?2 AND network=?3");
+    for (const v1::AttachmentKey& k : write.delete_attachments) {
+      del.BindText(1, k.container_id());
+      del.BindText(2, k.ifname());
+      del.BindText(3, k.network_name());
+      if (!del.Run()) return fail("delete attachment");
+    }
+    Statement put(db_, "INSERT OR REPLACE INTO attachments VALUES(?1,?2,?3,?4)");
+    for (const v1::Attachment& a : write.put_attachments) {
+      put.BindText(1, a.key().container_id());
+      put.BindText(2, a.key().ifname());
+      put.BindText(3, a.key().network_name());
+      put.BindBlob(4, a.SerializeAsString());
+      if (!put.Run()) return fail("write attachment");
+    }
+  }
+  {
+    Statement del(db_, "DELETE FROM mappings WHERE id=?1");
+    for (const std::string& id : write.delete_mappings) {
+      del.BindText(1, id);
+      if (!del.Run()) return fail("delete mapping");
+    }
+    Statement put(db_, "INSERT OR REPLACE INTO mappings VALUES(?1,?2,?3,?4)");
+    for (const v1::PortMapping& m : write.put_mappings) {
+      put.BindText(1, m.id());
+      sqlite3_bind_int(put.get(), 2, m.owner().kind());
+      put.BindText(3, m.owner().id());
+      put.BindBlob(4, m.SerializeAsString());
+      if (!put.Run()) return fail("write mapping");
+    }
+  }
+  if (write.next_mapping_id.has_value()) {
+    Statement put(db_, "UPDATE meta SET value=?1 WHERE key='next_mapping_id'");
+    put.BindText(1, absl::StrCat(*write.next_mapping_id));
+    if (!put.Run()) return fail("write mapping id counter");
+  }
+  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return fail("commit");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Store::Backup(const std::string& path) const {
+  sqlite3* dest = nullptr;
+  if (sqlite3_open(path.c_str(), &dest) != SQLITE_OK) {
+    absl::Status s = absl::FailedPreconditionError(
+        absl::StrCat("backup: cannot open ", path, ": ", sqlite3_errmsg(dest)));
+    sqlite3_close(dest);
+    return s;
+  }
+  sqlite3_backup* b = sqlite3_backup_init(dest, "main", db_, "main");
+  if (b == nullptr) {
+    absl::Status s = SqlError(dest, absl::StrCat("backup to ", path));
+    sqlite3_close(dest);
+    return s;
+  }
+  sqlite3_backup_step(b, -1);
+  sqlite3_backup_finish(b);
+  int rc = sqlite3_errcode(dest);
+  absl::Status s = rc == SQLITE_OK
+                       ? absl::OkStatus()
+                       : SqlError(dest, absl::StrCat("backup to ", path));
+  sqlite3_close(dest);
+  return s;
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,83 @@
+// Store: the agent's durable state in SQLite (WAL). The store is the truth;
+// the kernel is made to match it. Every write is one transaction, committed
+// (fsync'd per synchronous=FULL) before the agent replies.
+//
+// Holds attachments (CNI) and mappings (all owners) as serialized v1 protos,
+// keyed for lookup; the schema is versioned (PRAGMA user_version).
+//
+// Thread-compatible: the agent's core serializes all calls.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "fabric/nat/v1/nat.pb.h"
+
+struct sqlite3;
+
+namespace fabric::agent {
+
+namespace v1 = ::fabric::nat::v1;
+
+// One write, applied as a single transaction.
+struct StoreWrite {
+  std::vector<v1::Attachment> put_attachments;
+  std::vector<v1::AttachmentKey> delete_attachments;
+  std::vector<v1::PortMapping> put_mappings;
+  std::vector<std::string> delete_mappings;  // mapping ids
+  // The counter mapping ids are drawn from, when it moved.
+  std::optional<int64_t> next_mapping_id;
+  bool empty() const {
+    return put_attachments.empty() && delete_attachments.empty() &&
+           put_mappings.empty() && delete_mappings.empty() &&
+           !next_mapping_id.has_value();
+  }
+};
+
+struct StoreContents {
+  std::vector<v1::Attachment> attachments;
+  std::vector<v1::PortMapping> mappings;
+  int64_t next_mapping_id = 1;
+};
+
+class Store {
+ public:
+  // Opens (creating if needed) <dir>/state.db. kFailedPrecondition with the
+  // path and the cause when the file is unreadable, corrupt, or of a newer
+  // schema: the agent must then refuse to start.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& dir);
+  ~Store();
+
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Everything stored.
+  absl::StatusOr<StoreContents> Load() const;
+
+  // Applies `write` atomically. kInternal with SQLite's message on failure;
+  // nothing is written then.
+  absl::Status Commit(const StoreWrite& write);
+
+  // Writes a consistent snapshot of the database to `path` (online backup).
+  absl::Status Backup(const std::string& path) const;
+
+  const std::string& path() const { return path_; }
+  static constexpr int kSchemaVersion = 1;
+
+ private:
+  Store(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  absl::Status Exec(const char* sql);
+
+  sqlite3* db_;
+  std::string path_;
+};
+
+// "cid/ifname/network": the owner id of an attachment's mappings.
+std::string AttachmentOwnerId(const v1::AttachmentKey& key);
+
+}  // namespace fabric::agent

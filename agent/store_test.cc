@@ -1,0 +1,93 @@
+#include "agent/store.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "testing/status_matchers.h"
+
+namespace fabric::agent {
+namespace {
+
+using ::fabric::testing::StatusIs;
+using ::testing::HasSubstr;
+
+std::string TempDir(const std::string& name) {
+  std::string dir = std::string(std::getenv("TEST_TMPDIR")) + "/" + name;
+  return dir;
+}
+
+v1::Attachment Attachment(const std::string& cid) {
+  v1::Attachment a;
+  a.mutable_key()->set_container_id(cid);
+  a.mutable_key()->set_ifname("eth0");
+  a.mutable_key()->set_network_name("net");
+  a.add_container_addresses("10.22.0.5/16");
+  return a;
+}
+
+v1::PortMapping Mapping(const std::string& id, int port) {
+  v1::PortMapping m;
+  m.set_id(id);
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  m.mutable_owner()->set_id("svc");
+  m.set_protocol(v1::PROTOCOL_TCP);
+  m.set_host_port(port);
+  m.set_target_ip("10.22.0.5");
+  m.set_target_port(80);
+  return m;
+}
+
+TEST(StoreTest, CommitsAndLoadsAcrossReopen) {
+  std::string dir = TempDir("reopen");
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+    StoreWrite w;
+    w.put_attachments = {Attachment("a"), Attachment("b")};
+    w.put_mappings = {Mapping("m-1", 8080), Mapping("m-2", 8081)};
+    w.next_mapping_id = 3;
+    ASSERT_OK(store->Commit(w));
+    StoreWrite d;
+    d.delete_attachments = {Attachment("a").key()};
+    d.delete_mappings = {"m-1"};
+    ASSERT_OK(store->Commit(d));
+  }
+  ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+  ASSERT_OK_AND_ASSIGN(StoreContents c, store->Load());
+  ASSERT_EQ(c.attachments.size(), 1u);
+  EXPECT_EQ(c.attachments[0].key().container_id(), "b");
+  ASSERT_EQ(c.mappings.size(), 1u);
+  EXPECT_EQ(c.mappings[0].id(), "m-2");
+  EXPECT_EQ(c.mappings[0].host_port(), 8081u);
+  EXPECT_EQ(c.next_mapping_id, 3);
+}
+
+TEST(StoreTest, CorruptFileRefusesWithClearMessage) {
+  std::string dir = TempDir("corrupt");
+  mkdir(dir.c_str(), 0700);
+  std::ofstream(dir + "/state.db") << "this is not a database, just garbage "
+                                   << std::string(5000, 'x');
+  EXPECT_THAT(Store::Open(dir),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("will not start and leaves the kernel")));
+}
+
+TEST(StoreTest, BackupIsAStartableStore) {
+  std::string dir = TempDir("src");
+  ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+  StoreWrite w;
+  w.put_mappings = {Mapping("m-7", 9000)};
+  ASSERT_OK(store->Commit(w));
+  std::string backup_dir = TempDir("backup");
+  mkdir(backup_dir.c_str(), 0700);
+  ASSERT_OK(store->Backup(backup_dir + "/state.db"));
+  ASSERT_OK_AND_ASSIGN(auto restored, Store::Open(backup_dir));
+  ASSERT_OK_AND_ASSIGN(StoreContents c, restored->Load());
+  ASSERT_EQ(c.mappings.size(), 1u);
+  EXPECT_EQ(c.mappings[0].id(), "m-7");
+}
+
+}  // namespace
+}  // namespace fabric::agent
