@@ -1,0 +1,212 @@
+#include "agent/agent.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "nat/backend/nftables/nftables_backend.h"
+
+namespace fabric::agent {
+
+namespace {
+
+absl::Status MakeDirs(const std::string& path, mode_t mode) {
+  for (size_t i = 1; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      std::string part = path.substr(0, i);
+      if (mkdir(part.c_str(), mode) != 0 && errno != EEXIST) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot create ", part, ": ", std::strerror(errno)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Removes a socket file left by an agent that died; refuses when another
+// agent is still serving it.
+absl::Status ClearStaleSocket(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " exists and is not a socket; remove it or choose "
+                           "another --socket"));
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  bool live = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  if (live) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "another agent is serving ", path, "; stop it first"));
+  }
+  unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return absl::FailedPreconditionError(absl::StrCat("cannot read ", path));
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
+  std::unique_ptr<Agent> agent(new Agent());
+  absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
+      nat::ParsePortRange(config.port_range);
+  if (!range.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--port_range: ", range.status().message()));
+  }
+  if (config.backend == "nftables") {
+    absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b =
+        nat::NftablesBackend::Create();
+    if (!b.ok()) return b.status();
+    agent->backend_ = std::move(*b);
+  } else if (config.backend == "iptables") {
+    return absl::UnimplementedError(
+        "--backend=iptables is not available in this build yet; use nftables");
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--backend must be nftables or iptables, not \"", config.backend, "\""));
+  }
+  agent->conntrack_ = std::make_unique<nat::NetfilterConntrackCleaner>();
+
+  if (absl::Status s = MakeDirs(config.state_dir, 0700); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir);
+  if (!store.ok()) return store.status();
+  agent->core_ = std::make_unique<AgentCore>(
+      std::move(*store), agent->backend_.get(), agent->conntrack_.get(),
+      CoreOptions{range->first, range->second});
+  if (absl::Status s = agent->core_->Start(); !s.ok()) return s;
+  nat::RuleSet desired = agent->core_->Desired();
+  LogLine(absl::StrCat("started: backend=", config.backend, " state=",
+                       config.state_dir, "/state.db mappings=",
+                       agent->core_->Status().mappings(), " kernel in sync"));
+
+  // gRPC: the unix socket (0600) for the plugin and fabricctl.
+  size_t slash = config.socket.rfind('/');
+  if (slash != std::string::npos && slash > 0) {
+    if (absl::Status s = MakeDirs(config.socket.substr(0, slash), 0755); !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = ClearStaleSocket(config.socket); !s.ok()) return s;
+  agent->attachments_ = std::make_unique<AttachmentServiceImpl>(
+      agent->core_.get(), &agent->metrics_);
+  agent->mappings_ = std::make_unique<MappingServiceImpl>(agent->core_.get(),
+                                                          &agent->metrics_);
+  agent->status_ = std::make_unique<AgentServiceImpl>(agent->core_.get());
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat("unix:", config.socket),
+                           grpc::InsecureServerCredentials());
+  if (!config.tls_address.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(config.tls_cert);
+    absl::StatusOr<std::string> key = ReadFile(config.tls_key);
+    absl::StatusOr<std::string> ca = ReadFile(config.tls_client_ca);
+    for (const auto* s : {&cert, &key, &ca}) {
+      if (!s->ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--tls_address needs --tls_cert, --tls_key and --tls_client_ca: ",
+            s->status().message()));
+      }
+    }
+    grpc::SslServerCredentialsOptions tls(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    tls.pem_root_certs = *ca;
+    tls.pem_key_cert_pairs.push_back({*key, *cert});
+    builder.AddListeningPort(config.tls_address, grpc::SslServerCredentials(tls));
+  }
+  builder.RegisterService(agent->attachments_.get());
+  builder.RegisterService(agent->mappings_.get());
+  builder.RegisterService(agent->status_.get());
+  mode_t old_umask = umask(0177);
+  agent->server_ = builder.BuildAndStart();
+  umask(old_umask);
+  if (agent->server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve on unix:", config.socket,
+        config.tls_address.empty() ? "" : absl::StrCat(" and ", config.tls_address)));
+  }
+  chmod(config.socket.c_str(), 0600);
+
+  if (!config.metrics_address.empty()) {
+    AgentCore* core = agent->core_.get();
+    Metrics* metrics = &agent->metrics_;
+    absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
+        config.metrics_address,
+        {{"/metrics",
+          [core, metrics] {
+            v1::GetStatusResponse st = core->Status();
+            return HttpServer::Response{
+                200, "text/plain; version=0.0.4",
+                metrics->Render(core->Desired(), st.mappings())};
+          }},
+         {"/healthz", [core] {
+            v1::GetStatusResponse st = core->Status();
+            return st.ready()
+                       ? HttpServer::Response{200, "text/plain", "ok\n"}
+                       : HttpServer::Response{503, "text/plain",
+                                              absl::StrCat(st.reason(), "\n")};
+          }}});
+    if (!http.ok()) return http.status();
+    agent->http_ = std::move(*http);
+  }
+  if (config.reconcile_interval > absl::ZeroDuration()) {
+    Agent* a = agent.get();
+    absl::Duration interval = config.reconcile_interval;
+    agent->reconciler_ = std::thread([a, interval] { a->ReconcileLoop(interval); });
+  }
+  LogLine(absl::StrCat("serving unix:", config.socket,
+                       config.tls_address.empty() ? "" : " and tls:" + config.tls_address,
+                       agent->http_ ? absl::StrCat(" metrics:", agent->http_->port())
+                                    : ""));
+  return agent;
+}
+
+void Agent::ReconcileLoop(absl::Duration interval) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(interval));
+    if (stopping_) break;
+    lock.unlock();
+    absl::StatusOr<nat::SyncReport> r = core_->Resync();
+    if (!r.ok()) {
+      LogLine(absl::StrCat("reconcile failed: ", r.status().message()));
+    } else if (r->action != nat::SyncReport::Action::kNone) {
+      metrics_.RecordRepair(absl::Now());
+      LogLine(absl::StrCat("repair: ", r->DebugString()));
+    }
+    lock.lock();
+  }
+}
+
+Agent::~Agent() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (reconciler_.joinable()) reconciler_.join();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() +
+                                 std::chrono::seconds(2));
+  http_.reset();
+  LogLine("stopped; kernel rules left in place");
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,68 @@
+// Agent: wires the store, backend, core, gRPC services, metrics endpoint and
+// periodic reconciler of one fabric-agent process. main.cc only parses flags
+// and waits for a signal; tests start an Agent in-process the same way.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "agent/core.h"
+#include "agent/http_server.h"
+#include "agent/metrics.h"
+#include "agent/service.h"
+
+namespace fabric::agent {
+
+struct AgentConfig {
+  std::string socket = "/run/fabric-nat/agent.sock";
+  std::string state_dir = "/var/lib/fabric-nat";
+  std::string backend = "nftables";
+  std::string port_range = "32768-60999";
+  // host:port for /metrics and /healthz; empty disables.
+  std::string metrics_address = "127.0.0.1:9333";
+  // How often the kernel is compared with the store (0 disables).
+  absl::Duration reconcile_interval = absl::Seconds(30);
+  // Optional TCP listener for orchestrators: TLS with client certificates.
+  std::string tls_address;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+};
+
+class Agent {
+ public:
+  // Opens the store (refusing to start, and leaving the kernel alone, when
+  // it is unreadable), makes the kernel match it, and starts serving.
+  static absl::StatusOr<std::unique_ptr<Agent>> Start(const AgentConfig& config);
+  // Stops serving. Kernel rules stay: running containers keep working.
+  ~Agent();
+
+  AgentCore& core() { return *core_; }
+  int metrics_port() const { return http_ ? http_->port() : 0; }
+
+ private:
+  Agent() = default;
+  void ReconcileLoop(absl::Duration interval);
+
+  std::unique_ptr<nat::Backend> backend_;
+  std::unique_ptr<nat::ConntrackCleaner> conntrack_;
+  std::unique_ptr<AgentCore> core_;
+  Metrics metrics_;
+  std::unique_ptr<AttachmentServiceImpl> attachments_;
+  std::unique_ptr<MappingServiceImpl> mappings_;
+  std::unique_ptr<AgentServiceImpl> status_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<HttpServer> http_;
+  std::thread reconciler_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
+};
+
+}  // namespace fabric::agent

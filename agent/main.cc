@@ -1,0 +1,66 @@
+// fabric-agent: flags and wiring only (see agent/agent.h).
+#include <signal.h>
+
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "agent/agent.h"
+
+ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock",
+          "unix socket for the CNI plugin and fabricctl (created mode 0600)");
+ABSL_FLAG(std::string, state_dir, "/var/lib/fabric-nat",
+          "directory of the state database (state.db)");
+ABSL_FLAG(std::string, backend, "nftables", "nftables or iptables");
+ABSL_FLAG(std::string, port_range, "32768-60999",
+          "dynamic host port range, LO-HI, for host port 0");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9333",
+          "host:port serving /metrics and /healthz; empty disables");
+ABSL_FLAG(absl::Duration, reconcile_interval, absl::Seconds(30),
+          "how often the kernel is compared with the store; 0 disables");
+ABSL_FLAG(std::string, tls_address, "",
+          "host:port for orchestrators over TLS with client certificates");
+ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
+ABSL_FLAG(std::string, tls_key, "", "server key (PEM)");
+ABSL_FLAG(std::string, tls_client_ca, "", "CA that signs client certificates");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Fabric NAT agent: owns the node's NAT rules. Flags may come from a file "
+      "with --flagfile.");
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken synchronously by this thread; block them before any
+  // other thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  fabric::agent::AgentConfig config;
+  config.socket = absl::GetFlag(FLAGS_socket);
+  config.state_dir = absl::GetFlag(FLAGS_state_dir);
+  config.backend = absl::GetFlag(FLAGS_backend);
+  config.port_range = absl::GetFlag(FLAGS_port_range);
+  config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  config.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
+  config.tls_address = absl::GetFlag(FLAGS_tls_address);
+  config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+
+  auto agent = fabric::agent::Agent::Start(config);
+  if (!agent.ok()) {
+    std::fprintf(stderr, "fabric-agent: %s\n",
+                 std::string(agent.status().message()).c_str());
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  fabric::agent::LogLine(absl::StrCat("signal ", sig, ": stopping"));
+  agent->reset();
+  return 0;
+}

@@ -1,0 +1,88 @@
+#include "agent/metrics.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace fabric::agent {
+
+Metrics::Metrics()
+    : bounds_({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+               0.5, 1, 2.5}),
+      buckets_(bounds_.size(), 0) {}
+
+void Metrics::RecordOperation(const std::string& op, bool ok,
+                              absl::Duration took) {
+  double s = absl::ToDoubleSeconds(took);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++ops_[op];
+  if (!ok) ++errors_[op];
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    if (s <= bounds_[i]) ++buckets_[i];
+  }
+  ++count_;
+  sum_ += s;
+}
+
+void Metrics::RecordRepair(absl::Time when) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++repairs_;
+  last_repair_ = when;
+}
+
+std::string Metrics::Render(const nat::RuleSet& desired,
+                            size_t mappings) const {
+  std::string out;
+  size_t dnat = 0, ranges = 0;
+  for (const auto& e : desired.dnat) (e.is_range() ? ranges : dnat)++;
+  absl::StrAppend(
+      &out,
+      "# HELP nat_rules_total Kernel NAT entries the agent keeps, by type.\n"
+      "# TYPE nat_rules_total gauge\n",
+      "nat_rules_total{type=\"dnat\"} ", dnat, "\n",
+      "nat_rules_total{type=\"dnat_range\"} ", ranges, "\n",
+      "nat_rules_total{type=\"masquerade\"} ", desired.masquerade.size(), "\n",
+      "nat_rules_total{type=\"hairpin\"} ", desired.hairpin.size(), "\n",
+      "nat_rules_total{type=\"localhost\"} ", desired.localhost_interfaces.size(),
+      "\n",
+      "# HELP nat_port_mappings_total Port mappings held, all owners.\n"
+      "# TYPE nat_port_mappings_total gauge\n",
+      "nat_port_mappings_total ", mappings, "\n");
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StrAppend(&out,
+                  "# HELP nat_operations_total Operations served, by kind.\n"
+                  "# TYPE nat_operations_total counter\n");
+  for (const auto& [op, n] : ops_) {
+    absl::StrAppend(&out, "nat_operations_total{op=\"", op, "\"} ", n, "\n");
+  }
+  absl::StrAppend(&out,
+                  "# HELP nat_operation_errors_total Operations that failed, by kind.\n"
+                  "# TYPE nat_operation_errors_total counter\n");
+  for (const auto& [op, n] : ops_) {
+    auto it = errors_.find(op);
+    absl::StrAppend(&out, "nat_operation_errors_total{op=\"", op, "\"} ",
+                    it == errors_.end() ? 0 : it->second, "\n");
+  }
+  absl::StrAppend(&out,
+                  "# HELP nat_operation_duration_seconds Time to serve an operation.\n"
+                  "# TYPE nat_operation_duration_seconds histogram\n");
+  for (size_t i = 0; i < bounds_.size(); ++i) {
+    absl::StrAppend(&out, "nat_operation_duration_seconds_bucket{le=\"",
+                    absl::StrFormat("%g", bounds_[i]), "\"} ", buckets_[i], "\n");
+  }
+  absl::StrAppend(&out, "nat_operation_duration_seconds_bucket{le=\"+Inf\"} ",
+                  count_, "\n", "nat_operation_duration_seconds_sum ",
+                  absl::StrFormat("%.6f", sum_), "\n",
+                  "nat_operation_duration_seconds_count ", count_, "\n");
+  absl::StrAppend(
+      &out,
+      "# HELP nat_repairs_total Repairs after someone else changed our rules.\n"
+      "# TYPE nat_repairs_total counter\n",
+      "nat_repairs_total ", repairs_, "\n",
+      "# HELP nat_last_repair_seconds Unix time of the last repair (0: none).\n"
+      "# TYPE nat_last_repair_seconds gauge\n",
+      "nat_last_repair_seconds ",
+      repairs_ == 0 ? 0 : absl::ToUnixSeconds(last_repair_), "\n");
+  return out;
+}
+
+}  // namespace fabric::agent

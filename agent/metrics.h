@@ -1,0 +1,40 @@
+// Metrics: the agent's Prometheus counters and histogram, rendered in the
+// text exposition format for /metrics. Thread-safe (own mutex; never calls
+// out).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "nat/types.h"
+
+namespace fabric::agent {
+
+class Metrics {
+ public:
+  Metrics();
+  // One finished operation ("attach", "detach", ...).
+  void RecordOperation(const std::string& op, bool ok, absl::Duration took);
+  // One repair after a foreign change of the kernel rules.
+  void RecordRepair(absl::Time when);
+
+  // The exposition text; `desired` gives the rule counts.
+  std::string Render(const nat::RuleSet& desired, size_t mappings) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<double> bounds_;                       // seconds
+  std::map<std::string, uint64_t> ops_;              // guarded by mu_
+  std::map<std::string, uint64_t> errors_;           // guarded by mu_
+  std::vector<uint64_t> buckets_;                    // guarded by mu_
+  uint64_t count_ = 0;                               // guarded by mu_
+  double sum_ = 0;                                   // guarded by mu_
+  uint64_t repairs_ = 0;                             // guarded by mu_
+  absl::Time last_repair_ = absl::UnixEpoch();       // guarded by mu_
+};
+
+}  // namespace fabric::agent

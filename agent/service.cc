@@ -1,0 +1,150 @@
+#include "agent/service.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace fabric::agent {
+
+void LogLine(const std::string& text) {
+  std::string line = absl::StrCat(
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
+      " ", text, "\n");
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
+                      std::string(s.message()));
+}
+
+namespace {
+
+// Times one operation; logs and records it when done.
+class OpScope {
+ public:
+  OpScope(Metrics* metrics, std::string op, std::string subject)
+      : metrics_(metrics), op_(std::move(op)), subject_(std::move(subject)),
+        start_(absl::Now()) {}
+  grpc::Status Finish(const absl::Status& s, const std::string& detail = "") {
+    absl::Duration took = absl::Now() - start_;
+    metrics_->RecordOperation(op_, s.ok(), took);
+    LogLine(absl::StrCat(
+        "op=", op_, " ", subject_, " outcome=",
+        s.ok() ? "ok" : absl::StatusCodeToString(s.code()),
+        detail.empty() ? "" : " " + detail,
+        absl::StrFormat(" duration=%.3fms", absl::ToDoubleMilliseconds(took)),
+        s.ok() ? "" : absl::StrCat(" error=\"", s.message(), "\"")));
+    return ToGrpc(s);
+  }
+
+ private:
+  Metrics* metrics_;
+  std::string op_;
+  std::string subject_;
+  absl::Time start_;
+};
+
+std::string Subject(const v1::AttachmentKey& k) {
+  return absl::StrCat("container=", k.container_id().substr(0, 12),
+                      " ifname=", k.ifname(), " network=", k.network_name());
+}
+
+}  // namespace
+
+grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext*,
+                                           const v1::AttachRequest* request,
+                                           v1::AttachResponse* response) {
+  OpScope op(metrics_, "attach", Subject(request->attachment().key()));
+  absl::StatusOr<v1::AttachResponse> r = core_->Attach(request->attachment());
+  if (r.ok()) *response = *r;
+  return op.Finish(r.status(),
+                   r.ok() ? absl::StrCat("mappings=", r->mappings_size()) : "");
+}
+
+grpc::Status AttachmentServiceImpl::Detach(grpc::ServerContext*,
+                                           const v1::DetachRequest* request,
+                                           v1::DetachResponse* response) {
+  OpScope op(metrics_, "detach", Subject(request->key()));
+  absl::StatusOr<bool> r = core_->Detach(request->key());
+  if (r.ok()) response->set_existed(*r);
+  return op.Finish(r.status(), r.ok() && !*r ? "existed=false" : "");
+}
+
+grpc::Status AttachmentServiceImpl::Check(grpc::ServerContext*,
+                                          const v1::CheckRequest* request,
+                                          v1::CheckResponse*) {
+  OpScope op(metrics_, "check", Subject(request->key()));
+  return op.Finish(core_->Check(request->key()));
+}
+
+grpc::Status AttachmentServiceImpl::GarbageCollect(
+    grpc::ServerContext*, const v1::GarbageCollectRequest* request,
+    v1::GarbageCollectResponse* response) {
+  OpScope op(metrics_, "gc", absl::StrCat("network=", request->network_name()));
+  std::vector<v1::AttachmentKey> valid(request->valid_attachments().begin(),
+                                       request->valid_attachments().end());
+  absl::StatusOr<std::vector<v1::AttachmentKey>> r =
+      core_->GarbageCollect(request->network_name(), valid);
+  if (r.ok()) {
+    for (const auto& k : *r) *response->add_removed() = k;
+  }
+  return op.Finish(r.status(),
+                   r.ok() ? absl::StrCat("removed=", r->size()) : "");
+}
+
+grpc::Status MappingServiceImpl::CreateMapping(
+    grpc::ServerContext*, const v1::CreateMappingRequest* request,
+    v1::CreateMappingResponse* response) {
+  OpScope op(metrics_, "create_mapping",
+             absl::StrCat("owner=", request->mapping().owner().id()));
+  absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping());
+  if (r.ok()) *response->mutable_mapping() = *r;
+  return op.Finish(r.status(), r.ok() ? absl::StrCat("id=", r->id()) : "");
+}
+
+grpc::Status MappingServiceImpl::DeleteMapping(
+    grpc::ServerContext*, const v1::DeleteMappingRequest* request,
+    v1::DeleteMappingResponse*) {
+  OpScope op(metrics_, "delete_mapping", absl::StrCat("id=", request->id()));
+  return op.Finish(core_->DeleteMapping(request->id()));
+}
+
+grpc::Status MappingServiceImpl::ListMappings(
+    grpc::ServerContext*, const v1::ListMappingsRequest* request,
+    v1::ListMappingsResponse* response) {
+  for (v1::PortMapping& m :
+       core_->ListMappings(request->owner_kind(), request->owner_id())) {
+    *response->add_mappings() = std::move(m);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status MappingServiceImpl::WatchMappings(
+    grpc::ServerContext* context, const v1::WatchMappingsRequest* request,
+    grpc::ServerWriter<v1::MappingEvent>* writer) {
+  std::shared_ptr<EventQueue> queue =
+      core_->Subscribe(request->owner_kind(), request->owner_id());
+  while (!context->IsCancelled()) {
+    std::optional<v1::MappingEvent> e = queue->Pop(absl::Milliseconds(200));
+    if (!e.has_value()) {
+      if (queue->closed()) break;
+      continue;
+    }
+    if (!writer->Write(*e)) break;
+  }
+  core_->Unsubscribe(queue);
+  return grpc::Status::OK;
+}
+
+grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,
+                                         const v1::GetStatusRequest*,
+                                         v1::GetStatusResponse* response) {
+  *response = core_->Status();
+  return grpc::Status::OK;
+}
+
+}  // namespace fabric::agent

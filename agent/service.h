@@ -1,0 +1,73 @@
+// The v1 gRPC services, thin adapters over AgentCore: each handler times the
+// call, logs one line with its outcome, records metrics, and maps
+// absl::Status to grpc::Status (the codes are the same numbers).
+//
+// Thread-safe: gRPC calls handlers on its own threads; all state is in the
+// core and in Metrics.
+#pragma once
+
+#include <string>
+
+#include "agent/core.h"
+#include "agent/metrics.h"
+#include "fabric/nat/v1/nat.grpc.pb.h"
+
+namespace fabric::agent {
+
+// Writes one log line to stderr: "<time> <text>".
+void LogLine(const std::string& text);
+
+grpc::Status ToGrpc(const absl::Status& s);
+
+class AttachmentServiceImpl final : public v1::AttachmentService::Service {
+ public:
+  AttachmentServiceImpl(AgentCore* core, Metrics* metrics)
+      : core_(core), metrics_(metrics) {}
+  grpc::Status Attach(grpc::ServerContext*, const v1::AttachRequest* request,
+                      v1::AttachResponse* response) override;
+  grpc::Status Detach(grpc::ServerContext*, const v1::DetachRequest* request,
+                      v1::DetachResponse* response) override;
+  grpc::Status Check(grpc::ServerContext*, const v1::CheckRequest* request,
+                     v1::CheckResponse* response) override;
+  grpc::Status GarbageCollect(grpc::ServerContext*,
+                              const v1::GarbageCollectRequest* request,
+                              v1::GarbageCollectResponse* response) override;
+
+ private:
+  AgentCore* core_;
+  Metrics* metrics_;
+};
+
+class MappingServiceImpl final : public v1::MappingService::Service {
+ public:
+  MappingServiceImpl(AgentCore* core, Metrics* metrics)
+      : core_(core), metrics_(metrics) {}
+  grpc::Status CreateMapping(grpc::ServerContext*,
+                             const v1::CreateMappingRequest* request,
+                             v1::CreateMappingResponse* response) override;
+  grpc::Status DeleteMapping(grpc::ServerContext*,
+                             const v1::DeleteMappingRequest* request,
+                             v1::DeleteMappingResponse* response) override;
+  grpc::Status ListMappings(grpc::ServerContext*,
+                            const v1::ListMappingsRequest* request,
+                            v1::ListMappingsResponse* response) override;
+  grpc::Status WatchMappings(grpc::ServerContext* context,
+                             const v1::WatchMappingsRequest* request,
+                             grpc::ServerWriter<v1::MappingEvent>* writer) override;
+
+ private:
+  AgentCore* core_;
+  Metrics* metrics_;
+};
+
+class AgentServiceImpl final : public v1::AgentService::Service {
+ public:
+  explicit AgentServiceImpl(AgentCore* core) : core_(core) {}
+  grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
+                         v1::GetStatusResponse* response) override;
+
+ private:
+  AgentCore* core_;
+};
+
+}  // namespace fabric::agent
