@@ -1,0 +1,98 @@
+#include "cni/agent_client.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "fabric/nat/v1/nat.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace fabric::cni {
+
+namespace {
+
+class GrpcAgentClient : public AgentClient {
+ public:
+  GrpcAgentClient(std::string socket, absl::Duration timeout)
+      : socket_(std::move(socket)), timeout_(timeout) {
+    grpc::ChannelArguments args;
+    // One short-lived process, one call: no retries or backoff games.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    channel_ = grpc::CreateCustomChannel(absl::StrCat("unix:", socket_),
+                                         grpc::InsecureChannelCredentials(), args);
+    attachments_ = v1::AttachmentService::NewStub(channel_);
+    agent_ = v1::AgentService::NewStub(channel_);
+  }
+
+  absl::StatusOr<v1::AttachResponse> Attach(const v1::Attachment& a) override {
+    v1::AttachRequest req;
+    *req.mutable_attachment() = a;
+    v1::AttachResponse resp;
+    return Call([&](grpc::ClientContext* c) { return attachments_->Attach(c, req, &resp); },
+                resp);
+  }
+  absl::Status Detach(const v1::AttachmentKey& key) override {
+    v1::DetachRequest req;
+    *req.mutable_key() = key;
+    v1::DetachResponse resp;
+    return Call([&](grpc::ClientContext* c) { return attachments_->Detach(c, req, &resp); },
+                resp)
+        .status();
+  }
+  absl::Status Check(const v1::AttachmentKey& key) override {
+    v1::CheckRequest req;
+    *req.mutable_key() = key;
+    v1::CheckResponse resp;
+    return Call([&](grpc::ClientContext* c) { return attachments_->Check(c, req, &resp); },
+                resp)
+        .status();
+  }
+  absl::StatusOr<v1::GarbageCollectResponse> GarbageCollect(
+      const v1::GarbageCollectRequest& req) override {
+    v1::GarbageCollectResponse resp;
+    return Call(
+        [&](grpc::ClientContext* c) { return attachments_->GarbageCollect(c, req, &resp); },
+        resp);
+  }
+  absl::StatusOr<v1::GetStatusResponse> GetStatus() override {
+    v1::GetStatusRequest req;
+    v1::GetStatusResponse resp;
+    return Call([&](grpc::ClientContext* c) { return agent_->GetStatus(c, req, &resp); },
+                resp);
+  }
+
+ private:
+  template <typename Resp, typename F>
+  absl::StatusOr<Resp> Call(F f, const Resp& resp) {
+    if (access(socket_.c_str(), F_OK) != 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach fabric-agent: no socket at ", socket_,
+          " (is the agent running? see agentSocket in the network config)"));
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+    grpc::Status s = f(&ctx);
+    if (s.ok()) return resp;
+    absl::StatusCode code = static_cast<absl::StatusCode>(s.error_code());
+    if (code == absl::StatusCode::kDeadlineExceeded ||
+        code == absl::StatusCode::kUnavailable) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach fabric-agent at ", socket_, ": ", s.error_message()));
+    }
+    return absl::Status(code, s.error_message());
+  }
+
+  std::string socket_;
+  absl::Duration timeout_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttachmentService::Stub> attachments_;
+  std::unique_ptr<v1::AgentService::Stub> agent_;
+};
+
+}  // namespace
+
+std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& socket_path,
+                                                absl::Duration timeout) {
+  return std::make_unique<GrpcAgentClient>(socket_path, timeout);
+}
+
+}  // namespace fabric::cni
