@@ -100,6 +100,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
                        agent->core_->Status().mappings(), " kernel in sync"));
 
   // gRPC: the unix socket (0600) for the plugin and fabricctl.
+  if (config.socket.size() > sizeof(sockaddr_un::sun_path) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--socket path is ", config.socket.size(), " bytes; unix sockets allow ",
+        sizeof(sockaddr_un::sun_path) - 1, ": ", config.socket));
+  }
   size_t slash = config.socket.rfind('/');
   if (slash != std::string::npos && slash > 0) {
     if (absl::Status s = MakeDirs(config.socket.substr(0, slash), 0755); !s.ok()) {

@@ -22,10 +22,13 @@ struct CniError {
   int code;
   std::string msg;
   std::string details;
+  // The config's version, when known before the error.
+  std::string version;
 };
 
 Outcome ErrorOutcome(const std::string& version, const CniError& e) {
-  json out = {{"cniVersion", version.empty() ? "1.1.0" : version},
+  std::string v = !version.empty() ? version : e.version;
+  json out = {{"cniVersion", v.empty() ? "1.1.0" : v},
               {"code", e.code},
               {"msg", e.msg}};
   if (!e.details.empty()) out["details"] = e.details;
@@ -92,31 +95,36 @@ std::variant<Config, CniError> ParseConfig(const std::string& data) {
     }
     c.version = j["cniVersion"].get<std::string>();
   }
+  // From here on, errors are reported in the config's version.
+  auto error = [&c](CniError e) {
+    e.version = c.version;
+    return e;
+  };
   if (j.contains("name") && j["name"].is_string()) c.name = j["name"].get<std::string>();
   if (j.contains("agentSocket")) {
     if (!j["agentSocket"].is_string() || j["agentSocket"].get<std::string>().empty()) {
-      return CniError{7, "invalid network config: \"agentSocket\" must be a path",
-                      j["agentSocket"].dump()};
+      return error(CniError{7, "invalid network config: \"agentSocket\" must be a path",
+                      j["agentSocket"].dump()});
     }
     c.socket = j["agentSocket"].get<std::string>();
   }
   for (auto [key, out] : {std::pair<const char*, bool*>{"masquerade", &c.masquerade},
                           {"hairpin", &c.hairpin},
                           {"localhost", &c.localhost}}) {
-    if (auto e = ReadBool(j, key, out)) return *e;
+    if (auto e = ReadBool(j, key, out)) return error(*e);
   }
   if (j.contains("runtimeConfig") && j["runtimeConfig"].is_object() &&
       j["runtimeConfig"].contains("portMappings")) {
     const json& pm = j["runtimeConfig"]["portMappings"];
     if (!pm.is_array()) {
-      return CniError{7, "invalid network config: runtimeConfig.portMappings "
-                         "must be a list", pm.dump()};
+      return error(CniError{7, "invalid network config: runtimeConfig.portMappings "
+                         "must be a list", pm.dump()});
     }
     c.port_mappings = pm;
   }
   if (j.contains("prevResult") && !j["prevResult"].is_null()) {
     if (!j["prevResult"].is_object()) {
-      return CniError{7, "invalid network config: prevResult must be an object", ""};
+      return error(CniError{7, "invalid network config: prevResult must be an object", ""});
     }
     c.prev_result = j["prevResult"];
   }

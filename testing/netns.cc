@@ -35,7 +35,7 @@ std::string Quote(const std::string& s) {
 }
 }  // namespace
 
-absl::StatusOr<std::string> Shell(const std::string& command) {
+absl::StatusOr<CommandResult> RunCommand(const std::string& command) {
   char err_path[] = "/tmp/fnt-stderr-XXXXXX";
   int err_fd = mkstemp(err_path);
   if (err_fd < 0) return absl::InternalError("mkstemp failed");
@@ -48,22 +48,28 @@ absl::StatusOr<std::string> Shell(const std::string& command) {
     unlink(err_path);
     return absl::InternalError(absl::StrCat("popen: ", command));
   }
-  std::string out;
+  CommandResult r;
   std::array<char, 4096> buf;
   size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
   int rc = pclose(p);
-  std::string err;
   if (FILE* f = fopen(err_path, "r")) {
-    while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) err.append(buf.data(), n);
+    while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) r.err.append(buf.data(), n);
     fclose(f);
   }
   unlink(err_path);
-  if (rc != 0) {
+  r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+  return r;
+}
+
+absl::StatusOr<std::string> Shell(const std::string& command) {
+  absl::StatusOr<CommandResult> r = RunCommand(command);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) {
     return absl::InternalError(absl::StrCat("`", command, "` exited ",
-                                            WEXITSTATUS(rc), ": ", err, out));
+                                            r->exit_code, ": ", r->err, r->out));
   }
-  return out;
+  return r->out;
 }
 
 void Netns::SweepStale() {
@@ -178,6 +184,29 @@ std::string NetTool() {
     return absl::StrCat(srcdir, "/", ws, "/testing/nettool.py");
   }
   return "testing/nettool.py";
+}
+
+absl::Status Serve(Netns& ns, const std::string& proto, int port,
+                   const std::string& token) {
+  absl::StatusOr<pid_t> pid = ns.Spawn(absl::StrCat(
+      "exec /usr/bin/python3 ", NetTool(), " serve ", proto, " ", port, " ", token));
+  if (!pid.ok()) return pid.status();
+  std::string flag = proto == "udp" ? "-uln" : (proto == "sctp" ? "-Sln" : "-tln");
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<std::string> out =
+        ns.Exec(absl::StrCat("ss -H ", flag, " 'sport = :", port, "'"));
+    if (out.ok() && !out->empty()) return absl::OkStatus();
+    usleep(20000);
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "server on ", port, "/", proto, " in ", ns.name(), " did not start"));
+}
+
+absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,
+                                const std::string& host, int port,
+                                double timeout) {
+  return ns.Exec(absl::StrCat("/usr/bin/python3 ", NetTool(), " ask ", proto,
+                              " ", host, " ", port, " --timeout ", timeout));
 }
 
 }  // namespace fabric::testing

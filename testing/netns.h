@@ -23,6 +23,14 @@ namespace fabric::testing {
 // command, exit code and stderr on failure.
 absl::StatusOr<std::string> Shell(const std::string& command);
 
+// A command's exit code and output, whatever the exit code.
+struct CommandResult {
+  int exit_code = 0;
+  std::string out;
+  std::string err;
+};
+absl::StatusOr<CommandResult> RunCommand(const std::string& command);
+
 class Netns {
  public:
   // Creates namespace "fnt-<pid>-<n>-<tag>" with loopback up.
@@ -63,5 +71,15 @@ class ScopedNetns {
 
 // Path of testing/nettool.py in the runfiles.
 std::string NetTool();
+
+// Starts `nettool.py serve` in `ns` (answering "<token> <peer address>") and
+// waits until it listens.
+absl::Status Serve(Netns& ns, const std::string& proto, int port,
+                   const std::string& token);
+// `nettool.py ask` from `ns`: the server's answer, or an error when none
+// comes within `timeout` seconds.
+absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,
+                                const std::string& host, int port,
+                                double timeout = 2.0);
 
 }  // namespace fabric::testing

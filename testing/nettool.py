@@ -5,6 +5,9 @@
       Answers every connection or datagram with "TOKEN <peer address>\n".
   nettool.py ask tcp|udp|sctp HOST PORT [--timeout S] [--source ADDR]
       Sends one request, prints the answer, exits 1 when none comes in time.
+  nettool.py udpstream HOST PORT COUNT INTERVAL SOURCEPORT
+      Sends COUNT datagrams from one source port, one every INTERVAL seconds,
+      printing "<n> <answer>" or "<n> -" for each.
 """
 import socket
 import sys
@@ -70,6 +73,27 @@ def ask(proto, host, port, timeout, source):
     return 0
 
 
+def udpstream(host, port, count, interval, source_port):
+    """Sends `count` datagrams from one source port, printing each answer."""
+    import time
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.bind(("::" if family(host) == socket.AF_INET6 else "0.0.0.0", source_port))
+    s.settimeout(interval)
+    for i in range(count):
+        s.sendto(f"ping {i}\n".encode(), (host, port))
+        start = time.monotonic()
+        try:
+            data, _ = s.recvfrom(2048)
+            sys.stdout.write(f"{i} {data.decode()}")
+        except OSError:
+            sys.stdout.write(f"{i} -\n")
+        sys.stdout.flush()
+        left = interval - (time.monotonic() - start)
+        if left > 0:
+            time.sleep(left)
+    return 0
+
+
 def main(argv):
     if len(argv) >= 4 and argv[0] == "serve":
         addr = argv[4] if len(argv) > 4 else "::"
@@ -85,6 +109,9 @@ def main(argv):
                 source = rest[1]
             rest = rest[2:]
         return ask(argv[1], argv[2], int(argv[3]), timeout, source)
+    if len(argv) >= 6 and argv[0] == "udpstream":
+        return udpstream(argv[1], int(argv[2]), int(argv[3]), float(argv[4]),
+                         int(argv[5]))
     print(__doc__, file=sys.stderr)
     return 2
 

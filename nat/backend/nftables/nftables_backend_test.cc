@@ -64,28 +64,14 @@ class NftablesBackendTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(backend_, NftablesBackend::Create());
   }
 
-  // A server in the container answering "<token> <peer>".
   void Serve(const std::string& proto, int port, const std::string& token) {
-    ASSERT_OK(container_->Spawn(absl::StrCat("exec /usr/bin/python3 ",
-                                             testing::NetTool(), " serve ",
-                                             proto, " ", port, " ", token))
-                  .status());
-    // Wait until it listens.
-    for (int i = 0; i < 100; ++i) {
-      std::string flag = proto == "udp" ? "-uln" : (proto == "sctp" ? "-Sln" : "-tln");
-      auto out = container_->Exec(absl::StrCat("ss -H ", flag, " 'sport = :", port, "'"));
-      if (out.ok() && !out->empty()) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    FAIL() << "server on " << port << "/" << proto << " did not start";
+    ASSERT_OK(testing::Serve(*container_, proto, port, token));
   }
 
   absl::StatusOr<std::string> Ask(const Netns& from, const std::string& proto,
                                   const std::string& host, int port,
                                   double timeout = 2.0) {
-    return from.Exec(absl::StrCat("/usr/bin/python3 ", testing::NetTool(),
-                                  " ask ", proto, " ", host, " ", port,
-                                  " --timeout ", timeout));
+    return testing::Ask(from, proto, host, port, timeout);
   }
 
   std::unique_ptr<Netns> host_, outside_, container_;
