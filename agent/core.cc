@@ -29,7 +29,15 @@ bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
   return owner_id.empty() || m.owner().id() == owner_id;
 }
 
-std::string ShortId(const std::string& id) { return id.substr(0, 12); }
+// Runtimes' 64-hex container ids read best shortened, as docker and crictl
+// show them; anything else is shown whole.
+std::string ShortId(const std::string& id) {
+  if (id.size() >= 32 &&
+      id.find_first_not_of("0123456789abcdef") == std::string::npos) {
+    return id.substr(0, 12);
+  }
+  return id;
+}
 
 std::string AttachmentHolder(const v1::AttachmentKey& k) {
   return absl::StrCat("container ", ShortId(k.container_id()), " (",

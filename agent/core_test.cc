@@ -84,6 +84,15 @@ TEST_F(CoreTest, ConflictNamesTheHolderAndChangesNothing) {
   EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, ""), SizeIs(1));
 }
 
+TEST_F(CoreTest, LongHexContainerIdsAreShortenedInMessages) {
+  std::string id(64, 'a');
+  id.replace(0, 6, "3f2a9b");
+  ASSERT_OK(core_->Attach(Container(id, "10.22.0.5/16", 8080, 80)).status());
+  EXPECT_THAT(core_->Attach(Container("beef", "10.22.0.6/16", 8080, 80)),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("held by container 3f2a9baaaaaa (eth0")));
+}
+
 TEST_F(CoreTest, DualStackGetsOneMappingPerFamily) {
   v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 80);
   a.add_container_addresses("fd00::5/64");

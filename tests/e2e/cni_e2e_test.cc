@@ -220,7 +220,7 @@ TEST_F(CniEndToEndTest, ConflictNamesTheHolder) {
   EXPECT_EQ(r.output["code"], 100);
   EXPECT_THAT(r.output["msg"].get<std::string>(),
               HasSubstr(absl::StrCat("host port 8080/tcp on 0.0.0.0 is held by container ",
-                                     a.id.substr(0, 12))));
+                                     a.id, " (eth0, network fnet)")));
   // The runtime cleans up after a failed ADD.
   EXPECT_EQ(runtime_->Del(b.id, b.path(), "eth0").exit_code, 0);
   EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds(StartsWith("ca ")));

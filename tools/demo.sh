@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The Fabric NAT demo: everything happens inside network namespaces this
+# script creates (the machine's own firewall and routes are never touched).
+#
+#   outside (192.0.2.2) --- host (192.0.2.1, runs fabric-agent, bridge fdemo0)
+#                              |-- c1 10.88.0.x: web server, published as 8080
+#                              |-- c2 10.88.0.y: web server, published as 8081
+#
+# It starts the agent, adds two containers the way a runtime does (the
+# reference bridge + host-local plugins, then fabric-nat, chained), shows a
+# request from outside reaching a published port, a hairpin request, what
+# fabricctl and the kernel hold, and removes everything.
+#
+#   bash tools/demo.sh           run and clean up
+#   bash tools/demo.sh --keep    keep everything until Ctrl-C
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEEP=0
+[ "${1:-}" = "--keep" ] && KEEP=1
+
+bash tools/setup.sh
+bazel build //agent:fabric-agent //agent:fabricctl //cni:fabric-nat 2>&1 | grep -vE 'linux-sandbox|^INFO|^Loading|^Analyzing|^\[' || true
+BIN="$PWD/bazel-bin"
+
+TAG="fdemo$$"
+HOST="$TAG-host"; OUT="$TAG-out"; C1="$TAG-c1"; C2="$TAG-c2"
+WORK="$(mktemp -d /tmp/fdemo-XXXXXX)"
+SOCK="$WORK/agent.sock"
+CNI_BIN="$WORK/cni-bin"
+AGENT_PID=""
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+cleanup() {
+  set +e
+  say "Cleaning up"
+  for c in "$C2" "$C1"; do
+    [ -f "$WORK/$c.result" ] && cni_chain DEL "$c" >/dev/null 2>&1
+  done
+  if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; fi
+  for ns in "$C1" "$C2" "$OUT" "$HOST"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns del "$ns" 2>/dev/null
+  done
+  rm -rf "$WORK"
+  echo "removed namespaces $TAG-*, the agent and its state"
+}
+trap cleanup EXIT
+
+# The network configuration list a runtime would read from /etc/cni/net.d.
+cat > "$WORK/demo.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "demo",
+  "plugins": [
+    { "type": "bridge", "bridge": "fdemo0", "isDefaultGateway": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.88.0.0/24" }]],
+                "dataDir": "$WORK/ipam" } },
+    { "type": "fabric-nat", "capabilities": { "portMappings": true },
+      "agentSocket": "$SOCK", "masquerade": true, "hairpin": true }
+  ]
+}
+JSON
+
+# Runs the chain for one container the way libcni does: each plugin gets the
+# config with name and cniVersion, runtimeConfig for its capabilities, and the
+# previous plugin's result; DEL runs in reverse with the cached result.
+cni_chain() {
+  local cmd=$1 ns=$2 ports=${3:-[]} prev="" out n i order
+  n=$(jq '.plugins | length' "$WORK/demo.conflist")
+  order=$(seq 0 $((n - 1)))
+  if [ "$cmd" = DEL ]; then order=$(seq $((n - 1)) -1 0); prev=$(cat "$WORK/$ns.result"); fi
+  for i in $order; do
+    local conf
+    conf=$(jq -c --argjson i "$i" --argjson ports "$ports" --arg prev "$prev" '
+      . as $l | .plugins[$i] | .name = $l.name | .cniVersion = $l.cniVersion
+      | (if .capabilities.portMappings then .runtimeConfig.portMappings = $ports else . end)
+      | del(.capabilities)
+      | (if $prev != "" then .prevResult = ($prev | fromjson) else . end)' "$WORK/demo.conflist")
+    local type; type=$(jq -r .type <<<"$conf")
+    out=$(in_ns "$HOST" env CNI_COMMAND="$cmd" CNI_CONTAINERID="$ns" CNI_NETNS="/run/netns/$ns" \
+          CNI_IFNAME=eth0 CNI_PATH="$CNI_BIN" "$CNI_BIN/$type" <<<"$conf") || {
+      echo "$type $cmd failed: $out" >&2; return 1; }
+    [ "$cmd" = ADD ] && prev=$out
+  done
+  if [ "$cmd" = ADD ]; then echo "$prev" > "$WORK/$ns.result"; else rm -f "$WORK/$ns.result"; fi
+  echo "$prev"
+}
+
+say "Namespaces: $HOST (the node), $OUT (a client outside), $C1 and $C2 (containers)"
+for ns in "$HOST" "$OUT" "$C1" "$C2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add "$TAG-a" netns "$HOST" type veth peer name "$TAG-b" netns "$OUT"
+ip -n "$HOST" link set "$TAG-a" name wan0; ip -n "$OUT" link set "$TAG-b" name eth0
+ip -n "$HOST" addr add 192.0.2.1/24 dev wan0; ip -n "$HOST" link set wan0 up
+ip -n "$OUT" addr add 192.0.2.2/24 dev eth0; ip -n "$OUT" link set eth0 up
+in_ns "$HOST" sysctl -qw net.ipv4.ip_forward=1
+mkdir -p "$CNI_BIN"
+ln -s /usr/lib/cni/bridge /usr/lib/cni/host-local "$CNI_BIN/"
+ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
+
+say "Starting fabric-agent in $HOST"
+in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" \
+  --metrics_address 127.0.0.1:9333 > "$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+run "$BIN/agent/fabricctl" --socket "$SOCK" status
+
+say "Two containers with web servers"
+for c in "$C1" "$C2"; do
+  mkdir -p "$WORK/www-$c"; echo "hello from $c" > "$WORK/www-$c/index.html"
+  (cd "$WORK/www-$c" && exec ip netns exec "$c" python3 -m http.server 80 >/dev/null 2>&1) &
+  disown
+done
+
+say "ADD $C1 with portMappings [8080 -> 80/tcp], as a runtime would"
+cni_chain ADD "$C1" '[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]' | jq -c '{cniVersion, ips}'
+say "ADD $C2 with portMappings [8081 -> 80/tcp]"
+cni_chain ADD "$C2" '[{"hostPort":8081,"containerPort":80,"protocol":"tcp"}]' | jq -c '{cniVersion, ips}'
+sleep 0.3
+
+say "From $OUT: curl http://192.0.2.1:8080/ (DNAT to $C1)"
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8080/
+say "Hairpin: from $C1, curl http://192.0.2.1:8081/ (the host's address, DNAT to $C2)"
+run in_ns "$C1" curl -s --max-time 3 http://192.0.2.1:8081/
+say "Masquerade: $C2 reaches $OUT with the host's address"
+( ip netns exec "$OUT" python3 -c '
+import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9999)); s.listen(1); c, a = s.accept(); c.sendall(("you are " + a[0] + "\n").encode())' & disown )
+sleep 0.3
+run in_ns "$C2" python3 -c 'import socket; s=socket.create_connection(("192.0.2.2", 9999), 3); print(s.recv(100).decode().strip())'
+
+say "A third container asking for host port 8080: refused, naming the holder"
+ip netns add "$TAG-c3"
+cni_chain ADD "$TAG-c3" '[{"hostPort":8080,"containerPort":80}]' 2>&1 | sed 's/^/  /' || true
+cni_chain DEL "$TAG-c3" >/dev/null 2>&1 || true
+ip netns del "$TAG-c3"
+
+say "fabricctl list"
+run "$BIN/agent/fabricctl" --socket "$SOCK" list
+say "What the kernel holds (nft list table inet fabric_nat, maps only)"
+in_ns "$HOST" nft list table inet fabric_nat | sed -n '/map dnat4_any/,/}/p;/set masq4/,/}/p'
+say "Metrics (curl 127.0.0.1:9333/metrics in $HOST)"
+in_ns "$HOST" curl -s http://127.0.0.1:9333/metrics | grep -E '^nat_(rules_total|port_mappings_total|operations_total)'
+say "Agent log"
+cat "$WORK/agent.log"
+
+if [ "$KEEP" = 1 ]; then
+  say "Keeping everything. Try: ip netns exec $OUT curl http://192.0.2.1:8080/   (Ctrl-C to clean up)"
+  while true; do sleep 3600; done
+fi
+say "DEL both containers"
+cni_chain DEL "$C2" >/dev/null; cni_chain DEL "$C1" >/dev/null
+run "$BIN/agent/fabricctl" --socket "$SOCK" list
+echo "after DEL, from $OUT: $(in_ns "$OUT" curl -s --max-time 1 http://192.0.2.1:8080/ || echo 'no answer (the mapping is gone)')"
