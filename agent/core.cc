@@ -225,6 +225,7 @@ absl::Status AgentCore::Start() {
         rec.mapping_ids.push_back(id);
       }
     }
+    network_refs_.Count(rec, 1);
     attachments_[owner] = std::move(rec);
   }
   for (auto& [id, m] : mappings_) {
@@ -259,21 +260,28 @@ std::string AgentCore::NewMappingId() {
   return absl::StrCat("m-", next_mapping_id_++);
 }
 
-void AgentCore::NetworkState(std::set<Prefix>* masquerade,
-                             std::set<Prefix>* hairpin,
-                             std::set<std::string>* interfaces) const {
-  for (const auto& [owner, rec] : attachments_) {
-    const v1::AttachmentOptions& o = rec.proto.options();
-    for (const Prefix& p : rec.networks) {
-      if (o.masquerade()) masquerade->insert(p);
-      if (o.hairpin()) hairpin->insert(p);
-    }
-    if (o.localhost() && !rec.proto.host_interface().empty()) {
-      interfaces->insert(rec.proto.host_interface());
-    }
+void AgentCore::NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
+  auto bump = [delta](auto& map, const auto& key) {
+    if ((map[key] += delta) <= 0) map.erase(key);
+  };
+  const v1::AttachmentOptions& o = rec.proto.options();
+  for (const Prefix& p : rec.networks) {
+    if (o.masquerade()) bump(masquerade, p);
+    if (o.hairpin()) bump(hairpin, p);
   }
-  *masquerade = nat::CoalescePrefixes(*masquerade);
-  *hairpin = nat::CoalescePrefixes(*hairpin);
+  if (o.localhost() && !rec.proto.host_interface().empty()) {
+    bump(interfaces, rec.proto.host_interface());
+  }
+}
+
+void AgentCore::NetworkRefs::Fill(nat::RuleSet* rules) const {
+  std::set<Prefix> m, h;
+  for (const auto& [p, n] : masquerade) m.insert(p);
+  for (const auto& [p, n] : hairpin) h.insert(p);
+  rules->masquerade = nat::CoalescePrefixes(m);
+  rules->hairpin = nat::CoalescePrefixes(h);
+  rules->localhost_interfaces.clear();
+  for (const auto& [i, n] : interfaces) rules->localhost_interfaces.insert(i);
 }
 
 nat::RuleSet AgentCore::Desired() const {
@@ -281,37 +289,18 @@ nat::RuleSet AgentCore::Desired() const {
   for (const auto& [id, m] : mappings_) {
     for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
   }
-  NetworkState(&r.masquerade, &r.hairpin, &r.localhost_interfaces);
+  network_refs_.Fill(&r);
   return r;
 }
 
-Batch AgentCore::NetworkBatch(const AttachmentRecord* added,
-                              const AttachmentRecord* removed) const {
-  nat::RuleSet before, after;
-  NetworkState(&before.masquerade, &before.hairpin,
-               &before.localhost_interfaces);
-  // The state after: recompute over the changed set of attachments.
-  std::map<std::string, AttachmentRecord> changed;
-  const std::map<std::string, AttachmentRecord>* atts = &attachments_;
-  if (added != nullptr || removed != nullptr) {
-    changed = attachments_;
-    if (added != nullptr) changed[AttachmentOwnerId(added->proto.key())] = *added;
-    if (removed != nullptr) changed.erase(AttachmentOwnerId(removed->proto.key()));
-    atts = &changed;
-  }
-  for (const auto& [owner, rec] : *atts) {
-    const v1::AttachmentOptions& o = rec.proto.options();
-    for (const Prefix& p : rec.networks) {
-      if (o.masquerade()) after.masquerade.insert(p);
-      if (o.hairpin()) after.hairpin.insert(p);
-    }
-    if (o.localhost() && !rec.proto.host_interface().empty()) {
-      after.localhost_interfaces.insert(rec.proto.host_interface());
-    }
-  }
-  after.masquerade = nat::CoalescePrefixes(after.masquerade);
-  after.hairpin = nat::CoalescePrefixes(after.hairpin);
-  return nat::Diff(before, after);
+Batch AgentCore::NetworkBatch(const AttachmentRecord& rec, int delta,
+                              NetworkRefs* after) const {
+  nat::RuleSet before_rules, after_rules;
+  network_refs_.Fill(&before_rules);
+  *after = network_refs_;
+  after->Count(rec, delta);
+  after->Fill(&after_rules);
+  return nat::Diff(before_rules, after_rules);
 }
 
 absl::Status AgentCore::ReservePorts(PortMapping& m, const std::string& holder) {
@@ -511,7 +500,8 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
   }
   write.put_attachments.push_back(attachment);
   write.next_mapping_id = next_mapping_id_;
-  Batch network = NetworkBatch(&rec, nullptr);
+  NetworkRefs refs_after;
+  Batch network = NetworkBatch(rec, 1, &refs_after);
   batch.add.masquerade = network.add.masquerade;
   batch.add.hairpin = network.add.hairpin;
   batch.add.localhost_interfaces = network.add.localhost_interfaces;
@@ -532,6 +522,7 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
     Publish(v1::MappingEvent::TYPE_ADDED, proto);
     *response.add_mappings() = proto;
   }
+  network_refs_ = std::move(refs_after);
   attachments_[owner] = std::move(rec);
   return response;
 }
@@ -557,7 +548,8 @@ absl::StatusOr<bool> AgentCore::DetachLocked(const v1::AttachmentKey& key) {
     undo.put_mappings.push_back(m.proto);
     for (const nat::DnatElement& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
   }
-  Batch network = NetworkBatch(nullptr, &rec);
+  NetworkRefs refs_after;
+  Batch network = NetworkBatch(rec, -1, &refs_after);
   batch.remove.masquerade = network.remove.masquerade;
   batch.remove.hairpin = network.remove.hairpin;
   batch.remove.localhost_interfaces = network.remove.localhost_interfaces;
@@ -571,6 +563,7 @@ absl::StatusOr<bool> AgentCore::DetachLocked(const v1::AttachmentKey& key) {
     Forget(m.nat);
     Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
   }
+  network_refs_ = std::move(refs_after);
   attachments_.erase(it);
   return true;
 }

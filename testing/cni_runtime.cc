@@ -177,6 +177,13 @@ absl::StatusOr<std::unique_ptr<AgentProcess>> AgentProcess::Start(
   a->socket_ = dir + "/agent.sock";
   a->log_ = dir + "/agent.log";
   mkdir(dir.c_str(), 0700);
+  // Ready when this process logs that it serves (a stale socket file from an
+  // earlier agent proves nothing).
+  size_t log_start = 0;
+  {
+    struct stat st;
+    if (stat(a->log_.c_str(), &st) == 0) log_start = st.st_size;
+  }
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork");
   if (pid == 0) {
@@ -190,11 +197,16 @@ absl::StatusOr<std::unique_ptr<AgentProcess>> AgentProcess::Start(
   }
   a->pid_ = pid;
   for (int i = 0; i < 500; ++i) {
-    if (access(a->socket_.c_str(), F_OK) == 0) return a;
+    std::string text = a->LogText();
+    if (text.size() > log_start &&
+        text.find("serving unix:", log_start) != std::string::npos) {
+      return a;
+    }
     int status;
     if (waitpid(pid, &status, WNOHANG) == pid) {
       a->pid_ = -1;
-      return absl::InternalError(absl::StrCat("agent exited: ", a->LogText()));
+      return absl::InternalError(
+          absl::StrCat("agent exited: ", a->LogText().substr(log_start)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
