@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "nat/backend/nftables/monitor.h"
 #include "grpcpp/grpcpp.h"
 #include "nat/backend/nftables/nftables_backend.h"
 
@@ -77,7 +79,14 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b =
         nat::NftablesBackend::Create();
     if (!b.ok()) return b.status();
+    agent->own_port_id_ = (*b)->port_id();
     agent->backend_ = std::move(*b);
+    // Subscribe before the first sync, so no foreign change after it is
+    // missed.
+    absl::StatusOr<std::unique_ptr<nat::ChangeMonitor>> m =
+        nat::ChangeMonitor::Open();
+    if (!m.ok()) return m.status();
+    agent->monitor_ = std::move(*m);
   } else if (config.backend == "iptables") {
     return absl::UnimplementedError(
         "--backend=iptables is not available in this build yet; use nftables");
@@ -116,7 +125,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       agent->core_.get(), &agent->metrics_);
   agent->mappings_ = std::make_unique<MappingServiceImpl>(agent->core_.get(),
                                                           &agent->metrics_);
-  agent->status_ = std::make_unique<AgentServiceImpl>(agent->core_.get());
+  agent->status_ =
+      std::make_unique<AgentServiceImpl>(agent->core_.get(), &agent->metrics_);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat("unix:", config.socket),
                            grpc::InsecureServerCredentials());
@@ -172,10 +182,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }
-  if (config.reconcile_interval > absl::ZeroDuration()) {
+  {
     Agent* a = agent.get();
-    absl::Duration interval = config.reconcile_interval;
-    agent->reconciler_ = std::thread([a, interval] { a->ReconcileLoop(interval); });
+    AgentConfig c = config;
+    agent->reconciler_ = std::thread([a, c] { a->RepairLoop(c); });
   }
   LogLine(absl::StrCat("serving unix:", config.socket,
                        config.tls_address.empty() ? "" : " and tls:" + config.tls_address,
@@ -184,20 +194,67 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   return agent;
 }
 
-void Agent::ReconcileLoop(absl::Duration interval) {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!stopping_) {
-    cv_.wait_for(lock, absl::ToChronoNanoseconds(interval));
-    if (stopping_) break;
-    lock.unlock();
-    absl::StatusOr<nat::SyncReport> r = core_->Resync();
-    if (!r.ok()) {
-      LogLine(absl::StrCat("reconcile failed: ", r.status().message()));
-    } else if (r->action != nat::SyncReport::Action::kNone) {
-      metrics_.RecordRepair(absl::Now());
-      LogLine(absl::StrCat("repair: ", r->DebugString()));
+void Agent::Repair(const std::string& why) {
+  absl::Time start = absl::Now();
+  absl::StatusOr<nat::SyncReport> r = core_->Resync();
+  if (!r.ok()) {
+    LogLine(absl::StrCat("repair after ", why, " failed: ", r.status().message()));
+    return;
+  }
+  if (r->action == nat::SyncReport::Action::kNone) return;
+  metrics_.RecordRepair(absl::Now());
+  LogLine(absl::StrFormat("repair after %s: %s in %.3fms", why, r->DebugString(),
+                          absl::ToDoubleMilliseconds(absl::Now() - start)));
+}
+
+void Agent::RepairLoop(const AgentConfig& config) {
+  const absl::Duration interval = config.reconcile_interval;
+  absl::Time next_check = interval > absl::ZeroDuration()
+                              ? absl::Now() + interval
+                              : absl::InfiniteFuture();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
     }
-    lock.lock();
+    // Wake at least every 200 ms to notice a stop.
+    absl::Duration wait =
+        std::max(absl::ZeroDuration(),
+                 std::min(absl::Milliseconds(200), next_check - absl::Now()));
+    std::string what;
+    bool changed = false;
+    if (monitor_ && config.repair_on_change) {
+      absl::StatusOr<bool> c =
+          monitor_->WaitForForeignChange(own_port_id_, wait, &what);
+      changed = c.ok() && *c;
+      if (!c.ok()) absl::SleepFor(wait);
+    } else {
+      absl::SleepFor(wait);
+    }
+    if (changed) {
+      // A reload may come as several transactions in quick succession: let
+      // them land, then restore everything in one batch.
+      absl::SleepFor(absl::Milliseconds(5));
+      std::string more;
+      (void)monitor_->Drain(own_port_id_, &more);
+      Repair(what);
+    }
+    if (absl::Now() >= next_check) {
+      Repair("periodic check");
+      if (config.sweep_dead_netns) {
+        absl::StatusOr<std::vector<v1::AttachmentKey>> gone =
+            core_->SweepDeadNamespaces();
+        if (gone.ok()) {
+          for (const v1::AttachmentKey& k : *gone) {
+            LogLine(absl::StrCat("swept container=", k.container_id(),
+                                 " ifname=", k.ifname(), " network=",
+                                 k.network_name(),
+                                 ": its network namespace is gone"));
+          }
+        }
+      }
+      next_check = absl::Now() + interval;
+    }
   }
 }
 

@@ -16,6 +16,7 @@
 #include "agent/http_server.h"
 #include "agent/metrics.h"
 #include "agent/service.h"
+#include "nat/backend/nftables/monitor.h"
 
 namespace fabric::agent {
 
@@ -26,8 +27,16 @@ struct AgentConfig {
   std::string port_range = "32768-60999";
   // host:port for /metrics and /healthz; empty disables.
   std::string metrics_address = "127.0.0.1:9333";
-  // How often the kernel is compared with the store (0 disables).
+  // How often the kernel is compared with the store, besides the repairs
+  // that nftables change events trigger at once (0 disables the periodic
+  // check).
   absl::Duration reconcile_interval = absl::Seconds(30);
+  // Repair at once when nftables events show that someone else changed our
+  // table (off: only the periodic check repairs).
+  bool repair_on_change = true;
+  // With each periodic check, detach attachments whose network namespace
+  // path no longer exists.
+  bool sweep_dead_netns = true;
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;
@@ -48,9 +57,13 @@ class Agent {
 
  private:
   Agent() = default;
-  void ReconcileLoop(absl::Duration interval);
+  // Repairs the kernel after foreign changes (at once) and on a period.
+  void RepairLoop(const AgentConfig& config);
+  void Repair(const std::string& why);
 
   std::unique_ptr<nat::Backend> backend_;
+  uint32_t own_port_id_ = 0;
+  std::unique_ptr<nat::ChangeMonitor> monitor_;
   std::unique_ptr<nat::ConntrackCleaner> conntrack_;
   std::unique_ptr<AgentCore> core_;
   Metrics metrics_;

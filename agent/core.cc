@@ -1,6 +1,9 @@
 #include "agent/core.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -778,6 +781,37 @@ absl::StatusOr<nat::SyncReport> AgentCore::Resync() {
     last_repair_ = absl::Now();
   }
   return report;
+}
+
+absl::StatusOr<std::vector<v1::AttachmentKey>> AgentCore::SweepDeadNamespaces() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = ReadyOrError(); !s.ok()) return s;
+  std::vector<v1::AttachmentKey> dead;
+  for (const auto& [owner, rec] : attachments_) {
+    const std::string& path = rec.proto.netns_path();
+    struct stat st;
+    if (!path.empty() && stat(path.c_str(), &st) != 0 && errno == ENOENT) {
+      dead.push_back(rec.proto.key());
+    }
+  }
+  std::vector<v1::AttachmentKey> removed;
+  for (const v1::AttachmentKey& k : dead) {
+    if (DetachLocked(k).ok()) removed.push_back(k);
+  }
+  return removed;
+}
+
+absl::StatusOr<v1::BackupResponse> AgentCore::Backup(const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backup path must be absolute, not \"", path, "\""));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (absl::Status s = store_->Backup(path); !s.ok()) return s;
+  v1::BackupResponse r;
+  r.set_attachments(static_cast<uint32_t>(attachments_.size()));
+  r.set_mappings(static_cast<uint32_t>(mappings_.size()));
+  return r;
 }
 
 v1::GetStatusResponse AgentCore::Status() const {

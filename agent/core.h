@@ -90,6 +90,13 @@ class AgentCore {
   // change). Reports what it did.
   absl::StatusOr<nat::SyncReport> Resync();
 
+  // Detaches attachments whose network namespace path no longer exists
+  // (the container is gone and no DEL came). Returns what it removed.
+  absl::StatusOr<std::vector<v1::AttachmentKey>> SweepDeadNamespaces();
+
+  // Writes a consistent snapshot of the store to `path`.
+  absl::StatusOr<v1::BackupResponse> Backup(const std::string& path);
+
   v1::GetStatusResponse Status() const;
   // The kernel state the store asks for.
   nat::RuleSet Desired() const;

@@ -1,5 +1,8 @@
 #include "agent/core.h"
 
+#include <cstdio>
+#include <fstream>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nat/backend/fake/fake_backend.h"
@@ -233,6 +236,22 @@ TEST_F(CoreTest, ApiMappingsShareTheAllocatorWithContainers) {
   ASSERT_THAT(cni, SizeIs(1));
   EXPECT_THAT(core_->DeleteMapping(cni[0].id()),
               StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+TEST_F(CoreTest, SweepDetachesContainersWhoseNamespaceIsGone) {
+  std::string alive = dir_ + "-netns-alive", dead = dir_ + "-netns-dead";
+  for (const std::string& p : {alive, dead}) std::ofstream(p) << "";
+  v1::Attachment a = Container("alive", "10.22.0.5/16", 8080, 80);
+  a.set_netns_path(alive);
+  v1::Attachment b = Container("dead", "10.22.0.6/16", 8081, 80);
+  b.set_netns_path(dead);
+  ASSERT_OK(core_->Attach(a).status());
+  ASSERT_OK(core_->Attach(b).status());
+  std::remove(dead.c_str());
+  ASSERT_OK_AND_ASSIGN(auto swept, core_->SweepDeadNamespaces());
+  ASSERT_THAT(swept, SizeIs(1));
+  EXPECT_EQ(swept[0].container_id(), "dead");
+  EXPECT_EQ(backend_.rules().dnat.size(), 1u);
 }
 
 TEST_F(CoreTest, WatchSeesSnapshotThenChanges) {

@@ -4,6 +4,7 @@
 //   fabricctl [--socket PATH] status [--json]
 //   fabricctl [--socket PATH] add PROTO HOSTPORT TARGETIP:PORT [--owner ID] [--host_ip IP]
 //   fabricctl [--socket PATH] remove ID
+//   fabricctl [--socket PATH] backup PATH
 #include <unistd.h>
 
 #include <cstdio>
@@ -169,6 +170,27 @@ int Add(v1::MappingService::Stub& stub, const std::vector<char*>& args) {
   return 0;
 }
 
+int Backup(v1::AgentService::Stub& stub, const std::vector<char*>& args) {
+  if (args.size() != 2) {
+    std::fprintf(stderr, "usage: fabricctl backup PATH\n");
+    return 2;
+  }
+  std::string path = args[1];
+  if (path[0] != '/') {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) != nullptr) path = absl::StrCat(cwd, "/", path);
+  }
+  grpc::ClientContext ctx;
+  v1::BackupRequest req;
+  req.set_path(path);
+  v1::BackupResponse r;
+  grpc::Status s = stub.Backup(&ctx, req, &r);
+  if (!s.ok()) return Fail("backup", s);
+  std::printf("wrote %s: %u attachment(s), %u mapping(s)\n", path.c_str(),
+              r.attachments(), r.mappings());
+  return 0;
+}
+
 int Remove(v1::MappingService::Stub& stub, const std::vector<char*>& args) {
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: fabricctl remove ID\n");
@@ -192,7 +214,9 @@ int main(int argc, char** argv) {
       "  list [--json]                      mappings of every owner\n"
       "  status [--json]                    agent health\n"
       "  add PROTO HOSTPORT TARGETIP:PORT   create an API mapping (HOSTPORT 0 allocates)\n"
-      "  remove ID                          delete an API mapping");
+      "  remove ID                          delete an API mapping\n"
+      "  backup PATH                        snapshot the agent's state (start an\n"
+      "                                     agent from it: PATH as <state_dir>/state.db)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   args.erase(args.begin());
   if (args.empty()) {
@@ -219,6 +243,10 @@ int main(int argc, char** argv) {
   if (cmd == "add") {
     auto stub = v1::MappingService::NewStub(channel);
     return Add(*stub, args);
+  }
+  if (cmd == "backup") {
+    auto stub = v1::AgentService::NewStub(channel);
+    return Backup(*stub, args);
   }
   if (cmd == "remove") {
     auto stub = v1::MappingService::NewStub(channel);

@@ -19,7 +19,14 @@ ABSL_FLAG(std::string, port_range, "32768-60999",
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9333",
           "host:port serving /metrics and /healthz; empty disables");
 ABSL_FLAG(absl::Duration, reconcile_interval, absl::Seconds(30),
-          "how often the kernel is compared with the store; 0 disables");
+          "how often the kernel is compared with the store (changes by "
+          "others are repaired at once, on nftables events); 0 disables");
+ABSL_FLAG(bool, repair_on_change, true,
+          "repair at once when nftables events show someone else changed the "
+          "agent's table");
+ABSL_FLAG(bool, sweep_dead_netns, true,
+          "with each periodic check, detach containers whose network "
+          "namespace is gone");
 ABSL_FLAG(std::string, tls_address, "",
           "host:port for orchestrators over TLS with client certificates");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
@@ -47,6 +54,8 @@ int main(int argc, char** argv) {
   config.port_range = absl::GetFlag(FLAGS_port_range);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   config.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
+  config.sweep_dead_netns = absl::GetFlag(FLAGS_sweep_dead_netns);
+  config.repair_on_change = absl::GetFlag(FLAGS_repair_on_change);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

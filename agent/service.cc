@@ -147,4 +147,13 @@ grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status AgentServiceImpl::Backup(grpc::ServerContext*,
+                                      const v1::BackupRequest* request,
+                                      v1::BackupResponse* response) {
+  OpScope op(metrics_, "backup", absl::StrCat("path=", request->path()));
+  absl::StatusOr<v1::BackupResponse> r = core_->Backup(request->path());
+  if (r.ok()) *response = *r;
+  return op.Finish(r.status());
+}
+
 }  // namespace fabric::agent

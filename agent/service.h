@@ -62,12 +62,16 @@ class MappingServiceImpl final : public v1::MappingService::Service {
 
 class AgentServiceImpl final : public v1::AgentService::Service {
  public:
-  explicit AgentServiceImpl(AgentCore* core) : core_(core) {}
+  AgentServiceImpl(AgentCore* core, Metrics* metrics)
+      : core_(core), metrics_(metrics) {}
   grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
                          v1::GetStatusResponse* response) override;
+  grpc::Status Backup(grpc::ServerContext*, const v1::BackupRequest* request,
+                      v1::BackupResponse* response) override;
 
  private:
   AgentCore* core_;
+  Metrics* metrics_;
 };
 
 }  // namespace fabric::agent

@@ -38,17 +38,35 @@ Batch Diff(const RuleSet& current, const RuleSet& desired) {
   return Batch{Minus(current, desired), Minus(desired, current)};
 }
 
+namespace {
+// "3 (dnat tcp 0.0.0.0:8080 -> 10.22.0.5:80, masquerade 10.22.0.0/16, ...)"
+std::string Sample(const RuleSet& r) {
+  std::vector<std::string> items;
+  for (const auto& e : r.dnat) items.push_back("dnat " + e.ToString());
+  for (const auto& p : r.masquerade) items.push_back("masquerade " + p.ToString());
+  for (const auto& p : r.hairpin) items.push_back("hairpin " + p.ToString());
+  for (const auto& i : r.localhost_interfaces) items.push_back("localhost " + i);
+  std::string out = absl::StrCat(items.size());
+  if (items.empty()) return out;
+  out += " (";
+  for (size_t i = 0; i < items.size() && i < 3; ++i) {
+    absl::StrAppend(&out, i ? ", " : "", items[i]);
+  }
+  return absl::StrCat(out, items.size() > 3 ? ", ...)" : ")");
+}
+}  // namespace
+
 std::string SyncReport::DebugString() const {
   switch (action) {
     case Action::kNone:
       return "in sync";
     case Action::kApplied:
-      return absl::StrCat("applied ", changes.remove.size(), " removal(s), ",
-                          changes.add.size(), " addition(s)");
+      return absl::StrCat("restored ", Sample(changes.add), ", removed ",
+                          Sample(changes.remove));
     case Action::kReplaced:
-      return absl::StrCat("replaced table (", reason, "); it lacked ",
-                          changes.add.size(), " and had ",
-                          changes.remove.size(), " extra element(s)");
+      return absl::StrCat("rebuilt the table (", reason, "); it lacked ",
+                          Sample(changes.add), " and held ",
+                          Sample(changes.remove), " extra");
   }
   return "";
 }

@@ -3,6 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -109,6 +112,98 @@ TEST_F(AgentTest, CorruptStoreRefusesToStartAndLeavesKernelAlone) {
               HasSubstr("leaves the kernel rules as they are"));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
               IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+}
+
+}  // namespace
+}  // namespace fabric
+
+namespace fabric {
+namespace {
+
+// Counts elements in a map as `nft` lists them.
+int CountElements(const std::string& listing) {
+  size_t at = listing.find("elements = {");
+  if (at == std::string::npos) return 0;
+  size_t end = listing.find('}', at);
+  return static_cast<int>(std::count(listing.begin() + at, listing.begin() + end, ':'));
+}
+
+TEST_F(AgentTest, FlushOfTheWholeRulesetHealsWithoutRestart) {
+  StartAgent();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_OK(Ctl(absl::StrCat("add tcp ", 8000 + i, " 10.1.0.5:80 --owner w")).status());
+  }
+  absl::Time flushed = absl::Now();
+  ASSERT_OK(ns_->Exec("nft flush ruleset"));
+  int count = 0;
+  while (absl::Now() - flushed < absl::Seconds(5)) {
+    absl::StatusOr<std::string> out = ns_->Exec("nft list map inet fabric_nat dnat4_any 2>/dev/null");
+    if (out.ok() && (count = CountElements(*out)) == 20) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::Duration took = absl::Now() - flushed;
+  EXPECT_EQ(count, 20);
+  EXPECT_LT(took, absl::Seconds(1));
+  std::printf("healed a flush of 20 mappings in %s\n", absl::FormatDuration(took).c_str());
+  EXPECT_THAT(agent_->LogText(), HasSubstr("in table inet fabric_nat by netlink port"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("rebuilt the table (table missing); it lacked 20"));
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("repairs:      1")));
+}
+
+TEST_F(AgentTest, ElementDeletedByHandIsRestoredAndOwnChangesCauseNoRepair) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner w").status());
+  ASSERT_OK(Ctl("add udp 5353 10.1.0.5:53 --owner w").status());
+  ASSERT_OK(Ctl("remove m-2").status());
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("repairs:      0")));
+  ASSERT_OK(ns_->Exec("nft delete element inet fabric_nat dnat4_any '{ tcp . 8080 }'"));
+  std::string listing;
+  for (int i = 0; i < 100; ++i) {
+    listing = *ns_->Exec("nft list map inet fabric_nat dnat4_any");
+    if (CountElements(listing) == 1) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_THAT(listing, HasSubstr("tcp . 8080 : 10.1.0.5 . 80"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("restored 1 (dnat tcp 0.0.0.0:8080 -> 10.1.0.5:80)"));
+  ASSERT_OK_AND_ASSIGN(std::string metrics, ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
+  EXPECT_THAT(metrics, HasSubstr("nat_repairs_total 1"));
+  EXPECT_THAT(metrics, ::testing::Not(HasSubstr("nat_last_repair_seconds 0\n")));
+}
+
+TEST_F(AgentTest, RestartWithNothingChangedMakesNoKernelChange) {
+  StartAgent();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_OK(Ctl(absl::StrCat("add tcp ", 8000 + i, " 10.1.0.5:80 --owner w")).status());
+  }
+  agent_->Stop();
+  std::string events = dir_ + "/events.txt";
+  ASSERT_OK(ns_->Spawn("exec nft monitor > " + events).status());
+  absl::SleepFor(absl::Milliseconds(200));
+  StartAgent();
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_THAT(testing::Shell("cat " + events), IsOkAndHolds(""));
+  // Elements the store does not know are removed at start.
+  agent_->Stop();
+  ASSERT_OK(ns_->Exec("nft add element inet fabric_nat dnat4_any '{ udp . 9999 : 10.9.9.9 . 99 }'"));
+  StartAgent();
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
+              IsOkAndHolds(::testing::Not(HasSubstr("9999"))));
+}
+
+TEST_F(AgentTest, BackupIsAStoreTheAgentStartsFrom) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner w").status());
+  ASSERT_OK(Ctl("add udp 0 10.1.0.6:53 --owner dns").status());
+  ASSERT_OK(testing::Shell("mkdir -p " + dir_ + "/restore"));
+  EXPECT_THAT(Ctl(absl::StrCat("backup ", dir_, "/restore/state.db")),
+              IsOkAndHolds(HasSubstr("2 mapping(s)")));
+  std::string before = *Ctl("list");
+  agent_->Stop();
+  ASSERT_OK(testing::Shell(absl::StrCat("rm -rf ", dir_, "/state && mv ", dir_,
+                                        "/restore ", dir_, "/state")));
+  StartAgent();
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(before));
 }
 
 }  // namespace

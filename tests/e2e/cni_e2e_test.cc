@@ -288,6 +288,11 @@ TEST_F(CniEndToEndTest, UdpRemapReachesTheNewContainer) {
 // (i) CHECK fails once the attachment's rules were deleted behind the
 // agent's back.
 TEST_F(CniEndToEndTest, CheckReportsRulesDeletedBehindTheAgent) {
+  // The agent repairs foreign changes within milliseconds; to catch the
+  // broken state CHECK must see, run it with event-driven repair off.
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent",
+                                                   "--repair_on_change=false"));
   Container c = NewContainer("c1");
   ASSERT_ADDED(Add(c, json::array({Tcp(8080, 80)})));
   ASSERT_EQ(runtime_->Check(c.id, c.path(), "eth0").exit_code, 0);

@@ -1,0 +1,47 @@
+// ChangeMonitor: listens to nftables' netlink event group and tells when a
+// process other than the agent changed table `inet fabric_nat` — a flush of
+// the ruleset, a firewall reload, an element deleted by hand. The agent's
+// own changes are recognized by the netlink port id of its backend's socket
+// (the kernel stamps every event with the port id of the socket that made
+// the change) and ignored, so repairs never trigger repairs.
+//
+// Thread-compatible: one reconciler thread owns it.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+struct mnl_socket;
+
+namespace fabric::nat {
+
+class ChangeMonitor {
+ public:
+  // kPermissionDenied without CAP_NET_ADMIN.
+  static absl::StatusOr<std::unique_ptr<ChangeMonitor>> Open();
+  ~ChangeMonitor();
+
+  // Waits up to `timeout` for events. True when someone other than
+  // `own_port_id` changed our table, or when events were lost (the socket
+  // overflowed), so a change may have been missed. `what` then describes
+  // the first foreign change seen ("delete table inet fabric_nat by nft").
+  absl::StatusOr<bool> WaitForForeignChange(uint32_t own_port_id,
+                                            absl::Duration timeout,
+                                            std::string* what);
+
+  // Reads whatever is queued without waiting; same result as above.
+  absl::StatusOr<bool> Drain(uint32_t own_port_id, std::string* what);
+
+ private:
+  explicit ChangeMonitor(mnl_socket* socket);
+  absl::StatusOr<bool> Read(uint32_t own_port_id, int timeout_ms,
+                            std::string* what);
+
+  mnl_socket* socket_;
+  std::string buffer_;
+};
+
+}  // namespace fabric::nat
