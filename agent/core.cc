@@ -242,7 +242,7 @@ absl::Status AgentCore::Start() {
                  AttachmentHolder(it->second.proto.key()))
         .IgnoreError();
   }
-  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, Desired());
+  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, DesiredLocked());
   if (!report.ok()) {
     not_ready_reason_ =
         absl::StrCat("kernel sync failed: ", report.status().message());
@@ -288,6 +288,11 @@ void AgentCore::NetworkRefs::Fill(nat::RuleSet* rules) const {
 }
 
 nat::RuleSet AgentCore::Desired() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return DesiredLocked();
+}
+
+nat::RuleSet AgentCore::DesiredLocked() const {
   nat::RuleSet r;
   for (const auto& [id, m] : mappings_) {
     for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
@@ -586,7 +591,7 @@ absl::Status AgentCore::Check(const v1::AttachmentKey& key) {
         needed.dnat.insert(e);
       }
     }
-    nat::RuleSet all = Desired();
+    nat::RuleSet all = DesiredLocked();
     const v1::AttachmentOptions& o = it->second.proto.options();
     for (const Prefix& p : it->second.networks) {
       for (const Prefix& q : all.masquerade) {
@@ -775,7 +780,7 @@ void AgentCore::Unsubscribe(const std::shared_ptr<EventQueue>& queue) {
 
 absl::StatusOr<nat::SyncReport> AgentCore::Resync() {
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, Desired());
+  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, DesiredLocked());
   if (report.ok() && report->action != nat::SyncReport::Action::kNone) {
     ++repairs_;
     last_repair_ = absl::Now();

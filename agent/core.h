@@ -114,6 +114,7 @@ class AgentCore {
   };
 
   absl::Status ReadyOrError() const;
+  nat::RuleSet DesiredLocked() const;
   // Reserves `m`'s host ports (allocating when host_port is 0) for holder.
   absl::Status ReservePorts(nat::PortMapping& m, const std::string& holder);
   void ReleasePorts(const nat::PortMapping& m);

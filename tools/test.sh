@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, builds everything, runs all
-# Bazel test targets (unit, kernel-in-namespace, end-to-end), and prints one
-# closing line "N passed, N failed" counting test targets.
+# Bazel test targets (unit, kernel-in-namespace, end-to-end), then the
+# concurrency stress test again under ThreadSanitizer, and prints one closing
+# line "N passed, N failed" counting test targets (the TSAN run counts as
+# one more).
 #
 # Kernel tests need root: they create their own network namespaces and
-# remove them, even on failure. Extra arguments go to `bazel test`.
+# remove them, even on failure. Extra arguments go to both `bazel test` runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 
+passed=0
+failed=0
+overall=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-bazel test //... --nocache_test_results "$@" 2>&1 | tee "$log" | grep -vE 'linux-sandbox|^\[[0-9,]+ / [0-9,]+\]'
-rc=${PIPESTATUS[0]}
 
-passed=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log")
-failed=$(grep -cE '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE|FAILED TO BUILD)' "$log")
-if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
-  # The build itself failed before any test could report.
-  failed=1
-fi
+# run_bazel LABEL ARGS...: runs `bazel test`, adds its targets to the counts.
+run_bazel() {
+  local label=$1; shift
+  echo "== $label: bazel test $*"
+  bazel test "$@" 2>&1 | tee "$log" | grep -vE 'linux-sandbox|^\[[0-9,]+ / [0-9,]+\]'
+  local rc=${PIPESTATUS[0]}
+  local p f
+  p=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log")
+  f=$(grep -cE '^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE|FAILED TO BUILD)' "$log")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1  # the build itself failed before any test could report
+  fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+  [ "$rc" -eq 0 ] || overall=1
+}
+
+run_bazel "all tests" //... --nocache_test_results "$@"
+run_bazel "ThreadSanitizer" --config=tsan //tests/stress:all --nocache_test_results "$@"
+
 echo "${passed} passed, ${failed} failed"
-[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]
+[ "$overall" -eq 0 ] && [ "$failed" -eq 0 ]
