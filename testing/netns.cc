@@ -129,8 +129,12 @@ absl::StatusOr<pid_t> Netns::Spawn(const std::string& command) {
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
     setpgid(0, 0);
-    execl("/usr/bin/env", "env", "ip", "netns", "exec", name_.c_str(), "sh",
-          "-c", command.c_str(), static_cast<char*>(nullptr));
+    std::string full = absl::StrCat(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; ",
+        command);
+    execl("/usr/bin/env", "env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "ip",
+          "netns", "exec", name_.c_str(), "sh", "-c", full.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   children_.push_back(pid);

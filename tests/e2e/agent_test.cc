@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/store.h"
 #include "testing/cni_runtime.h"
 #include "testing/netns.h"
 #include "testing/status_matchers.h"
@@ -178,7 +179,7 @@ TEST_F(AgentTest, RestartWithNothingChangedMakesNoKernelChange) {
   }
   agent_->Stop();
   std::string events = dir_ + "/events.txt";
-  ASSERT_OK(ns_->Spawn("exec nft monitor > " + events).status());
+  ASSERT_OK(ns_->Spawn("exec stdbuf -oL nft monitor > " + events).status());
   absl::SleepFor(absl::Milliseconds(200));
   StartAgent();
   absl::SleepFor(absl::Milliseconds(200));
@@ -204,6 +205,44 @@ TEST_F(AgentTest, BackupIsAStoreTheAgentStartsFrom) {
                                         "/restore ", dir_, "/state")));
   StartAgent();
   EXPECT_THAT(Ctl("list"), IsOkAndHolds(before));
+}
+
+}  // namespace
+}  // namespace fabric
+
+namespace fabric {
+namespace {
+
+TEST_F(AgentTest, ColdStartWithTenThousandMappingsIsOneTransaction) {
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, agent::Store::Open(dir_ + "/state"));
+    agent::StoreWrite w;
+    for (int i = 0; i < 10000; ++i) {
+      nat::v1::PortMapping m;
+      m.set_id(absl::StrCat("m-", i + 1));
+      m.mutable_owner()->set_kind(nat::v1::OWNER_KIND_API);
+      m.mutable_owner()->set_id("bulk");
+      m.set_protocol(i % 2 ? nat::v1::PROTOCOL_UDP : nat::v1::PROTOCOL_TCP);
+      m.set_host_port(20000 + i / 2);
+      m.set_target_ip(absl::StrCat("10.1.", i / 250, ".", 1 + i % 250));
+      m.set_target_port(80);
+      w.put_mappings.push_back(m);
+    }
+    w.next_mapping_id = 10001;
+    ASSERT_OK(store->Commit(w));
+  }
+  std::string events = dir_ + "/events.txt";
+  ASSERT_OK(ns_->Spawn("exec stdbuf -oL nft monitor > " + events).status());
+  absl::SleepFor(absl::Milliseconds(200));
+  StartAgent();
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_OK_AND_ASSIGN(std::string text, testing::Shell("cat " + events));
+  EXPECT_EQ(std::count(text.begin(), text.end() , '#'), 1)
+      << "expected one transaction (one '# new generation' line)";
+  EXPECT_THAT(text, HasSubstr("new generation"));
+  ASSERT_OK_AND_ASSIGN(std::string tcp, ns_->Exec("nft list map inet fabric_nat dnat4_any | grep -o 'tcp \\. [0-9]* :' | wc -l"));
+  EXPECT_EQ(tcp, "5000\n");
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("mappings:     10000")));
 }
 
 }  // namespace
