@@ -27,18 +27,6 @@ std::string Runfile(const std::string& path) {
 }
 
 namespace {
-std::string Quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
-
 std::string TempFile(const std::string& content) {
   char path[] = "/tmp/fnt-stdin-XXXXXX";
   int fd = mkstemp(path);
@@ -55,7 +43,7 @@ PluginRun CniRuntime::Exec(const std::string& type,
                            const json& stdin_json) {
   std::string input = TempFile(stdin_json.is_null() ? "" : stdin_json.dump());
   std::string cmd = absl::StrCat("ip netns exec ", host_->name(), " env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin");
-  for (const auto& [k, v] : env) absl::StrAppend(&cmd, " ", k, "=", Quote(v));
+  for (const auto& [k, v] : env) absl::StrAppend(&cmd, " ", k, "=", ShellQuote(v));
   absl::StrAppend(&cmd, " ", cni_path_, "/", type, " < ", input);
   auto start = absl::Now();
   absl::StatusOr<CommandResult> r = RunCommand(cmd);

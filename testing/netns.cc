@@ -22,7 +22,9 @@ namespace fabric::testing {
 namespace {
 std::atomic<int> counter{0};
 
-std::string Quote(const std::string& s) {
+}  // namespace
+
+std::string ShellQuote(const std::string& s) {
   std::string out = "'";
   for (char c : s) {
     if (c == '\'') {
@@ -33,7 +35,6 @@ std::string Quote(const std::string& s) {
   }
   return out + "'";
 }
-}  // namespace
 
 absl::StatusOr<CommandResult> RunCommand(const std::string& command) {
   char err_path[] = "/tmp/fnt-stderr-XXXXXX";
@@ -121,7 +122,7 @@ Netns::~Netns() {
 }
 
 absl::StatusOr<std::string> Netns::Exec(const std::string& command) const {
-  return Shell(absl::StrCat("ip netns exec ", name_, " sh -c ", Quote(command)));
+  return Shell(absl::StrCat("ip netns exec ", name_, " sh -c ", ShellQuote(command)));
 }
 
 absl::StatusOr<pid_t> Netns::Spawn(const std::string& command) {

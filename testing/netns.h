@@ -23,6 +23,9 @@ namespace fabric::testing {
 // command, exit code and stderr on failure.
 absl::StatusOr<std::string> Shell(const std::string& command);
 
+// `s` quoted for /bin/sh.
+std::string ShellQuote(const std::string& s);
+
 // A command's exit code and output, whatever the exit code.
 struct CommandResult {
   int exit_code = 0;
