@@ -12,6 +12,8 @@ PACKAGES=(
   libnetfilter-conntrack-dev libsqlite3-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libsystemd-dev zlib1g-dev
   libre2-dev libc-ares-dev
+  # the fuzz build (bazel --config=fuzz): clang and its libFuzzer runtime
+  clang libclang-rt-14-dev
   # kernel-facing tools used by tests and the demo (never by the product)
   iproute2 nftables iptables conntrack
   # real peers

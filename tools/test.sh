@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, builds everything, runs all
 # Bazel test targets (unit, kernel-in-namespace, end-to-end), then the
-# concurrency stress test again under ThreadSanitizer, and prints one closing
-# line "N passed, N failed" counting test targets (the TSAN run counts as
-# one more).
+# concurrency stress test again under ThreadSanitizer and the protocol
+# parsers under libFuzzer (clang, bounded run), and prints one closing line
+# "N passed, N failed" counting test targets (each extra run counts as one
+# more).
 #
 # Kernel tests need root: they create their own network namespaces and
 # remove them, even on failure. Extra arguments go to both `bazel test` runs.
@@ -37,6 +38,7 @@ run_bazel() {
 
 run_bazel "all tests" //... --nocache_test_results "$@"
 run_bazel "ThreadSanitizer" --config=tsan //tests/stress:all --nocache_test_results "$@"
+run_bazel "libFuzzer (bounded)" --config=fuzz //agent/natpmp:codec_fuzz_test --nocache_test_results "$@"
 
 echo "${passed} passed, ${failed} failed"
 [ "$overall" -eq 0 ] && [ "$failed" -eq 0 ]
