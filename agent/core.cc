@@ -60,9 +60,19 @@ std::string MappingHolder(const v1::PortMapping& m) {
   }
 }
 
-google::protobuf::Timestamp Now() {
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
-      absl::ToUnixNanos(absl::Now()));
+      absl::ToUnixNanos(t));
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(
+      google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
+}
+
+bool IsLease(const v1::PortMapping& m) {
+  return m.owner().kind() == v1::OWNER_KIND_NATPMP ||
+         m.owner().kind() == v1::OWNER_KIND_PCP;
 }
 
 }  // namespace
@@ -187,7 +197,7 @@ AgentCore::AgentCore(std::unique_ptr<Store> store, nat::Backend* backend,
       backend_name_(backend->name()),
       backend_(backend),
       conntrack_(conntrack),
-      started_at_(absl::Now()),
+      started_at_(options.now()),
       store_(std::move(store)),
       allocator_(options.dynamic_lo, options.dynamic_hi) {}
 
@@ -199,7 +209,20 @@ absl::Status AgentCore::Start() {
     return contents.status();
   }
   next_mapping_id_ = contents->next_mapping_id;
+  StoreWrite cleanup;
+  if (contents->epoch_start.has_value()) {
+    epoch_start_ = absl::FromUnixSeconds(*contents->epoch_start);
+  } else {
+    // A new (or lost) store: the mapping table starts now.
+    epoch_start_ = options_.now();
+    cleanup.epoch_start = absl::ToUnixSeconds(epoch_start_);
+  }
+  absl::Time now = options_.now();
   for (const v1::PortMapping& proto : contents->mappings) {
+    if (proto.has_expires_at() && FromTimestamp(proto.expires_at()) <= now) {
+      cleanup.delete_mappings.push_back(proto.id());  // ran out while down
+      continue;
+    }
     absl::StatusOr<PortMapping> m = ToNatMapping(proto);
     absl::Status s = m.status();
     if (s.ok()) {
@@ -212,6 +235,14 @@ absl::Status AgentCore::Start() {
       return absl::FailedPreconditionError(not_ready_reason_);
     }
     mappings_[proto.id()] = MappingRecord{proto, *m};
+    if (IsLease(proto)) IndexLease(proto, *m);
+  }
+  for (auto& [id, m] : mappings_) {
+    if (IsLease(m.proto)) HoldCompanion(m.proto, m.nat);
+  }
+  if (absl::Status s = store_->Commit(cleanup); !s.ok()) {
+    not_ready_reason_ = std::string(s.message());
+    return s;
   }
   for (const v1::Attachment& a : contents->attachments) {
     AttachmentRecord rec;
@@ -372,7 +403,7 @@ absl::StatusOr<v1::PortMapping> AgentCore::AddMappingLocked(
   proto.set_host_port(nat_mapping.host_port);
   proto.set_target_port(nat_mapping.target_port);
   proto.set_port_count(nat_mapping.port_count);
-  *proto.mutable_created_at() = Now();
+  *proto.mutable_created_at() = ToTimestamp(options_.now());
   write->put_mappings.push_back(proto);
   for (const nat::DnatElement& e : nat_mapping.ToElements()) {
     batch->add.dnat.insert(e);
@@ -726,19 +757,7 @@ absl::Status AgentCore::DeleteMapping(const std::string& id) {
         "mapping ", id, " belongs to container attachment ",
         it->second.proto.owner().id(), "; it goes when the container is deleted"));
   }
-  StoreWrite write, undo;
-  write.delete_mappings.push_back(id);
-  undo.put_mappings.push_back(it->second.proto);
-  Batch batch;
-  for (const nat::DnatElement& e : it->second.nat.ToElements()) {
-    batch.remove.dnat.insert(e);
-  }
-  if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
-  ReleasePorts(it->second.nat);
-  Forget(it->second.nat);
-  Publish(v1::MappingEvent::TYPE_REMOVED, it->second.proto);
-  mappings_.erase(it);
-  return absl::OkStatus();
+  return RemoveMappingsLocked({id});
 }
 
 std::vector<v1::PortMapping> AgentCore::ListMappings(
@@ -786,6 +805,279 @@ absl::StatusOr<nat::SyncReport> AgentCore::Resync() {
     last_repair_ = absl::Now();
   }
   return report;
+}
+
+// ---------------------------------------------------------------------------
+// NAT-PMP / PCP leases
+
+AgentCore::LeaseKey AgentCore::KeyOf(const v1::PortMapping& m) {
+  return LeaseKey(m.target_ip(), FromProto(m.protocol()).value_or(nat::Protocol::kTcp),
+                  static_cast<uint16_t>(m.target_port()));
+}
+
+void AgentCore::IndexLease(const v1::PortMapping& m, const PortMapping&) {
+  leases_[KeyOf(m)] = m.id();
+  ++leases_per_client_[m.target_ip()];
+}
+
+void AgentCore::UnindexLease(const v1::PortMapping& m) {
+  leases_.erase(KeyOf(m));
+  if (--leases_per_client_[m.target_ip()] <= 0) leases_per_client_.erase(m.target_ip());
+}
+
+void AgentCore::HoldCompanion(const v1::PortMapping& m, const PortMapping& n) {
+  if (n.protocol == nat::Protocol::kSctp) return;
+  PortScope other = PortScope::Of(n);
+  other.protocol = n.protocol == nat::Protocol::kTcp ? nat::Protocol::kUdp
+                                                     : nat::Protocol::kTcp;
+  if (allocator_.ConflictingHolder(other, n.host_port).has_value()) return;
+  if (allocator_.Reserve(other, n.host_port, 1,
+                         absl::StrCat(MappingHolder(m), " (companion port)"))
+          .ok()) {
+    companions_[m.id()] = other;
+  }
+}
+
+void AgentCore::ReleaseCompanion(const std::string& id) {
+  auto it = companions_.find(id);
+  if (it == companions_.end()) return;
+  allocator_.Release(it->second, mappings_.at(id).nat.host_port, 1);
+  companions_.erase(it);
+}
+
+absl::Status AgentCore::RemoveMappingsLocked(const std::vector<std::string>& ids) {
+  StoreWrite write, undo;
+  Batch batch;
+  for (const std::string& id : ids) {
+    const MappingRecord& m = mappings_.at(id);
+    write.delete_mappings.push_back(id);
+    undo.put_mappings.push_back(m.proto);
+    for (const nat::DnatElement& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
+  }
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
+  for (const std::string& id : ids) {
+    MappingRecord& m = mappings_.at(id);
+    ReleaseCompanion(id);
+    ReleasePorts(m.nat);
+    Forget(m.nat);
+    if (IsLease(m.proto)) UnindexLease(m.proto);
+    Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
+    mappings_.erase(id);
+  }
+  return absl::OkStatus();
+}
+
+LeaseResult AgentCore::DeleteLeasesLocked(const LeaseRequest& r) {
+  std::vector<std::string> ids;
+  std::string client = r.client.ToString();
+  auto matches = [&](const v1::PortMapping& m) {
+    return m.target_ip() == client &&
+           FromProto(m.protocol()).value_or(nat::Protocol::kTcp) == r.protocol &&
+           (r.internal_port == 0 || m.target_port() == r.internal_port);
+  };
+  if (r.internal_port != 0) {
+    auto it = leases_.find(LeaseKey(client, r.protocol, r.internal_port));
+    if (it != leases_.end()) ids.push_back(it->second);
+  } else {
+    for (const auto& [key, id] : leases_) {
+      if (matches(mappings_.at(id).proto)) ids.push_back(id);
+    }
+  }
+  for (const std::string& id : ids) {
+    const v1::PortMapping& m = mappings_.at(id).proto;
+    if (r.kind == v1::OWNER_KIND_PCP && m.owner().kind() == v1::OWNER_KIND_PCP &&
+        m.pcp_nonce() != r.nonce) {
+      return {LeaseOutcome::kNotAuthorized, 0, 0,
+              absl::StrCat("nonce does not match lease ", id)};
+    }
+  }
+  if (ids.empty()) return {LeaseOutcome::kOk, 0, 0, "nothing to delete"};
+  if (absl::Status s = RemoveMappingsLocked(ids); !s.ok()) {
+    return {LeaseOutcome::kNoResources, 0, 0, std::string(s.message())};
+  }
+  return {LeaseOutcome::kOk, 0, 0, absl::StrCat("deleted ", ids.size())};
+}
+
+LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ready_) return {LeaseOutcome::kNetworkFailure, 0, 0, not_ready_reason_};
+  if (r.lifetime == 0) return DeleteLeasesLocked(r);
+  if (!external_address_.has_value()) {
+    return {LeaseOutcome::kNetworkFailure, 0, 0, "no external address"};
+  }
+  absl::Time now = options_.now();
+  uint32_t lifetime = std::min(r.lifetime, policy.max_lifetime);
+  std::string client = r.client.ToString();
+
+  // A repeated request refreshes the lease and keeps its port.
+  if (auto it = leases_.find(LeaseKey(client, r.protocol, r.internal_port));
+      it != leases_.end()) {
+    MappingRecord& rec = mappings_.at(it->second);
+    if (r.kind == v1::OWNER_KIND_PCP && rec.proto.owner().kind() == v1::OWNER_KIND_PCP &&
+        rec.proto.pcp_nonce() != r.nonce) {
+      return {LeaseOutcome::kNotAuthorized, 0, 0,
+              absl::StrCat("nonce does not match lease ", rec.proto.id())};
+    }
+    if (r.prefer_failure && r.suggested_port != 0 &&
+        r.suggested_port != rec.nat.host_port) {
+      return {LeaseOutcome::kCannotProvide, 0, 0, "lease exists on another port"};
+    }
+    v1::PortMapping updated = rec.proto;
+    *updated.mutable_expires_at() = ToTimestamp(now + absl::Seconds(lifetime));
+    StoreWrite write;
+    write.put_mappings.push_back(updated);
+    if (absl::Status s = store_->Commit(write); !s.ok()) {
+      return {LeaseOutcome::kNoResources, 0, 0, std::string(s.message())};
+    }
+    rec.proto = updated;
+    return {LeaseOutcome::kOk, rec.nat.host_port, lifetime, "refreshed"};
+  }
+
+  auto count = leases_per_client_.find(client);
+  if (count != leases_per_client_.end() && count->second >= policy.max_per_client) {
+    return {LeaseOutcome::kQuota, 0, 0,
+            absl::StrCat(client, " already holds ", count->second, " leases")};
+  }
+
+  v1::PortMapping proto;
+  proto.mutable_owner()->set_kind(r.kind);
+  proto.mutable_owner()->set_id(client);
+  proto.set_protocol(ToProto(r.protocol));
+  proto.set_host_ip(external_address_->ToString());
+  proto.set_target_ip(client);
+  proto.set_target_port(r.internal_port);
+  proto.set_port_count(1);
+  proto.set_description(r.kind == v1::OWNER_KIND_PCP ? "PCP MAP" : "NAT-PMP");
+  if (r.kind == v1::OWNER_KIND_PCP) proto.set_pcp_nonce(r.nonce);
+  *proto.mutable_expires_at() = ToTimestamp(now + absl::Seconds(lifetime));
+  std::string holder = MappingHolder(proto);
+
+  PortMapping nat_mapping;
+  nat_mapping.protocol = r.protocol;
+  nat_mapping.host_ip = external_address_;
+  nat_mapping.target_ip = r.client;
+  nat_mapping.target_port = r.internal_port;
+  PortScope scope = PortScope::Of(nat_mapping);
+
+  // The client's own companion hold on the suggested port is no obstacle:
+  // it becomes a real lease.
+  uint16_t suggested = r.suggested_port;
+  bool in_range = suggested >= policy.port_lo && suggested <= policy.port_hi;
+  if (suggested != 0) {
+    for (auto& [id, comp] : companions_) {
+      const MappingRecord& other = mappings_.at(id);
+      if (other.proto.target_ip() == client && other.nat.host_port == suggested &&
+          comp.protocol == r.protocol) {
+        ReleaseCompanion(id);
+        break;
+      }
+    }
+  }
+  if (r.prefer_failure && suggested != 0 &&
+      (!in_range || allocator_.ConflictingHolder(scope, suggested).has_value())) {
+    std::optional<std::string> holder_of = allocator_.ConflictingHolder(scope, suggested);
+    return {LeaseOutcome::kCannotProvide, 0, 0,
+            holder_of ? absl::StrCat("port ", suggested, " is held by ", *holder_of)
+                      : absl::StrCat("port ", suggested, " is outside ",
+                                     policy.port_lo, "-", policy.port_hi)};
+  }
+  uint16_t start = in_range ? suggested
+                            : (r.internal_port >= policy.port_lo &&
+                                       r.internal_port <= policy.port_hi
+                                   ? r.internal_port
+                                   : policy.port_lo);
+  absl::StatusOr<uint16_t> port =
+      allocator_.AllocateNear(scope, start, 1, policy.port_lo, policy.port_hi, holder);
+  if (!port.ok()) {
+    return {LeaseOutcome::kNoResources, 0, 0, std::string(port.status().message())};
+  }
+  nat_mapping.host_port = *port;
+  proto.set_host_port(*port);
+  int64_t id_mark = next_mapping_id_;
+  proto.set_id(NewMappingId());
+  *proto.mutable_created_at() = ToTimestamp(now);
+  StoreWrite write, undo;
+  write.put_mappings.push_back(proto);
+  write.next_mapping_id = next_mapping_id_;
+  undo.delete_mappings.push_back(proto.id());
+  Batch batch;
+  for (const nat::DnatElement& e : nat_mapping.ToElements()) batch.add.dnat.insert(e);
+  if (absl::Status s = Realize(write, undo, batch); !s.ok()) {
+    ReleasePorts(nat_mapping);
+    next_mapping_id_ = id_mark;
+    return {LeaseOutcome::kNoResources, 0, 0, std::string(s.message())};
+  }
+  mappings_[proto.id()] = MappingRecord{proto, nat_mapping};
+  IndexLease(proto, nat_mapping);
+  HoldCompanion(proto, nat_mapping);
+  Forget(nat_mapping);
+  Publish(v1::MappingEvent::TYPE_ADDED, proto);
+  return {LeaseOutcome::kOk, *port, lifetime, absl::StrCat("new lease ", proto.id())};
+}
+
+int AgentCore::ExpireLeases() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ready_) return 0;
+  absl::Time now = options_.now();
+  std::vector<std::string> expired;
+  for (const auto& [id, m] : mappings_) {
+    if (m.proto.has_expires_at() && FromTimestamp(m.proto.expires_at()) <= now) {
+      expired.push_back(id);
+    }
+  }
+  if (expired.empty() || !RemoveMappingsLocked(expired).ok()) return 0;
+  return static_cast<int>(expired.size());
+}
+
+void AgentCore::SetExternalAddress(std::optional<IpAddress> address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (address == external_address_) return;
+  external_address_ = address;
+  if (!address.has_value() || !ready_) return;
+  // Move every lease that sits on another address.
+  StoreWrite write, undo;
+  Batch batch;
+  std::vector<std::pair<std::string, PortMapping>> moved;
+  std::vector<std::string> dropped;
+  for (auto& [id, m] : mappings_) {
+    if (!IsLease(m.proto) || m.nat.host_ip == address) continue;
+    PortMapping n = m.nat;
+    n.host_ip = address;
+    if (allocator_.ConflictingHolder(PortScope::Of(n), n.host_port).has_value()) {
+      dropped.push_back(id);
+      continue;
+    }
+    v1::PortMapping p = m.proto;
+    p.set_host_ip(address->ToString());
+    write.put_mappings.push_back(p);
+    undo.put_mappings.push_back(m.proto);
+    for (const auto& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
+    for (const auto& e : n.ToElements()) batch.add.dnat.insert(e);
+    moved.emplace_back(id, n);
+  }
+  if (!dropped.empty()) RemoveMappingsLocked(dropped).IgnoreError();
+  if (moved.empty() || !Realize(write, undo, batch).ok()) return;
+  for (auto& [id, n] : moved) {
+    MappingRecord& m = mappings_.at(id);
+    ReleaseCompanion(id);
+    ReleasePorts(m.nat);
+    allocator_.Reserve(PortScope::Of(n), n.host_port, 1, MappingHolder(m.proto))
+        .IgnoreError();
+    m.nat = n;
+    m.proto.set_host_ip(address->ToString());
+    HoldCompanion(m.proto, m.nat);
+  }
+}
+
+std::optional<IpAddress> AgentCore::external_address() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return external_address_;
+}
+
+uint32_t AgentCore::EpochSeconds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t s = absl::ToInt64Seconds(options_.now() - epoch_start_);
+  return s < 0 ? 0 : static_cast<uint32_t>(s);
 }
 
 absl::StatusOr<std::vector<v1::AttachmentKey>> AgentCore::SweepDeadNamespaces() {

@@ -16,6 +16,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,6 +40,44 @@ struct CoreOptions {
   // Dynamic host port range (host port 0 in a request).
   uint16_t dynamic_lo = 32768;
   uint16_t dynamic_hi = 60999;
+  // The clock (tests inject one).
+  std::function<absl::Time()> now = [] { return absl::Now(); };
+};
+
+// NAT-PMP/PCP policy (agent flags).
+struct LeasePolicy {
+  uint16_t port_lo = 1024;
+  uint16_t port_hi = 65535;
+  int max_per_client = 50;
+  uint32_t max_lifetime = 7200;  // seconds
+};
+
+// A NAT-PMP or PCP request for a mapping to the requester's own address.
+struct LeaseRequest {
+  v1::OwnerKind kind = v1::OWNER_KIND_NATPMP;  // or OWNER_KIND_PCP
+  nat::IpAddress client;
+  nat::Protocol protocol = nat::Protocol::kTcp;
+  uint16_t internal_port = 0;
+  uint16_t suggested_port = 0;  // 0: any
+  uint32_t lifetime = 0;        // seconds; 0 deletes
+  std::string nonce;            // PCP's 12-byte nonce; empty for NAT-PMP
+  bool prefer_failure = false;  // PCP: the suggested port or nothing
+};
+
+enum class LeaseOutcome {
+  kOk,
+  kNotAuthorized,   // nonce mismatch
+  kNoResources,     // no free port in the allowed range, or an internal error
+  kQuota,           // the client holds max_per_client leases
+  kNetworkFailure,  // no external address
+  kCannotProvide,   // PREFER_FAILURE and the suggested port is not free
+};
+
+struct LeaseResult {
+  LeaseOutcome outcome = LeaseOutcome::kOk;
+  uint16_t external_port = 0;
+  uint32_t lifetime = 0;  // granted, seconds
+  std::string detail;     // for logs
 };
 
 // A subscriber's queue of mapping events (WatchMappings).
@@ -85,6 +125,21 @@ class AgentCore {
   std::shared_ptr<EventQueue> Subscribe(v1::OwnerKind kind,
                                         const std::string& owner_id);
   void Unsubscribe(const std::shared_ptr<EventQueue>& queue);
+
+  // NAT-PMP/PCP leases: create or refresh (lifetime > 0) or delete
+  // (lifetime 0; internal port 0 deletes all of the client's leases of that
+  // protocol). A refresh keeps the external port; deleting what does not
+  // exist succeeds.
+  LeaseResult Lease(const LeaseRequest& request, const LeasePolicy& policy);
+  // Removes leases whose lifetime ran out, in one batch. Returns how many.
+  int ExpireLeases();
+  // The external (WAN) address leases are published on; moving it moves
+  // every lease. nullopt: none (requests get a network failure).
+  void SetExternalAddress(std::optional<nat::IpAddress> address);
+  std::optional<nat::IpAddress> external_address() const;
+  // Seconds since the mapping table started (NAT-PMP/PCP epoch); persists
+  // across restarts with the leases.
+  uint32_t EpochSeconds() const;
 
   // Makes the kernel match the store again (reconciler, after a foreign
   // change). Reports what it did.
@@ -144,6 +199,17 @@ class AgentCore {
                                                    StoreWrite* write,
                                                    nat::Batch* batch);
   void Forget(const nat::PortMapping& m);
+  // Removes mappings (store, kernel, ports, indexes) in one operation.
+  absl::Status RemoveMappingsLocked(const std::vector<std::string>& ids);
+  LeaseResult DeleteLeasesLocked(const LeaseRequest& request);
+  using LeaseKey = std::tuple<std::string, nat::Protocol, uint16_t>;
+  static LeaseKey KeyOf(const v1::PortMapping& m);
+  void IndexLease(const v1::PortMapping& m, const nat::PortMapping& n);
+  void UnindexLease(const v1::PortMapping& m);
+  // Holds the same external port in the companion protocol (TCP <-> UDP)
+  // for the lease's client, when free (RFC 6886 section 3.3).
+  void HoldCompanion(const v1::PortMapping& m, const nat::PortMapping& n);
+  void ReleaseCompanion(const std::string& id);
   void Publish(v1::MappingEvent::Type type, const v1::PortMapping& m);
   absl::StatusOr<bool> DetachLocked(const v1::AttachmentKey& key);
   std::string NewMappingId();
@@ -160,6 +226,13 @@ class AgentCore {
   std::map<std::string, MappingRecord> mappings_;         // guarded by mu_
   std::map<std::string, AttachmentRecord> attachments_;   // guarded by mu_
   NetworkRefs network_refs_;                              // guarded by mu_
+  // NAT-PMP/PCP: (client, protocol, internal port) -> mapping id.
+  std::map<LeaseKey, std::string> leases_;                // guarded by mu_
+  std::map<std::string, int> leases_per_client_;          // guarded by mu_
+  // Lease id -> the companion port scope it holds.
+  std::map<std::string, nat::PortScope> companions_;      // guarded by mu_
+  std::optional<nat::IpAddress> external_address_;        // guarded by mu_
+  absl::Time epoch_start_;                                // guarded by mu_
   int64_t next_mapping_id_ = 1;                           // guarded by mu_
   bool ready_ = false;                                    // guarded by mu_
   std::string not_ready_reason_ = "starting";             // guarded by mu_

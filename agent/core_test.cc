@@ -27,8 +27,10 @@ class CoreTest : public ::testing::Test {
     core_.reset();
     auto store = Store::Open(dir_);
     ASSERT_OK(store.status());
+    CoreOptions options{40000, 40099};
+    options.now = [this] { return now_; };
     core_ = std::make_unique<AgentCore>(std::move(*store), &backend_,
-                                        &conntrack_, CoreOptions{40000, 40099});
+                                        &conntrack_, options);
     ASSERT_OK(core_->Start());
   }
 
@@ -53,6 +55,7 @@ class CoreTest : public ::testing::Test {
   }
 
   std::string dir_;
+  absl::Time now_ = absl::FromUnixSeconds(1800000000);
   nat::FakeBackend backend_;
   nat::RecordingConntrackCleaner conntrack_;
   std::unique_ptr<AgentCore> core_;
@@ -268,6 +271,175 @@ TEST_F(CoreTest, WatchSeesSnapshotThenChanges) {
   EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_REMOVED);
   core_->Unsubscribe(q);
   EXPECT_FALSE(q->Pop(absl::Milliseconds(10)).has_value());
+}
+
+// ---------------------------------------------------------------------------
+// NAT-PMP / PCP leases
+
+class LeaseTest : public CoreTest {
+ protected:
+  void SetUp() override {
+    CoreTest::SetUp();
+    core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.7"));
+  }
+  LeaseResult Map(const char* client, uint16_t internal, uint16_t suggested,
+                  uint32_t lifetime, nat::Protocol p = nat::Protocol::kTcp,
+                  v1::OwnerKind kind = v1::OWNER_KIND_NATPMP, std::string nonce = "") {
+    LeaseRequest r;
+    r.kind = kind;
+    r.client = *nat::IpAddress::Parse(client);
+    r.protocol = p;
+    r.internal_port = internal;
+    r.suggested_port = suggested;
+    r.lifetime = lifetime;
+    r.nonce = nonce;
+    return core_->Lease(r, policy_);
+  }
+  LeasePolicy policy_;
+};
+
+TEST_F(LeaseTest, MapsOnTheExternalAddressAndRefreshesInPlace) {
+  LeaseResult r = Map("192.168.77.10", 80, 8080, 3600);
+  ASSERT_EQ(r.outcome, LeaseOutcome::kOk) << r.detail;
+  EXPECT_EQ(r.external_port, 8080);
+  EXPECT_EQ(r.lifetime, 3600u);
+  ASSERT_EQ(backend_.rules().dnat.size(), 1u);
+  EXPECT_EQ(backend_.rules().dnat.begin()->ToString(),
+            "tcp 203.0.113.7:8080 -> 192.168.77.10:80");
+  // The same request again, even suggesting another port: same lease.
+  now_ += absl::Seconds(100);
+  r = Map("192.168.77.10", 80, 9999, 3600);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kOk);
+  EXPECT_EQ(r.external_port, 8080);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_NATPMP, ""), SizeIs(1));
+}
+
+TEST_F(LeaseTest, TakenSuggestionGetsAnotherPortUnlessPreferFailure) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 3600).outcome, LeaseOutcome::kOk);
+  LeaseResult r = Map("192.168.77.11", 80, 8080, 3600);
+  ASSERT_EQ(r.outcome, LeaseOutcome::kOk);
+  EXPECT_NE(r.external_port, 8080);
+  LeaseRequest pf;
+  pf.kind = v1::OWNER_KIND_PCP;
+  pf.client = *nat::IpAddress::Parse("192.168.77.12");
+  pf.internal_port = 81;
+  pf.suggested_port = 8080;
+  pf.lifetime = 60;
+  pf.nonce = "nonce-12byte";
+  pf.prefer_failure = true;
+  r = core_->Lease(pf, policy_);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kCannotProvide);
+  EXPECT_THAT(r.detail, HasSubstr("NAT-PMP lease of 192.168.77.10"));
+}
+
+TEST_F(LeaseTest, LifetimeIsClampedAndLeasesExpireOnTime) {
+  policy_.max_lifetime = 7200;
+  LeaseResult r = Map("192.168.77.10", 80, 8080, 100000);
+  EXPECT_EQ(r.lifetime, 7200u);
+  ASSERT_EQ(Map("192.168.77.10", 81, 8081, 30).outcome, LeaseOutcome::kOk);
+  now_ += absl::Seconds(29);
+  EXPECT_EQ(core_->ExpireLeases(), 0);
+  now_ += absl::Seconds(2);
+  EXPECT_EQ(core_->ExpireLeases(), 1);
+  EXPECT_EQ(backend_.rules().dnat.size(), 1u);
+  // The port is free again.
+  EXPECT_EQ(Map("192.168.77.11", 81, 8081, 30).external_port, 8081);
+}
+
+TEST_F(LeaseTest, DeleteOneOrAllAndDeletingNothingSucceeds) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 3600).outcome, LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 81, 8081, 3600).outcome, LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 53, 5353, 3600, nat::Protocol::kUdp).outcome,
+            LeaseOutcome::kOk);
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 0).outcome, LeaseOutcome::kOk);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_NATPMP, ""), SizeIs(2));
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 0).outcome, LeaseOutcome::kOk);  // again
+  // Internal port 0: all of the client's TCP leases; UDP stays.
+  EXPECT_EQ(Map("192.168.77.10", 0, 0, 0).outcome, LeaseOutcome::kOk);
+  auto left = core_->ListMappings(v1::OWNER_KIND_NATPMP, "");
+  ASSERT_THAT(left, SizeIs(1));
+  EXPECT_EQ(left[0].protocol(), v1::PROTOCOL_UDP);
+}
+
+TEST_F(LeaseTest, QuotaPerClient) {
+  policy_.max_per_client = 2;
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 60).outcome, LeaseOutcome::kOk);
+  EXPECT_EQ(Map("192.168.77.10", 81, 0, 60).outcome, LeaseOutcome::kOk);
+  EXPECT_EQ(Map("192.168.77.10", 82, 0, 60).outcome, LeaseOutcome::kQuota);
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 60).outcome, LeaseOutcome::kOk);  // refresh
+  EXPECT_EQ(Map("192.168.77.11", 82, 0, 60).outcome, LeaseOutcome::kOk);
+}
+
+TEST_F(LeaseTest, RangeIsEnforced) {
+  policy_.port_lo = 20000;
+  policy_.port_hi = 20001;
+  // Port 80 is outside the range: the lease gets the first free one inside.
+  EXPECT_EQ(Map("192.168.77.10", 80, 80, 60).external_port, 20000);
+  EXPECT_EQ(Map("192.168.77.10", 81, 0, 60).external_port, 20001);
+  EXPECT_EQ(Map("192.168.77.10", 82, 0, 60).outcome, LeaseOutcome::kNoResources);
+}
+
+TEST_F(LeaseTest, CompanionPortIsKeptForTheSameClient) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 60, nat::Protocol::kUdp).external_port, 8080);
+  // Another client cannot take TCP 8080 ...
+  EXPECT_NE(Map("192.168.77.11", 80, 8080, 60, nat::Protocol::kTcp).external_port, 8080);
+  // ... the same client can.
+  EXPECT_EQ(Map("192.168.77.10", 80, 8080, 60, nat::Protocol::kTcp).external_port, 8080);
+}
+
+TEST_F(LeaseTest, PcpNonceMustMatchForRefreshAndDelete) {
+  EXPECT_EQ(Map("192.168.77.10", 80, 8080, 60, nat::Protocol::kTcp, v1::OWNER_KIND_PCP,
+                "aaaaaaaaaaaa").outcome,
+            LeaseOutcome::kOk);
+  EXPECT_EQ(Map("192.168.77.10", 80, 8080, 60, nat::Protocol::kTcp, v1::OWNER_KIND_PCP,
+                "bbbbbbbbbbbb").outcome,
+            LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 0, nat::Protocol::kTcp, v1::OWNER_KIND_PCP,
+                "bbbbbbbbbbbb").outcome,
+            LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 0, nat::Protocol::kTcp, v1::OWNER_KIND_PCP,
+                "aaaaaaaaaaaa").outcome,
+            LeaseOutcome::kOk);
+  EXPECT_TRUE(backend_.rules().dnat.empty());
+}
+
+TEST_F(LeaseTest, ContainersAndLeasesShareTheAllocator) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 60).external_port, 8080);
+  EXPECT_THAT(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)),
+              StatusIs(absl::StatusCode::kAlreadyExists,
+                       HasSubstr("NAT-PMP lease of 192.168.77.10")));
+  ASSERT_OK(core_->Attach(Container("c2", "10.22.0.6/16", 9090, 80)).status());
+  EXPECT_NE(Map("192.168.77.11", 80, 9090, 60).external_port, 9090);
+}
+
+TEST_F(LeaseTest, NoExternalAddressIsANetworkFailure) {
+  core_->SetExternalAddress(std::nullopt);
+  EXPECT_EQ(Map("192.168.77.10", 80, 8080, 60).outcome, LeaseOutcome::kNetworkFailure);
+}
+
+TEST_F(LeaseTest, WanAddressChangeMovesLeases) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 60).outcome, LeaseOutcome::kOk);
+  core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.99"));
+  ASSERT_EQ(backend_.rules().dnat.size(), 1u);
+  EXPECT_EQ(backend_.rules().dnat.begin()->ToString(),
+            "tcp 203.0.113.99:8080 -> 192.168.77.10:80");
+}
+
+TEST_F(LeaseTest, LeasesAndEpochSurviveRestartWithRemainingLifetime) {
+  now_ += absl::Seconds(500);
+  uint32_t epoch = core_->EpochSeconds();
+  EXPECT_EQ(epoch, 500u);
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 600).outcome, LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 81, 8081, 60).outcome, LeaseOutcome::kOk);
+  now_ += absl::Seconds(100);  // the agent is down meanwhile
+  Restart();
+  core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.7"));
+  EXPECT_EQ(core_->EpochSeconds(), 600u);
+  auto leases = core_->ListMappings(v1::OWNER_KIND_NATPMP, "");
+  ASSERT_THAT(leases, SizeIs(1));  // the 60 s one ran out while down
+  EXPECT_EQ(leases[0].expires_at().seconds(), 1800000000 + 500 + 600);
+  // Refreshing after the restart keeps the port.
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 600).external_port, 8080);
 }
 
 }  // namespace

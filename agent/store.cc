@@ -178,6 +178,12 @@ absl::StatusOr<StoreContents> Store::Load() const {
       out.next_mapping_id = sqlite3_column_int64(s.get(), 0);
     }
   }
+  {
+    Statement s(db_, "SELECT value FROM meta WHERE key='epoch_start'");
+    if (s.ok() && sqlite3_step(s.get()) == SQLITE_ROW) {
+      out.epoch_start = sqlite3_column_int64(s.get(), 0);
+    }
+  }
   return out;
 }
 
@@ -227,6 +233,11 @@ absl::Status Store::Commit(const StoreWrite& write) {
     Statement put(db_, "UPDATE meta SET value=?1 WHERE key='next_mapping_id'");
     put.BindText(1, absl::StrCat(*write.next_mapping_id));
     if (!put.Run()) return fail("write mapping id counter");
+  }
+  if (write.epoch_start.has_value()) {
+    Statement put(db_, "INSERT OR REPLACE INTO meta VALUES('epoch_start', ?1)");
+    put.BindText(1, absl::StrCat(*write.epoch_start));
+    if (!put.Run()) return fail("write epoch start");
   }
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
     return fail("commit");

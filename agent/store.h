@@ -32,10 +32,12 @@ struct StoreWrite {
   std::vector<std::string> delete_mappings;  // mapping ids
   // The counter mapping ids are drawn from, when it moved.
   std::optional<int64_t> next_mapping_id;
+  // Start of the NAT-PMP/PCP epoch (unix seconds), when first set.
+  std::optional<int64_t> epoch_start;
   bool empty() const {
     return put_attachments.empty() && delete_attachments.empty() &&
            put_mappings.empty() && delete_mappings.empty() &&
-           !next_mapping_id.has_value();
+           !next_mapping_id.has_value() && !epoch_start.has_value();
   }
 };
 
@@ -43,6 +45,8 @@ struct StoreContents {
   std::vector<v1::Attachment> attachments;
   std::vector<v1::PortMapping> mappings;
   int64_t next_mapping_id = 1;
+  // Unset in a new store: the mapping table starts now.
+  std::optional<int64_t> epoch_start;
 };
 
 class Store {
