@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "nat/backend/nftables/monitor.h"
 #include "grpcpp/grpcpp.h"
 #include "nat/backend/nftables/nftables_backend.h"
@@ -182,6 +183,33 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }
+  if (config.natpmp && !config.lan_interfaces.empty()) {
+    natpmp::ServerConfig pmp;
+    pmp.lan_interfaces = config.lan_interfaces;
+    pmp.wan_interface = config.wan_interface;
+    pmp.pcp = config.pcp;
+    absl::StatusOr<std::pair<uint16_t, uint16_t>> ports =
+        nat::ParsePortRange(config.natpmp_port_range);
+    if (!ports.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--natpmp_port_range: ", ports.status().message()));
+    }
+    pmp.policy.port_lo = ports->first;
+    pmp.policy.port_hi = ports->second;
+    if (config.natpmp_max_per_client < 1) {
+      return absl::InvalidArgumentError("--natpmp_max_per_client must be at least 1");
+    }
+    pmp.policy.max_per_client = config.natpmp_max_per_client;
+    pmp.policy.max_lifetime = static_cast<uint32_t>(
+        std::max<int64_t>(1, absl::ToInt64Seconds(config.natpmp_max_lifetime)));
+    absl::StatusOr<std::unique_ptr<natpmp::PmpServer>> server =
+        natpmp::PmpServer::Start(agent->core_.get(), &agent->metrics_, pmp);
+    if (!server.ok()) return server.status();
+    agent->pmp_ = std::move(*server);
+    LogLine(absl::StrCat("NAT-PMP", config.pcp ? " and PCP" : "", " on udp 5351, LAN ",
+                         absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
+                         config.wan_interface));
+  }
   {
     Agent* a = agent.get();
     AgentConfig c = config;
@@ -209,6 +237,7 @@ void Agent::Repair(const std::string& why) {
 
 void Agent::RepairLoop(const AgentConfig& config) {
   const absl::Duration interval = config.reconcile_interval;
+  absl::Time next_expiry_check = absl::Now();
   absl::Time next_check = interval > absl::ZeroDuration()
                               ? absl::Now() + interval
                               : absl::InfiniteFuture();
@@ -230,6 +259,12 @@ void Agent::RepairLoop(const AgentConfig& config) {
       if (!c.ok()) absl::SleepFor(wait);
     } else {
       absl::SleepFor(wait);
+    }
+    if (absl::Now() >= next_expiry_check) {
+      next_expiry_check = absl::Now() + absl::Seconds(1);
+      if (int n = core_->ExpireLeases(); n > 0) {
+        LogLine(absl::StrCat("expired ", n, " lease(s)"));
+      }
     }
     if (changed) {
       // A reload may come as several transactions in quick succession: let
@@ -265,6 +300,7 @@ Agent::~Agent() {
   }
   cv_.notify_all();
   if (reconciler_.joinable()) reconciler_.join();
+  pmp_.reset();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() +
                                  std::chrono::seconds(2));
   http_.reset();

@@ -9,12 +9,14 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "agent/core.h"
 #include "agent/http_server.h"
 #include "agent/metrics.h"
+#include "agent/natpmp/server.h"
 #include "agent/service.h"
 #include "nat/backend/nftables/monitor.h"
 
@@ -37,6 +39,15 @@ struct AgentConfig {
   // With each periodic check, detach attachments whose network namespace
   // path no longer exists.
   bool sweep_dead_netns = true;
+  // NAT-PMP/PCP front-end: answers only on these interfaces; mappings go
+  // from the WAN interface's address to the requester.
+  std::vector<std::string> lan_interfaces;
+  std::string wan_interface;
+  bool natpmp = true;  // with lan_interfaces set
+  bool pcp = true;     // with natpmp
+  std::string natpmp_port_range = "1024-65535";
+  int natpmp_max_per_client = 50;
+  absl::Duration natpmp_max_lifetime = absl::Seconds(7200);
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;
@@ -72,6 +83,7 @@ class Agent {
   std::unique_ptr<AgentServiceImpl> status_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<natpmp::PmpServer> pmp_;
   std::thread reconciler_;
   std::mutex mu_;
   std::condition_variable cv_;

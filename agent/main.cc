@@ -2,6 +2,8 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -27,6 +29,19 @@ ABSL_FLAG(bool, repair_on_change, true,
 ABSL_FLAG(bool, sweep_dead_netns, true,
           "with each periodic check, detach containers whose network "
           "namespace is gone");
+ABSL_FLAG(std::vector<std::string>, lan_interfaces, {},
+          "interfaces where NAT-PMP/PCP requests are answered (comma list); "
+          "empty: no NAT-PMP/PCP");
+ABSL_FLAG(std::string, wan_interface, "",
+          "interface whose IPv4 address LAN mappings are published on "
+          "(watched for changes)");
+ABSL_FLAG(bool, natpmp, true, "serve NAT-PMP (and PCP) on --lan_interfaces");
+ABSL_FLAG(bool, pcp, true, "serve PCP with NAT-PMP");
+ABSL_FLAG(std::string, natpmp_port_range, "1024-65535",
+          "external ports NAT-PMP/PCP may hand out, LO-HI");
+ABSL_FLAG(int, natpmp_max_per_client, 50, "leases one LAN host may hold");
+ABSL_FLAG(absl::Duration, natpmp_max_lifetime, absl::Seconds(7200),
+          "longest lease granted; longer requests are clamped");
 ABSL_FLAG(std::string, tls_address, "",
           "host:port for orchestrators over TLS with client certificates");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
@@ -56,6 +71,13 @@ int main(int argc, char** argv) {
   config.reconcile_interval = absl::GetFlag(FLAGS_reconcile_interval);
   config.sweep_dead_netns = absl::GetFlag(FLAGS_sweep_dead_netns);
   config.repair_on_change = absl::GetFlag(FLAGS_repair_on_change);
+  config.lan_interfaces = absl::GetFlag(FLAGS_lan_interfaces);
+  config.wan_interface = absl::GetFlag(FLAGS_wan_interface);
+  config.natpmp = absl::GetFlag(FLAGS_natpmp);
+  config.pcp = absl::GetFlag(FLAGS_pcp);
+  config.natpmp_port_range = absl::GetFlag(FLAGS_natpmp_port_range);
+  config.natpmp_max_per_client = absl::GetFlag(FLAGS_natpmp_max_per_client);
+  config.natpmp_max_lifetime = absl::GetFlag(FLAGS_natpmp_max_lifetime);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

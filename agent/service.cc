@@ -8,13 +8,6 @@
 
 namespace fabric::agent {
 
-void LogLine(const std::string& text) {
-  std::string line = absl::StrCat(
-      absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-      " ", text, "\n");
-  std::fwrite(line.data(), 1, line.size(), stderr);
-}
-
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()),

@@ -9,13 +9,11 @@
 #include <string>
 
 #include "agent/core.h"
+#include "agent/log.h"
 #include "agent/metrics.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 
 namespace fabric::agent {
-
-// Writes one log line to stderr: "<time> <text>".
-void LogLine(const std::string& text);
 
 grpc::Status ToGrpc(const absl::Status& s);
 

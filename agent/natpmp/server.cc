@@ -1,0 +1,424 @@
+#include "agent/natpmp/server.h"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "agent/log.h"
+
+namespace fabric::agent::natpmp {
+
+namespace {
+
+constexpr uint32_t kShortErrorLifetime = 30;
+constexpr uint32_t kLongErrorLifetime = 1800;
+constexpr int kAnnouncements = 10;
+
+std::optional<nat::IpAddress> InterfaceAddress(const std::string& name) {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return std::nullopt;
+  std::optional<nat::IpAddress> found;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    if (name != i->ifa_name) continue;
+    const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
+    found = nat::IpAddress::FromBytes(nat::Family::kIPv4,
+                                      reinterpret_cast<const uint8_t*>(&sin->sin_addr));
+    break;
+  }
+  freeifaddrs(list);
+  return found;
+}
+
+std::array<uint8_t, 4> V4Bytes(const std::optional<nat::IpAddress>& a) {
+  std::array<uint8_t, 4> out{};
+  if (a.has_value() && a->is_v4()) std::memcpy(out.data(), a->bytes(), 4);
+  return out;
+}
+
+PmpResult PmpResultOf(LeaseOutcome o) {
+  switch (o) {
+    case LeaseOutcome::kOk: return PmpResult::kSuccess;
+    case LeaseOutcome::kNotAuthorized: return PmpResult::kRefused;
+    case LeaseOutcome::kNetworkFailure: return PmpResult::kNetworkFailure;
+    default: return PmpResult::kOutOfResources;
+  }
+}
+
+PcpResult PcpResultOf(LeaseOutcome o) {
+  switch (o) {
+    case LeaseOutcome::kOk: return PcpResult::kSuccess;
+    case LeaseOutcome::kNotAuthorized: return PcpResult::kNotAuthorized;
+    case LeaseOutcome::kNoResources: return PcpResult::kNoResources;
+    case LeaseOutcome::kQuota: return PcpResult::kUserExQuota;
+    case LeaseOutcome::kNetworkFailure: return PcpResult::kNetworkFailure;
+    case LeaseOutcome::kCannotProvide: return PcpResult::kCannotProvideExternal;
+  }
+  return PcpResult::kNoResources;
+}
+
+const char* OutcomeName(LeaseOutcome o) {
+  switch (o) {
+    case LeaseOutcome::kOk: return "ok";
+    case LeaseOutcome::kNotAuthorized: return "not_authorized";
+    case LeaseOutcome::kNoResources: return "no_resources";
+    case LeaseOutcome::kQuota: return "quota";
+    case LeaseOutcome::kNetworkFailure: return "network_failure";
+    case LeaseOutcome::kCannotProvide: return "cannot_provide";
+  }
+  return "?";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PmpServer>> PmpServer::Start(AgentCore* core,
+                                                            Metrics* metrics,
+                                                            ServerConfig config) {
+  if (config.lan_interfaces.empty()) {
+    return absl::InvalidArgumentError("NAT-PMP/PCP needs --lan_interfaces");
+  }
+  if (config.wan_interface.empty()) {
+    return absl::InvalidArgumentError("NAT-PMP/PCP needs --wan_interface");
+  }
+  for (const std::string& lan : config.lan_interfaces) {
+    if (lan == config.wan_interface) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("interface ", lan, " cannot be both LAN and WAN"));
+    }
+  }
+  int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(udp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(udp, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(config.port);
+  if (bind(udp, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    int e = errno;
+    close(udp);
+    return absl::UnavailableError(absl::StrCat(
+        "NAT-PMP/PCP: cannot listen on udp port ", config.port, ": ", std::strerror(e)));
+  }
+  int rtnl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  sockaddr_nl nl{};
+  nl.nl_family = AF_NETLINK;
+  nl.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_LINK;
+  if (rtnl < 0 || bind(rtnl, reinterpret_cast<sockaddr*>(&nl), sizeof(nl)) != 0) {
+    close(udp);
+    if (rtnl >= 0) close(rtnl);
+    return absl::UnavailableError("NAT-PMP/PCP: cannot watch addresses (rtnetlink)");
+  }
+  return std::unique_ptr<PmpServer>(new PmpServer(core, metrics, std::move(config), udp, rtnl));
+}
+
+PmpServer::PmpServer(AgentCore* core, Metrics* metrics, ServerConfig config,
+                     int udp, int rtnl)
+    : core_(core), metrics_(metrics), config_(std::move(config)), udp_(udp), rtnl_(rtnl) {
+  RefreshWanAddress();
+  // Announce at start even if the address did not change: the epoch may
+  // have (RFC 6886 section 3.2.1).
+  announcements_left_ = kAnnouncements;
+  announce_gap_ = absl::Milliseconds(250);
+  next_announcement_ = absl::Now();
+  thread_ = std::thread([this] { Run(); });
+}
+
+PmpServer::~PmpServer() {
+  stopping_ = true;
+  thread_.join();
+  close(udp_);
+  close(rtnl_);
+}
+
+void PmpServer::RefreshWanAddress() {
+  std::optional<nat::IpAddress> now = InterfaceAddress(config_.wan_interface);
+  if (now == wan_) return;
+  LogLine(absl::StrCat("nat-pmp: external address of ", config_.wan_interface, " is ",
+                       now ? now->ToString() : "none", wan_ ? " (was " + wan_->ToString() + ")" : ""));
+  wan_ = now;
+  core_->SetExternalAddress(now);
+  if (now.has_value()) {
+    announcements_left_ = kAnnouncements;
+    announce_gap_ = absl::Milliseconds(250);
+    next_announcement_ = absl::Now();
+  }
+}
+
+void PmpServer::SendAnnouncement() {
+  uint32_t epoch = core_->EpochSeconds();
+  std::vector<std::vector<uint8_t>> messages = {
+      PmpExternalAddressResponse(wan_ ? PmpResult::kSuccess : PmpResult::kNetworkFailure,
+                                 epoch, V4Bytes(wan_))};
+  if (config_.pcp) messages.push_back(PcpAnnounce(epoch));
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(config_.announce_port);
+  inet_pton(AF_INET, "224.0.0.1", &to.sin_addr);
+  for (const std::string& lan : config_.lan_interfaces) {
+    ip_mreqn mreq{};
+    mreq.imr_ifindex = static_cast<int>(if_nametoindex(lan.c_str()));
+    if (mreq.imr_ifindex == 0) continue;
+    setsockopt(udp_, IPPROTO_IP, IP_MULTICAST_IF, &mreq, sizeof(mreq));
+    for (const auto& m : messages) {
+      sendto(udp_, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+    }
+  }
+}
+
+bool PmpServer::Allow(uint32_t client, absl::Time now) {
+  auto [it, fresh] = buckets_.try_emplace(client, Bucket{config_.burst, now});
+  Bucket& b = it->second;
+  b.tokens = std::min(config_.burst,
+                      b.tokens + absl::ToDoubleSeconds(now - b.last) * config_.rate_per_second);
+  b.last = now;
+  if (b.tokens < 1) return false;
+  b.tokens -= 1;
+  if (buckets_.size() > 4096) buckets_.clear();  // bounded memory
+  return true;
+}
+
+void PmpServer::Run() {
+  while (!stopping_) {
+    absl::Duration wait = absl::Milliseconds(200);
+    if (announcements_left_ > 0) {
+      wait = std::min(wait, std::max(absl::ZeroDuration(), next_announcement_ - absl::Now()));
+    }
+    pollfd fds[2] = {{udp_, POLLIN, 0}, {rtnl_, POLLIN, 0}};
+    int n = poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(wait)));
+    if (n > 0 && (fds[1].revents & POLLIN)) {
+      char buf[16384];
+      while (recv(rtnl_, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
+      }
+      RefreshWanAddress();
+    }
+    if (n > 0 && (fds[0].revents & POLLIN)) Receive();
+    if (announcements_left_ > 0 && absl::Now() >= next_announcement_) {
+      SendAnnouncement();
+      --announcements_left_;
+      next_announcement_ = absl::Now() + announce_gap_;
+      announce_gap_ *= 2;
+    }
+  }
+}
+
+void PmpServer::Receive() {
+  uint8_t buf[2048];
+  char control[256];
+  sockaddr_in from{};
+  iovec iov{buf, sizeof(buf)};
+  msghdr msg{};
+  msg.msg_name = &from;
+  msg.msg_namelen = sizeof(from);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t len = recvmsg(udp_, &msg, MSG_DONTWAIT);
+  if (len < 0) return;
+  in_pktinfo info{};
+  bool have_info = false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      std::memcpy(&info, CMSG_DATA(c), sizeof(info));
+      have_info = true;
+    }
+  }
+  if (!have_info) return;
+  // Only configured LAN interfaces, never the WAN side.
+  char ifname[IF_NAMESIZE] = {};
+  if (if_indextoname(info.ipi_ifindex, ifname) == nullptr) return;
+  if (std::find(config_.lan_interfaces.begin(), config_.lan_interfaces.end(),
+                ifname) == config_.lan_interfaces.end()) {
+    return;
+  }
+  nat::IpAddress dst = nat::IpAddress::FromBytes(
+      nat::Family::kIPv4, reinterpret_cast<const uint8_t*>(&info.ipi_addr));
+  if (wan_.has_value() && dst == *wan_) return;  // addressed to the WAN address
+  nat::IpAddress client = nat::IpAddress::FromBytes(
+      nat::Family::kIPv4, reinterpret_cast<const uint8_t*>(&from.sin_addr));
+  if (!Allow(from.sin_addr.s_addr, absl::Now())) return;
+
+  std::vector<uint8_t> reply;
+  if (len >= 1 && buf[0] == kPcpVersion && config_.pcp) {
+    reply = HandlePcp(buf, static_cast<size_t>(len), client);
+  } else if (len >= 1 && buf[0] != 0 && buf[0] != kPcpVersion && config_.pcp && len >= 2 &&
+             !(buf[1] & 0x80)) {
+    // Neither NAT-PMP nor PCP v2: PCP's UNSUPP_VERSION names version 2.
+    reply = HandlePcp(buf, static_cast<size_t>(len), client);
+  } else {
+    reply = HandlePmp(buf, static_cast<size_t>(len), client);
+  }
+  if (reply.empty()) return;
+  // Answer from the address the client asked.
+  char out_control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+  iovec out_iov{reply.data(), reply.size()};
+  msghdr out{};
+  out.msg_name = &from;
+  out.msg_namelen = sizeof(from);
+  out.msg_iov = &out_iov;
+  out.msg_iovlen = 1;
+  out.msg_control = out_control;
+  out.msg_controllen = sizeof(out_control);
+  cmsghdr* c = CMSG_FIRSTHDR(&out);
+  c->cmsg_level = IPPROTO_IP;
+  c->cmsg_type = IP_PKTINFO;
+  c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+  in_pktinfo reply_info{};
+  reply_info.ipi_spec_dst = info.ipi_addr;
+  reply_info.ipi_ifindex = info.ipi_ifindex;
+  std::memcpy(CMSG_DATA(c), &reply_info, sizeof(reply_info));
+  sendmsg(udp_, &out, 0);
+}
+
+void PmpServer::Log(const std::string& op, const nat::IpAddress& client,
+                    const std::string& outcome, absl::Time start, bool ok) {
+  absl::Duration took = absl::Now() - start;
+  metrics_->RecordOperation(op, ok, took);
+  LogLine(absl::StrFormat("op=%s client=%s %s duration=%.3fms", op, client.ToString(),
+                          outcome, absl::ToDoubleMilliseconds(took)));
+}
+
+std::vector<uint8_t> PmpServer::HandlePmp(const uint8_t* data, size_t len,
+                                          const nat::IpAddress& client) {
+  absl::Time start = absl::Now();
+  PmpRequest req;
+  uint32_t epoch = core_->EpochSeconds();
+  switch (ParsePmp(data, len, &req)) {
+    case PmpParse::kIgnore:
+      return {};
+    case PmpParse::kUnsupportedVersion:
+      Log("natpmp", client, absl::StrCat("outcome=unsupported_version version=", req.version),
+          start, false);
+      return PmpUnsupportedVersion(epoch);
+    case PmpParse::kUnsupportedOpcode:
+      Log("natpmp", client, absl::StrCat("outcome=unsupported_opcode opcode=", req.opcode),
+          start, false);
+      return PmpUnsupportedOpcode(data, len);
+    case PmpParse::kTruncated:
+      Log("natpmp_map", client, "outcome=refused (truncated request)", start, false);
+      return PmpMapResponse(req.opcode, PmpResult::kRefused, epoch, 0, 0, 0);
+    case PmpParse::kOk:
+      break;
+  }
+  if (req.opcode == static_cast<uint8_t>(PmpOpcode::kExternalAddress)) {
+    Log("natpmp_address", client, absl::StrCat("outcome=", wan_ ? "ok" : "network_failure"),
+        start, wan_.has_value());
+    return PmpExternalAddressResponse(wan_ ? PmpResult::kSuccess : PmpResult::kNetworkFailure,
+                                      epoch, V4Bytes(wan_));
+  }
+  nat::Protocol proto =
+      req.opcode == static_cast<uint8_t>(PmpOpcode::kMapUdp) ? nat::Protocol::kUdp
+                                                             : nat::Protocol::kTcp;
+  if (req.internal_port == 0 && req.lifetime != 0) {
+    Log("natpmp_map", client, "outcome=refused (internal port 0)", start, false);
+    return PmpMapResponse(req.opcode, PmpResult::kRefused, epoch, 0, 0, 0);
+  }
+  LeaseRequest lr;
+  lr.kind = v1::OWNER_KIND_NATPMP;
+  lr.client = client;
+  lr.protocol = proto;
+  lr.internal_port = req.internal_port;
+  lr.suggested_port = req.suggested_external_port;
+  lr.lifetime = req.lifetime;
+  LeaseResult r = core_->Lease(lr, config_.policy);
+  Log(req.lifetime == 0 ? "natpmp_unmap" : "natpmp_map", client,
+      absl::StrCat("proto=", nat::ProtocolName(proto), " internal=", req.internal_port,
+                   " external=", r.external_port, " lifetime=", r.lifetime,
+                   " outcome=", OutcomeName(r.outcome), " (", r.detail, ")"),
+      start, r.outcome == LeaseOutcome::kOk);
+  return PmpMapResponse(req.opcode, PmpResultOf(r.outcome), core_->EpochSeconds(),
+                        req.internal_port, r.outcome == LeaseOutcome::kOk ? r.external_port : 0,
+                        r.outcome == LeaseOutcome::kOk ? r.lifetime : 0);
+}
+
+std::vector<uint8_t> PmpServer::HandlePcp(const uint8_t* data, size_t len,
+                                          const nat::IpAddress& client) {
+  absl::Time start = absl::Now();
+  PcpRequest req;
+  PcpParseResult parsed = ParsePcp(data, len, &req);
+  if (parsed.kind == PcpParseResult::kIgnore) return {};
+  auto respond = [&](PcpResult result, uint32_t lifetime, uint16_t port,
+                     const std::string& detail) {
+    bool ok = result == PcpResult::kSuccess;
+    if (!ok) {
+      lifetime = IsShortLifetimeError(result) ? kShortErrorLifetime : kLongErrorLifetime;
+    }
+    Log(req.opcode == static_cast<uint8_t>(PcpOpcode::kMap) ? "pcp_map" : "pcp", client,
+        absl::StrCat("result=", static_cast<int>(result), " ", detail), start, ok);
+    std::array<uint8_t, 16> ext{};
+    if (ok && wan_.has_value()) ext = MapV4(V4Bytes(wan_));
+    return PcpResponse(data, len, result, lifetime, core_->EpochSeconds(), port, ext);
+  };
+  if (parsed.kind == PcpParseResult::kError) return respond(parsed.error, 0, 0, "parse error");
+  // The client-IP field must be the packet's source (no NAT in between).
+  std::optional<std::array<uint8_t, 4>> claimed = UnmapV4(req.client_ip);
+  if (!claimed || std::memcmp(claimed->data(), client.bytes(), 4) != 0) {
+    return respond(PcpResult::kAddressMismatch, 0, 0, "client IP field is not the source");
+  }
+  if (req.third_party) {
+    return respond(PcpResult::kNotAuthorized, 0, 0, "THIRD_PARTY is not allowed");
+  }
+  if (req.filter) return respond(PcpResult::kUnsuppOption, 0, 0, "FILTER is not supported");
+  if (req.opcode == static_cast<uint8_t>(PcpOpcode::kAnnounce)) {
+    return respond(PcpResult::kSuccess, 0, 0, "announce");
+  }
+  // MAP.
+  std::vector<nat::Protocol> protocols;
+  switch (req.protocol) {
+    case 6: protocols = {nat::Protocol::kTcp}; break;
+    case 17: protocols = {nat::Protocol::kUdp}; break;
+    case 132: protocols = {nat::Protocol::kSctp}; break;
+    case 0:
+      if (req.lifetime == 0 && req.internal_port == 0) {
+        protocols = {nat::Protocol::kTcp, nat::Protocol::kUdp, nat::Protocol::kSctp};
+        break;
+      }
+      [[fallthrough]];
+    default:
+      return respond(PcpResult::kUnsuppProtocol, 0, 0,
+                     absl::StrCat("protocol ", req.protocol, " is not supported"));
+  }
+  if (req.internal_port == 0 && req.lifetime != 0) {
+    return respond(PcpResult::kMalformedRequest, 0, 0, "internal port 0 with a lifetime");
+  }
+  bool wants_other_ip = false;
+  std::array<uint8_t, 16> zero{};
+  if (req.suggested_external_ip != zero && req.suggested_external_ip != MapV4(V4Bytes(wan_))) {
+    std::optional<std::array<uint8_t, 4>> v4 = UnmapV4(req.suggested_external_ip);
+    wants_other_ip = !(v4 && *v4 == std::array<uint8_t, 4>{0, 0, 0, 0});
+  }
+  if (wants_other_ip && req.prefer_failure) {
+    return respond(PcpResult::kCannotProvideExternal, 0, 0, "suggested external IP not ours");
+  }
+  LeaseResult last;
+  for (nat::Protocol p : protocols) {
+    LeaseRequest lr;
+    lr.kind = v1::OWNER_KIND_PCP;
+    lr.client = client;
+    lr.protocol = p;
+    lr.internal_port = req.internal_port;
+    lr.suggested_port = req.suggested_external_port;
+    lr.lifetime = req.lifetime;
+    lr.nonce.assign(reinterpret_cast<const char*>(req.nonce.data()), req.nonce.size());
+    lr.prefer_failure = req.prefer_failure;
+    last = core_->Lease(lr, config_.policy);
+    if (last.outcome != LeaseOutcome::kOk) break;
+  }
+  return respond(PcpResultOf(last.outcome), last.lifetime, last.external_port,
+                 absl::StrCat("internal=", req.internal_port, " external=", last.external_port,
+                              " lifetime=", last.lifetime, " (", last.detail, ")"));
+}
+
+}  // namespace fabric::agent::natpmp
