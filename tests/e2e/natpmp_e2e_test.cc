@@ -1,0 +1,300 @@
+// NAT-PMP and PCP end to end: fabric-agent in a router namespace, LAN hosts
+// asking with Debian's natpmpc (and testing/pmp.py for exact packets), real
+// TCP from an outside namespace through the mappings they get.
+//
+//   LAN host 192.168.77.10 --- lan0 192.168.77.1 [router: agent] wan0 203.0.113.1 --- outside 203.0.113.2
+#include <unistd.h>
+
+#include <regex>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "testing/cni_runtime.h"
+#include "testing/netns.h"
+#include "testing/status_matchers.h"
+
+namespace fabric {
+namespace {
+
+using ::fabric::testing::AgentProcess;
+using ::fabric::testing::IsOkAndHolds;
+using ::fabric::testing::Netns;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// The value of "key=" in a pmp.py line.
+std::string Field(const std::string& line, const std::string& key) {
+  std::smatch m;
+  std::regex re("(^| )" + key + "=([^ \\n]*)");
+  return std::regex_search(line, m, re) ? m[2].str() : "";
+}
+
+class NatPmpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(geteuid(), 0u);
+    char dir[] = "/tmp/fnt-pmp-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);
+    dir_ = dir;
+    ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
+    ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
+    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
+    ASSERT_OK(testing::Link(*router_, "lan0", "192.168.77.1/24", *lan_, "eth0",
+                            "192.168.77.10/24"));
+    ASSERT_OK(testing::Link(*router_, "wan0", "203.0.113.1/24", *outside_, "eth0",
+                            "203.0.113.2/24"));
+    ASSERT_OK(lan_->Exec("ip route add default via 192.168.77.1"));
+    ASSERT_OK(router_->Exec("sysctl -qw net.ipv4.ip_forward=1"));
+    StartAgent();
+  }
+  void TearDown() override {
+    agent_.reset();
+    testing::Shell("rm -rf " + dir_).IgnoreError();
+  }
+
+  void StartAgent(const std::string& extra = "--natpmp_max_per_client=3") {
+    ASSERT_OK_AND_ASSIGN(
+        agent_, AgentProcess::Start(router_.get(), dir_,
+                                    "--lan_interfaces=lan0 --wan_interface=wan0 " + extra));
+  }
+
+  absl::StatusOr<std::string> Pmp(const Netns& from, const std::string& args) {
+    absl::StatusOr<testing::CommandResult> r = testing::RunCommand(
+        absl::StrCat("ip netns exec ", from.name(), " /usr/bin/python3 ",
+                     testing::Runfile("testing/pmp.py"), " ", args));
+    if (!r.ok()) return r.status();
+    return r->out;
+  }
+  absl::StatusOr<std::string> Natpmpc(const std::string& args) {
+    return lan_->Exec("natpmpc -g 192.168.77.1 " + args);
+  }
+  absl::StatusOr<std::string> Ctl(const std::string& args) {
+    return testing::Shell(absl::StrCat(testing::Runfile("agent/fabricctl"), " --socket ",
+                                       agent_->socket(), " ", args));
+  }
+
+  std::string dir_;
+  std::unique_ptr<Netns> router_, lan_, outside_;
+  std::unique_ptr<AgentProcess> agent_;
+};
+
+TEST_F(NatPmpTest, NatpmpcMapsAndTrafficFromOutsideReachesTheLanHost) {
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "lanhost"));
+  EXPECT_THAT(Natpmpc("-a 8080 80 tcp 3600"),
+              IsOkAndHolds(HasSubstr("Mapped public port 8080 protocol TCP to local port 80")));
+  EXPECT_THAT(Natpmpc(""), IsOkAndHolds(HasSubstr("Public IP address : 203.0.113.1")));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080),
+              IsOkAndHolds("lanhost 203.0.113.2\n"));
+  // Listed with owner kind natpmp and an expiry.
+  ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
+  EXPECT_THAT(list, HasSubstr("natpmp  tcp   203.0.113.1:8080"));
+  EXPECT_THAT(list, HasSubstr("192.168.77.10:80"));
+  EXPECT_THAT(list, HasSubstr("(59m"));
+}
+
+TEST_F(NatPmpTest, RepeatedRequestRefreshesAndDeleteRemoves) {
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "lanhost"));
+  ASSERT_OK(Natpmpc("-a 8080 80 tcp 3600").status());
+  // Again, suggesting another port: the same mapping, refreshed.
+  EXPECT_THAT(Natpmpc("-a 9999 80 tcp 3600"),
+              IsOkAndHolds(HasSubstr("Mapped public port 8080 protocol TCP to local port 80")));
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("1 mapping(s)")));
+  // natpmpc's delete: lifetime 0.
+  ASSERT_OK(Natpmpc("-a 8080 80 tcp 0").status());
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("0 mapping(s)")));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.5).ok());
+  // Deleting what does not exist succeeds.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 80 0 0"),
+              IsOkAndHolds(HasSubstr("result=0")));
+}
+
+TEST_F(NatPmpTest, UdpMappingAndDeleteAllOfAProtocol) {
+  ASSERT_OK(testing::Serve(*lan_, "udp", 53, "dns"));
+  EXPECT_THAT(Natpmpc("-a 5353 53 udp 600"),
+              IsOkAndHolds(HasSubstr("Mapped public port 5353 protocol UDP to local port 53")));
+  EXPECT_THAT(testing::Ask(*outside_, "udp", "203.0.113.1", 5353),
+              IsOkAndHolds("dns 203.0.113.2\n"));
+  ASSERT_OK(Pmp(*lan_, "192.168.77.1 map udp 54 0 600").status());
+  ASSERT_OK(Pmp(*lan_, "192.168.77.1 map tcp 80 0 600").status());
+  // Internal port 0, lifetime 0: every UDP mapping of this client goes.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map udp 0 0 0"),
+              IsOkAndHolds(HasSubstr("result=0")));
+  ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
+  EXPECT_THAT(list, HasSubstr("1 mapping(s)"));
+  EXPECT_THAT(list, HasSubstr("tcp"));
+}
+
+TEST_F(NatPmpTest, QuotaPerClient) {
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(Pmp(*lan_, absl::StrCat("192.168.77.1 map tcp ", 80 + i, " 0 600")),
+                IsOkAndHolds(HasSubstr("result=0")));
+  }
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 90 0 600"),
+              IsOkAndHolds(HasSubstr("result=4")));  // out of resources
+}
+
+TEST_F(NatPmpTest, WanSideAndWanAddressGetNoAnswer) {
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 addr"), IsOkAndHolds(HasSubstr("result=0")));
+  EXPECT_THAT(Pmp(*outside_, "203.0.113.1 addr"), IsOkAndHolds("timeout\n"));
+  EXPECT_THAT(Pmp(*outside_, "203.0.113.1 map tcp 22 22 600"), IsOkAndHolds("timeout\n"));
+  // From the LAN, but addressed to the WAN address.
+  EXPECT_THAT(Pmp(*lan_, "203.0.113.1 addr"), IsOkAndHolds("timeout\n"));
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("0 mapping(s)")));
+}
+
+TEST_F(NatPmpTest, LeasesExpireOnTimeAndTheirRulesGo) {
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 81, "short"));
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 map tcp 81 8181 2"));
+  EXPECT_EQ(Field(r, "lifetime"), "2");
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8181), IsOkAndHolds(HasSubstr("short")));
+  absl::SleepFor(absl::Milliseconds(3500));
+  EXPECT_THAT(router_->Exec("nft list map inet fabric_nat dnat4"),
+              IsOkAndHolds(Not(HasSubstr("8181"))));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8181, 0.5).ok());
+  EXPECT_THAT(agent_->LogText(), HasSubstr("expired 1 lease(s)"));
+}
+
+TEST_F(NatPmpTest, LifetimeIsClampedToTheMaximum) {
+  agent_.reset();
+  StartAgent("--natpmp_max_lifetime=600s");
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 map tcp 80 0 99999"));
+  EXPECT_EQ(Field(r, "lifetime"), "600");
+}
+
+TEST_F(NatPmpTest, LeasesAndEpochSurviveARestart) {
+  ASSERT_OK_AND_ASSIGN(std::string first, Pmp(*lan_, "192.168.77.1 map tcp 80 8080 600"));
+  absl::SleepFor(absl::Seconds(1));
+  agent_.reset();
+  absl::SleepFor(absl::Seconds(1));
+  StartAgent();
+  ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
+  EXPECT_THAT(list, HasSubstr("203.0.113.1:8080"));
+  EXPECT_THAT(list, HasSubstr("(9m5"));  // about 598 s left
+  ASSERT_OK_AND_ASSIGN(std::string addr, Pmp(*lan_, "192.168.77.1 addr"));
+  int e1 = 0, e2 = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(Field(first, "epoch"), &e1));
+  ASSERT_TRUE(absl::SimpleAtoi(Field(addr, "epoch"), &e2));
+  EXPECT_GE(e2, e1 + 2);  // the epoch went on across the restart, not reset
+  ASSERT_OK_AND_ASSIGN(std::string again, Pmp(*lan_, "192.168.77.1 map tcp 80 0 600"));
+  EXPECT_EQ(Field(again, "external"), "8080");
+}
+
+TEST_F(NatPmpTest, AnnouncesAtStartAndWhenTheWanAddressChanges) {
+  std::string out = dir_ + "/announce.txt";
+  ASSERT_OK(lan_->Spawn(absl::StrCat("exec /usr/bin/python3 ", testing::Runfile("testing/pmp.py"),
+                                     " listen 5350 3 > ", out))
+                .status());
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_OK(Pmp(*lan_, "192.168.77.1 map tcp 80 8080 600").status());
+  ASSERT_OK(router_->Exec("ip addr del 203.0.113.1/24 dev wan0 && "
+                          "ip addr add 203.0.113.50/24 dev wan0"));
+  absl::SleepFor(absl::Milliseconds(2900));
+  ASSERT_OK_AND_ASSIGN(std::string text, testing::Shell("cat " + out));
+  EXPECT_THAT(text, HasSubstr("kind=natpmp version=0 op=128 result=0"));
+  EXPECT_THAT(text, HasSubstr("address=203.0.113.50"));
+  EXPECT_THAT(text, HasSubstr("kind=pcp version=2 op=128 result=0"));
+  // 250 ms doubling: 0, 0.25, 0.75, 1.75 s -> four within the window.
+  EXPECT_GE(std::count(text.begin(), text.end(), '\n'), 6) << text;
+  // The lease moved to the new address.
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("203.0.113.50:8080")));
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 addr"), IsOkAndHolds(HasSubstr("address=203.0.113.50")));
+}
+
+TEST_F(NatPmpTest, NatPmpResultCodesForBadRequests) {
+  // With PCP on, a version the server does not speak gets PCP's
+  // UNSUPP_VERSION naming version 2 (RFC 6887 section 9).
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 0100"),
+              IsOkAndHolds(HasSubstr("version=2 op=128 result=1")));
+  // Unknown opcode below 128: the request echoed, top bit set, result 5.
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 raw 0005000012345678"));
+  EXPECT_THAT(r, HasSubstr("op=133 result=5"));
+  EXPECT_THAT(r, HasSubstr("len=8"));
+  // Opcode 128 and up: a response, never answered.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 00c8"), IsOkAndHolds("timeout\n"));
+  // A map request cut short: refused.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 00020000"), IsOkAndHolds(HasSubstr("result=2")));
+}
+
+TEST_F(NatPmpTest, NatPmpOnlyServerAnswersOtherVersionsWithItsOwnError) {
+  agent_.reset();
+  StartAgent("--pcp=false");
+  // RFC 6886 section 3.5 (erratum 3618): 8 bytes, opcode 128, result 1.
+  for (const char* request : {"0100", "0201000000000e10"}) {
+    ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, absl::StrCat("192.168.77.1 raw ", request)));
+    EXPECT_THAT(r, HasSubstr("version=0 op=128 result=1"));
+    EXPECT_THAT(r, HasSubstr("len=8"));
+  }
+  EXPECT_THAT(Natpmpc("-a 8080 80 tcp 60"), IsOkAndHolds(HasSubstr("Mapped public port 8080")));
+}
+
+TEST_F(NatPmpTest, PcpMapAndItsErrors) {
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "lanhost"));
+  const std::string nonce = "0102030405060708090a0b0c";
+  ASSERT_OK_AND_ASSIGN(std::string r,
+                       Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 8080 600 " + nonce));
+  EXPECT_EQ(Field(r, "result"), "0") << r;
+  EXPECT_EQ(Field(r, "op"), "129");
+  EXPECT_EQ(Field(r, "external"), "8080");
+  EXPECT_EQ(Field(r, "external_ip"), "203.0.113.1");
+  EXPECT_EQ(Field(r, "nonce"), nonce);
+  EXPECT_EQ(Field(r, "lifetime"), "600");
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds(HasSubstr("lanhost")));
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("pcp     tcp   203.0.113.1:8080")));
+
+  // Refresh or delete with another nonce: NOT_AUTHORIZED, a long-lifetime error.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 8080 600 ffffffffffffffffffffffff"));
+  EXPECT_EQ(Field(r, "result"), "2");
+  EXPECT_EQ(Field(r, "lifetime"), "1800");
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 0 0 ffffffffffffffffffffffff"));
+  EXPECT_EQ(Field(r, "result"), "2");
+  // The client-IP field is not the source: ADDRESS_MISMATCH.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 0 600 " + nonce +
+                                         " --client 192.168.77.99"));
+  EXPECT_EQ(Field(r, "result"), "12");
+  // Version 1: UNSUPP_VERSION, naming version 2, header only.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 0 600 " + nonce + " --version 1"));
+  EXPECT_EQ(Field(r, "result"), "1");
+  EXPECT_EQ(Field(r, "version"), "2");
+  EXPECT_EQ(Field(r, "len"), "24");
+  // THIRD_PARTY is refused; an unknown mandatory option is unsupported.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 0 600 " + nonce + " --third-party"));
+  EXPECT_EQ(Field(r, "result"), "2");
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 0 600 " + nonce + " --option 99"));
+  EXPECT_EQ(Field(r, "result"), "5");
+  // An unknown optional option is ignored.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 0 600 " + nonce + " --option 200"));
+  EXPECT_EQ(Field(r, "result"), "0");
+  // PREFER_FAILURE on a taken port: CANNOT_PROVIDE_EXTERNAL, short lifetime.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 82 8080 600 aaaaaaaaaaaaaaaaaaaaaaaa --prefer-failure"));
+  EXPECT_EQ(Field(r, "result"), "11");
+  EXPECT_EQ(Field(r, "lifetime"), "30");
+  // Without it, another port.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 82 8080 600 aaaaaaaaaaaaaaaaaaaaaaaa"));
+  EXPECT_EQ(Field(r, "result"), "0");
+  EXPECT_NE(Field(r, "external"), "8080");
+  // Quota (3 here): USER_EX_QUOTA, short lifetime.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 83 0 600 " + nonce));
+  EXPECT_EQ(Field(r, "result"), "10");
+  EXPECT_EQ(Field(r, "lifetime"), "30");
+  // Unsupported protocol.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 84 0 600 " + nonce + " --protocol 47"));
+  EXPECT_EQ(Field(r, "result"), "9");
+  // Delete with the right nonce.
+  ASSERT_OK_AND_ASSIGN(r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 0 0 " + nonce));
+  EXPECT_EQ(Field(r, "result"), "0");
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.5).ok());
+}
+
+TEST_F(NatPmpTest, PerClientRateLimit) {
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 flood 200"));
+  int replies = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(Field(r, "replies"), &replies)) << r;
+  EXPECT_GE(replies, 15);
+  EXPECT_LT(replies, 60);
+}
+
+}  // namespace
+}  // namespace fabric
