@@ -32,15 +32,7 @@ bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
   return owner_id.empty() || m.owner().id() == owner_id;
 }
 
-// Runtimes' 64-hex container ids read best shortened, as docker and crictl
-// show them; anything else is shown whole.
-std::string ShortId(const std::string& id) {
-  if (id.size() >= 32 &&
-      id.find_first_not_of("0123456789abcdef") == std::string::npos) {
-    return id.substr(0, 12);
-  }
-  return id;
-}
+std::string ShortId(const std::string& id) { return ShortContainerId(id); }
 
 std::string AttachmentHolder(const v1::AttachmentKey& k) {
   return absl::StrCat("container ", ShortId(k.container_id()), " (",
@@ -114,6 +106,14 @@ bool EventQueue::closed() const {
 
 // ---------------------------------------------------------------------------
 // Conversions
+
+std::string ShortContainerId(const std::string& id) {
+  if (id.size() >= 32 &&
+      id.find_first_not_of("0123456789abcdef") == std::string::npos) {
+    return id.substr(0, 12);
+  }
+  return id;
+}
 
 v1::Protocol ToProto(nat::Protocol p) {
   switch (p) {

@@ -250,6 +250,9 @@ class AgentCore {
 // kInvalidArgument naming the field.
 absl::StatusOr<nat::PortMapping> ToNatMapping(const v1::PortMapping& m);
 v1::Protocol ToProto(nat::Protocol p);
+// A container id as messages show it: runtimes' 64-hex ids shortened to 12
+// characters (as docker and crictl show them), anything else whole.
+std::string ShortContainerId(const std::string& id);
 absl::StatusOr<nat::Protocol> FromProto(v1::Protocol p);
 
 }  // namespace fabric::agent

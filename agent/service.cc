@@ -42,7 +42,7 @@ class OpScope {
 };
 
 std::string Subject(const v1::AttachmentKey& k) {
-  return absl::StrCat("container=", k.container_id().substr(0, 12),
+  return absl::StrCat("container=", ShortContainerId(k.container_id()),
                       " ifname=", k.ifname(), " network=", k.network_name());
 }
 

@@ -5,11 +5,14 @@
 #   outside (192.0.2.2) --- host (192.0.2.1, runs fabric-agent, bridge fdemo0)
 #                              |-- c1 10.88.0.x: web server, published as 8080
 #                              |-- c2 10.88.0.y: web server, published as 8081
+#                              `-- lan0 192.168.77.1 --- lan (192.168.77.10)
 #
 # It starts the agent, adds two containers the way a runtime does (the
 # reference bridge + host-local plugins, then fabric-nat, chained), shows a
-# request from outside reaching a published port, a hairpin request, what
-# fabricctl and the kernel hold, and removes everything.
+# request from outside reaching a published port, a hairpin request, a LAN
+# host mapping a port for itself with NAT-PMP (Debian's natpmpc) and PCP,
+# what fabricctl and the kernel hold, a firewall flush healing itself, and
+# removes everything.
 #
 #   bash tools/demo.sh           run and clean up
 #   bash tools/demo.sh --keep    keep everything until Ctrl-C
@@ -23,7 +26,7 @@ bazel build //agent:fabric-agent //agent:fabricctl //cni:fabric-nat 2>&1 | grep 
 BIN="$PWD/bazel-bin"
 
 TAG="fdemo$$"
-HOST="$TAG-host"; OUT="$TAG-out"; C1="$TAG-c1"; C2="$TAG-c2"
+HOST="$TAG-host"; OUT="$TAG-out"; C1="$TAG-c1"; C2="$TAG-c2"; LAN="$TAG-lan"
 WORK="$(mktemp -d /tmp/fdemo-XXXXXX)"
 SOCK="$WORK/agent.sock"
 CNI_BIN="$WORK/cni-bin"
@@ -40,7 +43,7 @@ cleanup() {
     [ -f "$WORK/$c.result" ] && cni_chain DEL "$c" >/dev/null 2>&1
   done
   if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; fi
-  for ns in "$C1" "$C2" "$OUT" "$HOST"; do
+  for ns in "$C1" "$C2" "$LAN" "$OUT" "$HOST"; do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
     ip netns del "$ns" 2>/dev/null
   done
@@ -89,12 +92,17 @@ cni_chain() {
   echo "$prev"
 }
 
-say "Namespaces: $HOST (the node), $OUT (a client outside), $C1 and $C2 (containers)"
-for ns in "$HOST" "$OUT" "$C1" "$C2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+say "Namespaces: $HOST (the node), $OUT (a client outside), $C1 and $C2 (containers), $LAN (a LAN host)"
+for ns in "$HOST" "$OUT" "$C1" "$C2" "$LAN"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
 ip link add "$TAG-a" netns "$HOST" type veth peer name "$TAG-b" netns "$OUT"
 ip -n "$HOST" link set "$TAG-a" name wan0; ip -n "$OUT" link set "$TAG-b" name eth0
 ip -n "$HOST" addr add 192.0.2.1/24 dev wan0; ip -n "$HOST" link set wan0 up
 ip -n "$OUT" addr add 192.0.2.2/24 dev eth0; ip -n "$OUT" link set eth0 up
+ip link add "$TAG-c" netns "$HOST" type veth peer name "$TAG-d" netns "$LAN"
+ip -n "$HOST" link set "$TAG-c" name lan0; ip -n "$LAN" link set "$TAG-d" name eth0
+ip -n "$HOST" addr add 192.168.77.1/24 dev lan0; ip -n "$HOST" link set lan0 up
+ip -n "$LAN" addr add 192.168.77.10/24 dev eth0; ip -n "$LAN" link set eth0 up
+ip -n "$LAN" route add default via 192.168.77.1
 in_ns "$HOST" sysctl -qw net.ipv4.ip_forward=1
 mkdir -p "$CNI_BIN"
 ln -s /usr/lib/cni/bridge /usr/lib/cni/host-local "$CNI_BIN/"
@@ -102,13 +110,14 @@ ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
 
 say "Starting fabric-agent in $HOST"
 in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" \
-  --metrics_address 127.0.0.1:9333 > "$WORK/agent.log" 2>&1 &
+  --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 \
+  > "$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 run "$BIN/agent/fabricctl" --socket "$SOCK" status
 
 say "Two containers with web servers"
-for c in "$C1" "$C2"; do
+for c in "$C1" "$C2" "$LAN"; do
   mkdir -p "$WORK/www-$c"; echo "hello from $c" > "$WORK/www-$c/index.html"
   (cd "$WORK/www-$c" && exec ip netns exec "$c" python3 -m http.server 80 >/dev/null 2>&1) &
   disown
@@ -137,12 +146,27 @@ cni_chain ADD "$TAG-c3" '[{"hostPort":8080,"containerPort":80}]' 2>&1 | sed 's/^
 cni_chain DEL "$TAG-c3" >/dev/null 2>&1 || true
 ip netns del "$TAG-c3"
 
+say "NAT-PMP: the LAN host asks for public port 8088 -> its port 80 (natpmpc, Debian's client)"
+run in_ns "$LAN" natpmpc -g 192.168.77.1 -a 8088 80 tcp 3600 | grep -E "Public IP|Mapped"
+say "From $OUT: curl http://192.0.2.1:8088/ (DNAT to the LAN host)"
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8088/
+say "PCP: the same LAN host maps UDP 5353 for 10 minutes (testing/pmp.py speaks PCP)"
+run in_ns "$LAN" python3 testing/pmp.py 192.168.77.1 pcp-map udp 53 5353 600 0102030405060708090a0b0c
+say "A request from the WAN side gets no answer"
+run in_ns "$OUT" python3 testing/pmp.py 192.0.2.1 addr || true
+
 say "fabricctl list"
 run "$BIN/agent/fabricctl" --socket "$SOCK" list
 say "What the kernel holds (nft list table inet fabric_nat, maps only)"
 in_ns "$HOST" nft list table inet fabric_nat | sed -n '/map dnat4_any/,/}/p;/set masq4/,/}/p'
+say "Someone runs 'nft flush ruleset' on the node: the agent repairs it at once"
+in_ns "$HOST" nft flush ruleset
+sleep 0.2
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8080/
+grep "repair after" "$WORK/agent.log" | tail -1
+
 say "Metrics (curl 127.0.0.1:9333/metrics in $HOST)"
-in_ns "$HOST" curl -s http://127.0.0.1:9333/metrics | grep -E '^nat_(rules_total|port_mappings_total|operations_total)'
+in_ns "$HOST" curl -s http://127.0.0.1:9333/metrics | grep -E '^nat_(rules_total|port_mappings_total|operations_total|repairs_total)'
 say "Agent log"
 cat "$WORK/agent.log"
 
