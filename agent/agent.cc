@@ -200,6 +200,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       return absl::InvalidArgumentError("--natpmp_max_per_client must be at least 1");
     }
     pmp.policy.max_per_client = config.natpmp_max_per_client;
+    pmp.rate_per_second = config.natpmp_rate_limit;
+    pmp.burst = std::max(20.0, config.natpmp_rate_limit * 2);
     pmp.policy.max_lifetime = static_cast<uint32_t>(
         std::max<int64_t>(1, absl::ToInt64Seconds(config.natpmp_max_lifetime)));
     absl::StatusOr<std::unique_ptr<natpmp::PmpServer>> server =

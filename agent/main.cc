@@ -42,6 +42,9 @@ ABSL_FLAG(std::string, natpmp_port_range, "1024-65535",
 ABSL_FLAG(int, natpmp_max_per_client, 50, "leases one LAN host may hold");
 ABSL_FLAG(absl::Duration, natpmp_max_lifetime, absl::Seconds(7200),
           "longest lease granted; longer requests are clamped");
+ABSL_FLAG(double, natpmp_rate_limit, 10,
+          "NAT-PMP/PCP requests per second one client may send (bursts of "
+          "twice that, at least 20); excess is dropped; 0: unlimited");
 ABSL_FLAG(std::string, tls_address, "",
           "host:port for orchestrators over TLS with client certificates");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
   config.natpmp_port_range = absl::GetFlag(FLAGS_natpmp_port_range);
   config.natpmp_max_per_client = absl::GetFlag(FLAGS_natpmp_max_per_client);
   config.natpmp_max_lifetime = absl::GetFlag(FLAGS_natpmp_max_lifetime);
+  config.natpmp_rate_limit = absl::GetFlag(FLAGS_natpmp_rate_limit);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

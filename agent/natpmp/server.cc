@@ -178,6 +178,7 @@ void PmpServer::SendAnnouncement() {
 }
 
 bool PmpServer::Allow(uint32_t client, absl::Time now) {
+  if (config_.rate_per_second <= 0) return true;
   auto [it, fresh] = buckets_.try_emplace(client, Bucket{config_.burst, now});
   Bucket& b = it->second;
   b.tokens = std::min(config_.burst,

@@ -32,7 +32,8 @@ struct ServerConfig {
   bool pcp = true;  // false: NAT-PMP only (PCP requests get NAT-PMP's
                     // "unsupported version")
   LeasePolicy policy;
-  // Per-client request rate: sustained per second, and burst.
+  // Per-client request rate: sustained per second (0: unlimited), and
+  // burst.
   double rate_per_second = 10;
   double burst = 20;
   uint16_t port = kServerPort;
