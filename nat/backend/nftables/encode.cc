@@ -653,7 +653,8 @@ std::vector<std::string> SetNames() {
   return names;
 }
 
-absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules) {
+absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
+                            std::set<std::string>* seen) {
   std::string name = nftnl_set_get_str(set, NFTNL_SET_NAME);
   const DnatMap* map = nullptr;
   for (const DnatMap& m : kDnatMaps) {
@@ -683,6 +684,16 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules) {
     uint32_t flags = nftnl_set_elem_is_set(e, NFTNL_SET_ELEM_FLAGS)
                          ? nftnl_set_elem_get_u32(e, NFTNL_SET_ELEM_FLAGS)
                          : 0;
+    if (seen != nullptr && key != nullptr) {
+      std::string id(reinterpret_cast<const char*>(key), klen);
+      if (key_end != nullptr) id.append(reinterpret_cast<const char*>(key_end), kelen);
+      id.push_back(static_cast<char>(flags & NFT_SET_ELEM_INTERVAL_END));
+      if (!seen->insert(id).second) {
+        nftnl_set_elems_iter_destroy(it);
+        return absl::AbortedError(absl::StrCat(
+            "set ", name, " changed shape during the dump (an element came twice)"));
+      }
+    }
     if (map != nullptr) {
       size_t alen = AddrLen(map->family);
       size_t want_key = (map->specific_host ? alen : 0) + 8;

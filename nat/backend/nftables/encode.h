@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -66,8 +67,12 @@ std::vector<std::string> SetNames();
 
 // Adds the elements of one set dump (`set` parsed from the kernel) to
 // `rules`. kDataLoss for elements that do not fit the layout (a foreign
-// element): their description goes into the message.
-absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules);
+// element): their description goes into the message. With `seen` (keys of
+// the elements already decoded from the same dump), kAborted when an
+// element comes twice: the kernel rehashed the set during the dump, which
+// then also missed as many elements, so the dump must be repeated.
+absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
+                            std::set<std::string>* seen = nullptr);
 
 // A printable signature of a rule's expressions, comparable between rules
 // built here and rules read back from the kernel.

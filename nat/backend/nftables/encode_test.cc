@@ -176,6 +176,24 @@ TEST(EncodeTest, WholeAddressSpacePrefixRoundTrips) {
   EXPECT_EQ(DecodeBatch(e), want);
 }
 
+TEST(EncodeTest, RepeatedElementInOneDumpIsDetected) {
+  Batch b;
+  b.add = Sample();
+  EncodedBatch e = EncodeApply(b, 1);
+  const auto* nlh = reinterpret_cast<const nlmsghdr*>(e.bytes.data());
+  int len = static_cast<int>(e.bytes.size());
+  nlh = mnl_nlmsg_next(nlh, &len);  // past batch begin: the first element
+  nftnl_set* s = nftnl_set_alloc();
+  ASSERT_EQ(nftnl_set_elems_nlmsg_parse(nlh, s), 0);
+  std::set<std::string> seen;
+  RuleSet out;
+  EXPECT_OK(DecodeElements(s, &out, &seen));
+  EXPECT_THAT(DecodeElements(s, &out, &seen),
+              fabric::testing::StatusIs(absl::StatusCode::kAborted,
+                                        HasSubstr("came twice")));
+  nftnl_set_free(s);
+}
+
 TEST(EncodeTest, LayoutIsConsistent) {
   EXPECT_EQ(ExpectedChains().size(), 5u);
   EXPECT_EQ(ExpectedSets().size(), SetNames().size());

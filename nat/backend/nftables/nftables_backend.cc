@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 
 namespace fabric::nat {
 
@@ -112,6 +113,21 @@ absl::Status NftablesBackend::DeleteTable() {
 }
 
 absl::StatusOr<KernelState> NftablesBackend::Read() const {
+  // The kernel dumps a hash set in chunks, skipping what earlier chunks
+  // held; a rehash between chunks (the kernel grows a set lazily after a
+  // large batch) reorders it, so a chunk repeats some elements and misses
+  // as many. Such a dump is detected (a repeated element) and read again.
+  absl::StatusOr<KernelState> state;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    state = ReadOnce();
+    if (state.ok() || state.status().code() != absl::StatusCode::kAborted) return state;
+    absl::SleepFor(absl::Milliseconds(5 * (attempt + 1)));
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "could not read a consistent table: ", state.status().message()));
+}
+
+absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
   KernelState state;
   netlink::NetlinkSocket& sock = *socket_;
 
@@ -259,6 +275,7 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
     nftnl_set_set_str(st, NFTNL_SET_NAME, name.c_str());
     nftnl_set_set_u32(st, NFTNL_SET_FAMILY, NFPROTO_INET);
     absl::Status decode;
+    std::set<std::string> seen;
     s = sock.Request(
         absl::StrCat("list elements of set ", name),
         [&](char* buf, uint32_t seq) {
@@ -270,7 +287,7 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
         [&](const nlmsghdr* nlh) {
           nftnl_set* part = nftnl_set_alloc();
           if (nftnl_set_elems_nlmsg_parse(nlh, part) == 0) {
-            absl::Status d = nftables::DecodeElements(part, &state.rules);
+            absl::Status d = nftables::DecodeElements(part, &state.rules, &seen);
             if (!d.ok() && decode.ok()) decode = d;
           }
           nftnl_set_free(part);
@@ -278,6 +295,7 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
         });
     nftnl_set_free(st);
     if (!s.ok()) return s;
+    if (decode.code() == absl::StatusCode::kAborted) return decode;
     if (!decode.ok()) problems.push_back(std::string(decode.message()));
   }
 

@@ -38,6 +38,8 @@ class NftablesBackend : public Backend {
       : socket_(std::move(socket)) {}
   absl::Status Send(const nftables::EncodedBatch& batch,
                     absl::string_view operation);
+  // One attempt at Read(); kAborted when a dump was inconsistent.
+  absl::StatusOr<KernelState> ReadOnce() const;
 
   std::unique_ptr<netlink::NetlinkSocket> socket_;
   uint32_t last_generation_ = 0;
