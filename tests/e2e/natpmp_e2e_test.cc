@@ -180,6 +180,15 @@ TEST_F(NatPmpTest, LeasesAndEpochSurviveARestart) {
   EXPECT_GE(e2, e1 + 2);  // the epoch went on across the restart, not reset
   ASSERT_OK_AND_ASSIGN(std::string again, Pmp(*lan_, "192.168.77.1 map tcp 80 0 600"));
   EXPECT_EQ(Field(again, "external"), "8080");
+  // Losing the state (the store) starts a new epoch, and the leases go.
+  agent_.reset();
+  ASSERT_OK(testing::Shell("rm -rf " + dir_ + "/state"));
+  StartAgent();
+  ASSERT_OK_AND_ASSIGN(std::string fresh, Pmp(*lan_, "192.168.77.1 addr"));
+  int e3 = -1;
+  ASSERT_TRUE(absl::SimpleAtoi(Field(fresh, "epoch"), &e3));
+  EXPECT_LT(e3, e2);
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("0 mapping(s)")));
 }
 
 TEST_F(NatPmpTest, AnnouncesAtStartAndWhenTheWanAddressChanges) {
@@ -201,6 +210,29 @@ TEST_F(NatPmpTest, AnnouncesAtStartAndWhenTheWanAddressChanges) {
   // The lease moved to the new address.
   EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("203.0.113.50:8080")));
   EXPECT_THAT(Pmp(*lan_, "192.168.77.1 addr"), IsOkAndHolds(HasSubstr("address=203.0.113.50")));
+  // And at start.
+  agent_.reset();
+  std::string at_start = dir_ + "/announce-start.txt";
+  ASSERT_OK(lan_->Spawn(absl::StrCat("exec /usr/bin/python3 ", testing::Runfile("testing/pmp.py"),
+                                     " listen 5350 1.5 > ", at_start))
+                .status());
+  absl::SleepFor(absl::Milliseconds(300));
+  StartAgent();
+  absl::SleepFor(absl::Milliseconds(1400));
+  EXPECT_THAT(testing::Shell("cat " + at_start),
+              IsOkAndHolds(HasSubstr("kind=natpmp version=0 op=128 result=0")));
+}
+
+TEST_F(NatPmpTest, NoWanAddressIsANetworkFailure) {
+  ASSERT_OK(router_->Exec("ip addr del 203.0.113.1/24 dev wan0"));
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 addr"),
+              IsOkAndHolds(HasSubstr("result=3 epoch=")));
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 80 8080 600"), IsOkAndHolds(HasSubstr("result=3")));
+  ASSERT_OK_AND_ASSIGN(std::string r,
+                       Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 8080 600 0102030405060708090a0b0c"));
+  EXPECT_EQ(Field(r, "result"), "7");  // NETWORK_FAILURE, short lifetime
+  EXPECT_EQ(Field(r, "lifetime"), "30");
 }
 
 TEST_F(NatPmpTest, NatPmpResultCodesForBadRequests) {
