@@ -26,6 +26,11 @@ std::string Runfile(const std::string& path) {
   return path;
 }
 
+absl::StatusOr<std::string> Fabricctl(const std::string& socket,
+                                      const std::string& args) {
+  return Shell(absl::StrCat(Runfile("agent/fabricctl"), " --socket ", socket, " ", args));
+}
+
 namespace {
 std::string TempFile(const std::string& content) {
   char path[] = "/tmp/fnt-stdin-XXXXXX";

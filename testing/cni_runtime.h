@@ -91,4 +91,8 @@ class AgentProcess {
 // Runfiles path of a binary of this workspace, e.g. "cni/fabric-nat".
 std::string Runfile(const std::string& path);
 
+// Runs `fabricctl --socket SOCKET ARGS`; its stdout.
+absl::StatusOr<std::string> Fabricctl(const std::string& socket,
+                                      const std::string& args);
+
 }  // namespace fabric::testing

@@ -182,6 +182,17 @@ ScopedNetns::~ScopedNetns() {
   close(original_);
 }
 
+ScopedTempDir::ScopedTempDir(const std::string& tag) {
+  std::string pattern = absl::StrCat("/tmp/fnt-", tag, "-XXXXXX");
+  std::vector<char> buf(pattern.begin(), pattern.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) != nullptr) path_ = buf.data();
+}
+
+ScopedTempDir::~ScopedTempDir() {
+  if (!path_.empty()) Shell("rm -rf " + ShellQuote(path_)).IgnoreError();
+}
+
 std::string NetTool() {
   const char* srcdir = std::getenv("TEST_SRCDIR");
   const char* ws = std::getenv("TEST_WORKSPACE");

@@ -72,6 +72,18 @@ class ScopedNetns {
   int original_;
 };
 
+// A directory under /tmp with a short path (unix sockets allow 108 bytes),
+// removed with everything in it when the object goes.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& tag);
+  ~ScopedTempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 // Path of testing/nettool.py in the runfiles.
 std::string NetTool();
 

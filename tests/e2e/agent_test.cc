@@ -26,14 +26,13 @@ class AgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u);
-    char dir[] = "/tmp/fnt-agent-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
+
+    dir_ = tmp_.path();
+    ASSERT_FALSE(dir_.empty());
     ASSERT_OK_AND_ASSIGN(ns_, Netns::Create("agent"));
   }
   void TearDown() override {
     agent_.reset();
-    testing::Shell("rm -rf " + dir_).IgnoreError();
   }
 
   void StartAgent() {
@@ -41,10 +40,10 @@ class AgentTest : public ::testing::Test {
                                                      "--metrics_address=127.0.0.1:19333"));
   }
   absl::StatusOr<std::string> Ctl(const std::string& args) {
-    return testing::Shell(absl::StrCat(testing::Runfile("agent/fabricctl"), " --socket ",
-                                       dir_, "/agent.sock ", args));
+    return testing::Fabricctl(dir_ + "/agent.sock", args);
   }
 
+  testing::ScopedTempDir tmp_{"agent"};
   std::string dir_;
   std::unique_ptr<Netns> ns_;
   std::unique_ptr<AgentProcess> agent_;

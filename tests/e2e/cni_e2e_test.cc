@@ -49,10 +49,8 @@ class CniEndToEndTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u) << "end-to-end tests run as root";
-    // Short: the agent's unix socket lives here (108-byte path limit).
-    char dir[] = "/tmp/fnt-e2e-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
+    dir_ = tmp_.path();
+    ASSERT_FALSE(dir_.empty());
     ASSERT_OK_AND_ASSIGN(host_, Netns::Create("host"));
     ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
     ASSERT_OK(testing::Link(*host_, "wan0", "192.0.2.1/24 192.0.2.10/24 2001:db8::1/64",
@@ -71,7 +69,6 @@ class CniEndToEndTest : public ::testing::Test {
   void TearDown() override {
     runtime_.reset();
     agent_.reset();
-    if (!dir_.empty()) testing::Shell("rm -rf " + dir_).IgnoreError();
   }
 
   json Conflist(const std::string& version, json nat_options = json::object()) {
@@ -125,6 +122,7 @@ class CniEndToEndTest : public ::testing::Test {
     return out.ok() ? *out : std::string(out.status().message());
   }
 
+  testing::ScopedTempDir tmp_{"e2e"};
   std::string dir_;
   std::unique_ptr<Netns> host_, outside_;
   std::unique_ptr<AgentProcess> agent_;
@@ -234,9 +232,8 @@ TEST_F(CniEndToEndTest, DelRemovesEverything) {
   ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
   ASSERT_ADDED(Add(c, json::array({Tcp(8080, 80), Udp(5353, 53)})));
   EXPECT_THAT(Nft("list map inet fabric_nat dnat4_any"), HasSubstr("8080"));
-  std::string ctl = absl::StrCat(testing::Runfile("agent/fabricctl"), " --socket ",
-                                 agent_->socket());
-  EXPECT_THAT(testing::Shell(ctl + " list"), IsOkAndHolds(HasSubstr("4 mapping(s)")));
+  EXPECT_THAT(testing::Fabricctl(agent_->socket(), "list"),
+              IsOkAndHolds(HasSubstr("4 mapping(s)")));
   ASSERT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);
   for (const char* set : {"map inet fabric_nat dnat4_any", "map inet fabric_nat dnat6_any",
                           "set inet fabric_nat masq4", "set inet fabric_nat masq6",
@@ -245,7 +242,8 @@ TEST_F(CniEndToEndTest, DelRemovesEverything) {
     EXPECT_THAT(listed, HasSubstr("type")) << set;
     EXPECT_THAT(listed, ::testing::Not(HasSubstr("elements"))) << set;
   }
-  EXPECT_THAT(testing::Shell(ctl + " list"), IsOkAndHolds(HasSubstr("0 mapping(s)")));
+  EXPECT_THAT(testing::Fabricctl(agent_->socket(), "list"),
+              IsOkAndHolds(HasSubstr("0 mapping(s)")));
   EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
   // DEL again, and DEL of a container never added: both fine.
   EXPECT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);

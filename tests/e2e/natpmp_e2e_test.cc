@@ -36,9 +36,9 @@ class NatPmpTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u);
-    char dir[] = "/tmp/fnt-pmp-XXXXXX";
-    ASSERT_NE(mkdtemp(dir), nullptr);
-    dir_ = dir;
+
+    dir_ = tmp_.path();
+    ASSERT_FALSE(dir_.empty());
     ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
     ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
     ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
@@ -52,7 +52,6 @@ class NatPmpTest : public ::testing::Test {
   }
   void TearDown() override {
     agent_.reset();
-    testing::Shell("rm -rf " + dir_).IgnoreError();
   }
 
   void StartAgent(const std::string& extra = "--natpmp_max_per_client=3") {
@@ -72,10 +71,10 @@ class NatPmpTest : public ::testing::Test {
     return lan_->Exec("natpmpc -g 192.168.77.1 " + args);
   }
   absl::StatusOr<std::string> Ctl(const std::string& args) {
-    return testing::Shell(absl::StrCat(testing::Runfile("agent/fabricctl"), " --socket ",
-                                       agent_->socket(), " ", args));
+    return testing::Fabricctl(agent_->socket(), args);
   }
 
+  testing::ScopedTempDir tmp_{"pmp"};
   std::string dir_;
   std::unique_ptr<Netns> router_, lan_, outside_;
   std::unique_ptr<AgentProcess> agent_;
