@@ -32,6 +32,9 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # miniupnpd is only a benchmark baseline, run inside namespaces: never let
+  # its package start a daemon on this machine's own interfaces.
+  echo "miniupnpd miniupnpd/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
   apt-get update -qq
   # miniupnpd asks debconf questions; answer them with the defaults.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
