@@ -19,7 +19,7 @@ PACKAGES=(
   # real peers
   containernetworking-plugins natpmpc miniupnpc miniupnpd
   # test clients
-  socat curl netcat-openbsd python3 python3-yaml jq procps kmod
+  socat curl netcat-openbsd python3 python3-yaml jq procps kmod openssl
 )
 
 missing=()

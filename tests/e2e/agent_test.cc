@@ -246,3 +246,62 @@ TEST_F(AgentTest, ColdStartWithTenThousandMappingsIsOneTransaction) {
 
 }  // namespace
 }  // namespace fabric
+
+#include "fabric/nat/v1/nat.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+namespace fabric {
+namespace {
+
+// Orchestrators reach the agent over TCP only with TLS and a client
+// certificate signed by --tls_client_ca.
+TEST_F(AgentTest, TlsListenerRequiresAClientCertificate) {
+  const std::string d = dir_ + "/pki";
+  ASSERT_OK(testing::Shell(absl::StrCat(
+      "mkdir -p ", d, " && cd ", d, " && ",
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca "
+      "-keyout ca.key -out ca.pem 2>/dev/null && ",
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key "
+      "-out server.csr 2>/dev/null && ",
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > san.ext && ",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-days 1 -extfile san.ext -out server.pem 2>/dev/null && ",
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=orchestrator -keyout client.key "
+      "-out client.csr 2>/dev/null && ",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+      "-days 1 -out client.pem 2>/dev/null")));
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(
+                                   ns_.get(), dir_,
+                                   absl::StrCat("--tls_address=127.0.0.1:19443 --tls_cert=", d,
+                                                "/server.pem --tls_key=", d,
+                                                "/server.key --tls_client_ca=", d, "/ca.pem")));
+  auto read = [](const std::string& path) { return *testing::Shell("cat " + path); };
+  ASSERT_OK_AND_ASSIGN(auto enter, testing::ScopedNetns::Enter(*ns_));
+  auto status = [&](bool with_client_cert) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = read(d + "/ca.pem");
+    if (with_client_cert) {
+      o.pem_private_key = read(d + "/client.key");
+      o.pem_cert_chain = read(d + "/client.pem");
+    }
+    auto channel = grpc::CreateChannel("127.0.0.1:19443", grpc::SslCredentials(o));
+    auto stub = nat::v1::AgentService::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+    nat::v1::GetStatusResponse r;
+    return stub->GetStatus(&ctx, nat::v1::GetStatusRequest(), &r);
+  };
+  grpc::Status with = status(true);
+  EXPECT_TRUE(with.ok()) << with.error_message();
+  EXPECT_FALSE(status(false).ok());
+  // Plain TCP without TLS gets nothing either.
+  auto plain = nat::v1::AgentService::NewStub(
+      grpc::CreateChannel("127.0.0.1:19443", grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  nat::v1::GetStatusResponse r;
+  EXPECT_FALSE(plain->GetStatus(&ctx, nat::v1::GetStatusRequest(), &r).ok());
+}
+
+}  // namespace
+}  // namespace fabric
