@@ -355,6 +355,32 @@ absl::Status AgentCore::ReservePorts(PortMapping& m, const std::string& holder) 
                             holder);
 }
 
+absl::StatusOr<uint16_t> AgentCore::FreeInFamilies(const PortMapping& m,
+                                                    const std::vector<Family>& others) {
+  // Allocate in m's family, keep the first port free in the others too.
+  std::vector<uint16_t> tried;
+  absl::StatusOr<uint16_t> found = absl::ResourceExhaustedError(
+      absl::StrCat("no host port free in every address family of ", m.ToString()));
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    absl::StatusOr<uint16_t> p = allocator_.Allocate(PortScope::Of(m), m.port_count, "probe");
+    if (!p.ok()) break;
+    tried.push_back(*p);
+    bool free = true;
+    for (Family f : others) {
+      PortScope s{m.protocol, f, std::nullopt};
+      for (int i = 0; i < m.port_count && free; ++i) {
+        free = !allocator_.ConflictingHolder(s, *p + i).has_value();
+      }
+    }
+    if (free) {
+      found = *p;
+      break;
+    }
+  }
+  for (uint16_t p : tried) allocator_.Release(PortScope::Of(m), p, m.port_count);
+  return found;
+}
+
 void AgentCore::ReleasePorts(const PortMapping& m) {
   allocator_.Release(PortScope::Of(m), m.host_port, m.port_count);
 }
@@ -365,11 +391,15 @@ absl::Status AgentCore::Realize(const StoreWrite& write, const StoreWrite& undo,
   absl::Status applied = backend_->Apply(batch);
   if (applied.ok()) return applied;
   if (absl::Status u = store_->Commit(undo); !u.ok()) {
-    // The store now holds what the kernel refused; the reconciler's next
-    // sync retries the kernel side. Say so.
-    return absl::InternalError(absl::StrCat(
-        applied.message(), "; undoing the store write failed too (", u.message(),
-        "): the agent will retry the kernel change on its next sync"));
+    // The store now holds what the kernel refused and memory does not:
+    // refuse every change until a restart reloads the store (the truth)
+    // and syncs the kernel to it.
+    ready_ = false;
+    not_ready_reason_ = absl::StrCat(
+        "the kernel refused a change (", applied.message(),
+        ") and undoing its store write failed (", u.message(),
+        "); restart the agent to resync from the store");
+    return absl::InternalError(not_ready_reason_);
   }
   return applied;
 }
@@ -519,10 +549,31 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
   std::vector<std::pair<v1::PortMapping, PortMapping>> made;
   for (auto& [proto, m] : planned) {
     // A dual-stack mapping with host port 0 takes the same port in both
-    // families.
+    // families: the first family allocates one that is free in the other
+    // too.
     if (m.host_port == 0) {
+      bool paired = false;
       for (const auto& [p2, m2] : made) {
-        if (p2.description() == proto.description()) m.host_port = m2.host_port;
+        if (p2.description() == proto.description()) {
+          m.host_port = m2.host_port;
+          paired = true;
+        }
+      }
+      if (!paired) {
+        std::vector<Family> others;
+        for (const auto& [p3, m3] : planned) {
+          if (p3.description() == proto.description() && m3.family() != m.family()) {
+            others.push_back(m3.family());
+          }
+        }
+        if (!others.empty()) {
+          absl::StatusOr<uint16_t> port = FreeInFamilies(m, others);
+          if (!port.ok()) {
+            unreserve();
+            return port.status();
+          }
+          m.host_port = *port;
+        }
       }
     }
     PortMapping reserving = m;
@@ -703,11 +754,11 @@ absl::StatusOr<v1::PortMapping> AgentCore::CreateMapping(
     const v1::PortMapping& request) {
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = ReadyOrError(); !s.ok()) return s;
-  if (request.owner().kind() == v1::OWNER_KIND_UNSPECIFIED ||
-      request.owner().kind() == v1::OWNER_KIND_CNI) {
+  if (request.owner().kind() != v1::OWNER_KIND_API &&
+      request.owner().kind() != v1::OWNER_KIND_UPNP) {
     return absl::InvalidArgumentError(
-        "a mapping needs an owner kind other than CNI (CNI mappings come "
-        "with attachments)");
+        "CreateMapping takes owner kind API (or UPNP); CNI mappings come with "
+        "attachments and NAT-PMP/PCP leases from their front-end");
   }
   if (request.owner().id().empty() || request.owner().id().size() > kMaxIdLength ||
       request.description().size() > kMaxIdLength) {
@@ -821,7 +872,9 @@ void AgentCore::IndexLease(const v1::PortMapping& m, const PortMapping&) {
 }
 
 void AgentCore::UnindexLease(const v1::PortMapping& m) {
-  leases_.erase(KeyOf(m));
+  auto it = leases_.find(KeyOf(m));
+  if (it == leases_.end() || it->second != m.id()) return;
+  leases_.erase(it);
   if (--leases_per_client_[m.target_ip()] <= 0) leases_per_client_.erase(m.target_ip());
 }
 
@@ -871,11 +924,12 @@ LeaseResult AgentCore::DeleteLeasesLocked(const LeaseRequest& r) {
   std::vector<std::string> ids;
   std::string client = r.client.ToString();
   auto matches = [&](const v1::PortMapping& m) {
-    return m.target_ip() == client &&
-           FromProto(m.protocol()).value_or(nat::Protocol::kTcp) == r.protocol &&
+    if (m.target_ip() != client) return false;
+    if (r.all_protocols) return true;
+    return FromProto(m.protocol()).value_or(nat::Protocol::kTcp) == r.protocol &&
            (r.internal_port == 0 || m.target_port() == r.internal_port);
   };
-  if (r.internal_port != 0) {
+  if (r.internal_port != 0 && !r.all_protocols) {
     auto it = leases_.find(LeaseKey(client, r.protocol, r.internal_port));
     if (it != leases_.end()) ids.push_back(it->second);
   } else {
@@ -930,6 +984,7 @@ LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
       return {LeaseOutcome::kNoResources, 0, 0, std::string(s.message())};
     }
     rec.proto = updated;
+    Publish(v1::MappingEvent::TYPE_UPDATED, updated);
     return {LeaseOutcome::kOk, rec.nat.host_port, lifetime, "refreshed"};
   }
 
@@ -963,23 +1018,32 @@ LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
   // it becomes a real lease.
   uint16_t suggested = r.suggested_port;
   bool in_range = suggested >= policy.port_lo && suggested <= policy.port_hi;
+  std::string freed_companion;  // re-held if this request fails
   if (suggested != 0) {
     for (auto& [id, comp] : companions_) {
       const MappingRecord& other = mappings_.at(id);
       if (other.proto.target_ip() == client && other.nat.host_port == suggested &&
           comp.protocol == r.protocol) {
-        ReleaseCompanion(id);
+        freed_companion = id;
         break;
       }
     }
+    if (!freed_companion.empty()) ReleaseCompanion(freed_companion);
   }
+  auto fail = [&](LeaseResult result) {
+    if (!freed_companion.empty()) {
+      const MappingRecord& other = mappings_.at(freed_companion);
+      HoldCompanion(other.proto, other.nat);
+    }
+    return result;
+  };
   if (r.prefer_failure && suggested != 0 &&
       (!in_range || allocator_.ConflictingHolder(scope, suggested).has_value())) {
     std::optional<std::string> holder_of = allocator_.ConflictingHolder(scope, suggested);
-    return {LeaseOutcome::kCannotProvide, 0, 0,
-            holder_of ? absl::StrCat("port ", suggested, " is held by ", *holder_of)
-                      : absl::StrCat("port ", suggested, " is outside ",
-                                     policy.port_lo, "-", policy.port_hi)};
+    return fail({LeaseOutcome::kCannotProvide, 0, 0,
+                 holder_of ? absl::StrCat("port ", suggested, " is held by ", *holder_of)
+                           : absl::StrCat("port ", suggested, " is outside ",
+                                          policy.port_lo, "-", policy.port_hi)});
   }
   uint16_t start = in_range ? suggested
                             : (r.internal_port >= policy.port_lo &&
@@ -989,7 +1053,7 @@ LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
   absl::StatusOr<uint16_t> port =
       allocator_.AllocateNear(scope, start, 1, policy.port_lo, policy.port_hi, holder);
   if (!port.ok()) {
-    return {LeaseOutcome::kNoResources, 0, 0, std::string(port.status().message())};
+    return fail({LeaseOutcome::kNoResources, 0, 0, std::string(port.status().message())});
   }
   nat_mapping.host_port = *port;
   proto.set_host_port(*port);
@@ -1005,7 +1069,7 @@ LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
   if (absl::Status s = Realize(write, undo, batch); !s.ok()) {
     ReleasePorts(nat_mapping);
     next_mapping_id_ = id_mark;
-    return {LeaseOutcome::kNoResources, 0, 0, std::string(s.message())};
+    return fail({LeaseOutcome::kNoResources, 0, 0, std::string(s.message())});
   }
   mappings_[proto.id()] = MappingRecord{proto, nat_mapping};
   IndexLease(proto, nat_mapping);
@@ -1018,6 +1082,7 @@ LeaseResult AgentCore::Lease(const LeaseRequest& r, const LeasePolicy& policy) {
 int AgentCore::ExpireLeases() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!ready_) return 0;
+  if (leases_need_move_) MoveLeasesLocked();
   absl::Time now = options_.now();
   std::vector<std::string> expired;
   for (const auto& [id, m] : mappings_) {
@@ -1033,40 +1098,65 @@ void AgentCore::SetExternalAddress(std::optional<IpAddress> address) {
   std::lock_guard<std::mutex> lock(mu_);
   if (address == external_address_) return;
   external_address_ = address;
-  if (!address.has_value() || !ready_) return;
-  // Move every lease that sits on another address.
+  MoveLeasesLocked();
+}
+
+void AgentCore::MoveLeasesLocked() {
+  if (!external_address_.has_value() || !ready_) return;
+  const IpAddress& address = *external_address_;
+  // Take every lease that sits on another address off its old port, then
+  // onto the new address; a lease whose port is taken there is dropped.
+  std::vector<std::string> ids;
+  for (const auto& [id, m] : mappings_) {
+    if (IsLease(m.proto) && m.nat.host_ip != address) ids.push_back(id);
+  }
+  if (ids.empty()) return;
   StoreWrite write, undo;
   Batch batch;
   std::vector<std::pair<std::string, PortMapping>> moved;
   std::vector<std::string> dropped;
-  for (auto& [id, m] : mappings_) {
-    if (!IsLease(m.proto) || m.nat.host_ip == address) continue;
+  for (const std::string& id : ids) {
+    MappingRecord& m = mappings_.at(id);
+    ReleaseCompanion(id);
+    ReleasePorts(m.nat);
     PortMapping n = m.nat;
     n.host_ip = address;
-    if (allocator_.ConflictingHolder(PortScope::Of(n), n.host_port).has_value()) {
+    if (!allocator_.Reserve(PortScope::Of(n), n.host_port, 1, MappingHolder(m.proto)).ok()) {
+      allocator_.Reserve(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m.proto))
+          .IgnoreError();  // it held this a moment ago
       dropped.push_back(id);
       continue;
     }
     v1::PortMapping p = m.proto;
-    p.set_host_ip(address->ToString());
+    p.set_host_ip(address.ToString());
     write.put_mappings.push_back(p);
     undo.put_mappings.push_back(m.proto);
     for (const auto& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
     for (const auto& e : n.ToElements()) batch.add.dnat.insert(e);
     moved.emplace_back(id, n);
   }
-  if (!dropped.empty()) RemoveMappingsLocked(dropped).IgnoreError();
-  if (moved.empty() || !Realize(write, undo, batch).ok()) return;
+  if (!moved.empty() && !Realize(write, undo, batch).ok()) {
+    // Put the ports back; the next expiry tick tries again.
+    for (auto& [id, n] : moved) {
+      MappingRecord& m = mappings_.at(id);
+      allocator_.Release(PortScope::Of(n), n.host_port, 1);
+      allocator_.Reserve(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m.proto))
+          .IgnoreError();
+      HoldCompanion(m.proto, m.nat);
+    }
+    leases_need_move_ = true;
+    return;
+  }
+  leases_need_move_ = false;
   for (auto& [id, n] : moved) {
     MappingRecord& m = mappings_.at(id);
-    ReleaseCompanion(id);
-    ReleasePorts(m.nat);
-    allocator_.Reserve(PortScope::Of(n), n.host_port, 1, MappingHolder(m.proto))
-        .IgnoreError();
     m.nat = n;
-    m.proto.set_host_ip(address->ToString());
+    m.proto.set_host_ip(address.ToString());
     HoldCompanion(m.proto, m.nat);
+    Forget(n);
+    Publish(v1::MappingEvent::TYPE_UPDATED, m.proto);
   }
+  if (!dropped.empty() && !RemoveMappingsLocked(dropped).ok()) leases_need_move_ = true;
 }
 
 std::optional<IpAddress> AgentCore::external_address() const {

@@ -62,6 +62,9 @@ struct LeaseRequest {
   uint32_t lifetime = 0;        // seconds; 0 deletes
   std::string nonce;            // PCP's 12-byte nonce; empty for NAT-PMP
   bool prefer_failure = false;  // PCP: the suggested port or nothing
+  // Delete only (lifetime 0): every protocol and internal port of the
+  // client (PCP protocol 0).
+  bool all_protocols = false;
 };
 
 enum class LeaseOutcome {
@@ -210,6 +213,12 @@ class AgentCore {
   // for the lease's client, when free (RFC 6886 section 3.3).
   void HoldCompanion(const v1::PortMapping& m, const nat::PortMapping& n);
   void ReleaseCompanion(const std::string& id);
+  // Moves leases onto external_address_; on failure sets leases_need_move_
+  // so that the next ExpireLeases() tries again.
+  void MoveLeasesLocked();
+  // A port (run) of m's protocol free in m's family and in `others`.
+  absl::StatusOr<uint16_t> FreeInFamilies(const nat::PortMapping& m,
+                                          const std::vector<nat::Family>& others);
   void Publish(v1::MappingEvent::Type type, const v1::PortMapping& m);
   absl::StatusOr<bool> DetachLocked(const v1::AttachmentKey& key);
   std::string NewMappingId();
@@ -232,6 +241,7 @@ class AgentCore {
   // Lease id -> the companion port scope it holds.
   std::map<std::string, nat::PortScope> companions_;      // guarded by mu_
   std::optional<nat::IpAddress> external_address_;        // guarded by mu_
+  bool leases_need_move_ = false;                         // guarded by mu_
   absl::Time epoch_start_;                                // guarded by mu_
   int64_t next_mapping_id_ = 1;                           // guarded by mu_
   bool ready_ = false;                                    // guarded by mu_

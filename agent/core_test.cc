@@ -257,6 +257,36 @@ TEST_F(CoreTest, SweepDetachesContainersWhoseNamespaceIsGone) {
   EXPECT_EQ(backend_.rules().dnat.size(), 1u);
 }
 
+TEST_F(CoreTest, CreateMappingTakesOnlyApiOwners) {
+  v1::PortMapping m;
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_NATPMP);
+  m.mutable_owner()->set_id("192.168.1.10");
+  m.set_protocol(v1::PROTOCOL_TCP);
+  m.set_host_port(8080);
+  m.set_target_ip("192.168.1.10");
+  m.set_target_port(80);
+  EXPECT_THAT(core_->CreateMapping(m), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                HasSubstr("owner kind API")));
+}
+
+TEST_F(CoreTest, DualStackHostPortZeroFindsAPortFreeInBothFamilies) {
+  // The first dynamic port is taken in IPv6 only.
+  v1::PortMapping v6;
+  v6.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  v6.mutable_owner()->set_id("v6-holder");
+  v6.set_protocol(v1::PROTOCOL_TCP);
+  v6.set_host_port(40000);
+  v6.set_target_ip("fd00::9");
+  v6.set_target_port(80);
+  ASSERT_OK(core_->CreateMapping(v6).status());
+  v1::Attachment a = Container("c1", "10.22.0.5/16", 0, 80);
+  a.add_container_addresses("fd00::5/64");
+  ASSERT_OK_AND_ASSIGN(v1::AttachResponse r, core_->Attach(a));
+  ASSERT_THAT(r.mappings(), SizeIs(2));
+  EXPECT_NE(r.mappings(0).host_port(), 40000u);
+  EXPECT_EQ(r.mappings(0).host_port(), r.mappings(1).host_port());
+}
+
 TEST_F(CoreTest, WatchSeesSnapshotThenChanges) {
   ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)).status());
   auto q = core_->Subscribe(v1::OWNER_KIND_UNSPECIFIED, "");
@@ -410,6 +440,62 @@ TEST_F(LeaseTest, ContainersAndLeasesShareTheAllocator) {
                        HasSubstr("NAT-PMP lease of 192.168.77.10")));
   ASSERT_OK(core_->Attach(Container("c2", "10.22.0.6/16", 9090, 80)).status());
   EXPECT_NE(Map("192.168.77.11", 80, 9090, 60).external_port, 9090);
+}
+
+TEST_F(LeaseTest, CompanionHoldSurvivesAFailedRequest) {
+  policy_.port_lo = 5000;
+  policy_.port_hi = 5001;
+  ASSERT_EQ(Map("192.168.77.10", 80, 5000, 60, nat::Protocol::kTcp).external_port, 5000);
+  backend_.FailNext(absl::InternalError("netlink: boom"));
+  EXPECT_EQ(Map("192.168.77.10", 80, 5000, 60, nat::Protocol::kUdp).outcome,
+            LeaseOutcome::kNoResources);
+  // UDP 5000 is still kept for 192.168.77.10.
+  EXPECT_EQ(Map("192.168.77.11", 80, 5000, 60, nat::Protocol::kUdp).external_port, 5001);
+}
+
+TEST_F(LeaseTest, PcpDeleteOfAllProtocols) {
+  std::string n = "nnnnnnnnnnnn";
+  ASSERT_EQ(Map("192.168.77.10", 80, 0, 60, nat::Protocol::kTcp, v1::OWNER_KIND_PCP, n).outcome,
+            LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 53, 0, 60, nat::Protocol::kUdp, v1::OWNER_KIND_PCP, n).outcome,
+            LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.11", 53, 0, 60, nat::Protocol::kUdp, v1::OWNER_KIND_PCP, n).outcome,
+            LeaseOutcome::kOk);
+  LeaseRequest del;
+  del.kind = v1::OWNER_KIND_PCP;
+  del.client = *nat::IpAddress::Parse("192.168.77.10");
+  del.all_protocols = true;
+  del.internal_port = 0;
+  del.lifetime = 0;
+  del.nonce = "wrong-nonce!";
+  EXPECT_EQ(core_->Lease(del, policy_).outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_PCP, ""), SizeIs(3));  // all or nothing
+  del.nonce = n;
+  EXPECT_EQ(core_->Lease(del, policy_).outcome, LeaseOutcome::kOk);
+  auto left = core_->ListMappings(v1::OWNER_KIND_PCP, "");
+  ASSERT_THAT(left, SizeIs(1));
+  EXPECT_EQ(left[0].target_ip(), "192.168.77.11");
+}
+
+TEST_F(LeaseTest, FailedMoveIsRetriedAndRefreshIsPublished) {
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 60).outcome, LeaseOutcome::kOk);
+  auto q = core_->Subscribe(v1::OWNER_KIND_NATPMP, "");
+  while (q->Pop(absl::Milliseconds(1)).has_value()) {
+  }
+  backend_.FailNext(absl::UnavailableError("netlink: busy"));
+  core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.99"));
+  EXPECT_EQ(backend_.rules().dnat.begin()->ToString(), "tcp 203.0.113.7:8080 -> 192.168.77.10:80");
+  core_->ExpireLeases();  // the periodic tick retries
+  EXPECT_EQ(backend_.rules().dnat.begin()->ToString(), "tcp 203.0.113.99:8080 -> 192.168.77.10:80");
+  auto e = q->Pop(absl::Seconds(1));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_UPDATED);
+  EXPECT_EQ(e->mapping().host_ip(), "203.0.113.99");
+  ASSERT_EQ(Map("192.168.77.10", 80, 0, 60).outcome, LeaseOutcome::kOk);  // refresh
+  e = q->Pop(absl::Seconds(1));
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->type(), v1::MappingEvent::TYPE_UPDATED);
+  core_->Unsubscribe(q);
 }
 
 TEST_F(LeaseTest, NoExternalAddressIsANetworkFailure) {

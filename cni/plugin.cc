@@ -80,8 +80,11 @@ std::variant<Config, CniError> ParseConfig(const std::string& data) {
                        "JSON object", ""};
   }
   const json& j = c.raw;
-  // cniVersions (1.1.0): the highest version both sides support.
-  if (j.contains("cniVersions") && j["cniVersions"].is_array()) {
+  // cniVersion is the version the runtime chose; a config that only lists
+  // cniVersions (1.1.0) gets the highest one both sides support.
+  if (j.contains("cniVersion") && j["cniVersion"].is_string()) {
+    c.version = j["cniVersion"].get<std::string>();
+  } else if (j.contains("cniVersions") && j["cniVersions"].is_array()) {
     for (const json& v : j["cniVersions"]) {
       if (v.is_string() && Supported(v.get<std::string>()) &&
           (c.version.empty() || CompareVersions(v.get<std::string>(), c.version) > 0)) {
@@ -140,7 +143,8 @@ json ConvertResult(json result, const std::string& version) {
     for (json& ip : result["ips"]) {
       if (!ip.is_object()) continue;
       if (legacy) {
-        std::string addr = ip.value("address", "");
+        std::string addr =
+            ip.contains("address") && ip["address"].is_string() ? ip["address"].get<std::string>() : "";
         ip["version"] = addr.find(':') != std::string::npos ? "6" : "4";
       } else {
         ip.erase("version");
@@ -165,8 +169,11 @@ Addresses FromPrevResult(const json& prev, const std::string& ifname,
     for (size_t i = 0; i < ifs.size(); ++i) {
       const json& f = ifs[i];
       if (!f.is_object()) continue;
-      std::string name = f.value("name", "");
-      std::string sandbox = f.value("sandbox", "");
+      auto str = [&f](const char* key) {
+        return f.contains(key) && f[key].is_string() ? f[key].get<std::string>() : "";
+      };
+      std::string name = str("name");
+      std::string sandbox = str("sandbox");
       if (!sandbox.empty() && (name == ifname || sandbox == netns)) {
         container_ifs.push_back(static_cast<int>(i));
       } else if (sandbox.empty() && out.host_interface.empty()) {
@@ -176,7 +183,7 @@ Addresses FromPrevResult(const json& prev, const std::string& ifname,
   }
   if (prev.contains("ips") && prev["ips"].is_array()) {
     for (const json& ip : prev["ips"]) {
-      if (!ip.is_object() || !ip.contains("address")) continue;
+      if (!ip.is_object() || !ip.contains("address") || !ip["address"].is_string()) continue;
       bool ours = true;
       if (ip.contains("interface") && ip["interface"].is_number_integer()) {
         int idx = ip["interface"].get<int>();
@@ -309,7 +316,20 @@ int CompareVersions(const std::string& a, const std::string& b) {
   return 0;
 }
 
+Outcome RunPluginUnchecked(const Invocation& in, const ClientFactory& make_client);
+
 Outcome RunPlugin(const Invocation& in, const ClientFactory& make_client) {
+  // Every field is type-checked where it is read; should a value of an
+  // unexpected type slip through, answer with a decode error rather than
+  // abort without one.
+  try {
+    return RunPluginUnchecked(in, make_client);
+  } catch (const nlohmann::json::exception& e) {
+    return ErrorOutcome("", {6, "failed to decode the network configuration", e.what()});
+  }
+}
+
+Outcome RunPluginUnchecked(const Invocation& in, const ClientFactory& make_client) {
   std::string command = Env(in, "CNI_COMMAND");
   if (command.empty()) {
     return ErrorOutcome("", {4, "missing environment variable(s): CNI_COMMAND", ""});
@@ -373,7 +393,12 @@ Outcome RunPlugin(const Invocation& in, const ClientFactory& make_client) {
     if (auto e = RequireEnv(in, {"CNI_PATH"})) return fail(*e);
     v1::GarbageCollectRequest req;
     req.set_network_name(c.name);
-    // libcni 1.2.0-1.2.2 also sent "cni.dev/attachments".
+    // libcni 1.2.0-1.2.2 also sent "cni.dev/attachments". Without either,
+    // every attachment would look stale: refuse rather than delete all.
+    if (!c.raw.contains("cni.dev/valid-attachments") &&
+        !c.raw.contains("cni.dev/attachments")) {
+      return fail({7, "invalid network config: GC needs cni.dev/valid-attachments", ""});
+    }
     for (const char* key : {"cni.dev/valid-attachments", "cni.dev/attachments"}) {
       if (!c.raw.contains(key)) continue;
       const json& list = c.raw[key];
@@ -382,13 +407,15 @@ Outcome RunPlugin(const Invocation& in, const ClientFactory& make_client) {
                                      "\" must be a list"), list.dump()});
       }
       for (const json& a : list) {
-        if (!a.is_object() || !a.contains("containerID") || !a["containerID"].is_string()) {
+        if (!a.is_object() || !a.contains("containerID") || !a["containerID"].is_string() ||
+            !a.contains("ifname") || !a["ifname"].is_string()) {
           return fail({7, absl::StrCat("invalid network config: every \"", key,
-                                       "\" entry needs a containerID"), a.dump()});
+                                       "\" entry needs a containerID and an ifname"),
+                       a.dump()});
         }
         v1::AttachmentKey* k = req.add_valid_attachments();
         k->set_container_id(a["containerID"].get<std::string>());
-        k->set_ifname(a.value("ifname", ""));
+        k->set_ifname(a["ifname"].get<std::string>());
         k->set_network_name(c.name);
       }
       break;

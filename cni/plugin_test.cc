@@ -274,6 +274,34 @@ TEST_F(PluginTest, GcAcceptsBothKeys) {
   EXPECT_EQ(json::parse(Run("GC", config).stdout_data)["code"], 1);
 }
 
+TEST_F(PluginTest, GcWithoutTheValidListDeletesNothing) {
+  json config = {{"cniVersion", "1.1.0"}, {"name", "podnet"}, {"type", "fabric-nat"}};
+  Outcome o = Run("GC", config);
+  EXPECT_NE(o.exit_code, 0);
+  EXPECT_EQ(json::parse(o.stdout_data)["code"], 7);
+  config["cni.dev/valid-attachments"] = {{{"containerID", "a"}}};  // no ifname
+  EXPECT_EQ(json::parse(Run("GC", config).stdout_data)["code"], 7);
+  EXPECT_TRUE(agent_.gc.empty());
+}
+
+TEST_F(PluginTest, OddlyTypedPrevResultIsAnErrorNotACrash) {
+  json config = Config("1.0.0");
+  config["prevResult"]["ips"] = {{{"address", 5}, {"interface", "x"}}};
+  config["prevResult"]["interfaces"][0]["name"] = 7;
+  Outcome o = Run("ADD", config);
+  EXPECT_NE(o.exit_code, 0);
+  EXPECT_EQ(json::parse(o.stdout_data)["code"], 7);
+  EXPECT_THAT(o.stdout_data, HasSubstr("names no IP address"));
+}
+
+TEST_F(PluginTest, CniVersionChosenByTheRuntimeWins) {
+  json config = Config("1.0.0");
+  config["cniVersions"] = {"0.4.0", "1.1.0"};
+  Outcome o = Run("ADD", config);
+  ASSERT_EQ(o.exit_code, 0);
+  EXPECT_EQ(json::parse(o.stdout_data)["cniVersion"], "1.0.0");
+}
+
 TEST_F(PluginTest, StatusReportsAvailability) {
   json config = {{"cniVersion", "1.1.0"}, {"name", "podnet"}, {"type", "fabric-nat"}};
   EXPECT_EQ(Run("STATUS", config).exit_code, 0);

@@ -376,14 +376,17 @@ std::vector<uint8_t> PmpServer::HandlePcp(const uint8_t* data, size_t len,
     return respond(PcpResult::kSuccess, 0, 0, "announce");
   }
   // MAP.
-  std::vector<nat::Protocol> protocols;
+  nat::Protocol protocol = nat::Protocol::kTcp;
+  bool all_protocols = false;
   switch (req.protocol) {
-    case 6: protocols = {nat::Protocol::kTcp}; break;
-    case 17: protocols = {nat::Protocol::kUdp}; break;
-    case 132: protocols = {nat::Protocol::kSctp}; break;
+    case 6: protocol = nat::Protocol::kTcp; break;
+    case 17: protocol = nat::Protocol::kUdp; break;
+    case 132: protocol = nat::Protocol::kSctp; break;
     case 0:
-      if (req.lifetime == 0 && req.internal_port == 0) {
-        protocols = {nat::Protocol::kTcp, nat::Protocol::kUdp, nat::Protocol::kSctp};
+      // All protocols (and so all ports, RFC 6887 section 11.1): only as a
+      // delete here.
+      if (req.lifetime == 0) {
+        all_protocols = true;
         break;
       }
       [[fallthrough]];
@@ -403,20 +406,17 @@ std::vector<uint8_t> PmpServer::HandlePcp(const uint8_t* data, size_t len,
   if (wants_other_ip && req.prefer_failure) {
     return respond(PcpResult::kCannotProvideExternal, 0, 0, "suggested external IP not ours");
   }
-  LeaseResult last;
-  for (nat::Protocol p : protocols) {
-    LeaseRequest lr;
-    lr.kind = v1::OWNER_KIND_PCP;
-    lr.client = client;
-    lr.protocol = p;
-    lr.internal_port = req.internal_port;
-    lr.suggested_port = req.suggested_external_port;
-    lr.lifetime = req.lifetime;
-    lr.nonce.assign(reinterpret_cast<const char*>(req.nonce.data()), req.nonce.size());
-    lr.prefer_failure = req.prefer_failure;
-    last = core_->Lease(lr, config_.policy);
-    if (last.outcome != LeaseOutcome::kOk) break;
-  }
+  LeaseRequest lr;
+  lr.kind = v1::OWNER_KIND_PCP;
+  lr.client = client;
+  lr.protocol = protocol;
+  lr.all_protocols = all_protocols;
+  lr.internal_port = all_protocols ? 0 : req.internal_port;
+  lr.suggested_port = req.suggested_external_port;
+  lr.lifetime = req.lifetime;
+  lr.nonce.assign(reinterpret_cast<const char*>(req.nonce.data()), req.nonce.size());
+  lr.prefer_failure = req.prefer_failure;
+  LeaseResult last = core_->Lease(lr, config_.policy);
   return respond(PcpResultOf(last.outcome), last.lifetime, last.external_port,
                  absl::StrCat("internal=", req.internal_port, " external=", last.external_port,
                               " lifetime=", last.lifetime, " (", last.detail, ")"));

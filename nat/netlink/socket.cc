@@ -130,7 +130,10 @@ absl::Status NetlinkSocket::Receive(
       if (nlh->nlmsg_type == NLMSG_ERROR) {
         const auto* err =
             static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh));
-        if (err->error != 0) {
+        // Errors are ours only from this exchange's sequence window; a
+        // leftover from an earlier, aborted exchange is dropped.
+        if (err->error != 0 && nlh->nlmsg_seq >= window_start_ &&
+            nlh->nlmsg_seq <= until_seq) {
           errors->push_back(
               MessageError{nlh->nlmsg_seq, -err->error, ExtAckMessage(nlh)});
         }
@@ -151,6 +154,10 @@ absl::Status NetlinkSocket::Receive(
 
 absl::StatusOr<NetlinkSocket::BatchResult> NetlinkSocket::SendBatch(
     const std::vector<uint8_t>& batch) {
+  // The batch's first message (batch begin) carries its first sequence.
+  window_start_ = batch.size() >= sizeof(nlmsghdr)
+                      ? reinterpret_cast<const nlmsghdr*>(batch.data())->nlmsg_seq
+                      : seq_;
   int fd = mnl_socket_get_fd(socket_);
   int size = static_cast<int>(batch.size()) + (1 << 16);
   if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0) {
@@ -193,6 +200,7 @@ absl::Status NetlinkSocket::Request(
     const std::function<absl::Status(const nlmsghdr*)>& on_reply) {
   std::vector<char> buf(MNL_SOCKET_BUFFER_SIZE);
   uint32_t seq = ReserveSeq(1);
+  window_start_ = seq;
   nlmsghdr* nlh = build(buf.data(), seq);
   bool dump = (nlh->nlmsg_flags & NLM_F_DUMP) == NLM_F_DUMP;
   if (mnl_socket_sendto(socket_, nlh, nlh->nlmsg_len) < 0) {

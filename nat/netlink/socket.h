@@ -66,6 +66,7 @@ class NetlinkSocket {
   mnl_socket* socket_;
   uint32_t port_id_;
   uint32_t seq_;
+  uint32_t window_start_ = 0;  // first sequence of the current exchange
   std::vector<char> rx_;
 };
 

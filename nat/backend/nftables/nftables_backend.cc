@@ -274,8 +274,9 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
     nftnl_set_set_str(st, NFTNL_SET_TABLE, kTableName);
     nftnl_set_set_str(st, NFTNL_SET_NAME, name.c_str());
     nftnl_set_set_u32(st, NFTNL_SET_FAMILY, NFPROTO_INET);
-    absl::Status decode;
-    std::set<std::string> seen;
+    // Every chunk of the dump into one set, decoded once: an interval's
+    // start and end may arrive in different chunks.
+    nftnl_set* all = nftnl_set_alloc();
     s = sock.Request(
         absl::StrCat("list elements of set ", name),
         [&](char* buf, uint32_t seq) {
@@ -285,15 +286,16 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
           return nlh;
         },
         [&](const nlmsghdr* nlh) {
-          nftnl_set* part = nftnl_set_alloc();
-          if (nftnl_set_elems_nlmsg_parse(nlh, part) == 0) {
-            absl::Status d = nftables::DecodeElements(part, &state.rules, &seen);
-            if (!d.ok() && decode.ok()) decode = d;
-          }
-          nftnl_set_free(part);
+          nftnl_set_elems_nlmsg_parse(nlh, all);
           return absl::OkStatus();
         });
     nftnl_set_free(st);
+    std::set<std::string> seen;
+    absl::Status decode =
+        s.ok() && nftnl_set_is_set(all, NFTNL_SET_NAME)
+            ? nftables::DecodeElements(all, &state.rules, &seen)
+            : absl::OkStatus();
+    nftnl_set_free(all);
     if (!s.ok()) return s;
     if (decode.code() == absl::StatusCode::kAborted) return decode;
     if (!decode.ok()) problems.push_back(std::string(decode.message()));
