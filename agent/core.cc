@@ -1201,6 +1201,56 @@ absl::StatusOr<v1::BackupResponse> AgentCore::Backup(const std::string& path) {
   return r;
 }
 
+v1::DiagnoseResponse AgentCore::Diagnose() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::DiagnoseResponse r;
+  if (!ready_) r.add_findings(absl::StrCat("agent not ready: ", not_ready_reason_));
+  nat::RuleSet desired = DesiredLocked();
+  absl::StatusOr<nat::KernelState> state = backend_->Read();
+  if (!state.ok()) {
+    r.add_findings(absl::StrCat("cannot read the kernel: ", state.status().message()));
+  } else if (!state->table_present) {
+    r.add_findings(absl::StrCat("the kernel has no table inet fabric_nat (",
+                                desired.size(), " entries expected); the agent "
+                                "rebuilds it on its next check or event"));
+  } else {
+    if (!state->layout_intact) {
+      r.add_findings(absl::StrCat("table layout damaged: ", state->problem));
+    }
+    Batch diff = nat::Diff(state->rules, desired);
+    auto sample = [](const nat::RuleSet& rs) {
+      std::vector<std::string> items;
+      for (const auto& e : rs.dnat) items.push_back(e.ToString());
+      for (const auto& p : rs.masquerade) items.push_back("masquerade " + p.ToString());
+      for (const auto& p : rs.hairpin) items.push_back("hairpin " + p.ToString());
+      for (const auto& i : rs.localhost_interfaces) items.push_back("localhost " + i);
+      if (items.size() > 3) items.resize(3), items.push_back("...");
+      return absl::StrJoin(items, ", ");
+    };
+    if (!diff.add.empty()) {
+      r.add_findings(absl::StrCat("kernel lacks ", diff.add.size(), " of ", desired.size(),
+                                  " entries: ", sample(diff.add)));
+    }
+    if (!diff.remove.empty()) {
+      r.add_findings(absl::StrCat("kernel holds ", diff.remove.size(),
+                                  " entries the store does not know: ", sample(diff.remove)));
+    }
+    r.add_facts(absl::StrCat("kernel table inet fabric_nat: ", state->rules.size(),
+                             " entries, ", desired.size(), " expected"));
+  }
+  size_t leases = 0;
+  for (const auto& [id, m] : mappings_) leases += IsLease(m.proto) ? 1 : 0;
+  r.add_facts(absl::StrCat(attachments_.size(), " attachment(s), ", mappings_.size(),
+                           " mapping(s), ", leases, " NAT-PMP/PCP lease(s)"));
+  r.add_facts(absl::StrCat("host ports held: ", allocator_.held(), "; dynamic range ",
+                           allocator_.dynamic_lo(), "-", allocator_.dynamic_hi()));
+  r.add_facts(absl::StrCat("external address for leases: ",
+                           external_address_ ? external_address_->ToString() : "none"));
+  r.add_facts(absl::StrCat("repairs so far: ", repairs_));
+  r.set_healthy(r.findings_size() == 0);
+  return r;
+}
+
 v1::GetStatusResponse AgentCore::Status() const {
   std::lock_guard<std::mutex> lock(mu_);
   v1::GetStatusResponse r;

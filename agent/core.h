@@ -156,6 +156,8 @@ class AgentCore {
   absl::StatusOr<v1::BackupResponse> Backup(const std::string& path);
 
   v1::GetStatusResponse Status() const;
+  // Kernel vs store (read only), readiness, port pool use.
+  v1::DiagnoseResponse Diagnose() const;
   // The kernel state the store asks for.
   nat::RuleSet Desired() const;
   const std::string& backend_name() const { return backend_name_; }

@@ -5,6 +5,7 @@
 //   fabricctl [--socket PATH] add PROTO HOSTPORT TARGETIP:PORT [--owner ID] [--host_ip IP]
 //   fabricctl [--socket PATH] remove ID
 //   fabricctl [--socket PATH] backup PATH
+//   fabricctl [--socket PATH] diagnose [--json]
 #include <unistd.h>
 
 #include <cstdio>
@@ -170,6 +171,23 @@ int Add(v1::MappingService::Stub& stub, const std::vector<char*>& args) {
   return 0;
 }
 
+int Diagnose(v1::AgentService::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::DiagnoseResponse r;
+  grpc::Status s = stub.Diagnose(&ctx, v1::DiagnoseRequest(), &r);
+  if (!s.ok()) return Fail("diagnose", s);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", Json(r).c_str());
+    return r.healthy() ? 0 : 1;
+  }
+  std::printf("%s\n", r.healthy() ? "healthy: the kernel holds exactly what the store asks for"
+                                   : "NEEDS ATTENTION:");
+  for (const std::string& f : r.findings()) std::printf("  ! %s\n", f.c_str());
+  for (const std::string& f : r.facts()) std::printf("  - %s\n", f.c_str());
+  return r.healthy() ? 0 : 1;
+}
+
 int Backup(v1::AgentService::Stub& stub, const std::vector<char*>& args) {
   if (args.size() != 2) {
     std::fprintf(stderr, "usage: fabricctl backup PATH\n");
@@ -215,6 +233,7 @@ int main(int argc, char** argv) {
       "  status [--json]                    agent health\n"
       "  add PROTO HOSTPORT TARGETIP:PORT   create an API mapping (HOSTPORT 0 allocates)\n"
       "  remove ID                          delete an API mapping\n"
+      "  diagnose [--json]                  compare kernel and store; exit 1 if not healthy\n"
       "  backup PATH                        snapshot the agent's state (start an\n"
       "                                     agent from it: PATH as <state_dir>/state.db)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
@@ -243,6 +262,10 @@ int main(int argc, char** argv) {
   if (cmd == "add") {
     auto stub = v1::MappingService::NewStub(channel);
     return Add(*stub, args);
+  }
+  if (cmd == "diagnose") {
+    auto stub = v1::AgentService::NewStub(channel);
+    return Diagnose(*stub);
   }
   if (cmd == "backup") {
     auto stub = v1::AgentService::NewStub(channel);

@@ -149,4 +149,11 @@ grpc::Status AgentServiceImpl::Backup(grpc::ServerContext*,
   return op.Finish(r.status());
 }
 
+grpc::Status AgentServiceImpl::Diagnose(grpc::ServerContext*,
+                                        const v1::DiagnoseRequest*,
+                                        v1::DiagnoseResponse* response) {
+  *response = core_->Diagnose();
+  return grpc::Status::OK;
+}
+
 }  // namespace fabric::agent

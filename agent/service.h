@@ -66,6 +66,8 @@ class AgentServiceImpl final : public v1::AgentService::Service {
                          v1::GetStatusResponse* response) override;
   grpc::Status Backup(grpc::ServerContext*, const v1::BackupRequest* request,
                       v1::BackupResponse* response) override;
+  grpc::Status Diagnose(grpc::ServerContext*, const v1::DiagnoseRequest*,
+                        v1::DiagnoseResponse* response) override;
 
  private:
   AgentCore* core_;

@@ -191,6 +191,23 @@ TEST_F(AgentTest, RestartWithNothingChangedMakesNoKernelChange) {
               IsOkAndHolds(::testing::Not(HasSubstr("9999"))));
 }
 
+TEST_F(AgentTest, DiagnoseComparesKernelAndStore) {
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(ns_.get(), dir_,
+                                                   "--repair_on_change=false"));
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  ASSERT_OK(Ctl("add udp 5353 10.1.0.5:53 --owner dns").status());
+  EXPECT_THAT(Ctl("diagnose"), IsOkAndHolds(HasSubstr("healthy")));
+  ASSERT_OK(ns_->Exec("nft delete element inet fabric_nat dnat4_any '{ tcp . 8080 }' && "
+                      "nft add element inet fabric_nat dnat4_any '{ tcp . 9999 : 10.9.9.9 . 99 }'"));
+  absl::StatusOr<testing::CommandResult> r = testing::RunCommand(absl::StrCat(
+      testing::Runfile("agent/fabricctl"), " --socket ", dir_, "/agent.sock diagnose"));
+  ASSERT_OK(r.status());
+  EXPECT_EQ(r->exit_code, 1);
+  EXPECT_THAT(r->out, HasSubstr("kernel lacks 1 of 2 entries: tcp 0.0.0.0:8080 -> 10.1.0.5:80"));
+  EXPECT_THAT(r->out, HasSubstr("kernel holds 1 entries the store does not know: tcp 0.0.0.0:9999"));
+  EXPECT_THAT(r->out, HasSubstr("2 mapping(s)"));
+}
+
 TEST_F(AgentTest, BackupIsAStoreTheAgentStartsFrom) {
   StartAgent();
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner w").status());
