@@ -322,3 +322,46 @@ TEST_F(AgentTest, TlsListenerRequiresAClientCertificate) {
 
 }  // namespace
 }  // namespace fabric
+
+namespace fabric {
+namespace {
+
+TEST_F(AgentTest, WatchMappingsStreamsSnapshotAndChanges) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  auto channel = grpc::CreateChannel("unix:" + agent_->socket(),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = nat::v1::MappingService::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  nat::v1::WatchMappingsRequest req;
+  req.set_owner_kind(nat::v1::OWNER_KIND_API);
+  auto reader = stub->WatchMappings(&ctx, req);
+  nat::v1::MappingEvent e;
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), nat::v1::MappingEvent::TYPE_ADDED);
+  EXPECT_EQ(e.mapping().host_port(), 8080u);
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), nat::v1::MappingEvent::TYPE_SYNCED);
+  ASSERT_OK(Ctl("add udp 5353 10.1.0.5:53 --owner dns").status());
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), nat::v1::MappingEvent::TYPE_ADDED);
+  EXPECT_EQ(e.mapping().owner().id(), "dns");
+  ASSERT_OK(Ctl("remove m-1").status());
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), nat::v1::MappingEvent::TYPE_REMOVED);
+  EXPECT_EQ(e.mapping().id(), "m-1");
+  ctx.TryCancel();
+  // ListMappings filters by owner.
+  grpc::ClientContext list_ctx;
+  nat::v1::ListMappingsRequest list;
+  list.set_owner_kind(nat::v1::OWNER_KIND_API);
+  list.set_owner_id("dns");
+  nat::v1::ListMappingsResponse resp;
+  ASSERT_TRUE(stub->ListMappings(&list_ctx, list, &resp).ok());
+  ASSERT_EQ(resp.mappings_size(), 1);
+  EXPECT_EQ(resp.mappings(0).protocol(), nat::v1::PROTOCOL_UDP);
+}
+
+}  // namespace
+}  // namespace fabric
