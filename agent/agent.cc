@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "nat/backend/iptables/iptables_backend.h"
 #include "nat/backend/nftables/monitor.h"
 #include "grpcpp/grpcpp.h"
 #include "nat/backend/nftables/nftables_backend.h"
@@ -89,8 +90,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!m.ok()) return m.status();
     agent->monitor_ = std::move(*m);
   } else if (config.backend == "iptables") {
-    return absl::UnimplementedError(
-        "--backend=iptables is not available in this build yet; use nftables");
+    // Legacy x_tables through libiptc. It sends no change events: foreign
+    // changes are repaired by the periodic check.
+    absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> b =
+        nat::IptablesBackend::Create();
+    if (!b.ok()) return b.status();
+    agent->backend_ = std::move(*b);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "--backend must be nftables or iptables, not \"", config.backend, "\""));

@@ -15,7 +15,9 @@ ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock",
           "unix socket for the CNI plugin and fabricctl (created mode 0600)");
 ABSL_FLAG(std::string, state_dir, "/var/lib/fabric-nat",
           "directory of the state database (state.db)");
-ABSL_FLAG(std::string, backend, "nftables", "nftables or iptables");
+ABSL_FLAG(std::string, backend, "nftables",
+          "nftables (table inet fabric_nat, repaired on change events) or "
+          "iptables (legacy x_tables via libiptc, chains FABRIC-*)");
 ABSL_FLAG(std::string, port_range, "32768-60999",
           "dynamic host port range, LO-HI, for host port 0");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9333",

@@ -36,6 +36,7 @@ using ::fabric::testing::Netns;
 using ::fabric::testing::PluginRun;
 using ::fabric::testing::Serve;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // Asserts that a chain run succeeded, showing the failing plugin's output.
@@ -159,6 +160,32 @@ TEST_F(CniEndToEndTest, WorksAtCni040) {
   EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds("c1 192.0.2.2\n"));
   EXPECT_EQ(runtime_->Check(c.id, c.path(), "eth0").exit_code, 0);
   EXPECT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);
+}
+
+// The same chain with the agent on the iptables (libiptc) backend.
+TEST_F(CniEndToEndTest, WorksWithTheIptablesBackend) {
+  runtime_.reset();
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent-ipt",
+                                                   "--backend=iptables"));
+  runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin",
+                                          Conflist("1.0.0", {{"masquerade", true}}));
+  Container a = NewContainer("ca");
+  Container b = NewContainer("cb");
+  ASSERT_OK(Serve(*a.ns, "tcp", 80, "ca"));
+  ASSERT_OK(Serve(*b.ns, "tcp", 80, "cb"));
+  ASSERT_ADDED(Add(a, json::array({Tcp(8080, 80)})));
+  ASSERT_ADDED(Add(b, json::array({Tcp(8081, 80)})));
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds("ca 192.0.2.2\n"));
+  EXPECT_THAT(Ask(*outside_, "tcp", "2001:db8::1", 8080), IsOkAndHolds("ca 2001:db8::2\n"));
+  EXPECT_THAT(Ask(*a.ns, "tcp", "192.0.2.1", 8081), IsOkAndHolds(StartsWith("cb ")));
+  EXPECT_THAT(host_->Exec("iptables-legacy-save -t nat"),
+              IsOkAndHolds(HasSubstr("--dport 8081 -j DNAT --to-destination 10.88.0.")));
+  EXPECT_EQ(runtime_->Check(a.id, a.path(), "eth0").exit_code, 0);
+  ASSERT_EQ(runtime_->Del(a.id, a.path(), "eth0").exit_code, 0);
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
+  EXPECT_THAT(host_->Exec("iptables-legacy-save -t nat"),
+              IsOkAndHolds(Not(HasSubstr("--dport 8080 "))));
 }
 
 // (b) A mapping with hostIP answers only on that address.
