@@ -2,19 +2,20 @@
 // behaviour as the nftables backend, proven with real packets in namespaces
 // made here.
 //
-//   outside eth0 192.0.2.2 2001:db8::2 --- wan0 192.0.2.1 192.0.2.10 2001:db8::1 [host]
-//   host ctr0 10.99.0.1 fd00:99::1 --- eth0 10.99.0.2 fd00:99::2 [container]
+// (topology: testing/backend_topology.h)
 #include "nat/backend/iptables/iptables_backend.h"
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "testing/backend_topology.h"
 #include "testing/netns.h"
 #include "testing/status_matchers.h"
 
 namespace fabric::nat {
 namespace {
 
+using ::fabric::testing::Dnat;
 using ::fabric::testing::IsOkAndHolds;
 using ::fabric::testing::Netns;
 using ::fabric::testing::ScopedNetns;
@@ -24,31 +25,14 @@ using ::testing::Not;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
 
-DnatElement Dnat(Protocol proto, std::optional<IpAddress> host_ip, uint16_t host_port,
-                 const char* target, uint16_t target_port) {
-  PortMapping m;
-  m.protocol = proto;
-  m.host_ip = host_ip;
-  m.host_port = host_port;
-  m.target_ip = Ip(target);
-  m.target_port = target_port;
-  return m.ToElements().front();
-}
-
 class IptablesBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u);
-    ASSERT_OK_AND_ASSIGN(host_, Netns::Create("ihost"));
-    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("iout"));
-    ASSERT_OK_AND_ASSIGN(container_, Netns::Create("ictr"));
-    ASSERT_OK(testing::Link(*host_, "wan0", "192.0.2.1/24 192.0.2.10/24 2001:db8::1/64",
-                            *outside_, "eth0", "192.0.2.2/24 2001:db8::2/64"));
-    ASSERT_OK(testing::Link(*host_, "ctr0", "10.99.0.1/24 fd00:99::1/64", *container_, "eth0",
-                            "10.99.0.2/24 fd00:99::2/64"));
-    ASSERT_OK(container_->Exec("ip route add default via 10.99.0.1 && "
-                               "ip -6 route add default via fd00:99::1"));
-    ASSERT_OK(host_->Exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"));
+    ASSERT_OK_AND_ASSIGN(testing::BackendTopology t, testing::MakeBackendTopology());
+    host_ = std::move(t.host);
+    outside_ = std::move(t.outside);
+    container_ = std::move(t.container);
     // libiptc works on the namespace of the calling thread, per call.
     ASSERT_OK_AND_ASSIGN(enter_, ScopedNetns::Enter(*host_));
     ASSERT_OK_AND_ASSIGN(backend_, IptablesBackend::Create());
