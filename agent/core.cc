@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -41,6 +42,17 @@ std::string AttachmentHolder(const v1::AttachmentKey& k) {
 
 std::string MappingHolder(const v1::PortMapping& m) {
   switch (m.owner().kind()) {
+    case v1::OWNER_KIND_CNI: {
+      // The owner id is "<container>/<ifname>/<network>"
+      // (AttachmentOwnerId).
+      std::vector<std::string> parts =
+          absl::StrSplit(m.owner().id(), absl::MaxSplits('/', 2));
+      v1::AttachmentKey k;
+      k.set_container_id(parts[0]);
+      if (parts.size() > 1) k.set_ifname(parts[1]);
+      if (parts.size() > 2) k.set_network_name(parts[2]);
+      return AttachmentHolder(k);
+    }
     case v1::OWNER_KIND_NATPMP:
       return absl::StrCat("NAT-PMP lease of ", m.owner().id());
     case v1::OWNER_KIND_PCP:
@@ -262,17 +274,6 @@ absl::Status AgentCore::Start() {
     network_refs_.Count(rec, 1);
     attachments_[owner] = std::move(rec);
   }
-  for (auto& [id, m] : mappings_) {
-    // Re-label CNI holders now that attachments are known.
-    if (m.proto.owner().kind() != v1::OWNER_KIND_CNI) continue;
-    auto it = attachments_.find(m.proto.owner().id());
-    if (it == attachments_.end()) continue;
-    allocator_.Release(PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count);
-    allocator_
-        .Reserve(PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count,
-                 AttachmentHolder(it->second.proto.key()))
-        .IgnoreError();
-  }
   absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, DesiredLocked());
   if (!report.ok()) {
     not_ready_reason_ =
@@ -426,10 +427,15 @@ void AgentCore::Publish(v1::MappingEvent::Type type, const v1::PortMapping& m) {
 }
 
 absl::StatusOr<v1::PortMapping> AgentCore::AddMappingLocked(
-    v1::PortMapping proto, PortMapping nat_mapping, const std::string& holder,
-    StoreWrite* write, Batch* batch) {
-  if (absl::Status s = ReservePorts(nat_mapping, holder); !s.ok()) return s;
+    v1::PortMapping proto, PortMapping nat_mapping, StoreWrite* write,
+    Batch* batch) {
+  // The id first: the allocator names the holder by it.
+  int64_t id_mark = next_mapping_id_;
   proto.set_id(NewMappingId());
+  if (absl::Status s = ReservePorts(nat_mapping, MappingHolder(proto)); !s.ok()) {
+    next_mapping_id_ = id_mark;
+    return s;
+  }
   proto.set_host_port(nat_mapping.host_port);
   proto.set_target_port(nat_mapping.target_port);
   proto.set_port_count(nat_mapping.port_count);
@@ -540,7 +546,6 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
   StoreWrite write;
   Batch batch;
   std::vector<PortMapping> reserved;
-  std::string holder = AttachmentHolder(key);
   int64_t id_mark = next_mapping_id_;
   auto unreserve = [&] {
     for (const PortMapping& m : reserved) ReleasePorts(m);
@@ -578,7 +583,7 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
     }
     PortMapping reserving = m;
     absl::StatusOr<v1::PortMapping> added =
-        AddMappingLocked(proto, reserving, holder, &write, &batch);
+        AddMappingLocked(proto, reserving, &write, &batch);
     if (!added.ok()) {
       unreserve();
       return added.status();
@@ -591,12 +596,7 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(
   write.put_attachments.push_back(attachment);
   write.next_mapping_id = next_mapping_id_;
   NetworkRefs refs_after;
-  Batch network = NetworkBatch(rec, 1, &refs_after);
-  batch.add.masquerade = network.add.masquerade;
-  batch.add.hairpin = network.add.hairpin;
-  batch.add.localhost_interfaces = network.add.localhost_interfaces;
-  batch.remove.masquerade = network.remove.masquerade;
-  batch.remove.hairpin = network.remove.hairpin;
+  nat::Merge(&batch, NetworkBatch(rec, 1, &refs_after));
 
   StoreWrite undo;
   undo.delete_attachments.push_back(key);
@@ -639,20 +639,9 @@ absl::StatusOr<bool> AgentCore::DetachLocked(const v1::AttachmentKey& key) {
     for (const nat::DnatElement& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
   }
   NetworkRefs refs_after;
-  Batch network = NetworkBatch(rec, -1, &refs_after);
-  batch.remove.masquerade = network.remove.masquerade;
-  batch.remove.hairpin = network.remove.hairpin;
-  batch.remove.localhost_interfaces = network.remove.localhost_interfaces;
-  batch.add.masquerade = network.add.masquerade;
-  batch.add.hairpin = network.add.hairpin;
+  nat::Merge(&batch, NetworkBatch(rec, -1, &refs_after));
   if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
-  for (const std::string& id : rec.mapping_ids) {
-    MappingRecord m = std::move(mappings_.at(id));
-    mappings_.erase(id);
-    ReleasePorts(m.nat);
-    Forget(m.nat);
-    Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
-  }
+  for (const std::string& id : rec.mapping_ids) DropMappingLocked(id);
   network_refs_ = std::move(refs_after);
   attachments_.erase(it);
   return true;
@@ -772,16 +761,9 @@ absl::StatusOr<v1::PortMapping> AgentCore::CreateMapping(
   StoreWrite write;
   Batch batch;
   int64_t id_mark = next_mapping_id_;
-  absl::StatusOr<v1::PortMapping> added =
-      AddMappingLocked(proto, *m, MappingHolder(request), &write, &batch);
+  absl::StatusOr<v1::PortMapping> added = AddMappingLocked(proto, *m, &write, &batch);
   if (!added.ok()) return added.status();
   PortMapping final_mapping = *ToNatMapping(*added);
-  // Re-label the holder with the id now known.
-  ReleasePorts(final_mapping);
-  allocator_
-      .Reserve(PortScope::Of(final_mapping), final_mapping.host_port,
-               final_mapping.port_count, MappingHolder(*added))
-      .IgnoreError();
   write.next_mapping_id = next_mapping_id_;
   StoreWrite undo;
   undo.delete_mappings.push_back(added->id());
@@ -908,16 +890,18 @@ absl::Status AgentCore::RemoveMappingsLocked(const std::vector<std::string>& ids
     for (const nat::DnatElement& e : m.nat.ToElements()) batch.remove.dnat.insert(e);
   }
   if (absl::Status s = Realize(write, undo, batch); !s.ok()) return s;
-  for (const std::string& id : ids) {
-    MappingRecord& m = mappings_.at(id);
-    ReleaseCompanion(id);
-    ReleasePorts(m.nat);
-    Forget(m.nat);
-    if (IsLease(m.proto)) UnindexLease(m.proto);
-    Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
-    mappings_.erase(id);
-  }
+  for (const std::string& id : ids) DropMappingLocked(id);
   return absl::OkStatus();
+}
+
+void AgentCore::DropMappingLocked(const std::string& id) {
+  MappingRecord& m = mappings_.at(id);
+  ReleaseCompanion(id);
+  ReleasePorts(m.nat);
+  Forget(m.nat);
+  if (IsLease(m.proto)) UnindexLease(m.proto);
+  Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
+  mappings_.erase(id);
 }
 
 LeaseResult AgentCore::DeleteLeasesLocked(const LeaseRequest& r) {

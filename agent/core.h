@@ -198,14 +198,18 @@ class AgentCore {
   // counts after it.
   nat::Batch NetworkBatch(const AttachmentRecord& rec, int delta,
                           NetworkRefs* after) const;
+  // Assigns an id, reserves the ports (host port 0: allocates) and adds the
+  // mapping to `write` and `batch`.
   absl::StatusOr<v1::PortMapping> AddMappingLocked(v1::PortMapping proto,
                                                    nat::PortMapping nat,
-                                                   const std::string& holder,
                                                    StoreWrite* write,
                                                    nat::Batch* batch);
   void Forget(const nat::PortMapping& m);
   // Removes mappings (store, kernel, ports, indexes) in one operation.
   absl::Status RemoveMappingsLocked(const std::vector<std::string>& ids);
+  // After the store and kernel dropped mapping `id`: its ports, companion,
+  // lease index and conntrack entries go, and subscribers hear of it.
+  void DropMappingLocked(const std::string& id);
   LeaseResult DeleteLeasesLocked(const LeaseRequest& request);
   using LeaseKey = std::tuple<std::string, nat::Protocol, uint16_t>;
   static LeaseKey KeyOf(const v1::PortMapping& m);

@@ -34,6 +34,17 @@ std::string Batch::DebugString() const {
   return out;
 }
 
+void Merge(Batch* into, const Batch& more) {
+  for (auto [to, from] : {std::pair<RuleSet*, const RuleSet*>{&into->remove, &more.remove},
+                          {&into->add, &more.add}}) {
+    to->dnat.insert(from->dnat.begin(), from->dnat.end());
+    to->masquerade.insert(from->masquerade.begin(), from->masquerade.end());
+    to->hairpin.insert(from->hairpin.begin(), from->hairpin.end());
+    to->localhost_interfaces.insert(from->localhost_interfaces.begin(),
+                                    from->localhost_interfaces.end());
+  }
+}
+
 Batch Diff(const RuleSet& current, const RuleSet& desired) {
   return Batch{Minus(current, desired), Minus(desired, current)};
 }

@@ -27,6 +27,9 @@ struct Batch {
   std::string DebugString() const;
 };
 
+// Adds `more`'s removals and additions to `into`.
+void Merge(Batch* into, const Batch& more);
+
 // The changes that turn `current` into `desired`.
 Batch Diff(const RuleSet& current, const RuleSet& desired);
 
