@@ -34,6 +34,47 @@ std::string Batch::DebugString() const {
   return out;
 }
 
+namespace {
+std::string Describe(const DnatElement& e) { return e.ToString(); }
+std::string Describe(const Prefix& p) { return p.ToString(); }
+std::string Describe(const std::string& s) { return s; }
+
+template <typename T>
+absl::Status RemoveAll(std::set<T>& have, const std::set<T>& remove) {
+  for (const T& x : remove) {
+    if (have.erase(x) == 0) {
+      return absl::NotFoundError(absl::StrCat("remove ", Describe(x), ": not in the table"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status AddAll(std::set<T>& have, const std::set<T>& add) {
+  for (const T& x : add) {
+    if (!have.insert(x).second) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("add ", Describe(x), ": already in the table"));
+    }
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status ApplyBatch(const Batch& batch, RuleSet* rules) {
+  RuleSet next = *rules;
+  absl::Status s = RemoveAll(next.dnat, batch.remove.dnat);
+  if (s.ok()) s = RemoveAll(next.masquerade, batch.remove.masquerade);
+  if (s.ok()) s = RemoveAll(next.hairpin, batch.remove.hairpin);
+  if (s.ok()) s = RemoveAll(next.localhost_interfaces, batch.remove.localhost_interfaces);
+  if (s.ok()) s = AddAll(next.dnat, batch.add.dnat);
+  if (s.ok()) s = AddAll(next.masquerade, batch.add.masquerade);
+  if (s.ok()) s = AddAll(next.hairpin, batch.add.hairpin);
+  if (s.ok()) s = AddAll(next.localhost_interfaces, batch.add.localhost_interfaces);
+  if (s.ok()) *rules = std::move(next);
+  return s;
+}
+
 void Merge(Batch* into, const Batch& more) {
   for (auto [to, from] : {std::pair<RuleSet*, const RuleSet*>{&into->remove, &more.remove},
                           {&into->add, &more.add}}) {

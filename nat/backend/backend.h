@@ -27,6 +27,12 @@ struct Batch {
   std::string DebugString() const;
 };
 
+// `batch` applied to `rules` with a kernel's semantics, for backends that
+// keep or rewrite whole rule sets: removals first, then additions; removing
+// an element that is not there is kNotFound, adding one that is there
+// kAlreadyExists, each naming the element; on error `rules` is unchanged.
+absl::Status ApplyBatch(const Batch& batch, RuleSet* rules);
+
 // Adds `more`'s removals and additions to `into`.
 void Merge(Batch* into, const Batch& more);
 

@@ -568,26 +568,9 @@ absl::Status IptablesBackend::Apply(const Batch& batch) {
     return absl::FailedPreconditionError("iptables chains FABRIC-* are missing");
   }
   RuleSet next = state->rules;
-  // The same all-or-nothing contract as the kernel's nftables batches.
-  for (const auto& e : batch.remove.dnat) {
-    if (next.dnat.erase(e) == 0) {
-      return absl::NotFoundError(absl::StrCat("iptables: remove ", e.ToString(),
-                                              ": not in FABRIC-HOSTPORTS; nothing changed"));
-    }
+  if (absl::Status s = ApplyBatch(batch, &next); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("iptables: ", s.message(), "; nothing changed"));
   }
-  for (const auto& p : batch.remove.masquerade) next.masquerade.erase(p);
-  for (const auto& p : batch.remove.hairpin) next.hairpin.erase(p);
-  for (const auto& i : batch.remove.localhost_interfaces) next.localhost_interfaces.erase(i);
-  for (const auto& e : batch.add.dnat) {
-    if (!next.dnat.insert(e).second) {
-      return absl::AlreadyExistsError(absl::StrCat("iptables: add ", e.ToString(),
-                                                   ": already in FABRIC-HOSTPORTS; nothing changed"));
-    }
-  }
-  next.masquerade.insert(batch.add.masquerade.begin(), batch.add.masquerade.end());
-  next.hairpin.insert(batch.add.hairpin.begin(), batch.add.hairpin.end());
-  next.localhost_interfaces.insert(batch.add.localhost_interfaces.begin(),
-                                   batch.add.localhost_interfaces.end());
   if (absl::Status s = Replace(next); !s.ok()) return s;
   for (const std::string& i : batch.remove.localhost_interfaces) {
     SetRouteLocalnet(i, false).IgnoreError();
