@@ -1,7 +1,5 @@
 #include "nat/backend/fake/fake_backend.h"
 
-#include "absl/strings/str_cat.h"
-
 namespace fabric::nat {
 
 absl::Status FakeBackend::TakeFailure() {
