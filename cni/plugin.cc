@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cni/go_json.h"
 #include "nlohmann/json.hpp"
 
 namespace fabric::cni {
@@ -116,14 +117,24 @@ std::variant<Config, CniError> ParseConfig(const std::string& data) {
                           {"localhost", &c.localhost}}) {
     if (auto e = ReadBool(j, key, out)) return error(*e);
   }
-  if (j.contains("runtimeConfig") && j["runtimeConfig"].is_object() &&
-      j["runtimeConfig"].contains("portMappings")) {
-    const json& pm = j["runtimeConfig"]["portMappings"];
-    if (!pm.is_array()) {
-      return error(CniError{7, "invalid network config: runtimeConfig.portMappings "
-                         "must be a list", pm.dump()});
+  // runtimeConfig and its entries come from runtimes that build them from
+  // Go structs (containerd's go-cni sends "HostPort"): keys match as Go's
+  // encoding/json matches them.
+  if (j.contains("runtimeConfig") && j["runtimeConfig"].is_object()) {
+    GoKey key = FindGoKey(j["runtimeConfig"], "portMappings");
+    if (!key.ambiguous.empty()) {
+      return error(CniError{7, absl::StrCat("invalid network config: runtimeConfig has ",
+                                            key.ambiguous,
+                                            ", keys that differ only in case"), ""});
     }
-    c.port_mappings = pm;
+    if (key.value != nullptr) {
+      if (!key.value->is_array()) {
+        return error(CniError{7, absl::StrCat("invalid network config: runtimeConfig.",
+                                              key.spelling, " must be a list"),
+                              key.value->dump()});
+      }
+      c.port_mappings = *key.value;
+    }
   }
   if (j.contains("prevResult") && !j["prevResult"].is_null()) {
     if (!j["prevResult"].is_object()) {
@@ -206,33 +217,46 @@ std::optional<CniError> ParsePortMappings(const json& pms,
       return CniError{7, absl::StrCat("invalid network config: ", where,
                                       " must be an object"), p.dump()};
     }
-    auto port = [&](const char* key, bool required, uint32_t* out) -> std::optional<CniError> {
-      if (!p.contains(key)) {
-        if (!required) return std::nullopt;
+    // Each field as Go decodes it: "hostPort", else "HostPort" or any
+    // other spelling that differs only in case.
+    const json* fields[4] = {};
+    const char* names[4] = {"hostPort", "containerPort", "protocol", "hostIP"};
+    for (int f = 0; f < 4; ++f) {
+      GoKey key = FindGoKey(p, names[f]);
+      if (!key.ambiguous.empty()) {
+        return CniError{7, absl::StrCat("invalid network config: ", where, " has ",
+                                        key.ambiguous, ", keys that differ only in case"),
+                        p.dump()};
+      }
+      fields[f] = key.value;
+    }
+    const json *host_port = fields[0], *container_port = fields[1],
+               *protocol = fields[2], *host_ip = fields[3];
+    auto port = [&](const char* key, const json* v, uint32_t* out) -> std::optional<CniError> {
+      if (v == nullptr) {
         return CniError{7, absl::StrCat("invalid network config: ", where, ".",
                                         key, " is missing"), p.dump()};
       }
-      if (!p[key].is_number_integer() || p[key].get<int64_t>() < 1 ||
-          p[key].get<int64_t>() > 65535) {
+      if (!v->is_number_integer() || v->get<int64_t>() < 1 || v->get<int64_t>() > 65535) {
         return CniError{7, absl::StrCat("invalid network config: ", where, ".",
                                         key, " must be 1-65535"), p.dump()};
       }
-      *out = static_cast<uint32_t>(p[key].get<int64_t>());
+      *out = static_cast<uint32_t>(v->get<int64_t>());
       return std::nullopt;
     };
     v1::PortMappingRequest* r = attachment->add_port_mappings();
     uint32_t host = 0, container = 0;
-    if (auto e = port("hostPort", true, &host)) return e;
-    if (auto e = port("containerPort", true, &container)) return e;
+    if (auto e = port("hostPort", host_port, &host)) return e;
+    if (auto e = port("containerPort", container_port, &container)) return e;
     r->set_host_port(host);
     r->set_container_port(container);
     std::string proto = "tcp";
-    if (p.contains("protocol")) {
-      if (!p["protocol"].is_string()) {
+    if (protocol != nullptr) {
+      if (!protocol->is_string()) {
         return CniError{7, absl::StrCat("invalid network config: ", where,
                                         ".protocol must be a string"), p.dump()};
       }
-      proto = p["protocol"].get<std::string>();
+      proto = protocol->get<std::string>();
       std::transform(proto.begin(), proto.end(), proto.begin(), ::tolower);
     }
     if (proto == "tcp" || proto.empty()) {
@@ -246,12 +270,12 @@ std::optional<CniError> ParsePortMappings(const json& pms,
                                       ".protocol \"", proto,
                                       "\" is not tcp, udp or sctp"), p.dump()};
     }
-    if (p.contains("hostIP")) {
-      if (!p["hostIP"].is_string()) {
+    if (host_ip != nullptr) {
+      if (!host_ip->is_string()) {
         return CniError{7, absl::StrCat("invalid network config: ", where,
                                         ".hostIP must be a string"), p.dump()};
       }
-      r->set_host_ip(p["hostIP"].get<std::string>());
+      r->set_host_ip(host_ip->get<std::string>());
     }
   }
   return std::nullopt;

@@ -1,5 +1,7 @@
 #include "cni/plugin.h"
 
+#include "cni/go_json.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -64,6 +66,20 @@ class PluginTest : public ::testing::Test {
       }
     }
     in.stdin_data = config.is_null() ? "" : config.dump();
+    return RunBytes(in);
+  }
+
+  // Runs ADD with `stdin_data` exactly as a runtime wrote it.
+  Outcome AddBytes(const std::string& stdin_data) {
+    Invocation in;
+    in.env = {{"CNI_COMMAND", "ADD"}, {"CNI_CONTAINERID", "3f2a9b1c"},
+              {"CNI_NETNS", "/run/netns/c1"}, {"CNI_IFNAME", "eth0"},
+              {"CNI_PATH", "/usr/lib/cni"}};
+    in.stdin_data = stdin_data;
+    return RunBytes(in);
+  }
+
+  Outcome RunBytes(const Invocation& in) {
     return RunPlugin(in, [this](const std::string& socket) {
       socket_ = socket;
       return std::unique_ptr<AgentClient>(new Proxy(&agent_));
@@ -311,6 +327,142 @@ TEST_F(PluginTest, StatusReportsAvailability) {
   EXPECT_EQ(json::parse(o.stdout_data)["code"], 50);
   agent_.status_status = absl::UnavailableError("no socket");
   EXPECT_EQ(json::parse(Run("STATUS", config).stdout_data)["code"], 50);
+}
+
+
+// prevResult as the bridge plugin prints it (1.0.0), compact, for the literal
+// runtime inputs below.
+constexpr char kBridgePrevResult[] =
+    R"({"cniVersion":"1.0.0","interfaces":[{"name":"cni0","mac":"aa:bb:cc:dd:ee:ff"},)"
+    R"({"name":"veth1234","mac":"aa:bb:cc:dd:ee:01"},)"
+    R"({"name":"eth0","mac":"aa:bb:cc:dd:ee:02","sandbox":"/var/run/netns/cni-1"}],)"
+    R"("ips":[{"interface":2,"address":"10.22.0.5/16","gateway":"10.22.0.1"}],"dns":{}})";
+
+// What every runtime below asks for: 8080/tcp -> 80 on any address and
+// 5353/udp -> 53 on 192.0.2.1.
+void ExpectTwoMappings(const v1::Attachment& a) {
+  ASSERT_EQ(a.port_mappings_size(), 2);
+  EXPECT_EQ(a.port_mappings(0).host_port(), 8080);
+  EXPECT_EQ(a.port_mappings(0).container_port(), 80);
+  EXPECT_EQ(a.port_mappings(0).protocol(), v1::PROTOCOL_TCP);
+  EXPECT_EQ(a.port_mappings(0).host_ip(), "");
+  EXPECT_EQ(a.port_mappings(1).host_port(), 5353);
+  EXPECT_EQ(a.port_mappings(1).container_port(), 53);
+  EXPECT_EQ(a.port_mappings(1).protocol(), v1::PROTOCOL_UDP);
+  EXPECT_EQ(a.port_mappings(1).host_ip(), "192.0.2.1");
+}
+
+// containerd 1.6 (CRI plugin, go-cni): PortMapping has no JSON tags, so Go
+// field names are the keys; libcni injects runtimeConfig last (struct field
+// order) after re-marshalling the rest (sorted keys), and HostIP is always
+// present, empty for "any".
+TEST_F(PluginTest, ContainerdGoFieldNamesArePortMappings) {
+  std::string in = std::string(
+      R"({"agentSocket":"/run/fabric-nat/agent.sock","capabilities":{"portMappings":true},)"
+      R"("cniVersion":"1.0.0","hairpin":true,"masquerade":true,"name":"podnet","prevResult":)") +
+      kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[)"
+      R"({"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""},)"
+      R"({"HostPort":5353,"ContainerPort":53,"Protocol":"udp","HostIP":"192.0.2.1"}]},)"
+      R"("type":"fabric-nat"})";
+  Outcome o = AddBytes(in);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  ExpectTwoMappings(agent_.attached[0]);
+}
+
+// CRI-O (ocicni): tagged hostPort/containerPort/protocol/hostIP.
+TEST_F(PluginTest, CrioTaggedKeysArePortMappings) {
+  std::string in = std::string(
+      R"({"capabilities":{"portMappings":true},"cniVersion":"1.0.0","name":"crio",)"
+      R"("prevResult":)") + kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[)"
+      R"({"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""},)"
+      R"({"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"}]},)"
+      R"("type":"fabric-nat"})";
+  Outcome o = AddBytes(in);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  ExpectTwoMappings(agent_.attached[0]);
+}
+
+// Podman 4 (CNI backend): tagged keys, hostIP omitted when empty.
+TEST_F(PluginTest, PodmanOmitsAnEmptyHostIP) {
+  std::string in = std::string(
+      R"({"capabilities":{"portMappings":true},"cniVersion":"0.4.0","name":"podman",)"
+      R"("prevResult":)") + kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[)"
+      R"({"hostPort":8080,"containerPort":80,"protocol":"tcp"},)"
+      R"({"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"}]},)"
+      R"("type":"fabric-nat"})";
+  Outcome o = AddBytes(in);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  ExpectTwoMappings(agent_.attached[0]);
+}
+
+// libcni's own tools (cnitool's CAP_ARGS) pass the user's JSON through: any
+// spelling Go would accept, e.g. all lower case, and the capability key too.
+TEST_F(PluginTest, AnySpellingGoAcceptsIsAccepted) {
+  std::string in = std::string(
+      R"({"cniVersion":"1.1.0","name":"cnitool","type":"fabric-nat","prevResult":)") +
+      kBridgePrevResult +
+      R"(,"runtimeConfig":{"PORTMAPPINGS":[)"
+      R"({"hostport":8080,"CONTAINERPORT":80,"PROTOCOL":"TCP"},)"
+      // U+017F (long s) and U+212A (Kelvin) fold to s and k in Go too.
+      "{\"ho\xC5\xBFtPort\":5353,\"containerPort\":53,\"protocol\":\"udp\",\"hostip\":\"192.0.2.1\"}]}}";
+  Outcome o = AddBytes(in);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  ExpectTwoMappings(agent_.attached[0]);
+}
+
+TEST_F(PluginTest, ExactSpellingWinsOverAFoldedOne) {
+  std::string in = std::string(
+      R"({"cniVersion":"1.0.0","name":"n","type":"fabric-nat","prevResult":)") +
+      kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[{"HostPort":9,"hostPort":8080,"containerPort":80}]}})";
+  Outcome o = AddBytes(in);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  EXPECT_EQ(agent_.attached[0].port_mappings(0).host_port(), 8080);
+}
+
+// Go would keep the last of two folded spellings in document order, which a
+// parsed object has lost: a clear error instead of a guess.
+TEST_F(PluginTest, TwoFoldedSpellingsWithoutAnExactOneAreAnError) {
+  std::string in = std::string(
+      R"({"cniVersion":"1.0.0","name":"n","type":"fabric-nat","prevResult":)") +
+      kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[{"HostPort":9,"HOSTPORT":8080,"containerPort":80}]}})";
+  Outcome o = AddBytes(in);
+  EXPECT_EQ(o.exit_code, 1);
+  json out = json::parse(o.stdout_data);
+  EXPECT_EQ(out["code"], 7);
+  EXPECT_EQ(out["msg"], "invalid network config: runtimeConfig.portMappings[0] has "
+                        "\"HOSTPORT\", \"HostPort\", keys that differ only in case");
+  EXPECT_TRUE(agent_.attached.empty());
+}
+
+TEST_F(PluginTest, AFoldedKeyOfTheWrongTypeNamesTheField) {
+  std::string in = std::string(
+      R"({"cniVersion":"1.0.0","name":"n","type":"fabric-nat","prevResult":)") +
+      kBridgePrevResult +
+      R"(,"runtimeConfig":{"portMappings":[{"HostPort":"8080","ContainerPort":80}]}})";
+  Outcome o = AddBytes(in);
+  json out = json::parse(o.stdout_data);
+  EXPECT_EQ(out["code"], 7);
+  EXPECT_EQ(out["msg"], "invalid network config: runtimeConfig.portMappings[0].hostPort "
+                        "must be 1-65535");
+  EXPECT_TRUE(agent_.attached.empty());
+}
+
+TEST(GoFoldTest, FoldsAsciiAndTheTwoRunesGoFoldsToAscii) {
+  EXPECT_EQ(GoFold("HostPort"), "hostport");
+  EXPECT_EQ(GoFold("\xE2\x84\xAA"), "k");
+  EXPECT_EQ(GoFold("\xC5\xBF"), "s");
+  // Other non-ASCII bytes are kept, so they never match an ASCII name.
+  EXPECT_EQ(GoFold("h\xC3\xB6st"), "h\xC3\xB6st");
 }
 
 }  // namespace

@@ -18,6 +18,11 @@ PACKAGES=(
   iproute2 nftables iptables conntrack
   # real peers
   containernetworking-plugins natpmpc miniupnpc miniupnpd
+  # container runtimes the deploy tests drive (containerd through CRI, Podman
+  # for the image) and the busybox the test images are made of
+  containerd runc podman busybox-static
+  # systemd-analyze for the unit's verify/security test
+  systemd
   # test clients
   socat curl netcat-openbsd python3 python3-yaml jq procps kmod openssl
 )
