@@ -6,6 +6,7 @@
 //   fabricctl [--socket PATH] remove ID
 //   fabricctl [--socket PATH] backup PATH
 //   fabricctl [--socket PATH] diagnose [--json]
+//   fabricctl [--socket PATH] health [--ready]
 #include <unistd.h>
 
 #include <cstdio>
@@ -15,13 +16,16 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
+#include "agent/version.h"
 #include "grpcpp/grpcpp.h"
 
 ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock", "agent socket");
@@ -29,6 +33,11 @@ ABSL_FLAG(bool, json, false, "print JSON instead of a table");
 ABSL_FLAG(std::string, owner, "fabricctl", "owner id for add");
 ABSL_FLAG(std::string, host_ip, "", "host address for add (default: any)");
 ABSL_FLAG(std::string, description, "", "description for add");
+ABSL_FLAG(bool, ready, false,
+          "health: succeed only when the agent is ready (store open, kernel "
+          "reconciled), not merely answering");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
+          "how long to wait for the agent's answer");
 
 namespace v1 = fabric::nat::v1;
 using google::protobuf::util::TimeUtil;
@@ -133,6 +142,26 @@ int Status(v1::AgentService::Stub& stub) {
   return r.ready() ? 0 : 2;
 }
 
+// For probes (Kubernetes exec probes, scripts): 0 when the agent answers
+// (and with --ready, is ready), 1 otherwise, with the reason on stderr.
+int Health(v1::AgentService::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  v1::GetStatusResponse r;
+  grpc::Status s = stub.GetStatus(&ctx, v1::GetStatusRequest(), &r);
+  if (!s.ok()) {
+    std::fprintf(stderr, "fabricctl: health: agent does not answer: %s\n",
+                 s.error_message().c_str());
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_ready) && !r.ready()) {
+    std::fprintf(stderr, "fabricctl: health: agent not ready: %s\n", r.reason().c_str());
+    return 1;
+  }
+  std::printf("%s\n", r.ready() ? "ready" : absl::StrCat("alive, not ready: ", r.reason()).c_str());
+  return 0;
+}
+
 int Add(v1::MappingService::Stub& stub, const std::vector<char*>& args) {
   if (args.size() != 4) {
     std::fprintf(stderr, "usage: fabricctl add tcp|udp|sctp HOSTPORT TARGETIP:PORT\n");
@@ -234,8 +263,13 @@ int main(int argc, char** argv) {
       "  add PROTO HOSTPORT TARGETIP:PORT   create an API mapping (HOSTPORT 0 allocates)\n"
       "  remove ID                          delete an API mapping\n"
       "  diagnose [--json]                  compare kernel and store; exit 1 if not healthy\n"
+      "  health [--ready]                   exit 0 if the agent answers (--ready: and is\n"
+      "                                     ready: kernel reconciled), else 1 (probes)\n"
       "  backup PATH                        snapshot the agent's state (start an\n"
       "                                     agent from it: PATH as <state_dir>/state.db)");
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] { return absl::StrCat("fabricctl ", fabric::kVersion, "\n"); };
+  absl::SetFlagsUsageConfig(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   args.erase(args.begin());
   if (args.empty()) {
@@ -246,7 +280,7 @@ int main(int argc, char** argv) {
   if (access(socket.c_str(), F_OK) != 0) {
     std::fprintf(stderr, "fabricctl: no agent socket at %s (is fabric-agent running? --socket)\n",
                  socket.c_str());
-    return 3;
+    return args[0] == std::string("health") ? 1 : 3;
   }
   auto channel = grpc::CreateChannel(absl::StrCat("unix:", socket),
                                      grpc::InsecureChannelCredentials());
@@ -262,6 +296,10 @@ int main(int argc, char** argv) {
   if (cmd == "add") {
     auto stub = v1::MappingService::NewStub(channel);
     return Add(*stub, args);
+  }
+  if (cmd == "health") {
+    auto stub = v1::AgentService::NewStub(channel);
+    return Health(*stub);
   }
   if (cmd == "diagnose") {
     auto stub = v1::AgentService::NewStub(channel);

@@ -8,8 +8,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "agent/agent.h"
+#include "agent/sd_notify.h"
+#include "agent/version.h"
 
 ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock",
           "unix socket for the CNI plugin and fabricctl (created mode 0600)");
@@ -57,6 +60,9 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Fabric NAT agent: owns the node's NAT rules. Flags may come from a file "
       "with --flagfile.");
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] { return absl::StrCat("fabric-agent ", fabric::kVersion, "\n"); };
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
   // Signals are taken synchronously by this thread; block them before any
   // other thread starts.
@@ -95,8 +101,13 @@ int main(int argc, char** argv) {
                  std::string(agent.status().message()).c_str());
     return 1;
   }
+  // systemd (Type=notify): the kernel matches the store and the API serves.
+  if (absl::Status s = fabric::agent::NotifySystemd("READY=1"); !s.ok()) {
+    fabric::agent::LogLine(absl::StrCat("sd_notify: ", s.message()));
+  }
   int sig = 0;
   sigwait(&signals, &sig);
+  (void)fabric::agent::NotifySystemd("STOPPING=1");
   fabric::agent::LogLine(absl::StrCat("signal ", sig, ": stopping"));
   agent->reset();
   return 0;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "agent/version.h"
 
 namespace fabric::agent {
 
@@ -137,6 +138,7 @@ grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,
                                          const v1::GetStatusRequest*,
                                          v1::GetStatusResponse* response) {
   *response = core_->Status();
+  response->set_version(kVersion);
   return grpc::Status::OK;
 }
 

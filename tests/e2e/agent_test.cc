@@ -1,10 +1,15 @@
 // fabric-agent as a process: its socket, metrics, health, restarts and the
 // rules it leaves in place, in a namespace of its own.
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -69,6 +74,42 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
   }
   EXPECT_THAT(agent_->LogText(), HasSubstr("op=create_mapping owner=web outcome=ok"));
   EXPECT_THAT(agent_->LogText(), HasSubstr("outcome=ALREADY_EXISTS"));
+}
+
+// What systemd (Type=notify) and Kubernetes exec probes see: READY=1 on
+// $NOTIFY_SOCKET once the kernel is reconciled, `fabricctl health --ready`
+// succeeding while the agent serves and failing once it is gone.
+TEST_F(AgentTest, ReadinessReachesSystemdAndHealthProbes) {
+  std::string notify = dir_ + "/notify";
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, notify.c_str());
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  auto receive = [fd]() -> std::string {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) return "";
+    char buf[128];
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    return n > 0 ? std::string(buf, n) : "";
+  };
+  setenv("NOTIFY_SOCKET", notify.c_str(), 1);
+  StartAgent();
+  unsetenv("NOTIFY_SOCKET");
+  EXPECT_EQ(receive(), "READY=1");
+  EXPECT_THAT(Ctl("health --ready"), IsOkAndHolds("ready\n"));
+  EXPECT_THAT(Ctl("status --json"), IsOkAndHolds(HasSubstr("\"version\": \"0.3.0\"")));
+  agent_->Stop();
+  EXPECT_EQ(receive(), "STOPPING=1");
+  close(fd);
+  ASSERT_OK_AND_ASSIGN(testing::CommandResult down,
+                       testing::RunCommand(absl::StrCat(testing::Runfile("agent/fabricctl"),
+                                                        " --socket ", dir_, "/agent.sock",
+                                                        " health --ready --timeout=2s")));
+  EXPECT_EQ(down.exit_code, 1);
+  // A stopped agent removes its socket.
+  EXPECT_THAT(down.err, HasSubstr("fabricctl: no agent socket at " + dir_ + "/agent.sock"));
 }
 
 TEST_F(AgentTest, StopLeavesRulesAndRestartRestoresState) {
