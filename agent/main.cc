@@ -1,8 +1,14 @@
 // fabric-agent: flags and wiring only (see agent/agent.h).
+//
+//   fabric-agent [flags]              the node's agent
+//   fabric-agent install-cni [flags]  the install step (agent/install/cni_install.h)
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -10,7 +16,10 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
+#include "fabric/nat/v1/nat.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "agent/agent.h"
+#include "agent/install/cni_install.h"
 #include "agent/sd_notify.h"
 #include "agent/version.h"
 
@@ -56,6 +65,91 @@ ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
 ABSL_FLAG(std::string, tls_key, "", "server key (PEM)");
 ABSL_FLAG(std::string, tls_client_ca, "", "CA that signs client certificates");
 
+// install-cni
+ABSL_FLAG(std::string, plugin, "/usr/local/bin/fabric-nat",
+          "install-cni: the fabric-nat binary to install");
+ABSL_FLAG(std::string, cni_bin_dir, "/opt/cni/bin",
+          "install-cni: the node's CNI plugin directory");
+ABSL_FLAG(std::string, cni_conf_dir, "/etc/cni/net.d",
+          "install-cni: the node's CNI configuration directory");
+ABSL_FLAG(std::string, cni_conf_name, "00-fabric-nat.conflist",
+          "install-cni: the configuration list it writes (must sort first)");
+ABSL_FLAG(std::string, chain_into, "",
+          "install-cni: the configuration in --cni_conf_dir to chain fabric-nat "
+          "into; empty: the first in sorted order");
+ABSL_FLAG(std::string, network_config, "",
+          "install-cni: install this configuration list (a network of its own) "
+          "instead of chaining into the node's");
+ABSL_FLAG(std::string, plugin_options, R"({"hairpin": true})",
+          "install-cni: JSON object of keys for the fabric-nat entry "
+          "(masquerade, hairpin, localhost)");
+ABSL_FLAG(bool, watch, false,
+          "install-cni: keep running and put back what changes (the node's "
+          "network, a deleted conflist or plugin)");
+ABSL_FLAG(bool, uninstall, false,
+          "install-cni: remove the configuration list it wrote (the runtimes "
+          "fall back to the original network) and exit");
+ABSL_FLAG(bool, uninstall_plugin, false,
+          "install-cni --uninstall: remove the plugin binary too (pods that "
+          "still exist then cannot be deleted through fabric-nat)");
+
+namespace {
+
+// `fabric-agent install-cni`: blocks SIGTERM/SIGINT in `signals`.
+int InstallCni(const sigset_t& signals) {
+  namespace install = fabric::agent::install;
+  install::InstallConfig config;
+  config.plugin_source = absl::GetFlag(FLAGS_plugin);
+  config.cni_bin_dir = absl::GetFlag(FLAGS_cni_bin_dir);
+  config.cni_conf_dir = absl::GetFlag(FLAGS_cni_conf_dir);
+  config.conf_name = absl::GetFlag(FLAGS_cni_conf_name);
+  config.chain_into = absl::GetFlag(FLAGS_chain_into);
+  config.network_config = absl::GetFlag(FLAGS_network_config);
+  config.agent_socket = absl::GetFlag(FLAGS_socket);
+  config.plugin_options = absl::GetFlag(FLAGS_plugin_options);
+  auto log = [](const std::string& line) { fabric::agent::LogLine(line); };
+  if (absl::GetFlag(FLAGS_uninstall)) {
+    absl::Status s = install::Uninstall(config, absl::GetFlag(FLAGS_uninstall_plugin));
+    if (!s.ok()) {
+      std::fprintf(stderr, "fabric-agent install-cni: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    log(absl::StrCat("install-cni: removed ", config.cni_conf_dir, "/", config.conf_name));
+    return 0;
+  }
+  auto channel = grpc::CreateChannel(absl::StrCat("unix:", config.agent_socket),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = fabric::nat::v1::AgentService::NewStub(channel);
+  auto ready = [&]() -> absl::Status {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    fabric::nat::v1::GetStatusResponse r;
+    grpc::Status s = stub->GetStatus(&ctx, fabric::nat::v1::GetStatusRequest(), &r);
+    if (!s.ok()) {
+      return absl::UnavailableError(absl::StrCat("agent at ", config.agent_socket,
+                                                 " does not answer: ", s.error_message()));
+    }
+    if (!r.ready()) return absl::UnavailableError(absl::StrCat("agent not ready: ", r.reason()));
+    return absl::OkStatus();
+  };
+  static std::atomic<bool> stop{false};
+  std::thread([signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    stop = true;
+  }).detach();
+  install::LoopOptions options;
+  options.once = !absl::GetFlag(FLAGS_watch);
+  absl::Status s = install::RunInstaller(config, options, ready, log, stop);
+  if (!s.ok()) {
+    std::fprintf(stderr, "fabric-agent install-cni: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Fabric NAT agent: owns the node's NAT rules. Flags may come from a file "
@@ -63,7 +157,7 @@ int main(int argc, char** argv) {
   absl::FlagsUsageConfig usage;
   usage.version_string = [] { return absl::StrCat("fabric-agent ", fabric::kVersion, "\n"); };
   absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   // Signals are taken synchronously by this thread; block them before any
   // other thread starts.
   sigset_t signals;
@@ -72,6 +166,13 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  if (args.size() > 1) {
+    if (std::string(args[1]) == "install-cni" && args.size() == 2) return InstallCni(signals);
+    std::fprintf(stderr, "fabric-agent: unknown command \"%s\" (commands: install-cni)\n",
+                 args[1]);
+    return 2;
+  }
 
   fabric::agent::AgentConfig config;
   config.socket = absl::GetFlag(FLAGS_socket);

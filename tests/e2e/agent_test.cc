@@ -1,9 +1,11 @@
 // fabric-agent as a process: its socket, metrics, health, restarts and the
 // rules it leaves in place, in a namespace of its own.
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +28,7 @@ using ::fabric::testing::AgentProcess;
 using ::fabric::testing::IsOkAndHolds;
 using ::fabric::testing::Netns;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class AgentTest : public ::testing::Test {
  protected:
@@ -110,6 +113,47 @@ TEST_F(AgentTest, ReadinessReachesSystemdAndHealthProbes) {
   EXPECT_EQ(down.exit_code, 1);
   // A stopped agent removes its socket.
   EXPECT_THAT(down.err, HasSubstr("fabricctl: no agent socket at " + dir_ + "/agent.sock"));
+}
+
+// `fabric-agent install-cni --watch` as the DaemonSet's sidecar runs it, in
+// a temporary root: the plugin at once, the chained network only once the
+// agent answers ready, and SIGTERM (an upgrade) leaves both in place.
+TEST_F(AgentTest, InstallCniWaitsForTheAgentAndStopsLeavingFilesInPlace) {
+  std::string root = dir_ + "/root";
+  ASSERT_OK(testing::Shell(absl::StrCat("mkdir -p ", root, "/bin ", root, "/net.d")));
+  ASSERT_OK(testing::Shell(absl::StrCat(
+      "printf '%s' '{\"cniVersion\":\"1.0.0\",\"name\":\"node\",\"plugins\":[",
+      "{\"type\":\"bridge\"},{\"type\":\"portmap\"}]}' > ", root, "/net.d/10-node.conflist")));
+  ASSERT_OK_AND_ASSIGN(
+      pid_t installer,
+      ns_->Spawn(absl::StrCat("exec ", testing::Runfile("agent/fabric-agent"),
+                              " install-cni --watch --socket ", dir_, "/agent.sock",
+                              " --plugin ", testing::Runfile("cni/fabric-nat"),
+                              " --cni_bin_dir ", root, "/bin --cni_conf_dir ", root,
+                              "/net.d > ", dir_, "/install.log 2>&1")));
+  auto exists = [](const std::string& path) { return access(path.c_str(), F_OK) == 0; };
+  for (int i = 0; i < 100 && !exists(root + "/bin/fabric-nat"); ++i) usleep(50000);
+  ASSERT_TRUE(exists(root + "/bin/fabric-nat"));
+  usleep(500000);
+  EXPECT_FALSE(exists(root + "/net.d/00-fabric-nat.conflist"));
+  StartAgent();
+  for (int i = 0; i < 100 && !exists(root + "/net.d/00-fabric-nat.conflist"); ++i) usleep(50000);
+  ASSERT_OK_AND_ASSIGN(std::string conflist,
+                       testing::Shell("cat " + root + "/net.d/00-fabric-nat.conflist"));
+  EXPECT_THAT(conflist, HasSubstr("\"type\": \"fabric-nat\""));
+  EXPECT_THAT(conflist, Not(HasSubstr("portmap")));
+  EXPECT_THAT(conflist, HasSubstr(absl::StrCat("\"agentSocket\": \"", dir_, "/agent.sock\"")));
+  ASSERT_OK_AND_ASSIGN(std::string log, testing::Shell("cat " + dir_ + "/install.log"));
+  EXPECT_THAT(log, HasSubstr("install-cni: waiting for the agent"));
+  EXPECT_THAT(log, HasSubstr("install-cni: wrote " + root +
+                             "/net.d/00-fabric-nat.conflist (10-node.conflist with fabric-nat)"));
+  // The shell exec'd the agent binary, so `installer` is fabric-agent.
+  ASSERT_EQ(kill(installer, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(installer, &status, 0), installer);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_TRUE(exists(root + "/net.d/00-fabric-nat.conflist"));
+  EXPECT_TRUE(exists(root + "/bin/fabric-nat"));
 }
 
 TEST_F(AgentTest, StopLeavesRulesAndRestartRestoresState) {
@@ -292,8 +336,15 @@ TEST_F(AgentTest, ColdStartWithTenThousandMappingsIsOneTransaction) {
   ASSERT_OK(ns_->Spawn("exec stdbuf -oL nft monitor > " + events).status());
   absl::SleepFor(absl::Milliseconds(200));
   StartAgent();
+  // nft monitor prints the transaction's end last; under load it may come
+  // a while after the agent serves. Then give a second one time to show.
+  std::string text;
+  for (int i = 0; i < 100 && text.find("new generation") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_OK_AND_ASSIGN(text, testing::Shell("cat " + events));
+  }
   absl::SleepFor(absl::Milliseconds(300));
-  ASSERT_OK_AND_ASSIGN(std::string text, testing::Shell("cat " + events));
+  ASSERT_OK_AND_ASSIGN(text, testing::Shell("cat " + events));
   EXPECT_EQ(std::count(text.begin(), text.end() , '#'), 1)
       << "expected one transaction (one '# new generation' line)";
   EXPECT_THAT(text, HasSubstr("new generation"));

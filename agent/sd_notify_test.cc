@@ -1,0 +1,73 @@
+#include "agent/sd_notify.h"
+
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "testing/status_matchers.h"
+
+namespace fabric::agent {
+namespace {
+
+using ::fabric::testing::StatusIs;
+
+// A datagram socket standing in for systemd's notify socket.
+class Listener {
+ public:
+  explicit Listener(const std::string& name) : fd_(socket(AF_UNIX, SOCK_DGRAM, 0)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, name.data(), name.size());
+    if (name[0] == '@') addr.sun_path[0] = '\0';
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr),
+                   offsetof(sockaddr_un, sun_path) + name.size()),
+              0);
+  }
+  ~Listener() { close(fd_); }
+  std::string Receive() {
+    char buf[256];
+    ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    return n < 0 ? "" : std::string(buf, n);
+  }
+
+ private:
+  int fd_;
+};
+
+TEST(NotifySystemdTest, SendsTheStateToAPathSocket) {
+  std::string path = absl::StrCat(getenv("TEST_TMPDIR"), "/notify");
+  Listener l(path);
+  setenv("NOTIFY_SOCKET", path.c_str(), 1);
+  EXPECT_OK(NotifySystemd("READY=1"));
+  EXPECT_EQ(l.Receive(), "READY=1");
+}
+
+TEST(NotifySystemdTest, SendsToAnAbstractSocket) {
+  std::string name = absl::StrCat("@fabric-notify-test-", getpid());
+  Listener l(name);
+  setenv("NOTIFY_SOCKET", name.c_str(), 1);
+  EXPECT_OK(NotifySystemd("STOPPING=1"));
+  EXPECT_EQ(l.Receive(), "STOPPING=1");
+}
+
+TEST(NotifySystemdTest, WithoutNotifySocketDoesNothing) {
+  unsetenv("NOTIFY_SOCKET");
+  EXPECT_OK(NotifySystemd("READY=1"));
+}
+
+TEST(NotifySystemdTest, AnAbsentListenerIsUnavailable) {
+  std::string path = absl::StrCat(getenv("TEST_TMPDIR"), "/nobody");
+  setenv("NOTIFY_SOCKET", path.c_str(), 1);
+  EXPECT_THAT(NotifySystemd("READY=1"), StatusIs(absl::StatusCode::kUnavailable));
+  setenv("NOTIFY_SOCKET", "relative", 1);
+  EXPECT_THAT(NotifySystemd("READY=1"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace fabric::agent
