@@ -21,6 +21,9 @@ PACKAGES=(
   # container runtimes the deploy tests drive (containerd through CRI, Podman
   # for the image) and the busybox the test images are made of
   containerd runc podman busybox-static
+  # crun: //deploy:image_test runs its containers without cgroups
+  # (--cgroups=disabled), which runc cannot do
+  crun
   # systemd-analyze for the unit's verify/security test
   systemd
   # test clients
