@@ -48,6 +48,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The Kubernetes manifest validator's npm packages (versions pinned in its
+# package-lock.json), installed with npm ci into its git-ignored
+# node_modules. Skipped when node_modules was installed from this very lock
+# file (a stamp holds the lock file's hash).
+validator=deploy/kubernetes/validate
+if [ -f "$(dirname "$0")/../$validator/package-lock.json" ]; then
+  validator="$(cd "$(dirname "$0")/.." && pwd)/$validator"
+  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    echo "setup: installing nodejs npm" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  want=$(cat "$validator/package.json" "$validator/package-lock.json" | sha256sum | cut -d' ' -f1)
+  stamp="$validator/node_modules/.fabric-nat-lock.sha256"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: npm ci in $validator" >&2
+    (cd "$validator" && npm ci --no-audit --no-fund --loglevel=error) >&2
+    echo "$want" >"$stamp"
+  fi
+fi
+
 # The kernel modules the nftables backend and tests use. Loading may fail
 # inside some containers where they are built in; that is fine.
 for m in nf_tables nft_nat nft_chain_nat nf_nat nf_conntrack nft_fib nft_fib_inet \
