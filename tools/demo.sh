@@ -7,8 +7,10 @@
 #                              |-- c2 10.88.0.y: web server, published as 8081
 #                              `-- lan0 192.168.77.1 --- lan (192.168.77.10)
 #
-# It starts the agent, adds two containers the way a runtime does (the
-# reference bridge + host-local plugins, then fabric-nat, chained), shows a
+# It starts the agent, shows the install step chaining fabric-nat into a
+# node's network, adds two containers the way a runtime does (the
+# reference bridge + host-local plugins, then fabric-nat, chained; the
+# second with containerd's spelling of the port mappings), shows a
 # request from outside reaching a published port, a hairpin request, a LAN
 # host mapping a port for itself with NAT-PMP (Debian's natpmpc) and PCP,
 # what fabricctl and the kernel hold, a firewall flush healing itself, and
@@ -115,6 +117,18 @@ in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/stat
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 run "$BIN/agent/fabricctl" --socket "$SOCK" status
+run "$BIN/agent/fabricctl" --socket "$SOCK" health --ready
+
+say "The install step: fabric-agent install-cni chains fabric-nat into a node's network"
+mkdir -p "$WORK/node/net.d" "$WORK/node/bin"
+cp agent/install/testdata/10-containerd-net.conflist "$WORK/node/net.d/"
+echo "the node's network (containerd's default): $(jq -c '[.plugins[].type]' "$WORK/node/net.d/10-containerd-net.conflist")"
+echo "$ fabric-agent install-cni --socket $SOCK --plugin .../fabric-nat --cni_bin_dir $WORK/node/bin --cni_conf_dir $WORK/node/net.d"
+# (its log lines without their timestamps)
+"$BIN/agent/fabric-agent" install-cni --socket "$SOCK" --plugin "$BIN/cni/fabric-nat" \
+  --cni_bin_dir "$WORK/node/bin" --cni_conf_dir "$WORK/node/net.d" 2>&1 | sed 's/^[^ ]* //'
+echo "written: $(ls "$WORK/node/net.d" | tr '\n' ' ')"
+echo "00-fabric-nat.conflist: $(jq -c '{name, plugins: [.plugins[].type]}' "$WORK/node/net.d/00-fabric-nat.conflist")"
 
 say "Two containers with web servers"
 for c in "$C1" "$C2" "$LAN"; do
@@ -125,8 +139,8 @@ done
 
 say "ADD $C1 with portMappings [8080 -> 80/tcp], as a runtime would"
 cni_chain ADD "$C1" '[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]' | jq -c '{cniVersion, ips}'
-say "ADD $C2 with portMappings [8081 -> 80/tcp]"
-cni_chain ADD "$C2" '[{"hostPort":8081,"containerPort":80,"protocol":"tcp"}]' | jq -c '{cniVersion, ips}'
+say "ADD $C2 with portMappings [8081 -> 80/tcp], spelled as containerd 1.6 sends them (Go field names)"
+cni_chain ADD "$C2" '[{"HostPort":8081,"ContainerPort":80,"Protocol":"tcp","HostIP":""}]' | jq -c '{cniVersion, ips}'
 sleep 0.3
 
 say "From $OUT: curl http://192.0.2.1:8080/ (DNAT to $C1)"
