@@ -79,6 +79,24 @@ class PluginTest : public ::testing::Test {
     return RunBytes(in);
   }
 
+  // ADD with `stdin_data` succeeds and asks for 8080/tcp -> 80 on any
+  // address and 5353/udp -> 53 on 192.0.2.1 (what every runtime below asks).
+  void ExpectAddSendsTwoMappings(const std::string& stdin_data) {
+    Outcome o = AddBytes(stdin_data);
+    ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+    ASSERT_EQ(agent_.attached.size(), 1u);
+    const v1::Attachment& a = agent_.attached[0];
+    ASSERT_EQ(a.port_mappings_size(), 2);
+    EXPECT_EQ(a.port_mappings(0).host_port(), 8080);
+    EXPECT_EQ(a.port_mappings(0).container_port(), 80);
+    EXPECT_EQ(a.port_mappings(0).protocol(), v1::PROTOCOL_TCP);
+    EXPECT_EQ(a.port_mappings(0).host_ip(), "");
+    EXPECT_EQ(a.port_mappings(1).host_port(), 5353);
+    EXPECT_EQ(a.port_mappings(1).container_port(), 53);
+    EXPECT_EQ(a.port_mappings(1).protocol(), v1::PROTOCOL_UDP);
+    EXPECT_EQ(a.port_mappings(1).host_ip(), "192.0.2.1");
+  }
+
   Outcome RunBytes(const Invocation& in) {
     return RunPlugin(in, [this](const std::string& socket) {
       socket_ = socket;
@@ -338,20 +356,6 @@ constexpr char kBridgePrevResult[] =
     R"({"name":"eth0","mac":"aa:bb:cc:dd:ee:02","sandbox":"/var/run/netns/cni-1"}],)"
     R"("ips":[{"interface":2,"address":"10.22.0.5/16","gateway":"10.22.0.1"}],"dns":{}})";
 
-// What every runtime below asks for: 8080/tcp -> 80 on any address and
-// 5353/udp -> 53 on 192.0.2.1.
-void ExpectTwoMappings(const v1::Attachment& a) {
-  ASSERT_EQ(a.port_mappings_size(), 2);
-  EXPECT_EQ(a.port_mappings(0).host_port(), 8080);
-  EXPECT_EQ(a.port_mappings(0).container_port(), 80);
-  EXPECT_EQ(a.port_mappings(0).protocol(), v1::PROTOCOL_TCP);
-  EXPECT_EQ(a.port_mappings(0).host_ip(), "");
-  EXPECT_EQ(a.port_mappings(1).host_port(), 5353);
-  EXPECT_EQ(a.port_mappings(1).container_port(), 53);
-  EXPECT_EQ(a.port_mappings(1).protocol(), v1::PROTOCOL_UDP);
-  EXPECT_EQ(a.port_mappings(1).host_ip(), "192.0.2.1");
-}
-
 // containerd 1.6 (CRI plugin, go-cni): PortMapping has no JSON tags, so Go
 // field names are the keys; libcni injects runtimeConfig last (struct field
 // order) after re-marshalling the rest (sorted keys), and HostIP is always
@@ -365,10 +369,7 @@ TEST_F(PluginTest, ContainerdGoFieldNamesArePortMappings) {
       R"({"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""},)"
       R"({"HostPort":5353,"ContainerPort":53,"Protocol":"udp","HostIP":"192.0.2.1"}]},)"
       R"("type":"fabric-nat"})";
-  Outcome o = AddBytes(in);
-  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
-  ASSERT_EQ(agent_.attached.size(), 1u);
-  ExpectTwoMappings(agent_.attached[0]);
+  ExpectAddSendsTwoMappings(in);
 }
 
 // CRI-O (ocicni): tagged hostPort/containerPort/protocol/hostIP.
@@ -380,10 +381,7 @@ TEST_F(PluginTest, CrioTaggedKeysArePortMappings) {
       R"({"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""},)"
       R"({"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"}]},)"
       R"("type":"fabric-nat"})";
-  Outcome o = AddBytes(in);
-  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
-  ASSERT_EQ(agent_.attached.size(), 1u);
-  ExpectTwoMappings(agent_.attached[0]);
+  ExpectAddSendsTwoMappings(in);
 }
 
 // Podman 4 (CNI backend): tagged keys, hostIP omitted when empty.
@@ -395,10 +393,7 @@ TEST_F(PluginTest, PodmanOmitsAnEmptyHostIP) {
       R"({"hostPort":8080,"containerPort":80,"protocol":"tcp"},)"
       R"({"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"192.0.2.1"}]},)"
       R"("type":"fabric-nat"})";
-  Outcome o = AddBytes(in);
-  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
-  ASSERT_EQ(agent_.attached.size(), 1u);
-  ExpectTwoMappings(agent_.attached[0]);
+  ExpectAddSendsTwoMappings(in);
 }
 
 // libcni's own tools (cnitool's CAP_ARGS) pass the user's JSON through: any
@@ -411,10 +406,7 @@ TEST_F(PluginTest, AnySpellingGoAcceptsIsAccepted) {
       R"({"hostport":8080,"CONTAINERPORT":80,"PROTOCOL":"TCP"},)"
       // U+017F (long s) and U+212A (Kelvin) fold to s and k in Go too.
       "{\"ho\xC5\xBFtPort\":5353,\"containerPort\":53,\"protocol\":\"udp\",\"hostip\":\"192.0.2.1\"}]}}";
-  Outcome o = AddBytes(in);
-  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
-  ASSERT_EQ(agent_.attached.size(), 1u);
-  ExpectTwoMappings(agent_.attached[0]);
+  ExpectAddSendsTwoMappings(in);
 }
 
 TEST_F(PluginTest, ExactSpellingWinsOverAFoldedOne) {
