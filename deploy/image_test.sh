@@ -29,6 +29,8 @@ NAT=$RUN/cni/fabric-nat
 NETTOOL=$RUN/testing/nettool.py
 IMAGE=docker.io/library/fabric-nat:dev
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# shellcheck source=testing/podman_env.sh
+source "$RUN/testing/podman_env.sh"
 
 checks=0
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -37,23 +39,11 @@ pass() { checks=$((checks + 1)); echo "ok: $*"; }
 # ---------------------------------------------------------------- inner half
 # Runs under `unshare --mount --propagation private`: T, HOST_NS, CTR set.
 if [ "${1:-}" = --inner ]; then
-  mount -n --bind "$T/var/lib" /var/lib
-  mount -n --bind "$T/var/cache" /var/cache
-  mount -n --bind "$T/var/tmp" /var/tmp
-  if [ "$(stat -f -c %T /sys/fs/cgroup)" = tmpfs ] &&
-     [ "$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null)" = cgroup2fs ]; then
-    umount -n /sys/fs/cgroup/unified
-  fi
-  export TMPDIR=$T/var/tmp
-  # crun with its state under the temp dir; Podman passes the same path to
-  # the exit command (`podman container cleanup`), so that finds it too.
-  mkdir -p "$T/bin" "$T/crun"
-  printf '#!/bin/sh\nexec /usr/bin/crun --root %s "$@"\n' "$T/crun" > "$T/bin/crun"
-  chmod +x "$T/bin/crun"
+  podman_private_env "$T"
   P=(podman --root "$T/store/root" --runroot "$T/store/run" --tmpdir "$T/store/tmp"
      --network-config-dir "$T/store/net" --events-backend file
      --cgroup-manager cgroupfs --storage-driver overlay --runtime "$T/bin/crun")
-  R=(--pull=never --cgroups=disabled --ulimit nofile=8192:8192 --ulimit nproc=8192:8192)
+  R=("${PODMAN_RUN_ARGS[@]}")
 
   inner_cleanup() {
     local rc=$?
