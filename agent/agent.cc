@@ -69,6 +69,23 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 
 }  // namespace
 
+// nftables' change events, minus the agent's own (its backend's port id).
+class Agent::NftablesChanges : public ChangeSource {
+ public:
+  NftablesChanges(nat::ChangeMonitor* monitor, uint32_t own_port_id)
+      : monitor_(monitor), own_port_id_(own_port_id) {}
+  absl::StatusOr<bool> Wait(absl::Duration timeout, std::string* what) override {
+    return monitor_->WaitForForeignChange(own_port_id_, timeout, what);
+  }
+  absl::StatusOr<bool> Drain(std::string* what) override {
+    return monitor_->Drain(own_port_id_, what);
+  }
+
+ private:
+  nat::ChangeMonitor* const monitor_;
+  const uint32_t own_port_id_;
+};
+
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   std::unique_ptr<Agent> agent(new Agent());
   absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
@@ -83,6 +100,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!b.ok()) return b.status();
     agent->own_port_id_ = (*b)->port_id();
     agent->backend_ = std::move(*b);
+    // Reads outside the writer's lock (Check, Diagnose, the periodic
+    // check) go through a connection of their own.
+    absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> reader =
+        nat::NftablesBackend::Create();
+    if (!reader.ok()) return reader.status();
+    agent->reader_ = std::move(*reader);
     // Subscribe before the first sync, so no foreign change after it is
     // missed.
     absl::StatusOr<std::unique_ptr<nat::ChangeMonitor>> m =
@@ -96,6 +119,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
         nat::IptablesBackend::Create();
     if (!b.ok()) return b.status();
     agent->backend_ = std::move(*b);
+    absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> reader =
+        nat::IptablesBackend::Create();
+    if (!reader.ok()) return reader.status();
+    agent->reader_ = std::move(*reader);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "--backend must be nftables or iptables, not \"", config.backend, "\""));
@@ -105,9 +132,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   if (absl::Status s = MakeDirs(config.state_dir, 0700); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir);
   if (!store.ok()) return store.status();
-  agent->core_ = std::make_unique<AgentCore>(
-      std::move(*store), agent->backend_.get(), agent->conntrack_.get(),
-      CoreOptions{range->first, range->second});
+  CoreOptions core_options;
+  core_options.dynamic_lo = range->first;
+  core_options.dynamic_hi = range->second;
+  core_options.reader = agent->reader_.get();
+  agent->core_ = std::make_unique<AgentCore>(std::move(*store), agent->backend_.get(),
+                                             agent->conntrack_.get(), core_options);
   if (absl::Status s = agent->core_->Start(); !s.ok()) return s;
   nat::RuleSet desired = agent->core_->Desired();
   LogLine(absl::StrCat("started: backend=", config.backend, " state=",
@@ -217,11 +247,17 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
                          absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
                          config.wan_interface));
   }
-  {
-    Agent* a = agent.get();
-    AgentConfig c = config;
-    agent->reconciler_ = std::thread([a, c] { a->RepairLoop(c); });
+  if (agent->monitor_) {
+    agent->changes_ = std::make_unique<NftablesChanges>(agent->monitor_.get(),
+                                                        agent->own_port_id_);
   }
+  RepairLoopOptions repair;
+  repair.reconcile_interval = config.reconcile_interval;
+  repair.repair_on_change = config.repair_on_change;
+  repair.sweep_dead_netns = config.sweep_dead_netns;
+  agent->repair_ = std::make_unique<RepairLoop>(agent->core_.get(), &agent->metrics_,
+                                                agent->changes_.get(), &agent->clock_, repair);
+  agent->repair_->Start();
   LogLine(absl::StrCat("serving unix:", config.socket,
                        config.tls_address.empty() ? "" : " and tls:" + config.tls_address,
                        agent->http_ ? absl::StrCat(" metrics:", agent->http_->port())
@@ -229,84 +265,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   return agent;
 }
 
-void Agent::Repair(const std::string& why) {
-  absl::Time start = absl::Now();
-  absl::StatusOr<nat::SyncReport> r = core_->Resync();
-  if (!r.ok()) {
-    LogLine(absl::StrCat("repair after ", why, " failed: ", r.status().message()));
-    return;
-  }
-  if (r->action == nat::SyncReport::Action::kNone) return;
-  metrics_.RecordRepair(absl::Now());
-  LogLine(absl::StrFormat("repair after %s: %s in %.3fms", why, r->DebugString(),
-                          absl::ToDoubleMilliseconds(absl::Now() - start)));
-}
-
-void Agent::RepairLoop(const AgentConfig& config) {
-  const absl::Duration interval = config.reconcile_interval;
-  absl::Time next_expiry_check = absl::Now();
-  absl::Time next_check = interval > absl::ZeroDuration()
-                              ? absl::Now() + interval
-                              : absl::InfiniteFuture();
-  for (;;) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stopping_) return;
-    }
-    // Wake at least every 200 ms to notice a stop.
-    absl::Duration wait =
-        std::max(absl::ZeroDuration(),
-                 std::min(absl::Milliseconds(200), next_check - absl::Now()));
-    std::string what;
-    bool changed = false;
-    if (monitor_ && config.repair_on_change) {
-      absl::StatusOr<bool> c =
-          monitor_->WaitForForeignChange(own_port_id_, wait, &what);
-      changed = c.ok() && *c;
-      if (!c.ok()) absl::SleepFor(wait);
-    } else {
-      absl::SleepFor(wait);
-    }
-    if (absl::Now() >= next_expiry_check) {
-      next_expiry_check = absl::Now() + absl::Seconds(1);
-      if (int n = core_->ExpireLeases(); n > 0) {
-        LogLine(absl::StrCat("expired ", n, " lease(s)"));
-      }
-    }
-    if (changed) {
-      // A reload may come as several transactions in quick succession: let
-      // them land, then restore everything in one batch.
-      absl::SleepFor(absl::Milliseconds(5));
-      std::string more;
-      (void)monitor_->Drain(own_port_id_, &more);
-      Repair(what);
-    }
-    if (absl::Now() >= next_check) {
-      Repair("periodic check");
-      if (config.sweep_dead_netns) {
-        absl::StatusOr<std::vector<v1::AttachmentKey>> gone =
-            core_->SweepDeadNamespaces();
-        if (gone.ok()) {
-          for (const v1::AttachmentKey& k : *gone) {
-            LogLine(absl::StrCat("swept container=", k.container_id(),
-                                 " ifname=", k.ifname(), " network=",
-                                 k.network_name(),
-                                 ": its network namespace is gone"));
-          }
-        }
-      }
-      next_check = absl::Now() + interval;
-    }
-  }
-}
-
 Agent::~Agent() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  if (reconciler_.joinable()) reconciler_.join();
+  if (repair_) repair_->Stop();
   pmp_.reset();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() +
                                  std::chrono::seconds(2));

@@ -4,11 +4,8 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -17,6 +14,7 @@
 #include "agent/http_server.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
+#include "agent/repair_loop.h"
 #include "agent/service.h"
 #include "nat/backend/nftables/monitor.h"
 
@@ -69,11 +67,12 @@ class Agent {
 
  private:
   Agent() = default;
-  // Repairs the kernel after foreign changes (at once) and on a period.
-  void RepairLoop(const AgentConfig& config);
-  void Repair(const std::string& why);
+  class NftablesChanges;
 
   std::unique_ptr<nat::Backend> backend_;
+  // The same kind of backend on its own connection, for reads outside the
+  // writer's lock.
+  std::unique_ptr<nat::Backend> reader_;
   uint32_t own_port_id_ = 0;
   std::unique_ptr<nat::ChangeMonitor> monitor_;
   std::unique_ptr<nat::ConntrackCleaner> conntrack_;
@@ -85,10 +84,10 @@ class Agent {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<natpmp::PmpServer> pmp_;
-  std::thread reconciler_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;  // guarded by mu_
+  RealClock clock_;
+  std::unique_ptr<ChangeSource> changes_;
+  // Repairs after foreign changes and on a period, expires leases.
+  std::unique_ptr<RepairLoop> repair_;
 };
 
 }  // namespace fabric::agent

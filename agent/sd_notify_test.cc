@@ -20,16 +20,24 @@ using ::fabric::testing::StatusIs;
 // A datagram socket standing in for systemd's notify socket.
 class Listener {
  public:
-  explicit Listener(const std::string& name) : fd_(socket(AF_UNIX, SOCK_DGRAM, 0)) {
+  explicit Listener(const std::string& name)
+      : fd_(socket(AF_UNIX, SOCK_DGRAM, 0)), name_(name) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
+    if (name.size() >= sizeof(addr.sun_path)) {
+      ADD_FAILURE() << "socket path too long: " << name;
+      return;
+    }
     std::memcpy(addr.sun_path, name.data(), name.size());
     if (name[0] == '@') addr.sun_path[0] = '\0';
     EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr),
                    offsetof(sockaddr_un, sun_path) + name.size()),
               0);
   }
-  ~Listener() { close(fd_); }
+  ~Listener() {
+    close(fd_);
+    if (!name_.empty() && name_[0] == '/') unlink(name_.c_str());
+  }
   std::string Receive() {
     char buf[256];
     ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
@@ -38,10 +46,16 @@ class Listener {
 
  private:
   int fd_;
+  std::string name_;
 };
 
+// A socket path short enough for sun_path (TEST_TMPDIR often is not).
+std::string ShortPath(const std::string& tag) {
+  return absl::StrCat("/tmp/fnt-notify-", getpid(), "-", tag);
+}
+
 TEST(NotifySystemdTest, SendsTheStateToAPathSocket) {
-  std::string path = absl::StrCat(getenv("TEST_TMPDIR"), "/notify");
+  std::string path = ShortPath("listener");
   Listener l(path);
   setenv("NOTIFY_SOCKET", path.c_str(), 1);
   EXPECT_OK(NotifySystemd("READY=1"));
@@ -62,7 +76,7 @@ TEST(NotifySystemdTest, WithoutNotifySocketDoesNothing) {
 }
 
 TEST(NotifySystemdTest, AnAbsentListenerIsUnavailable) {
-  std::string path = absl::StrCat(getenv("TEST_TMPDIR"), "/nobody");
+  std::string path = ShortPath("nobody");
   setenv("NOTIFY_SOCKET", path.c_str(), 1);
   EXPECT_THAT(NotifySystemd("READY=1"), StatusIs(absl::StatusCode::kUnavailable));
   setenv("NOTIFY_SOCKET", "relative", 1);

@@ -1,5 +1,6 @@
 #include "agent/service.h"
 
+#include <chrono>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -42,6 +43,15 @@ class OpScope {
   absl::Time start_;
 };
 
+// The caller's deadline: a call still waiting for the writer when it passes
+// is refused without doing anything, so a client that gave up (the plugin
+// reports "try again later") never has it happen behind its back.
+absl::Time DeadlineOf(const grpc::ServerContext* context) {
+  auto d = context->deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(d);
+}
+
 std::string Subject(const v1::AttachmentKey& k) {
   return absl::StrCat("container=", ShortContainerId(k.container_id()),
                       " ifname=", k.ifname(), " network=", k.network_name());
@@ -49,21 +59,21 @@ std::string Subject(const v1::AttachmentKey& k) {
 
 }  // namespace
 
-grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext*,
+grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext* context,
                                            const v1::AttachRequest* request,
                                            v1::AttachResponse* response) {
   OpScope op(metrics_, "attach", Subject(request->attachment().key()));
-  absl::StatusOr<v1::AttachResponse> r = core_->Attach(request->attachment());
+  absl::StatusOr<v1::AttachResponse> r = core_->Attach(request->attachment(), DeadlineOf(context));
   if (r.ok()) *response = *r;
   return op.Finish(r.status(),
                    r.ok() ? absl::StrCat("mappings=", r->mappings_size()) : "");
 }
 
-grpc::Status AttachmentServiceImpl::Detach(grpc::ServerContext*,
+grpc::Status AttachmentServiceImpl::Detach(grpc::ServerContext* context,
                                            const v1::DetachRequest* request,
                                            v1::DetachResponse* response) {
   OpScope op(metrics_, "detach", Subject(request->key()));
-  absl::StatusOr<bool> r = core_->Detach(request->key());
+  absl::StatusOr<bool> r = core_->Detach(request->key(), DeadlineOf(context));
   if (r.ok()) response->set_existed(*r);
   return op.Finish(r.status(), r.ok() && !*r ? "existed=false" : "");
 }
@@ -76,13 +86,13 @@ grpc::Status AttachmentServiceImpl::Check(grpc::ServerContext*,
 }
 
 grpc::Status AttachmentServiceImpl::GarbageCollect(
-    grpc::ServerContext*, const v1::GarbageCollectRequest* request,
+    grpc::ServerContext* context, const v1::GarbageCollectRequest* request,
     v1::GarbageCollectResponse* response) {
   OpScope op(metrics_, "gc", absl::StrCat("network=", request->network_name()));
   std::vector<v1::AttachmentKey> valid(request->valid_attachments().begin(),
                                        request->valid_attachments().end());
   absl::StatusOr<std::vector<v1::AttachmentKey>> r =
-      core_->GarbageCollect(request->network_name(), valid);
+      core_->GarbageCollect(request->network_name(), valid, DeadlineOf(context));
   if (r.ok()) {
     for (const auto& k : *r) *response->add_removed() = k;
   }
@@ -91,20 +101,20 @@ grpc::Status AttachmentServiceImpl::GarbageCollect(
 }
 
 grpc::Status MappingServiceImpl::CreateMapping(
-    grpc::ServerContext*, const v1::CreateMappingRequest* request,
+    grpc::ServerContext* context, const v1::CreateMappingRequest* request,
     v1::CreateMappingResponse* response) {
   OpScope op(metrics_, "create_mapping",
              absl::StrCat("owner=", request->mapping().owner().id()));
-  absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping());
+  absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping(), DeadlineOf(context));
   if (r.ok()) *response->mutable_mapping() = *r;
   return op.Finish(r.status(), r.ok() ? absl::StrCat("id=", r->id()) : "");
 }
 
 grpc::Status MappingServiceImpl::DeleteMapping(
-    grpc::ServerContext*, const v1::DeleteMappingRequest* request,
+    grpc::ServerContext* context, const v1::DeleteMappingRequest* request,
     v1::DeleteMappingResponse*) {
   OpScope op(metrics_, "delete_mapping", absl::StrCat("id=", request->id()));
-  return op.Finish(core_->DeleteMapping(request->id()));
+  return op.Finish(core_->DeleteMapping(request->id(), DeadlineOf(context)));
 }
 
 grpc::Status MappingServiceImpl::ListMappings(
@@ -131,7 +141,9 @@ grpc::Status MappingServiceImpl::WatchMappings(
     if (!writer->Write(*e)) break;
   }
   core_->Unsubscribe(queue);
-  return grpc::Status::OK;
+  // kResourceExhausted when the watch fell too far behind or too many are
+  // served: the client lists again.
+  return ToGrpc(queue->end_status());
 }
 
 grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,

@@ -187,8 +187,9 @@ absl::StatusOr<StoreContents> Store::Load() const {
   return out;
 }
 
-absl::Status Store::Commit(const StoreWrite& write) {
-  if (write.empty()) return absl::OkStatus();
+absl::Status Store::Commit(const StoreWrite& write,
+                           const std::function<absl::Status()>& inside) {
+  if (write.empty()) return inside ? inside() : absl::OkStatus();
   if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
   auto fail = [&](absl::string_view what) {
     absl::Status s = SqlError(db_, what);
@@ -238,6 +239,12 @@ absl::Status Store::Commit(const StoreWrite& write) {
     Statement put(db_, "INSERT OR REPLACE INTO meta VALUES('epoch_start', ?1)");
     put.BindText(1, absl::StrCat(*write.epoch_start));
     if (!put.Run()) return fail("write epoch start");
+  }
+  if (inside) {
+    if (absl::Status s = inside(); !s.ok()) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return s;
+    }
   }
   if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
     return fail("commit");

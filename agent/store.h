@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -65,7 +66,13 @@ class Store {
 
   // Applies `write` atomically. kInternal with SQLite's message on failure;
   // nothing is written then.
-  absl::Status Commit(const StoreWrite& write);
+  absl::Status Commit(const StoreWrite& write) { return Commit(write, nullptr); }
+  // The same with `inside` (the kernel batch) run after the rows are
+  // written and before COMMIT: BEGIN IMMEDIATE, rows, inside(), COMMIT. When
+  // inside() fails the transaction is rolled back and its status returned;
+  // nothing is written. A failure of COMMIT itself (after inside() did its
+  // work) is kInternal with SQLite's message, and also rolls back.
+  absl::Status Commit(const StoreWrite& write, const std::function<absl::Status()>& inside);
 
   // Writes a consistent snapshot of the database to `path` (online backup).
   absl::Status Backup(const std::string& path) const;

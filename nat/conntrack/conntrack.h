@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,11 +47,14 @@ class RecordingConntrackCleaner : public ConntrackCleaner {
                                       std::optional<IpAddress> host_ip,
                                       uint16_t port_lo,
                                       uint16_t port_hi) override {
+    std::lock_guard<std::mutex> lock(mu);
     calls.push_back(absl::StrCat(ProtocolName(protocol), " ", port_lo, "-",
                                  port_hi));
     return 0;
   }
-  std::vector<std::string> calls;
+  // Read `calls` only while no call is in flight.
+  std::mutex mu;
+  std::vector<std::string> calls;  // guarded by mu while calls run
 };
 
 }  // namespace fabric::nat

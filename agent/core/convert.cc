@@ -1,0 +1,144 @@
+#include "agent/core/convert.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace fabric::agent {
+
+using nat::IpAddress;
+using nat::PortMapping;
+
+bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
+                  const std::string& owner_id) {
+  if (kind != v1::OWNER_KIND_UNSPECIFIED && m.owner().kind() != kind) {
+    return false;
+  }
+  return owner_id.empty() || m.owner().id() == owner_id;
+}
+
+std::string AttachmentHolder(const v1::AttachmentKey& k) {
+  return absl::StrCat("container ", ShortContainerId(k.container_id()), " (",
+                      k.ifname(), ", network ", k.network_name(), ")");
+}
+
+std::string MappingHolder(const v1::PortMapping& m) {
+  switch (m.owner().kind()) {
+    case v1::OWNER_KIND_CNI: {
+      // The owner id is "<container>/<ifname>/<network>"
+      // (AttachmentOwnerId).
+      std::vector<std::string> parts =
+          absl::StrSplit(m.owner().id(), absl::MaxSplits('/', 2));
+      v1::AttachmentKey k;
+      k.set_container_id(parts[0]);
+      if (parts.size() > 1) k.set_ifname(parts[1]);
+      if (parts.size() > 2) k.set_network_name(parts[2]);
+      return AttachmentHolder(k);
+    }
+    case v1::OWNER_KIND_NATPMP:
+      return absl::StrCat("NAT-PMP lease of ", m.owner().id());
+    case v1::OWNER_KIND_PCP:
+      return absl::StrCat("PCP lease of ", m.owner().id());
+    case v1::OWNER_KIND_UPNP:
+      return absl::StrCat("UPnP mapping of ", m.owner().id());
+    default:
+      return absl::StrCat("mapping ", m.id(), " of ", m.owner().id());
+  }
+}
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      absl::ToUnixNanos(t));
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(
+      google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
+}
+
+bool IsLease(const v1::PortMapping& m) {
+  return m.owner().kind() == v1::OWNER_KIND_NATPMP ||
+         m.owner().kind() == v1::OWNER_KIND_PCP;
+}
+
+std::string ShortContainerId(const std::string& id) {
+  if (id.size() >= 32 &&
+      id.find_first_not_of("0123456789abcdef") == std::string::npos) {
+    return id.substr(0, 12);
+  }
+  return id;
+}
+
+v1::Protocol ToProto(nat::Protocol p) {
+  switch (p) {
+    case nat::Protocol::kTcp:
+      return v1::PROTOCOL_TCP;
+    case nat::Protocol::kUdp:
+      return v1::PROTOCOL_UDP;
+    case nat::Protocol::kSctp:
+      return v1::PROTOCOL_SCTP;
+  }
+  return v1::PROTOCOL_UNSPECIFIED;
+}
+
+absl::StatusOr<nat::Protocol> FromProto(v1::Protocol p) {
+  switch (p) {
+    case v1::PROTOCOL_TCP:
+      return nat::Protocol::kTcp;
+    case v1::PROTOCOL_UDP:
+      return nat::Protocol::kUdp;
+    case v1::PROTOCOL_SCTP:
+      return nat::Protocol::kSctp;
+    default:
+      return absl::InvalidArgumentError(
+          "protocol must be PROTOCOL_TCP, PROTOCOL_UDP or PROTOCOL_SCTP");
+  }
+}
+
+absl::StatusOr<std::optional<IpAddress>> ParseHostIp(const std::string& text) {
+  if (text.empty()) return std::optional<IpAddress>();
+  absl::StatusOr<IpAddress> ip = IpAddress::Parse(text);
+  if (!ip.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host IP: ", ip.status().message()));
+  }
+  if (ip->IsUnspecified()) return std::optional<IpAddress>();
+  return std::optional<IpAddress>(*ip);
+}
+
+absl::StatusOr<PortMapping> ToNatMapping(const v1::PortMapping& m) {
+  PortMapping out;
+  absl::StatusOr<nat::Protocol> proto = FromProto(m.protocol());
+  if (!proto.ok()) return proto.status();
+  out.protocol = *proto;
+  absl::StatusOr<std::optional<IpAddress>> host = ParseHostIp(m.host_ip());
+  if (!host.ok()) return host.status();
+  out.host_ip = *host;
+  absl::StatusOr<IpAddress> target = IpAddress::Parse(m.target_ip());
+  if (!target.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target IP: ", target.status().message()));
+  }
+  out.target_ip = *target;
+  if (m.host_port() > 65535 || m.target_port() > 65535 ||
+      m.port_count() > 65535) {
+    return absl::InvalidArgumentError("ports must be 1-65535");
+  }
+  out.host_port = static_cast<uint16_t>(m.host_port());
+  out.target_port = static_cast<uint16_t>(m.target_port());
+  out.port_count = m.port_count() == 0 ? 1 : static_cast<uint16_t>(m.port_count());
+  if (out.host_ip.has_value() && out.host_ip->family() != out.target_ip.family()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "host IP ", out.host_ip->ToString(), " and target IP ",
+        out.target_ip.ToString(), " are of different families"));
+  }
+  // Host port 0 is allocated later; validate the rest with a placeholder.
+  PortMapping check = out;
+  if (check.host_port == 0) check.host_port = 1;
+  if (absl::Status s = check.Validate(); !s.ok()) return s;
+  return out;
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,49 @@
+// Conversions between the v1 API's messages and the NAT value types, and the
+// names messages give to owners ("container 3f2a9b1c5d6e (eth0, network
+// podnet)"). Pure functions, used by the writer, the owner units and the
+// front-ends.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "fabric/nat/v1/nat.pb.h"
+#include "google/protobuf/timestamp.pb.h"
+#include "nat/types.h"
+
+namespace fabric::agent {
+
+namespace v1 = ::fabric::nat::v1;
+
+// Longest owner id, container id, network name or description accepted.
+inline constexpr size_t kMaxIdLength = 256;
+
+// Parses and checks a v1 mapping request into the NAT value type (host port
+// 0 is allowed: allocated later). kInvalidArgument naming the field.
+absl::StatusOr<nat::PortMapping> ToNatMapping(const v1::PortMapping& m);
+v1::Protocol ToProto(nat::Protocol p);
+absl::StatusOr<nat::Protocol> FromProto(v1::Protocol p);
+// "" / 0.0.0.0 / :: -> nullopt (any address). kInvalidArgument otherwise.
+absl::StatusOr<std::optional<nat::IpAddress>> ParseHostIp(const std::string& text);
+
+// A container id as messages show it: runtimes' 64-hex ids shortened to 12
+// characters (as docker and crictl show them), anything else whole.
+std::string ShortContainerId(const std::string& id);
+// "container 3f2a9b1c5d6e (eth0, network podnet)".
+std::string AttachmentHolder(const v1::AttachmentKey& k);
+// Who holds a mapping's ports, as conflict messages name it.
+std::string MappingHolder(const v1::PortMapping& m);
+
+// Filter of ListMappings/WatchMappings: kind UNSPECIFIED and an empty id
+// match everything.
+bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
+                  const std::string& owner_id);
+// NAT-PMP or PCP.
+bool IsLease(const v1::PortMapping& m);
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t);
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t);
+
+}  // namespace fabric::agent

@@ -1,0 +1,53 @@
+#include "agent/core/state.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "agent/core/convert.h"
+
+namespace fabric::agent {
+
+void NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
+  auto bump = [delta](auto& map, const auto& key) {
+    if ((map[key] += delta) <= 0) map.erase(key);
+  };
+  const v1::AttachmentOptions& o = rec.proto.options();
+  for (const nat::Prefix& p : rec.networks) {
+    if (o.masquerade()) bump(masquerade, p);
+    if (o.hairpin()) bump(hairpin, p);
+  }
+  if (o.localhost() && !rec.proto.host_interface().empty()) {
+    bump(interfaces, rec.proto.host_interface());
+  }
+}
+
+void NetworkRefs::Fill(nat::RuleSet* rules) const {
+  std::set<nat::Prefix> m, h;
+  for (const auto& [p, n] : masquerade) m.insert(p);
+  for (const auto& [p, n] : hairpin) h.insert(p);
+  rules->masquerade = nat::CoalescePrefixes(m);
+  rules->hairpin = nat::CoalescePrefixes(h);
+  rules->localhost_interfaces.clear();
+  for (const auto& [i, n] : interfaces) rules->localhost_interfaces.insert(i);
+}
+
+nat::RuleSet State::Desired() const {
+  nat::RuleSet r;
+  mappings.ForEach([&r](const std::string&, const MappingRecord& m) {
+    for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
+  });
+  network.Fill(&r);
+  return r;
+}
+
+std::string LeaseKey(const std::string& client, nat::Protocol protocol,
+                     uint16_t internal_port) {
+  return absl::StrCat(client, "/", static_cast<int>(protocol), "/", internal_port);
+}
+
+std::string LeaseKeyOf(const v1::PortMapping& m) {
+  return LeaseKey(m.target_ip(), FromProto(m.protocol()).value_or(nat::Protocol::kTcp),
+                  static_cast<uint16_t>(m.target_port()));
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,79 @@
+// State: everything the agent knows about NAT, as the writer holds it and
+// as readers see it in snapshots. Copying a State is cheap (its big tables
+// are PersistentTables), so a transaction works on a copy and the writer
+// publishes a copy after every commit.
+//
+// Thread-compatible; a published copy is never written again.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "agent/core/table.h"
+#include "fabric/nat/v1/nat.pb.h"
+#include "nat/port_allocator.h"
+#include "nat/types.h"
+
+namespace fabric::agent {
+
+namespace v1 = ::fabric::nat::v1;
+
+struct MappingRecord {
+  v1::PortMapping proto;
+  nat::PortMapping nat;
+};
+
+struct AttachmentRecord {
+  v1::Attachment proto;
+  std::vector<std::string> mapping_ids;
+  std::vector<nat::Prefix> networks;  // container networks (prefix form)
+};
+
+// How many attachments need each network rule; the kernel holds a rule
+// while its count is positive. Kept incrementally, so an operation costs
+// the same with 10 or 10,000 attachments.
+struct NetworkRefs {
+  std::map<nat::Prefix, int> masquerade;
+  std::map<nat::Prefix, int> hairpin;
+  std::map<std::string, int> interfaces;
+  // Adds (delta 1) or removes (delta -1) one attachment's needs.
+  void Count(const AttachmentRecord& rec, int delta);
+  // The network part of the desired kernel state.
+  void Fill(nat::RuleSet* rules) const;
+};
+
+struct State {
+  // Mapping id -> mapping, every owner.
+  PersistentTable<MappingRecord> mappings;
+  // AttachmentOwnerId -> attachment (CNI).
+  PersistentTable<AttachmentRecord> attachments;
+  NetworkRefs network;
+  // NAT-PMP/PCP: LeaseKey(client, protocol, internal port) -> mapping id.
+  PersistentTable<std::string> leases;
+  // Client address -> number of leases.
+  PersistentTable<int> leases_per_client;
+  // Lease id -> the companion port scope it holds (RFC 6886 3.3).
+  PersistentTable<nat::PortScope> companions;
+  // The address leases are published on; none: requests get a network
+  // failure.
+  std::optional<nat::IpAddress> external_address;
+  // A move of leases to a new external address failed; the expiry tick
+  // retries.
+  bool leases_need_move = false;
+  absl::Time epoch_start;
+  int64_t next_mapping_id = 1;
+
+  // The kernel state this state asks for.
+  nat::RuleSet Desired() const;
+};
+
+// The leases index key.
+std::string LeaseKey(const std::string& client, nat::Protocol protocol,
+                     uint16_t internal_port);
+std::string LeaseKeyOf(const v1::PortMapping& m);
+
+}  // namespace fabric::agent

@@ -1,0 +1,139 @@
+// PersistentTable: a string-keyed map that is cheap to copy, so the writer
+// can hand readers an immutable snapshot after every commit and a
+// transaction can work on a copy it throws away if it fails.
+//
+// The entries are spread over kShards shards by hash; a copy shares every
+// shard, and a write copies only the shard it touches (and, once per copy,
+// the shard index). A copy costs O(kShards) pointer copies at most, a write
+// O(size / kShards); neither grows with the number of snapshots alive.
+//
+// Values are held as shared_ptr<const V>: a shard copy copies pointers, not
+// values. Iteration order is by shard, not by key; callers that need an
+// order sort.
+//
+// Thread-compatible; distinct copies may be used from different threads
+// (shared shards are never written: a writer copies a shard it does not
+// own, and it owns only shards it copied itself).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fabric::agent {
+
+template <typename V>
+class PersistentTable {
+ public:
+  static constexpr size_t kShards = 1024;
+
+  PersistentTable() : index_(std::make_shared<Index>(kShards)), owns_index_(true) {}
+  // A copy shares everything; from then on neither side owns what they
+  // share, so both copy on write (the source's ownership is cleared too,
+  // which is why those members are mutable).
+  PersistentTable(const PersistentTable& o) : index_(o.index_), size_(o.size_) {
+    o.Disown();
+  }
+  PersistentTable& operator=(const PersistentTable& o) {
+    if (this == &o) return *this;
+    index_ = o.index_;
+    size_ = o.size_;
+    Disown();
+    o.Disown();
+    return *this;
+  }
+  PersistentTable(PersistentTable&&) = default;
+  PersistentTable& operator=(PersistentTable&&) = default;
+
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+  // The value at `key`, or null.
+  const V* Find(const std::string& key) const {
+    const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
+    if (!shard) return nullptr;
+    auto it = shard->find(key);
+    return it == shard->end() ? nullptr : it->second.get();
+  }
+  bool Contains(const std::string& key) const { return Find(key) != nullptr; }
+
+  void Put(const std::string& key, V value) {
+    PutShared(key, std::make_shared<const V>(std::move(value)));
+  }
+  void PutShared(const std::string& key, std::shared_ptr<const V> value) {
+    Shard& shard = Writable(ShardOf(key));
+    auto [it, inserted] = shard.emplace(key, value);
+    if (!inserted) it->second = std::move(value);
+    if (inserted) ++size_;
+  }
+  // True when `key` was there.
+  bool Erase(const std::string& key) {
+    size_t i = ShardOf(key);
+    const std::shared_ptr<const Shard>& shard = (*index_)[i];
+    if (!shard || shard->find(key) == shard->end()) return false;
+    Writable(i).erase(key);
+    --size_;
+    return true;
+  }
+
+  // Calls f(key, value) for every entry, shard by shard.
+  void ForEach(const std::function<void(const std::string&, const V&)>& f) const {
+    for (const auto& shard : *index_) {
+      if (!shard) continue;
+      for (const auto& [k, v] : *shard) f(k, *v);
+    }
+  }
+  // Entries sorted by key.
+  std::vector<std::pair<std::string, std::shared_ptr<const V>>> Sorted() const {
+    std::vector<std::pair<std::string, std::shared_ptr<const V>>> out;
+    out.reserve(size_);
+    for (const auto& shard : *index_) {
+      if (!shard) continue;
+      for (const auto& kv : *shard) out.push_back(kv);
+    }
+    std::sort(out.begin(), out.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    return out;
+  }
+
+ private:
+  using Shard = std::map<std::string, std::shared_ptr<const V>>;
+  using Index = std::vector<std::shared_ptr<const Shard>>;
+
+  static size_t ShardOf(const std::string& key) {
+    return std::hash<std::string>()(key) % kShards;
+  }
+  void Disown() const {
+    owns_index_ = false;
+    owned_.clear();
+  }
+  // The shard for writing: copied first unless this table made it.
+  Shard& Writable(size_t i) {
+    if (!owns_index_) {
+      index_ = std::make_shared<Index>(*index_);
+      owns_index_ = true;
+    }
+    if (owned_.empty()) owned_.assign(kShards, false);
+    Index& index = const_cast<Index&>(*index_);
+    if (!owned_[i]) {
+      index[i] = index[i] ? std::make_shared<const Shard>(*index[i])
+                          : std::make_shared<const Shard>();
+      owned_[i] = true;
+    }
+    return const_cast<Shard&>(*index[i]);
+  }
+
+  // The index is written in place only while owns_index_; a shard only
+  // while owned_[i]: this table made both and nobody else holds them.
+  std::shared_ptr<const Index> index_;
+  size_t size_ = 0;
+  mutable bool owns_index_ = false;
+  mutable std::vector<bool> owned_;
+};
+
+}  // namespace fabric::agent

@@ -1,0 +1,62 @@
+#include "agent/core/table.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace fabric::agent {
+namespace {
+
+TEST(PersistentTableTest, PutFindEraseAndSize) {
+  PersistentTable<int> t;
+  EXPECT_TRUE(t.empty());
+  t.Put("a", 1);
+  t.Put("b", 2);
+  t.Put("a", 3);  // replaces
+  EXPECT_EQ(t.size(), 2u);
+  ASSERT_NE(t.Find("a"), nullptr);
+  EXPECT_EQ(*t.Find("a"), 3);
+  EXPECT_EQ(t.Find("c"), nullptr);
+  EXPECT_TRUE(t.Erase("a"));
+  EXPECT_FALSE(t.Erase("a"));
+  EXPECT_EQ(t.size(), 1u);
+}
+
+// What snapshots rely on: a copy never sees a later write to either side.
+TEST(PersistentTableTest, CopiesAreIndependentBothWays) {
+  PersistentTable<int> writer;
+  for (int i = 0; i < 5000; ++i) writer.Put("k" + std::to_string(i), i);
+  PersistentTable<int> snapshot = writer;
+  writer.Put("k1", -1);
+  writer.Erase("k2");
+  writer.Put("new", 7);
+  EXPECT_EQ(*snapshot.Find("k1"), 1);
+  ASSERT_NE(snapshot.Find("k2"), nullptr);
+  EXPECT_EQ(snapshot.Find("new"), nullptr);
+  EXPECT_EQ(snapshot.size(), 5000u);
+  EXPECT_EQ(writer.size(), 5000u);
+
+  // Writing the copy leaves the original alone too.
+  snapshot.Put("k3", -3);
+  EXPECT_EQ(*writer.Find("k3"), 3);
+  // A copy of a copy, written after the first write of the original.
+  PersistentTable<int> second = writer;
+  writer.Put("k4", -4);
+  EXPECT_EQ(*second.Find("k4"), 4);
+  EXPECT_EQ(*writer.Find("k4"), -4);
+}
+
+TEST(PersistentTableTest, SortedIsByKey) {
+  PersistentTable<int> t;
+  for (const char* k : {"m-10", "m-2", "m-1"}) t.Put(k, 0);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : t.Sorted()) keys.push_back(k);
+  EXPECT_THAT(keys, ::testing::ElementsAre("m-1", "m-10", "m-2"));
+  int n = 0;
+  t.ForEach([&n](const std::string&, const int&) { ++n; });
+  EXPECT_EQ(n, 3);
+}
+
+}  // namespace
+}  // namespace fabric::agent

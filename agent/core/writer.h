@@ -1,0 +1,150 @@
+// Writer: the single serialized writer of NAT state. Its mutex is the only
+// lock that guards the state, the store, the port allocator and the
+// kernel; every change goes through Mutate(), and every reader takes the
+// latest immutable snapshot instead (snapshot()), which never waits for a
+// write.
+//
+// One transaction (Mutate):
+//   lock -> deadline and readiness checks -> fn(txn) on a copy of the state
+//   -> SQLite BEGIN IMMEDIATE, the rows -> the kernel batch -> COMMIT
+//   -> the copy becomes the state -> snapshot and events published
+//   -> unlock -> after-unlock work (conntrack cleanup, logs).
+// A failure anywhere before COMMIT undoes everything: fn's error or the
+// kernel's refusal rolls the SQLite transaction back and the txn returns
+// its ports and ids; the state never saw it. If COMMIT itself fails after
+// the kernel applied the batch, the inverse batch is applied; if that fails
+// too, the writer marks itself not ready (a restart resyncs the kernel to
+// the store). A success means the change is on disk and in the kernel.
+//
+// Kernel reads for Check, Diagnose and the periodic check run outside the
+// lock (ReadKernelConsistent): a sequence count, odd while a commit is
+// between its kernel batch and its snapshot, tells whether a read matches
+// a snapshot.
+//
+// Thread-safe. Never calls out (callbacks, RPCs, waits on other threads)
+// while holding its lock, except the owner unit's fn, which must not either.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "agent/core/events.h"
+#include "agent/core/snapshot.h"
+#include "agent/core/state.h"
+#include "agent/core/txn.h"
+#include "agent/store.h"
+#include "nat/backend/backend.h"
+#include "nat/port_allocator.h"
+
+namespace fabric::agent {
+
+class Writer {
+ public:
+  struct Options {
+    uint16_t dynamic_lo = 32768;
+    uint16_t dynamic_hi = 60999;
+    std::function<absl::Time()> now = [] { return absl::Now(); };
+    size_t max_watches = 64;
+    // A second backend on its own kernel connection, for reads outside the
+    // writer's lock (Backends are thread-compatible: the writer's one is
+    // used under the lock only). Null: reads take the lock.
+    nat::Backend* reader = nullptr;
+  };
+
+  Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options options);
+
+  // Start-up, before any Mutate: `build` fills the state from the store's
+  // contents and holds their ports (on the allocator it is given); then
+  // `cleanup` is committed, the kernel is made to match in one batch, and
+  // the writer becomes ready. On failure it stays not ready with the reason.
+  absl::Status Start(
+      const std::function<absl::Status(const StoreContents&, State*, nat::PortAllocator*,
+                                       StoreWrite* cleanup)>& build);
+
+  // Runs `fn` as one transaction (see the file comment). kDeadlineExceeded,
+  // having done nothing, when `deadline` passed before the writer could
+  // start it; kUnavailable when not ready.
+  template <typename T>
+  absl::StatusOr<T> Mutate(absl::Time deadline,
+                           const std::function<absl::StatusOr<T>(Txn&)>& fn);
+  // Mutate for functions that return only a status.
+  absl::Status MutateStatus(absl::Time deadline, const std::function<absl::Status(Txn&)>& fn);
+
+  // The latest committed state and status; never waits for a write.
+  std::shared_ptr<const Snapshot> snapshot() const { return hub_.latest(); }
+  EventHub& hub() { return hub_; }
+
+  // Reads the kernel outside the lock and returns it with the snapshot it
+  // matches: the read is repeated while commits interleave, and taken under
+  // the lock after a few tries.
+  absl::StatusOr<std::pair<nat::KernelState, std::shared_ptr<const Snapshot>>>
+  ReadKernelConsistent() const;
+
+  // Makes the kernel match the state again (the repair path). Counts a
+  // repair when it changed anything.
+  absl::StatusOr<nat::SyncReport> Resync();
+
+  // A consistent copy of the store at `path`.
+  absl::Status Backup(const std::string& path);
+
+  absl::Time now() const { return options_.now(); }
+  const std::string& backend_name() const { return backend_name_; }
+
+ private:
+  // REQUIRES: mu_ held. Commits `txn` (store, kernel), takes its state and
+  // publishes; on failure everything is undone and the status returned.
+  absl::Status CommitLocked(Txn& txn);
+  // REQUIRES: mu_ held.
+  void PublishLocked(std::vector<v1::MappingEvent> events);
+  absl::Status CheckLocked(absl::Time deadline) const;
+
+  const Options options_;
+  const std::string backend_name_;
+  nat::Backend* const backend_;
+
+  mutable std::mutex mu_;
+  std::unique_ptr<Store> store_;        // guarded by mu_
+  nat::PortAllocator allocator_;        // guarded by mu_
+  State state_;                         // guarded by mu_
+  bool ready_ = false;                  // guarded by mu_
+  std::string not_ready_reason_ = "starting";  // guarded by mu_
+  uint64_t version_ = 0;                // guarded by mu_
+  uint64_t repairs_ = 0;                // guarded by mu_
+  absl::Time last_repair_ = absl::InfinitePast();  // guarded by mu_
+  // Serializes the users of options_.reader.
+  mutable std::mutex read_mu_;
+  // Odd while a commit's kernel batch is applied but its snapshot not yet
+  // published (see ReadKernelConsistent).
+  std::atomic<uint64_t> kernel_seq_{0};
+  EventHub hub_;
+};
+
+template <typename T>
+absl::StatusOr<T> Writer::Mutate(absl::Time deadline,
+                                 const std::function<absl::StatusOr<T>(Txn&)>& fn) {
+  std::vector<std::function<void()>> after;
+  absl::StatusOr<T> result;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = CheckLocked(deadline); !s.ok()) return s;
+    Txn txn(state_, &allocator_, options_.now());
+    result = fn(txn);
+    if (!result.ok()) return result.status();  // ~Txn undoes its ports
+    if (txn.discarded()) return result;
+    if (absl::Status s = CommitLocked(txn); !s.ok()) return s;
+    after = txn.TakeAfterUnlock();
+  }
+  for (auto& f : after) f();
+  return result;
+}
+
+}  // namespace fabric::agent

@@ -1,0 +1,41 @@
+#include "agent/owners/api.h"
+
+#include "absl/strings/str_cat.h"
+#include "agent/core/convert.h"
+#include "agent/owners/mappings.h"
+
+namespace fabric::agent::owners {
+
+absl::StatusOr<v1::PortMapping> CreateMapping(Txn& txn, const v1::PortMapping& request,
+                                              nat::ConntrackCleaner* ct) {
+  if (request.owner().kind() != v1::OWNER_KIND_API &&
+      request.owner().kind() != v1::OWNER_KIND_UPNP) {
+    return absl::InvalidArgumentError(
+        "CreateMapping takes owner kind API (or UPNP); CNI mappings come with "
+        "attachments and NAT-PMP/PCP leases from their front-end");
+  }
+  if (request.owner().id().empty() || request.owner().id().size() > kMaxIdLength ||
+      request.description().size() > kMaxIdLength) {
+    return absl::InvalidArgumentError(
+        "owner id must be 1-256 bytes and description at most 256");
+  }
+  absl::StatusOr<nat::PortMapping> m = ToNatMapping(request);
+  if (!m.ok()) return m.status();
+  v1::PortMapping proto = request;
+  proto.clear_created_at();
+  return AddMapping(txn, proto, *m, ct);
+}
+
+absl::Status DeleteMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* ct) {
+  const MappingRecord* m = txn.state().mappings.Find(id);
+  if (m == nullptr) return absl::NotFoundError(absl::StrCat("no mapping ", id));
+  if (m->proto.owner().kind() == v1::OWNER_KIND_CNI) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "mapping ", id, " belongs to container attachment ", m->proto.owner().id(),
+        "; it goes when the container is deleted"));
+  }
+  RemoveMapping(txn, id, ct);
+  return absl::OkStatus();
+}
+
+}  // namespace fabric::agent::owners

@@ -1,0 +1,82 @@
+// NAT-PMP and PCP leases (RFC 6886, RFC 6887): mappings from the external
+// address to a LAN host's own port, with a lifetime, a per-client quota, a
+// port range, companion ports (the same external port held in the other
+// protocol, RFC 6886 3.3), PCP nonces, expiry, and moves when the external
+// address changes. Every function works inside a transaction of the writer
+// (agent/core/writer.h); the front-end is agent/natpmp/.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "agent/core/state.h"
+#include "agent/core/txn.h"
+#include "nat/conntrack/conntrack.h"
+
+namespace fabric::agent {
+
+// NAT-PMP/PCP policy (agent flags).
+struct LeasePolicy {
+  uint16_t port_lo = 1024;
+  uint16_t port_hi = 65535;
+  int max_per_client = 50;
+  uint32_t max_lifetime = 7200;  // seconds
+};
+
+// A NAT-PMP or PCP request for a mapping to the requester's own address.
+struct LeaseRequest {
+  v1::OwnerKind kind = v1::OWNER_KIND_NATPMP;  // or OWNER_KIND_PCP
+  nat::IpAddress client;
+  nat::Protocol protocol = nat::Protocol::kTcp;
+  uint16_t internal_port = 0;
+  uint16_t suggested_port = 0;  // 0: any
+  uint32_t lifetime = 0;        // seconds; 0 deletes
+  std::string nonce;            // PCP's 12-byte nonce; empty for NAT-PMP
+  bool prefer_failure = false;  // PCP: the suggested port or nothing
+  // Delete only (lifetime 0): every protocol and internal port of the
+  // client (PCP protocol 0).
+  bool all_protocols = false;
+};
+
+enum class LeaseOutcome {
+  kOk,
+  kNotAuthorized,   // nonce mismatch
+  kNoResources,     // no free port in the allowed range, or an internal error
+  kQuota,           // the client holds max_per_client leases
+  kNetworkFailure,  // no external address
+  kCannotProvide,   // PREFER_FAILURE and the suggested port is not free
+};
+
+struct LeaseResult {
+  LeaseOutcome outcome = LeaseOutcome::kOk;
+  uint16_t external_port = 0;
+  uint32_t lifetime = 0;  // granted, seconds
+  std::string detail;     // for logs
+};
+
+namespace owners {
+
+// Creates, refreshes (keeping the external port) or deletes (lifetime 0)
+// leases. An outcome other than kOk discards the transaction.
+LeaseResult Lease(Txn& txn, const LeaseRequest& request, const LeasePolicy& policy,
+                  nat::ConntrackCleaner* conntrack);
+// Removes the leases whose lifetime ran out (and retries a failed move
+// first). Returns how many.
+int ExpireLeases(Txn& txn, nat::ConntrackCleaner* conntrack);
+// Moves every lease onto state().external_address; a lease whose port is
+// taken there is dropped.
+void MoveLeases(Txn& txn, nat::ConntrackCleaner* conntrack);
+
+// The index and companion bookkeeping, also used at start-up and by
+// RemoveMapping.
+void IndexLease(State& state, const v1::PortMapping& m);
+void UnindexLease(State& state, const v1::PortMapping& m);
+// Holds the same external port in the other protocol for the lease's client
+// when it is free. At start-up pass a null txn and the allocator directly.
+void HoldCompanion(Txn& txn, const MappingRecord& m);
+void HoldCompanionAtStart(State& state, nat::PortAllocator& allocator, const MappingRecord& m);
+void ReleaseCompanion(Txn& txn, const MappingRecord& m);
+
+}  // namespace owners
+}  // namespace fabric::agent
