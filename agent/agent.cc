@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "agent/instance_lock.h"
 #include "nat/backend/iptables/iptables_backend.h"
 #include "nat/backend/nftables/monitor.h"
 #include "grpcpp/grpcpp.h"
@@ -94,6 +95,14 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port_range: ", range.status().message()));
   }
+  // Before anything touches the kernel: no other agent on this state dir
+  // or in this network namespace.
+  if (absl::Status s = MakeDirs(config.state_dir, 0700); !s.ok()) return s;
+  absl::StatusOr<std::unique_ptr<InstanceLock>> lock =
+      InstanceLock::Acquire(config.state_dir, config.run_dir, config.socket);
+  if (!lock.ok()) return lock.status();
+  agent->lock_ = std::move(*lock);
+
   if (config.backend == "nftables") {
     absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b =
         nat::NftablesBackend::Create();
@@ -129,9 +138,24 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   }
   agent->conntrack_ = std::make_unique<nat::NetfilterConntrackCleaner>();
 
-  if (absl::Status s = MakeDirs(config.state_dir, 0700); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir);
   if (!store.ok()) return store.status();
+  // A store that is not there (a new or wrong --state_dir, a lost hostPath,
+  // an emptied file) is not the truth while the kernel holds our rules:
+  // making the kernel match it would unpublish every container.
+  if ((*store)->fresh() && !config.reset_state) {
+    absl::StatusOr<nat::KernelState> kernel = agent->backend_->Read();
+    if (!kernel.ok()) return kernel.status();
+    if (kernel->table_present && !kernel->rules.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the state database ", (*store)->path(), " is new or empty, but the kernel's ",
+          agent->backend_->name(), " table holds ", kernel->rules.size(),
+          " NAT entries that a lost store would have described. The agent will not "
+          "start and leaves the kernel as it is. Point --state_dir at the agent's real "
+          "state (or restore a backup there), or start with --reset_state to begin "
+          "empty and remove those entries."));
+    }
+  }
   CoreOptions core_options;
   core_options.dynamic_lo = range->first;
   core_options.dynamic_hi = range->second;

@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "agent/core.h"
 #include "agent/http_server.h"
+#include "agent/instance_lock.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
 #include "agent/repair_loop.h"
@@ -23,6 +24,11 @@ namespace fabric::agent {
 struct AgentConfig {
   std::string socket = "/run/fabric-nat/agent.sock";
   std::string state_dir = "/var/lib/fabric-nat";
+  // Where the per-network-namespace instance lock lives.
+  std::string run_dir = "/run/fabric-nat";
+  // Start empty even when the store is new and the kernel holds rules
+  // (which are then removed).
+  bool reset_state = false;
   std::string backend = "nftables";
   std::string port_range = "32768-60999";
   // host:port for /metrics and /healthz; empty disables.
@@ -69,6 +75,8 @@ class Agent {
   Agent() = default;
   class NftablesChanges;
 
+  // Held for the agent's lifetime; released last.
+  std::unique_ptr<InstanceLock> lock_;
   std::unique_ptr<nat::Backend> backend_;
   // The same kind of backend on its own connection, for reads outside the
   // writer's lock.

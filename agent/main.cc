@@ -3,6 +3,7 @@
 //   fabric-agent [flags]              the node's agent
 //   fabric-agent install-cni [flags]  the install step (agent/install/cni_install.h)
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -27,6 +28,12 @@ ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock",
           "unix socket for the CNI plugin and fabricctl (created mode 0600)");
 ABSL_FLAG(std::string, state_dir, "/var/lib/fabric-nat",
           "directory of the state database (state.db)");
+ABSL_FLAG(std::string, run_dir, "/run/fabric-nat",
+          "directory of the per-network-namespace lock (one agent per namespace)");
+ABSL_FLAG(bool, reset_state, false,
+          "start with an empty state even when the state database is new or empty "
+          "while the kernel table holds rules, removing those rules (without it the "
+          "agent refuses to start then, leaving the kernel alone)");
 ABSL_FLAG(std::string, backend, "nftables",
           "nftables (table inet fabric_nat, repaired on change events) or "
           "iptables (legacy x_tables via libiptc, chains FABRIC-*)");
@@ -166,6 +173,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Everything the agent writes (state, backups, locks) is its own.
+  umask(077);
 
   if (args.size() > 1) {
     if (std::string(args[1]) == "install-cni" && args.size() == 2) return InstallCni(signals);
@@ -177,6 +186,8 @@ int main(int argc, char** argv) {
   fabric::agent::AgentConfig config;
   config.socket = absl::GetFlag(FLAGS_socket);
   config.state_dir = absl::GetFlag(FLAGS_state_dir);
+  config.run_dir = absl::GetFlag(FLAGS_run_dir);
+  config.reset_state = absl::GetFlag(FLAGS_reset_state);
   config.backend = absl::GetFlag(FLAGS_backend);
   config.port_range = absl::GetFlag(FLAGS_port_range);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);

@@ -1,9 +1,18 @@
 #include "agent/store.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace fabric::agent {
 
@@ -60,7 +69,43 @@ std::string AttachmentOwnerId(const v1::AttachmentKey& key) {
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
   mkdir(dir.c_str(), 0700);
+  // The state names every container and client: nobody else may read or
+  // plant it. A directory open to others is fixed when it is ours, refused
+  // otherwise.
+  struct stat dst;
+  if (stat(dir.c_str(), &dst) != 0 || !S_ISDIR(dst.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("state dir ", dir, " is not a directory"));
+  }
+  if ((dst.st_mode & 0077) != 0) {
+    if (dst.st_uid != geteuid()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "state dir %s is open to other users (mode %04o) and not owned by this user; "
+          "give it mode 0700 and this user as owner",
+          dir, dst.st_mode & 07777));
+    }
+    if (chmod(dir.c_str(), 0700) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "state dir ", dir, " is open to other users and chmod 0700 failed: ",
+          std::strerror(errno)));
+    }
+  }
   std::string path = absl::StrCat(dir, "/state.db");
+  // Create the file 0600 ourselves: SQLite gives its -wal and -shm files the
+  // database file's mode.
+  bool fresh = false;
+  {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0 || st.st_size == 0) fresh = true;
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      fchmod(fd, 0600);
+      close(fd);
+    }
+    for (const char* suffix : {"-wal", "-shm"}) {
+      chmod(absl::StrCat(path, suffix).c_str(), 0600);  // from an older agent
+    }
+  }
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
@@ -78,6 +123,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
   };
   if (rc != SQLITE_OK) return refuse("cannot open");
   std::unique_ptr<Store> store(new Store(db, path));
+  store->fresh_ = fresh;
   sqlite3_busy_timeout(db, 5000);
   // Reading the schema version is the first real read: a corrupt or
   // non-database file fails here.
@@ -148,10 +194,18 @@ absl::Status Store::Exec(const char* sql) {
 
 absl::StatusOr<StoreContents> Store::Load() const {
   StoreContents out;
+  // A read that stops early is an error, never the end of a table: the
+  // agent would delete from the kernel what it did not read.
+  auto unreadable = [this](absl::string_view what) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "store ", path_, ": reading ", what, " failed (", sqlite3_errmsg(db_),
+        "); the agent will not start and leaves the kernel as it is"));
+  };
   {
     Statement s(db_, "SELECT spec FROM attachments");
     if (!s.ok()) return SqlError(db_, "read attachments");
-    while (sqlite3_step(s.get()) == SQLITE_ROW) {
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
       v1::Attachment a;
       if (!a.ParseFromString(Blob(s.get(), 0))) {
         return absl::FailedPreconditionError(
@@ -159,11 +213,13 @@ absl::StatusOr<StoreContents> Store::Load() const {
       }
       out.attachments.push_back(std::move(a));
     }
+    if (rc != SQLITE_DONE) return unreadable("attachments");
   }
   {
     Statement s(db_, "SELECT spec FROM mappings ORDER BY rowid");
     if (!s.ok()) return SqlError(db_, "read mappings");
-    while (sqlite3_step(s.get()) == SQLITE_ROW) {
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
       v1::PortMapping m;
       if (!m.ParseFromString(Blob(s.get(), 0))) {
         return absl::FailedPreconditionError(
@@ -171,11 +227,25 @@ absl::StatusOr<StoreContents> Store::Load() const {
       }
       out.mappings.push_back(std::move(m));
     }
+    if (rc != SQLITE_DONE) return unreadable("mappings");
   }
+  // The id counter must pass every stored id, whatever the meta row says
+  // (missing, or behind): reusing an id would overwrite a live mapping.
+  int64_t highest = 0;
+  for (const v1::PortMapping& m : out.mappings) {
+    int64_t n = 0;
+    if (absl::StartsWith(m.id(), "m-") && absl::SimpleAtoi(m.id().substr(2), &n)) {
+      highest = std::max(highest, n);
+    }
+  }
+  out.next_mapping_id = highest + 1;
   {
     Statement s(db_, "SELECT value FROM meta WHERE key='next_mapping_id'");
-    if (s.ok() && sqlite3_step(s.get()) == SQLITE_ROW) {
-      out.next_mapping_id = sqlite3_column_int64(s.get(), 0);
+    int rc = s.ok() ? sqlite3_step(s.get()) : SQLITE_ERROR;
+    if (rc == SQLITE_ROW) {
+      out.next_mapping_id = std::max<int64_t>(out.next_mapping_id, sqlite3_column_int64(s.get(), 0));
+    } else if (rc != SQLITE_DONE) {
+      return unreadable("the mapping id counter");
     }
   }
   {

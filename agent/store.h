@@ -52,9 +52,12 @@ struct StoreContents {
 
 class Store {
  public:
-  // Opens (creating if needed) <dir>/state.db. kFailedPrecondition with the
-  // path and the cause when the file is unreadable, corrupt, or of a newer
-  // schema: the agent must then refuse to start.
+  // Opens (creating if needed) <dir>/state.db, mode 0600 (and its -wal and
+  // -shm files), in a directory only its owner can enter (a directory open
+  // to others is set to 0700 when it is ours, refused otherwise).
+  // kFailedPrecondition with the path and the cause when the file is
+  // unreadable, corrupt, or of a newer schema: the agent must then refuse
+  // to start.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& dir);
   ~Store();
 
@@ -78,6 +81,10 @@ class Store {
   absl::Status Backup(const std::string& path) const;
 
   const std::string& path() const { return path_; }
+  // True when Open() found no database (no file, or an empty one) and made
+  // a new one: the agent must not take an empty store as the truth while
+  // the kernel still holds its rules.
+  bool fresh() const { return fresh_; }
   static constexpr int kSchemaVersion = 1;
 
  private:
@@ -86,6 +93,7 @@ class Store {
 
   sqlite3* db_;
   std::string path_;
+  bool fresh_ = false;
 };
 
 // "cid/ifname/network": the owner id of an attachment's mappings.

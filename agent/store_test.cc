@@ -2,8 +2,10 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -87,6 +89,56 @@ TEST(StoreTest, BackupIsAStartableStore) {
   ASSERT_OK_AND_ASSIGN(StoreContents c, restored->Load());
   ASSERT_EQ(c.mappings.size(), 1u);
   EXPECT_EQ(c.mappings[0].id(), "m-7");
+}
+
+TEST(StoreSafetyTest, FilesArePrivateAndAnOpenDirectoryIsFixed) {
+  std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/private");
+  ASSERT_EQ(mkdir(dir.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(dir.c_str(), 0777), 0);
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+    EXPECT_TRUE(store->fresh());
+    StoreWrite w;
+    v1::PortMapping m;
+    m.set_id("m-1");
+    w.put_mappings.push_back(m);
+    ASSERT_OK(store->Commit(w));
+    for (const char* f : {"/state.db", "/state.db-wal", "/state.db-shm"}) {
+      struct stat st;
+      ASSERT_EQ(stat((dir + f).c_str(), &st), 0) << f;
+      EXPECT_EQ(st.st_mode & 0777, 0600u) << f;
+    }
+  }
+  struct stat st;
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  ASSERT_OK_AND_ASSIGN(auto again, Store::Open(dir));
+  EXPECT_FALSE(again->fresh());
+}
+
+// A missing (or stale) id counter must never let a new mapping take a
+// stored mapping's id.
+TEST(StoreSafetyTest, AMissingIdCounterIsRebuiltFromTheHighestId) {
+  std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/counter");
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+    StoreWrite w;
+    for (const char* id : {"m-1", "m-7", "m-3"}) {
+      v1::PortMapping m;
+      m.set_id(id);
+      w.put_mappings.push_back(m);
+    }
+    w.next_mapping_id = 8;
+    ASSERT_OK(store->Commit(w));
+  }
+  ASSERT_EQ(system(absl::StrCat("python3 -c \"import sqlite3; c = sqlite3.connect('", dir,
+                                "/state.db'); c.execute(\\\"DELETE FROM meta WHERE "
+                                "key='next_mapping_id'\\\"); c.commit()\"")
+                       .c_str()),
+            0);
+  ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+  ASSERT_OK_AND_ASSIGN(StoreContents c, store->Load());
+  EXPECT_EQ(c.next_mapping_id, 8);
 }
 
 }  // namespace

@@ -182,7 +182,7 @@ absl::StatusOr<std::unique_ptr<AgentProcess>> AgentProcess::Start(
   if (pid == 0) {
     std::string cmd = absl::StrCat(
         "exec ", Runfile("agent/fabric-agent"), " --socket ", a->socket_,
-        " --state_dir ", dir, "/state --metrics_address= --reconcile_interval=0 ",
+        " --state_dir ", dir, "/state --run_dir ", dir, "/run --metrics_address= --reconcile_interval=0 ",
         extra_flags, " >>", a->log_, " 2>&1");
     execl("/usr/bin/env", "env", "ip", "netns", "exec", ns->name().c_str(), "sh",
           "-c", cmd.c_str(), static_cast<char*>(nullptr));

@@ -111,7 +111,7 @@ ln -s /usr/lib/cni/bridge /usr/lib/cni/host-local "$CNI_BIN/"
 ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
 
 say "Starting fabric-agent in $HOST"
-in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" \
+in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" --run_dir "$WORK/run" \
   --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 \
   > "$WORK/agent.log" 2>&1 &
 AGENT_PID=$!

@@ -178,10 +178,23 @@ TEST_F(AgentTest, StaleSocketIsReplacedLiveOneIsNot) {
   ASSERT_EQ(stat((dir_ + "/agent.sock").c_str(), &st), 0);
   StartAgent();
   EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("ready:        yes")));
-  // A second agent on the same socket refuses to start.
+  // A second agent on the same socket (and state dir) refuses to start.
   auto second = AgentProcess::Start(ns_.get(), dir_, "--metrics_address=");
   EXPECT_FALSE(second.ok());
-  EXPECT_THAT(agent_->LogText(), HasSubstr("another agent is serving"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr(absl::StrCat(
+                                     "another fabric-agent already runs on state dir ", dir_,
+                                     "/state (pid ")));
+  // One with a state dir of its own, in another namespace, on the same
+  // live socket: refused too.
+  ASSERT_OK_AND_ASSIGN(auto elsewhere, Netns::Create("agent-b"));
+  testing::ScopedTempDir other("agent2");
+  ASSERT_OK(agent::Store::Open(other.path() + "/state").status());
+  auto third = AgentProcess::Start(elsewhere.get(), other.path(),
+                                   absl::StrCat("--socket=", dir_, "/agent.sock"));
+  EXPECT_FALSE(third.ok());
+  EXPECT_THAT(std::string(third.status().message()),
+              HasSubstr(absl::StrCat("another agent is serving ", dir_, "/agent.sock")));
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("ready:        yes")));
 }
 
 TEST_F(AgentTest, CorruptStoreRefusesToStartAndLeavesKernelAlone) {
@@ -197,6 +210,58 @@ TEST_F(AgentTest, CorruptStoreRefusesToStartAndLeavesKernelAlone) {
               HasSubstr("leaves the kernel rules as they are"));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
               IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+}
+
+// A lost store (an emptied file, a new --state_dir, a lost hostPath) must
+// not be taken as the truth while the kernel holds our rules: that would
+// unpublish every container.
+TEST_F(AgentTest, EmptyOrMissingStoreRefusesToStartWhileTheKernelHoldsRules) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  agent_->Stop();
+  const std::string kept = "tcp . 8080 : 10.1.0.5 . 80";
+  // The database emptied to 0 bytes.
+  ASSERT_OK(testing::Shell(absl::StrCat("rm -f ", dir_, "/state/state.db-wal ", dir_,
+                                        "/state/state.db-shm; : > ", dir_, "/state/state.db")));
+  auto emptied = AgentProcess::Start(ns_.get(), dir_, "--metrics_address=");
+  ASSERT_FALSE(emptied.ok());
+  EXPECT_THAT(std::string(emptied.status().message()),
+              HasSubstr("/state/state.db is new or empty, but the kernel's nftables table holds 1 "
+                        "NAT entries"));
+  EXPECT_THAT(std::string(emptied.status().message()), HasSubstr("--reset_state"));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(HasSubstr(kept)));
+  // A new, empty state dir (another --state_dir).
+  testing::ScopedTempDir other("agent2");
+  auto elsewhere = AgentProcess::Start(ns_.get(), other.path(), "--metrics_address=");
+  ASSERT_FALSE(elsewhere.ok());
+  EXPECT_THAT(std::string(elsewhere.status().message()), HasSubstr("is new or empty"));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(HasSubstr(kept)));
+  // Said explicitly: start empty, and the kernel follows.
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(ns_.get(), dir_, "--reset_state"));
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("mappings:     0")));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
+              IsOkAndHolds(Not(HasSubstr("8080"))));
+}
+
+// A second agent (its own --state_dir and --socket) in the same network
+// namespace is refused before it changes the kernel, naming the first.
+TEST_F(AgentTest, ASecondAgentInTheSameNamespaceIsRefusedBeforeTouchingTheKernel) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  testing::ScopedTempDir other("agent2");
+  // Its store exists (empty, not new): without the guard it would make the
+  // kernel match it and delete the first agent's rule.
+  ASSERT_OK(agent::Store::Open(other.path() + "/state").status());
+  auto second = AgentProcess::Start(ns_.get(), other.path(),
+                                    absl::StrCat("--run_dir=", dir_, "/run"));
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr("another fabric-agent already runs in this network namespace"));
+  EXPECT_THAT(std::string(second.status().message()),
+              HasSubstr(absl::StrCat("state dir ", dir_, "/state, socket ", dir_, "/agent.sock")));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
+              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("1 mapping(s)")));
 }
 
 }  // namespace
@@ -239,14 +304,17 @@ TEST_F(AgentTest, ElementDeletedByHandIsRestoredAndOwnChangesCauseNoRepair) {
   StartAgent();
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner w").status());
   ASSERT_OK(Ctl("add udp 5353 10.1.0.5:53 --owner w").status());
-  ASSERT_OK(Ctl("remove m-2").status());
+  ASSERT_OK(Ctl("add tcp 8081 10.1.0.5:81 --owner w").status());
+  ASSERT_OK(Ctl("remove m-3").status());
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("repairs:      0")));
+  // Not the map's last element: that would leave its rule behind with an
+  // empty map, which only a rebuild mends (the rules follow the contents).
   ASSERT_OK(ns_->Exec("nft delete element inet fabric_nat dnat4_any '{ tcp . 8080 }'"));
   std::string listing;
   for (int i = 0; i < 100; ++i) {
     listing = *ns_->Exec("nft list map inet fabric_nat dnat4_any");
-    if (CountElements(listing) == 1) break;
+    if (CountElements(listing) == 2) break;
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_THAT(listing, HasSubstr("tcp . 8080 : 10.1.0.5 . 80"));

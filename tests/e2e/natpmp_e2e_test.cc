@@ -180,10 +180,16 @@ TEST_F(NatPmpTest, LeasesAndEpochSurviveARestart) {
   EXPECT_GE(e2, e1 + 2);  // the epoch went on across the restart, not reset
   ASSERT_OK_AND_ASSIGN(std::string again, Pmp(*lan_, "192.168.77.1 map tcp 80 0 600"));
   EXPECT_EQ(Field(again, "external"), "8080");
-  // Losing the state (the store) starts a new epoch, and the leases go.
+  // Losing the state (the store) while the kernel still holds the lease:
+  // the agent refuses to start until told to begin empty; then a new epoch
+  // starts and the leases go.
   agent_.reset();
   ASSERT_OK(testing::Shell("rm -rf " + dir_ + "/state"));
-  StartAgent();
+  auto refused = AgentProcess::Start(router_.get(), dir_,
+                                     "--lan_interfaces=lan0 --wan_interface=wan0");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("is new or empty"));
+  StartAgent("--reset_state");
   ASSERT_OK_AND_ASSIGN(std::string fresh, Pmp(*lan_, "192.168.77.1 addr"));
   int e3 = -1;
   ASSERT_TRUE(absl::SimpleAtoi(Field(fresh, "epoch"), &e3));

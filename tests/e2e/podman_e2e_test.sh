@@ -354,7 +354,7 @@ ip netns exec "$HOST_NS" sysctl -qw net.ipv4.ip_forward=1
 mkdir -p "$T/var/lib" "$T/var/cache" "$T/var/tmp" "$T/shm" "$T/netns" "$T/agent-run" "$T/agent-state" \
          "$T/net.d" "$T/cni-bin"
 
-ip netns exec "$HOST_NS" "$AGENT" --socket="$SOCK" --state_dir="$T/agent-state" \
+ip netns exec "$HOST_NS" "$AGENT" --socket="$SOCK" --state_dir="$T/agent-state" --run_dir="$T/agent-run" \
   --metrics_address= > "$T/agent.log" 2>&1 &
 AGENT_PID=$!
 

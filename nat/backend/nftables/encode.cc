@@ -431,51 +431,158 @@ RulePtr DnatRule(const DnatMap& m) {
   return r;
 }
 
-std::vector<std::pair<std::string, RulePtr>> LayoutRules() {
-  std::vector<std::pair<std::string, RulePtr>> rules;
-  for (const char* chain : {"prerouting", "output"}) {
-    RulePtr r = NewRule(chain);
-    DaddrIsLocal(r.get());
-    nftnl_rule_add_expr(r.get(), Verdict(NFT_JUMP, "hostports"));
-    rules.emplace_back(chain, std::move(r));
+// The layout's rules in chain order. Each one but the jumps looks up one
+// set and exists only while that set has elements (Needed): a lookup in an
+// empty set changes no packet's fate, and every new connection would pay
+// for it. The jumps to hostports exist while any DNAT map has elements.
+enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost };
+struct RuleSpec {
+  const char* chain;
+  RuleKind kind;
+  const DnatMap* map = nullptr;     // kDnat
+  const PrefixSet* set = nullptr;   // kPrefix
+};
+
+const DnatMap& DnatMapNamed(const char* name) {
+  for (const DnatMap& m : kDnatMaps) {
+    if (std::strcmp(m.name, name) == 0) return m;
   }
-  for (const DnatMap& m : kDnatMaps) rules.emplace_back("hostports", DnatRule(m));
-  for (const PrefixSet& s : kPrefixSets) {
-    RulePtr r = NewRule("postrouting");
-    const uint32_t alen = AddrLen(s.family);
-    if (s.kind == PrefixKind::kHairpin) CtStatusDnat(r.get());
-    NfprotoIs(r.get(), s.family);
-    nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
-                                         SaddrOffset(s.family), alen, NFT_REG_1));
-    nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1, false));
-    nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
-                                         DaddrOffset(s.family), alen, NFT_REG_1));
-    // Hairpin: source and destination both in the networks. Masquerade:
-    // destination outside them.
-    nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1,
-                                        s.kind == PrefixKind::kMasquerade));
-    nftnl_rule_add_expr(r.get(), Masquerade());
-    rules.emplace_back("postrouting", std::move(r));
+  return kDnatMaps[0];
+}
+
+const std::vector<RuleSpec>& AllRules() {
+  static const std::vector<RuleSpec>* rules = [] {
+    auto* r = new std::vector<RuleSpec>;
+    r->push_back({"prerouting", RuleKind::kJump});
+    r->push_back({"output", RuleKind::kJump});
+    // Any-address maps first: they hold the common case, and a mapping on
+    // one host address never shares a port with one on any address (the
+    // port allocator refuses it), so the order decides no packet's fate.
+    for (const char* name : {"dnat4_any", "range4_any", "dnat4", "range4",
+                             "dnat6_any", "range6_any", "dnat6", "range6"}) {
+      r->push_back({"hostports", RuleKind::kDnat, &DnatMapNamed(name)});
+    }
+    for (const PrefixSet& s : kPrefixSets) {
+      r->push_back({"postrouting", RuleKind::kPrefix, nullptr, &s});
+    }
+    r->push_back({"postrouting", RuleKind::kLocalhost});
+    return r;
+  }();
+  return *rules;
+}
+
+size_t SizeOf(const SetSizes& sizes, const std::string& name) {
+  auto it = sizes.find(name);
+  return it == sizes.end() ? 0 : it->second;
+}
+
+bool Needed(const RuleSpec& spec, const SetSizes& sizes) {
+  switch (spec.kind) {
+    case RuleKind::kJump:
+      for (const DnatMap& m : kDnatMaps) {
+        if (SizeOf(sizes, m.name) > 0) return true;
+      }
+      return false;
+    case RuleKind::kDnat:
+      return SizeOf(sizes, spec.map->name) > 0;
+    case RuleKind::kPrefix:
+      return SizeOf(sizes, spec.set->name) > 0;
+    case RuleKind::kLocalhost:
+      return SizeOf(sizes, kLocalhostSet) > 0;
   }
-  {
-    // oifname @localhost_ifaces ip saddr 127.0.0.0/8 masquerade
-    RulePtr r = NewRule("postrouting");
-    nftnl_rule_add_expr(r.get(), Meta(NFT_META_OIFNAME, NFT_REG_1));
-    nftnl_rule_add_expr(r.get(), Lookup(kLocalhostSet, NFT_REG_1, -1, false));
-    NfprotoIs(r.get(), Family::kIPv4);
-    nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 1, NFT_REG_1));
-    uint8_t loopback = 127;
-    nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, &loopback, 1));
-    nftnl_rule_add_expr(r.get(), Masquerade());
-    rules.emplace_back("postrouting", std::move(r));
+  return false;
+}
+
+// The rules `sizes` calls for in `chain`, in order.
+std::vector<const RuleSpec*> NeededIn(const char* chain, const SetSizes& sizes) {
+  std::vector<const RuleSpec*> out;
+  for (const RuleSpec& spec : AllRules()) {
+    if (std::strcmp(spec.chain, chain) == 0 && Needed(spec, sizes)) {
+      out.push_back(&spec);
+    }
   }
-  {
-    RulePtr r = NewRule("forward");
-    CtStatusDnat(r.get());
-    nftnl_rule_add_expr(r.get(), Verdict(NF_ACCEPT, nullptr));
-    rules.emplace_back("forward", std::move(r));
+  return out;
+}
+
+RulePtr BuildRule(const RuleSpec& spec) {
+  switch (spec.kind) {
+    case RuleKind::kJump: {
+      // fib daddr type local jump hostports
+      RulePtr r = NewRule(spec.chain);
+      DaddrIsLocal(r.get());
+      nftnl_rule_add_expr(r.get(), Verdict(NFT_JUMP, "hostports"));
+      return r;
+    }
+    case RuleKind::kDnat:
+      return DnatRule(*spec.map);
+    case RuleKind::kPrefix: {
+      const PrefixSet& s = *spec.set;
+      RulePtr r = NewRule("postrouting");
+      const uint32_t alen = AddrLen(s.family);
+      if (s.kind == PrefixKind::kHairpin) CtStatusDnat(r.get());
+      NfprotoIs(r.get(), s.family);
+      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
+                                           SaddrOffset(s.family), alen, NFT_REG_1));
+      nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1, false));
+      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
+                                           DaddrOffset(s.family), alen, NFT_REG_1));
+      // Hairpin: source and destination both in the networks. Masquerade:
+      // destination outside them.
+      nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1,
+                                          s.kind == PrefixKind::kMasquerade));
+      nftnl_rule_add_expr(r.get(), Masquerade());
+      return r;
+    }
+    case RuleKind::kLocalhost: {
+      // oifname @localhost_ifaces ip saddr 127.0.0.0/8 masquerade
+      RulePtr r = NewRule("postrouting");
+      nftnl_rule_add_expr(r.get(), Meta(NFT_META_OIFNAME, NFT_REG_1));
+      nftnl_rule_add_expr(r.get(), Lookup(kLocalhostSet, NFT_REG_1, -1, false));
+      NfprotoIs(r.get(), Family::kIPv4);
+      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 1, NFT_REG_1));
+      uint8_t loopback = 127;
+      nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, &loopback, 1));
+      nftnl_rule_add_expr(r.get(), Masquerade());
+      return r;
+    }
+  }
+  return nullptr;
+}
+
+// Every rule `sizes` calls for, in chain order.
+std::vector<const RuleSpec*> LayoutRules(const SetSizes& sizes) {
+  std::vector<const RuleSpec*> rules;
+  for (const RuleSpec& spec : AllRules()) {
+    if (Needed(spec, sizes)) rules.push_back(&spec);
   }
   return rules;
+}
+
+// "add rule to chain hostports: dnat through map dnat4_any".
+std::string RuleWhat(const RuleSpec& spec) {
+  std::string what = absl::StrCat("add rule to chain ", spec.chain, ": ");
+  switch (spec.kind) {
+    case RuleKind::kJump:
+      return absl::StrCat(what, "jump to hostports");
+    case RuleKind::kDnat:
+      return absl::StrCat(what, "dnat through map ", spec.map->name);
+    case RuleKind::kPrefix:
+      return absl::StrCat(what,
+                          spec.set->kind == PrefixKind::kHairpin ? "hairpin"
+                                                                 : "outbound",
+                          " masquerade by set ", spec.set->name);
+    case RuleKind::kLocalhost:
+      return absl::StrCat(what, "localhost masquerade by set ", kLocalhostSet);
+  }
+  return what;
+}
+
+void EncodeRule(Builder& b, const RuleSpec& spec) {
+  RulePtr rule = BuildRule(spec);
+  nftnl_rule_nlmsg_build_payload(
+      b.Start(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, RuleWhat(spec)),
+      rule.get());
+  b.Done();
 }
 
 // ---------------------------------------------------------------------------
@@ -492,7 +599,6 @@ constexpr ChainSpec kChains[] = {
     {"prerouting", "nat", NF_INET_PRE_ROUTING, -100},
     {"output", "nat", NF_INET_LOCAL_OUT, -100},
     {"postrouting", "nat", NF_INET_POST_ROUTING, 100},
-    {"forward", "filter", NF_INET_FORWARD, 0},
 };
 
 ChainPtr NewChain(const ChainSpec& spec) {
@@ -580,11 +686,56 @@ std::string SetSpecSignature(uint32_t flags, uint32_t key_len,
 
 // ---------------------------------------------------------------------------
 
-EncodedBatch EncodeApply(const Batch& batch, uint32_t first_seq) {
+SetSizes SizesOf(const RuleSet& rules) {
+  SetSizes sizes;
+  for (const DnatElement& e : rules.dnat) ++sizes[MapFor(e).name];
+  for (const Prefix& p : rules.masquerade) {
+    ++sizes[p.family() == Family::kIPv4 ? "masq4" : "masq6"];
+  }
+  for (const Prefix& p : rules.hairpin) {
+    ++sizes[p.family() == Family::kIPv4 ? "hairpin4" : "hairpin6"];
+  }
+  if (!rules.localhost_interfaces.empty()) {
+    sizes[kLocalhostSet] = rules.localhost_interfaces.size();
+  }
+  return sizes;
+}
+
+SetSizes SizesAfter(SetSizes before, const Batch& batch) {
+  SetSizes removed = SizesOf(batch.remove);
+  for (const auto& [name, n] : removed) {
+    size_t& have = before[name];
+    have = have > n ? have - n : 0;
+  }
+  for (const auto& [name, n] : SizesOf(batch.add)) before[name] += n;
+  for (auto it = before.begin(); it != before.end();) {
+    it = it->second == 0 ? before.erase(it) : std::next(it);
+  }
+  return before;
+}
+
+EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
+                         uint32_t first_seq) {
   Builder b(first_seq);
   b.Begin();
   EncodeElements(b, /*add=*/false, batch.remove);
   EncodeElements(b, /*add=*/true, batch.add);
+  // A set that gains its first element or loses its last changes the rules
+  // of its chain: the same batch flushes the chain and lays down what the
+  // new contents call for, so the kernel commits both or neither. A flush
+  // needs no rule handles, and leaves the chain right even if it held
+  // something else.
+  SetSizes after = SizesAfter(before, batch);
+  for (const ChainSpec& chain : kChains) {
+    std::vector<const RuleSpec*> want = NeededIn(chain.name, after);
+    if (want == NeededIn(chain.name, before)) continue;
+    RulePtr flush = NewRule(chain.name);
+    nftnl_rule_nlmsg_build_payload(
+        b.Start(NFT_MSG_DELRULE, 0, absl::StrCat("flush chain ", chain.name)),
+        flush.get());
+    b.Done();
+    for (const RuleSpec* spec : want) EncodeRule(b, *spec);
+  }
   b.End();
   return b.Take();
 }
@@ -623,13 +774,7 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq) {
         s.get());
     b.Done();
   }
-  for (auto& [chain, rule] : LayoutRules()) {
-    nftnl_rule_nlmsg_build_payload(
-        b.Start(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
-                absl::StrCat("add rule to chain ", chain)),
-        rule.get());
-    b.Done();
-  }
+  for (const RuleSpec* spec : LayoutRules(SizesOf(desired))) EncodeRule(b, *spec);
   EncodeElements(b, /*add=*/true, desired);
   b.End();
   return b.Take();
@@ -801,10 +946,12 @@ std::string RuleSignature(nftnl_rule* rule) {
   return sig;
 }
 
-std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures() {
+std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
+    const SetSizes& sizes) {
   std::map<std::string, std::vector<std::string>> out;
-  for (auto& [chain, rule] : LayoutRules()) {
-    out[chain].push_back(RuleSignature(rule.get()));
+  for (const ChainSpec& spec : kChains) out[spec.name];
+  for (const RuleSpec* spec : LayoutRules(sizes)) {
+    out[spec->chain].push_back(RuleSignature(BuildRule(*spec).get()));
   }
   return out;
 }

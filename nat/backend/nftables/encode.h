@@ -16,7 +16,12 @@
 //   chain output (nat, -100)         fib daddr type local jump hostports
 //   chain hostports                  one dnat-through-map rule per map
 //   chain postrouting (nat, srcnat)  hairpin, outbound and localhost masquerade
-//   chain forward (filter, 0)        ct status dnat accept
+//
+// Only the rules that can change a packet's fate are present: a rule that
+// looks up a set exists while that set has elements, and the jumps while
+// any DNAT map has elements (SetSizes below decides). No filter chain: an
+// accept in our own base chain cannot override another table's drop, and
+// with policy accept it changes nothing.
 //
 // Range maps carry no target port: the destination port is kept, so host
 // port N reaches target port N (nftables cannot shift a port range here).
@@ -52,11 +57,26 @@ struct EncodedBatch {
   size_t messages = 0;
 };
 
-// Element additions and removals for an intact table.
-EncodedBatch EncodeApply(const Batch& batch, uint32_t first_seq);
+// How many elements each map and set of the layout holds, by set name
+// (prefix sets count prefixes); a set that is not named holds none. It
+// decides which rules the table holds.
+using SetSizes = std::map<std::string, size_t>;
 
-// Deletes our table (if present) and recreates it holding exactly `desired`,
-// in one transaction.
+// The sizes of the sets that hold `rules`.
+SetSizes SizesOf(const RuleSet& rules);
+// `before` with `batch` applied: every removal was there and every
+// addition was not (else the kernel refuses the batch). Never below zero.
+SetSizes SizesAfter(SetSizes before, const Batch& batch);
+
+// Element additions and removals for an intact table whose sets held
+// `before`. When a set gains its first element or loses its last, the same
+// batch also flushes each chain whose rules change and lays down the rules
+// the new contents call for.
+EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
+                         uint32_t first_seq);
+
+// Deletes our table (if present) and recreates it holding exactly `desired`
+// and the rules it calls for, in one transaction.
 EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq);
 
 // Deletes our table. Fails with ENOENT in the kernel when it is absent.
@@ -78,8 +98,10 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
 // built here and rules read back from the kernel.
 std::string RuleSignature(nftnl_rule* rule);
 
-// The layout's rules, by chain, as signatures in order.
-std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures();
+// The rules that sets of `sizes` call for, by chain (every chain of the
+// layout, an empty list where none), as signatures in order.
+std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
+    const SetSizes& sizes);
 
 // The layout's chains: name -> "type hook priority" ("" for regular chains).
 std::map<std::string, std::string> ExpectedChains();

@@ -20,7 +20,10 @@
 namespace fabric::nat::nftables {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Key;
+using ::testing::Not;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
 
@@ -105,11 +108,97 @@ TEST(EncodeTest, ApplyMatchesGolden) {
   gone.target_ip = Ip("10.22.0.9");
   gone.target_port = 90;
   b.remove.dnat.insert(gone.ToElements()[0]);
-  CheckGolden("apply.golden", Describe(EncodeApply(b, 100)));
+  // Only `gone` was there: the batch fills every other set it names, so it
+  // lays down the rules of hostports and postrouting again too.
+  SetSizes before = SizesOf(b.remove);
+  CheckGolden("apply.golden", Describe(EncodeApply(b, before, 100)));
 }
 
 TEST(EncodeTest, ReplaceMatchesGolden) {
   CheckGolden("replace.golden", Describe(EncodeReplace(Sample(), 1)));
+}
+
+TEST(EncodeTest, EmptyReplaceHasNoRules) {
+  EncodedBatch b = EncodeReplace(RuleSet{}, 1);
+  for (const auto& [seq, what] : b.what) EXPECT_THAT(what, Not(HasSubstr("rule")));
+}
+
+// The rule messages of a batch, in order ("add rule to chain hostports",
+// "flush chain hostports"; what a rule does left out), elements left out.
+std::vector<std::string> RuleMessages(const EncodedBatch& b) {
+  std::vector<std::string> out;
+  for (const auto& [seq, what] : b.what) {
+    if (what.find("chain") != std::string::npos) {
+      out.push_back(what.substr(0, what.find(':')));
+    }
+  }
+  return out;
+}
+
+TEST(EncodeTest, ApplyChangesNoRuleWhileNoSetFillsOrEmpties) {
+  RuleSet present = Sample();
+  Batch b;
+  PortMapping m;
+  m.host_port = 9000;
+  m.target_ip = Ip("10.22.0.9");
+  m.target_port = 90;
+  b.add.dnat.insert(m.ToElements()[0]);
+  b.remove.dnat.insert(*present.dnat.begin());
+  EncodedBatch e = EncodeApply(b, SizesOf(present), 1);
+  EXPECT_EQ(e.messages, 2u);
+  EXPECT_THAT(RuleMessages(e), ElementsAre());
+}
+
+TEST(EncodeTest, FirstElementAddsItsRulesInTheSameBatch) {
+  Batch b;
+  PortMapping m;
+  m.host_port = 8080;
+  m.target_ip = Ip("10.22.0.5");
+  m.target_port = 80;
+  b.add.dnat.insert(m.ToElements()[0]);
+  EXPECT_THAT(RuleMessages(EncodeApply(b, SetSizes{}, 1)),
+              ElementsAre("flush chain hostports", "add rule to chain hostports",
+                          "flush chain prerouting", "add rule to chain prerouting",
+                          "flush chain output", "add rule to chain output"));
+  // A second map of the same chain: hostports again, the jumps stay.
+  Batch v6;
+  m.target_ip = Ip("fd00::5");
+  v6.add.dnat.insert(m.ToElements()[0]);
+  EXPECT_THAT(RuleMessages(EncodeApply(v6, SizesAfter({}, b), 1)),
+              ElementsAre("flush chain hostports", "add rule to chain hostports",
+                          "add rule to chain hostports"));
+}
+
+TEST(EncodeTest, RuleMessagesSayWhatTheRuleDoes) {
+  Batch b;
+  b.add.hairpin = {*Prefix::Parse("10.22.0.0/16")};
+  EncodedBatch e = EncodeApply(b, {}, 1);
+  EXPECT_EQ(e.what.rbegin()->second,
+            "add rule to chain postrouting: hairpin masquerade by set hairpin4");
+}
+
+TEST(EncodeTest, LastElementTakesItsRulesAway) {
+  RuleSet one;
+  one.masquerade = {*Prefix::Parse("10.22.0.0/16")};
+  Batch b;
+  b.remove = one;
+  EncodedBatch e = EncodeApply(b, SizesOf(one), 1);
+  EXPECT_THAT(RuleMessages(e), ElementsAre("flush chain postrouting"));
+  EXPECT_TRUE(SizesAfter(SizesOf(one), b).empty());
+}
+
+TEST(EncodeTest, SizesCountElementsPerSet) {
+  SetSizes s = SizesOf(Sample());
+  EXPECT_EQ(s, (SetSizes{{"dnat4", 1}, {"dnat4_any", 1}, {"dnat6_any", 1},
+                         {"range4_any", 1}, {"range6", 1}, {"masq4", 1},
+                         {"masq6", 1}, {"hairpin4", 2},
+                         {"localhost_ifaces", 2}}));
+  Batch b;
+  b.remove.hairpin = {*Prefix::Parse("10.22.0.0/16")};
+  b.add.localhost_interfaces = {"eth9"};
+  SetSizes after = SizesAfter(s, b);
+  EXPECT_EQ(after["hairpin4"], 1u);
+  EXPECT_EQ(after["localhost_ifaces"], 3u);
 }
 
 TEST(EncodeTest, DeleteTableMatchesGolden) {
@@ -123,12 +212,9 @@ TEST(EncodeTest, EveryMessageHasADescriptionAndSequence) {
   EXPECT_EQ(b.next_seq, 1000 + b.messages + 2);
   EXPECT_THAT(b.what.begin()->second, HasSubstr("create table"));
   // A prefix is two elements (start, end); 0.0.0.0/0 has no end.
-  EncodedBatch one = EncodeApply(Batch{{}, [] {
-                                         RuleSet r;
-                                         r.masquerade = {*Prefix::Parse("0.0.0.0/0")};
-                                         return r;
-                                       }()},
-                                 1);
+  RuleSet whole;
+  whole.masquerade = {*Prefix::Parse("0.0.0.0/0")};
+  EncodedBatch one = EncodeApply(Batch{{}, whole}, SizesOf(whole), 1);
   EXPECT_EQ(one.messages, 1u);
 }
 
@@ -162,7 +248,7 @@ TEST(EncodeTest, EveryKindOfElementRoundTrips) {
   want.masquerade.insert(*Prefix::Parse("2001:db8:ff::/48"));
   Batch b;
   b.add = want;
-  RuleSet got = DecodeBatch(EncodeApply(b, 1));
+  RuleSet got = DecodeBatch(EncodeApply(b, {}, 1));
   EXPECT_EQ(got, want) << got.DebugString();
 }
 
@@ -171,7 +257,7 @@ TEST(EncodeTest, WholeAddressSpacePrefixRoundTrips) {
   want.masquerade = {*Prefix::Parse("0.0.0.0/0"), *Prefix::Parse("::/0")};
   Batch b;
   b.add = want;
-  EncodedBatch e = EncodeApply(b, 1);
+  EncodedBatch e = EncodeApply(b, SizesOf(want), 1);
   EXPECT_EQ(e.messages, 2u);  // no end element past the top
   EXPECT_EQ(DecodeBatch(e), want);
 }
@@ -179,7 +265,8 @@ TEST(EncodeTest, WholeAddressSpacePrefixRoundTrips) {
 TEST(EncodeTest, RepeatedElementInOneDumpIsDetected) {
   Batch b;
   b.add = Sample();
-  EncodedBatch e = EncodeApply(b, 1);
+  // Sizes as if present already: the first message is an element.
+  EncodedBatch e = EncodeApply(b, SizesOf(b.add), 1);
   const auto* nlh = reinterpret_cast<const nlmsghdr*>(e.bytes.data());
   int len = static_cast<int>(e.bytes.size());
   nlh = mnl_nlmsg_next(nlh, &len);  // past batch begin: the first element
@@ -195,12 +282,33 @@ TEST(EncodeTest, RepeatedElementInOneDumpIsDetected) {
 }
 
 TEST(EncodeTest, LayoutIsConsistent) {
-  EXPECT_EQ(ExpectedChains().size(), 5u);
+  // No filter chain: an accept there would change no packet's fate.
+  EXPECT_THAT(ExpectedChains(),
+              ElementsAre(Key("hostports"), Key("output"), Key("postrouting"),
+                          Key("prerouting")));
   EXPECT_EQ(ExpectedSets().size(), SetNames().size());
-  auto rules = ExpectedRuleSignatures();
+  SetSizes every;
+  for (const std::string& name : SetNames()) every[name] = 1;
+  auto rules = ExpectedRuleSignatures(every);
   EXPECT_EQ(rules["hostports"].size(), 8u);
   EXPECT_EQ(rules["postrouting"].size(), 5u);
-  EXPECT_THAT(rules["hostports"][1], HasSubstr("set dnat4_any"));
+  EXPECT_EQ(rules["prerouting"].size(), 1u);
+  // The any-address map is looked up first.
+  EXPECT_THAT(rules["hostports"][0], HasSubstr("set dnat4_any"));
+  EXPECT_THAT(rules["hostports"][2], HasSubstr("set dnat4 "));
+}
+
+TEST(EncodeTest, RulesFollowWhatTheSetsHold) {
+  auto none = ExpectedRuleSignatures({});
+  EXPECT_EQ(none.size(), ExpectedChains().size());
+  for (const auto& [chain, rules] : none) EXPECT_THAT(rules, ElementsAre()) << chain;
+  auto some = ExpectedRuleSignatures({{"dnat4", 3}, {"hairpin6", 1}});
+  ASSERT_EQ(some["hostports"].size(), 1u);
+  EXPECT_THAT(some["hostports"][0], HasSubstr("set dnat4 "));
+  EXPECT_EQ(some["prerouting"].size(), 1u);
+  EXPECT_EQ(some["output"].size(), 1u);
+  ASSERT_EQ(some["postrouting"].size(), 1u);
+  EXPECT_THAT(some["postrouting"][0], HasSubstr("set hairpin6"));
 }
 
 }  // namespace

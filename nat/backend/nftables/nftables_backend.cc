@@ -54,7 +54,10 @@ absl::Status NftablesBackend::Send(const nftables::EncodedBatch& batch,
                                    absl::string_view operation) {
   absl::StatusOr<netlink::NetlinkSocket::BatchResult> result =
       socket_->SendBatch(batch.bytes);
-  if (!result.ok()) return result.status();
+  if (!result.ok()) {
+    sizes_.reset();  // the kernel may or may not have taken the batch
+    return result.status();
+  }
   if (result->errors.empty()) {
     last_generation_ = result->generation;
     return absl::OkStatus();
@@ -83,10 +86,20 @@ absl::Status NftablesBackend::Apply(const Batch& batch) {
   for (const std::string& i : batch.add.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
+  if (!sizes_.has_value()) {
+    // Which rules the table holds depends on its contents: learn them once.
+    absl::StatusOr<KernelState> state = Read();
+    if (!state.ok()) return state.status();
+    if (!state->table_present) {
+      return absl::FailedPreconditionError(
+          "batch: the kernel has no table inet fabric_nat");
+    }
+  }
   uint32_t first = socket_->ReserveSeq(0);
-  nftables::EncodedBatch encoded = nftables::EncodeApply(batch, first);
+  nftables::EncodedBatch encoded = nftables::EncodeApply(batch, *sizes_, first);
   socket_->ReserveSeq(encoded.next_seq - first);
   if (absl::Status s = Send(encoded, "batch"); !s.ok()) return s;
+  sizes_ = nftables::SizesAfter(std::move(*sizes_), batch);
   for (const std::string& i : batch.remove.localhost_interfaces) {
     SetRouteLocalnet(i, false).IgnoreError();  // the interface may be gone
   }
@@ -100,7 +113,9 @@ absl::Status NftablesBackend::Replace(const RuleSet& desired) {
   uint32_t first = socket_->ReserveSeq(0);
   nftables::EncodedBatch encoded = nftables::EncodeReplace(desired, first);
   socket_->ReserveSeq(encoded.next_seq - first);
-  return Send(encoded, "table replacement");
+  if (absl::Status s = Send(encoded, "table replacement"); !s.ok()) return s;
+  sizes_ = nftables::SizesOf(desired);
+  return absl::OkStatus();
 }
 
 absl::Status NftablesBackend::DeleteTable() {
@@ -108,6 +123,7 @@ absl::Status NftablesBackend::DeleteTable() {
   nftables::EncodedBatch encoded = nftables::EncodeDeleteTable(first);
   socket_->ReserveSeq(encoded.next_seq - first);
   absl::Status s = Send(encoded, "table deletion");
+  sizes_.reset();
   if (s.code() == absl::StatusCode::kNotFound) return absl::OkStatus();
   return s;
 }
@@ -120,7 +136,15 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
   absl::StatusOr<KernelState> state;
   for (int attempt = 0; attempt < 20; ++attempt) {
     state = ReadOnce();
-    if (state.ok() || state.status().code() != absl::StatusCode::kAborted) return state;
+    if (state.ok()) {
+      if (state->table_present) {
+        sizes_ = nftables::SizesOf(state->rules);
+      } else {
+        sizes_.reset();
+      }
+      return state;
+    }
+    if (state.status().code() != absl::StatusCode::kAborted) return state;
     absl::SleepFor(absl::Milliseconds(5 * (attempt + 1)));
   }
   return absl::UnavailableError(absl::StrCat(
@@ -244,28 +268,6 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
         return absl::OkStatus();
       });
   if (!s.ok()) return s;
-  auto expected_rules = nftables::ExpectedRuleSignatures();
-  for (const auto& [chain, expected] : expected_rules) {
-    const std::vector<std::string>& have = rules[chain];
-    if (have != expected) {
-      std::string detail;
-      for (size_t i = 0; i < have.size() && i < expected.size(); ++i) {
-        if (have[i] != expected[i]) {
-          detail = absl::StrCat("; rule ", i, " is ", have[i], ", expected ",
-                                expected[i]);
-          break;
-        }
-      }
-      problems.push_back(absl::StrCat("chain ", chain, " holds ", have.size(),
-                                      " rule(s) not as laid out (expected ",
-                                      expected.size(), ")", detail));
-    }
-  }
-  for (const auto& [chain, have] : rules) {
-    if (expected_rules.count(chain) == 0 && !have.empty()) {
-      problems.push_back(absl::StrCat("foreign rules in chain ", chain));
-    }
-  }
 
   // Elements of every set we know and found.
   for (const std::string& name : nftables::SetNames()) {
@@ -299,6 +301,33 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
     if (!s.ok()) return s;
     if (decode.code() == absl::StatusCode::kAborted) return decode;
     if (!decode.ok()) problems.push_back(std::string(decode.message()));
+  }
+
+  // The rules the contents call for, exactly: a rule for an empty set is
+  // as wrong as a missing one (only a batch of ours keeps them in step).
+  auto expected_rules = nftables::ExpectedRuleSignatures(
+      nftables::SizesOf(state.rules));
+  for (const auto& [chain, expected] : expected_rules) {
+    const std::vector<std::string>& have = rules[chain];
+    if (have != expected) {
+      std::string detail;
+      for (size_t i = 0; i < have.size() && i < expected.size(); ++i) {
+        if (have[i] != expected[i]) {
+          detail = absl::StrCat("; rule ", i, " is ", have[i], ", expected ",
+                                expected[i]);
+          break;
+        }
+      }
+      problems.push_back(absl::StrCat(
+          "chain ", chain, " holds ", have.size(),
+          " rule(s) not as laid out (its sets' contents call for ",
+          expected.size(), ")", detail));
+    }
+  }
+  for (const auto& [chain, have] : rules) {
+    if (expected_rules.count(chain) == 0 && !have.empty()) {
+      problems.push_back(absl::StrCat("foreign rules in chain ", chain));
+    }
   }
 
   state.layout_intact = problems.empty();

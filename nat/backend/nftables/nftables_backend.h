@@ -5,10 +5,17 @@
 // touched, except the `route_localnet` sysctl of interfaces in
 // `localhost_interfaces`.
 //
-// Thread-compatible: the agent's core serializes all calls.
+// Which rules the table holds depends on which sets have elements
+// (nftables/encode.h), so the backend remembers how many elements each set
+// held after its last Read, Replace or Apply, and an Apply that fills a set
+// or empties one changes the rules in the same batch.
+//
+// Thread-compatible: the agent's core serializes all calls (Read included:
+// it refreshes what the backend remembers).
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "nat/backend/backend.h"
@@ -43,6 +50,10 @@ class NftablesBackend : public Backend {
 
   std::unique_ptr<netlink::NetlinkSocket> socket_;
   uint32_t last_generation_ = 0;
+  // The kernel's set sizes as of our last Read, Replace or Apply; nullopt
+  // before the first, after DeleteTable, or when a batch's fate is unknown
+  // (the socket failed). Apply reads the kernel first when it is nullopt.
+  mutable std::optional<nftables::SetSizes> sizes_;
 };
 
 // Sets /proc/sys/net/ipv4/conf/<interface>/route_localnet.

@@ -24,6 +24,7 @@ using ::fabric::testing::Netns;
 using ::fabric::testing::ScopedNetns;
 using ::fabric::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
@@ -303,13 +304,22 @@ TEST_F(NftablesBackendTest, TouchesNoOtherTable) {
 
 TEST_F(NftablesBackendTest, ForeignChangesAreDetected) {
   RuleSet rules;
-  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80),
+                Dnat(Protocol::kTcp, std::nullopt, 8081, "10.99.0.2", 80)};
+  rules.masquerade = {*Prefix::Parse("10.99.0.0/24")};
   ASSERT_OK(backend_->Replace(rules));
   ASSERT_OK(host_->Exec("nft delete element inet fabric_nat dnat4_any "
                         "'{ tcp . 8080 }'"));
   ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
   EXPECT_TRUE(state.layout_intact) << state.problem;
-  EXPECT_TRUE(state.rules.dnat.empty());
+  EXPECT_EQ(state.rules.dnat.size(), 1u);
+  // The last element gone by hand leaves a rule that its empty map does not
+  // call for: only a rebuild puts rules and contents in step again.
+  ASSERT_OK(host_->Exec("nft delete element inet fabric_nat dnat4_any "
+                        "'{ tcp . 8081 }'"));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_FALSE(state.layout_intact);
+  EXPECT_THAT(state.problem, HasSubstr("chain hostports holds 1 rule(s)"));
   ASSERT_OK(host_->Exec("nft flush chain inet fabric_nat postrouting"));
   ASSERT_OK_AND_ASSIGN(state, backend_->Read());
   EXPECT_FALSE(state.layout_intact);
@@ -317,6 +327,141 @@ TEST_F(NftablesBackendTest, ForeignChangesAreDetected) {
   ASSERT_OK(host_->Exec("nft flush ruleset"));
   ASSERT_OK_AND_ASSIGN(state, backend_->Read());
   EXPECT_FALSE(state.table_present);
+}
+
+// The rules of `chain` as `nft` lists them, one per line.
+std::string ChainRules(const Netns& ns, const std::string& chain) {
+  absl::StatusOr<std::string> out = ns.Exec(absl::StrCat(
+      "nft list chain inet fabric_nat ", chain,
+      " | grep -v -e '^table' -e '^\\s*chain' -e ' hook ' -e '^\\s*}' | sed 's/^\\s*//'"));
+  return out.ok() ? *out : std::string(out.status().message());
+}
+
+TEST_F(NftablesBackendTest, OnlyRulesThatCanChangeAFateArePresent) {
+  Serve("tcp", 80, "web");
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  // Empty sets: every chain is empty, and there is no filter chain at all.
+  ASSERT_OK_AND_ASSIGN(std::string table,
+                       host_->Exec("nft list table inet fabric_nat"));
+  EXPECT_THAT(table, Not(HasSubstr("jump")));
+  EXPECT_THAT(table, Not(HasSubstr("masquerade")));
+  EXPECT_THAT(table, Not(HasSubstr("forward")));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+
+  // The first mapping brings the jumps and its map's rule, in its batch.
+  DnatElement web = Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80);
+  Batch add;
+  add.add.dnat = {web};
+  ASSERT_OK(backend_->Apply(add));
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+  EXPECT_THAT(ChainRules(*host_, "prerouting"), HasSubstr("jump hostports"));
+  EXPECT_THAT(ChainRules(*host_, "output"), HasSubstr("jump hostports"));
+  ASSERT_OK_AND_ASSIGN(std::string hostports, host_->Exec(
+      "nft list chain inet fabric_nat hostports | grep -c dnat"));
+  EXPECT_EQ(hostports, "1\n");
+  EXPECT_THAT(ChainRules(*host_, "hostports"), HasSubstr("@dnat4_any"));
+  EXPECT_EQ(ChainRules(*host_, "postrouting"), "");
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+
+  // A host-specific map joins after the any-address one.
+  Batch specific;
+  specific.add.dnat = {Dnat(Protocol::kTcp, Ip("192.0.2.10"), 9090, "10.99.0.2", 80)};
+  specific.add.masquerade = {*Prefix::Parse("10.99.0.0/24")};
+  ASSERT_OK(backend_->Apply(specific));
+  std::string chain = ChainRules(*host_, "hostports");
+  EXPECT_LT(chain.find("@dnat4_any"), chain.find("@dnat4 ")) << chain;
+  EXPECT_THAT(ChainRules(*host_, "postrouting"), HasSubstr("@masq4"));
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.10", 9090),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+
+  // The last elements take their rules with them.
+  Batch remove;
+  remove.remove = specific.add;
+  remove.remove.dnat.insert(web);
+  ASSERT_OK(backend_->Apply(remove));
+  for (const char* c : {"prerouting", "output", "hostports", "postrouting"}) {
+    EXPECT_EQ(ChainRules(*host_, c), "") << c;
+  }
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_TRUE(state.rules.empty());
+}
+
+TEST_F(NftablesBackendTest, RefusedBatchChangesNoRuleEither) {
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  // The first element of two sets, and a removal of what is not there.
+  Batch bad;
+  bad.add.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  bad.add.hairpin = {*Prefix::Parse("10.99.0.0/24")};
+  bad.remove.dnat = {Dnat(Protocol::kUdp, std::nullopt, 5353, "10.99.0.2", 53)};
+  EXPECT_THAT(backend_->Apply(bad), StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_TRUE(state.rules.empty());
+  EXPECT_THAT(*host_->Exec("nft list table inet fabric_nat"), Not(HasSubstr("jump")));
+  // And the backend still knows what the kernel holds.
+  bad.remove = {};
+  ASSERT_OK(backend_->Apply(bad));
+  ASSERT_OK_AND_ASSIGN(state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_EQ(state.rules, bad.add);
+}
+
+TEST_F(NftablesBackendTest, NewBackendLearnsTheContentsBeforeItsFirstBatch) {
+  Serve("tcp", 80, "web");
+  DnatElement web = Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80);
+  RuleSet rules;
+  rules.dnat = {web};
+  ASSERT_OK(backend_->Replace(rules));
+  // A restarted agent: a fresh backend whose first call is a batch.
+  std::unique_ptr<NftablesBackend> fresh;
+  {
+    ASSERT_OK_AND_ASSIGN(auto enter, ScopedNetns::Enter(*host_));
+    ASSERT_OK_AND_ASSIGN(fresh, NftablesBackend::Create());
+  }
+  Batch more;
+  more.add.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8081, "10.99.0.2", 80)};
+  ASSERT_OK(fresh->Apply(more));
+  EXPECT_TRUE(Ask(*outside_, "tcp", "192.0.2.1", 8081).ok());
+  Batch all;
+  all.remove.dnat = {web, *more.add.dnat.begin()};
+  ASSERT_OK(fresh->Apply(all));
+  ASSERT_OK_AND_ASSIGN(KernelState state, fresh->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  EXPECT_EQ(ChainRules(*host_, "hostports"), "");
+}
+
+TEST_F(NftablesBackendTest, SyncAfterFlushRulesetRestoresTheRules) {
+  Serve("tcp", 80, "web");
+  RuleSet rules;
+  rules.dnat = {Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80)};
+  rules.hairpin = {*Prefix::Parse("10.99.0.0/24")};
+  ASSERT_OK(backend_->Replace(rules));
+  ASSERT_OK(host_->Exec("nft flush ruleset"));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
+  ASSERT_OK_AND_ASSIGN(SyncReport report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kReplaced);
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080),
+              IsOkAndHolds(std::string("web 192.0.2.2\n")));
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.1", 8080),
+              IsOkAndHolds(std::string("web 10.99.0.1\n")));
+  ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
+  EXPECT_TRUE(state.layout_intact) << state.problem;
+  // Emptied by hand: the stale rule makes Sync rebuild, and then the
+  // element batch that follows lays the rules down again.
+  ASSERT_OK(host_->Exec("nft flush map inet fabric_nat dnat4_any"));
+  ASSERT_OK_AND_ASSIGN(report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kReplaced);
+  EXPECT_THAT(report.reason, HasSubstr("chain hostports"));
+  ASSERT_OK_AND_ASSIGN(report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kNone);
+  EXPECT_TRUE(Ask(*outside_, "tcp", "192.0.2.1", 8080).ok());
 }
 
 }  // namespace
