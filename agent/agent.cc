@@ -245,7 +245,6 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   if (config.natpmp && !config.lan_interfaces.empty()) {
     natpmp::ServerConfig pmp;
     pmp.lan_interfaces = config.lan_interfaces;
-    pmp.wan_interface = config.wan_interface;
     pmp.pcp = config.pcp;
     absl::StatusOr<std::pair<uint16_t, uint16_t>> ports =
         nat::ParsePortRange(config.natpmp_port_range);
@@ -263,8 +262,19 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     pmp.burst = std::max(20.0, config.natpmp_rate_limit * 2);
     pmp.policy.max_lifetime = static_cast<uint32_t>(
         std::max<int64_t>(1, absl::ToInt64Seconds(config.natpmp_max_lifetime)));
+    // The WAN address watcher, shared with later front-ends; the core is
+    // told first, then the front-ends.
+    if (!config.wan_interface.empty()) {
+      absl::StatusOr<std::unique_ptr<wan::AddressWatcher>> w =
+          wan::AddressWatcher::Start(config.wan_interface);
+      if (!w.ok()) return w.status();
+      agent->wan_ = std::move(*w);
+      AgentCore* core = agent->core_.get();
+      agent->wan_->Subscribe(
+          [core](const wan::AddressChange& c) { core->SetExternalAddress(c.address); });
+    }
     absl::StatusOr<std::unique_ptr<natpmp::PmpServer>> server =
-        natpmp::PmpServer::Start(agent->core_.get(), &agent->metrics_, pmp);
+        natpmp::PmpServer::Start(agent->core_.get(), &agent->metrics_, agent->wan_.get(), pmp);
     if (!server.ok()) return server.status();
     agent->pmp_ = std::move(*server);
     LogLine(absl::StrCat("NAT-PMP", config.pcp ? " and PCP" : "", " on udp 5351, LAN ",

@@ -15,6 +15,7 @@
 #include "agent/instance_lock.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
+#include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
 #include "agent/service.h"
 #include "nat/backend/nftables/monitor.h"
@@ -91,6 +92,7 @@ class Agent {
   std::unique_ptr<AgentServiceImpl> status_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<HttpServer> http_;
+  std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;

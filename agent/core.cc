@@ -92,6 +92,7 @@ absl::StatusOr<v1::AttachResponse> AgentCore::Attach(const v1::Attachment& attac
 }
 
 absl::StatusOr<bool> AgentCore::Detach(const v1::AttachmentKey& key, absl::Time deadline) {
+  if (absl::Status s = ValidateAttachmentKey(key); !s.ok()) return s;
   return writer_.Mutate<bool>(deadline, [&](Txn& txn) -> absl::StatusOr<bool> {
     bool existed = owners::Detach(txn, key, conntrack_);
     if (!existed) txn.Discard();
@@ -100,6 +101,7 @@ absl::StatusOr<bool> AgentCore::Detach(const v1::AttachmentKey& key, absl::Time 
 }
 
 absl::Status AgentCore::Check(const v1::AttachmentKey& key) {
+  if (absl::Status s = ValidateAttachmentKey(key); !s.ok()) return s;
   std::shared_ptr<const Snapshot> snap = writer_.snapshot();
   if (!snap->ready) {
     return absl::UnavailableError(absl::StrCat("agent not ready: ", snap->not_ready_reason));

@@ -132,6 +132,106 @@ TEST_F(CoreTest, BadInputIsRefusedWithTheField) {
   EXPECT_TRUE(backend_.rules().empty());
 }
 
+// Issue 10, item 11: ids as CNI defines them, so that no two keys share an
+// owner id ("victim/eth0" + "x" and "victim" + "eth0/x" used to).
+TEST_F(CoreTest, AttachmentIdsFollowCniRulesSoOwnerKeysCannotCollide) {
+  ASSERT_OK(core_->Attach(Container("victim", "10.22.0.5/16", 8080, 80)).status());
+  v1::Attachment a = Container("victim/eth0", "10.22.0.6/16", 8081, 80);
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("container id \"victim/eth0\"")));
+  a = Container("victim", "10.22.0.6/16", 8081, 80);
+  a.mutable_key()->set_ifname("eth0/net1");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("may not contain '/'")));
+  a.mutable_key()->set_ifname("eth0");
+  a.mutable_key()->set_network_name("net1/x");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("network name \"net1/x\"")));
+  a.mutable_key()->set_network_name("net1");
+  a.mutable_key()->set_ifname("averyveryverylongifname");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("must be 1-15 bytes")));
+  // A DEL with such a key cannot remove the other's mapping.
+  v1::AttachmentKey other;
+  other.set_container_id("victim");
+  other.set_ifname("eth0/net1");
+  other.set_network_name("");
+  EXPECT_THAT(core_->Detach(other), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_CNI, ""), SizeIs(1));
+  a = Container("c9", "10.22.0.9/16", 8090, 80);
+  a.set_host_interface("all\n");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("host interface")));
+}
+
+// Issue 10, item 12: a container network becomes a masquerade and hairpin
+// prefix; a /0 would masquerade everyone.
+TEST_F(CoreTest, ImplausibleContainerAddressesAndTargetsAreRefused) {
+  for (const char* addr : {"10.22.0.5/0", "10.22.0.5/7", "fd00::5/16"}) {
+    EXPECT_THAT(core_->Attach(Container("c1", addr, 8080, 80)),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("is no container network")))
+        << addr;
+  }
+  for (const char* addr : {"224.0.0.5/24", "10.22.255.255/16", "255.255.255.255/32", "ff02::1/64"}) {
+    EXPECT_THAT(core_->Attach(Container("c1", addr, 8080, 80)),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("must be a unicast address")))
+        << addr;
+  }
+  EXPECT_TRUE(backend_.rules().empty());
+  for (const char* target : {"239.1.2.3", "255.255.255.255", "ff02::1"}) {
+    v1::PortMapping m;
+    m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+    m.mutable_owner()->set_id("t");
+    m.set_protocol(v1::PROTOCOL_UDP);
+    m.set_host_port(9000);
+    m.set_target_ip(target);
+    m.set_target_port(53);
+    EXPECT_THAT(core_->CreateMapping(m), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                  HasSubstr("routable unicast")))
+        << target;
+  }
+}
+
+// Issue 10, item 13.
+TEST_F(CoreTest, ExpiresAtMustBeARepresentableFutureTime) {
+  v1::PortMapping m;
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  m.mutable_owner()->set_id("t");
+  m.set_protocol(v1::PROTOCOL_TCP);
+  m.set_host_port(9000);
+  m.set_target_ip("10.22.0.5");
+  m.set_target_port(80);
+  int64_t now = absl::ToUnixSeconds(now_);
+  for (auto [seconds, nanos] : std::vector<std::pair<int64_t, int32_t>>{
+           {int64_t{1} << 62, 0}, {-5, 0}, {now - 1, 0}, {now + 60, 2000000000},
+           {now + 60, -1}}) {
+    m.mutable_expires_at()->set_seconds(seconds);
+    m.mutable_expires_at()->set_nanos(nanos);
+    EXPECT_THAT(core_->CreateMapping(m),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expires_at must be")))
+        << seconds << " " << nanos;
+  }
+  m.mutable_expires_at()->set_seconds(now + 3600);
+  m.mutable_expires_at()->set_nanos(0);
+  EXPECT_OK(core_->CreateMapping(m).status());
+}
+
+// Issue 10, item 16: the kernel lacking an element a change removes (a DEL
+// right after someone deleted it by hand) is drift to repair, not "no such
+// container"; other refusals are the kernel's, said so.
+TEST_F(CoreTest, KernelDriftIsRepairedAndRefusalsAreNamedForWhatTheyAre) {
+  ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)).status());
+  backend_.mutable_rules().dnat.clear();  // by hand
+  EXPECT_THAT(core_->Detach(Container("c1", "", 0, 0).key()), ::fabric::testing::IsOkAndHolds(true));
+  EXPECT_TRUE(backend_.rules().dnat.empty());
+  EXPECT_EQ(core_->Status().repairs(), 1u);
+  backend_.FailNext(absl::FailedPreconditionError("netlink: table changed"));
+  EXPECT_THAT(core_->Attach(Container("c2", "10.22.0.6/16", 8081, 80)),
+              StatusIs(absl::StatusCode::kInternal,
+                       HasSubstr("the kernel refused the change: netlink: table changed")));
+}
+
 TEST_F(CoreTest, KernelFailureUndoesStoreAndPorts) {
   backend_.FailNext(absl::InternalError("netlink: boom"));
   EXPECT_THAT(core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)),

@@ -12,8 +12,15 @@ namespace fabric::agent {
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()),
-                      std::string(s.message()));
+  // Messages quote client input; one too long for gRPC's metadata would
+  // turn into a transport error with another code (the plugin then reported
+  // "no free port"). Keep the code, cut the text.
+  constexpr size_t kMaxMessage = 2048;
+  std::string message(s.message());
+  if (message.size() > kMaxMessage) {
+    message = absl::StrCat(message.substr(0, kMaxMessage), "... (", message.size(), " bytes)");
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), message);
 }
 
 namespace {

@@ -78,6 +78,15 @@ bool IpAddress::IsUnspecified() const {
   return true;
 }
 
+bool IpAddress::IsMulticast() const {
+  return family_ == Family::kIPv4 ? (bytes_[0] & 0xf0) == 0xe0 : bytes_[0] == 0xff;
+}
+
+bool IpAddress::IsLimitedBroadcast() const {
+  return family_ == Family::kIPv4 && bytes_[0] == 255 && bytes_[1] == 255 &&
+         bytes_[2] == 255 && bytes_[3] == 255;
+}
+
 bool IpAddress::IsLoopback() const {
   if (is_v4()) return bytes_[0] == 127;
   for (int i = 0; i < 15; ++i) {
@@ -213,7 +222,8 @@ absl::Status PortMapping::Validate() const {
         FamilyName(host_ip->family()), " but target is ",
         FamilyName(target_ip.family())));
   }
-  if (target_ip.IsUnspecified() || target_ip.IsLoopback()) {
+  if (target_ip.IsUnspecified() || target_ip.IsLoopback() || target_ip.IsMulticast() ||
+      target_ip.IsLimitedBroadcast()) {
     return absl::InvalidArgumentError(absl::StrCat(
         ToString(), ": target address must be a routable unicast address"));
   }

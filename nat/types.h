@@ -52,6 +52,10 @@ class IpAddress {
   bool is_v4() const { return family_ == Family::kIPv4; }
   bool IsUnspecified() const;
   bool IsLoopback() const;
+  // 224.0.0.0/4 or ff00::/8.
+  bool IsMulticast() const;
+  // 255.255.255.255 (IPv4 only).
+  bool IsLimitedBroadcast() const;
   std::string ToString() const;
 
   friend bool operator==(const IpAddress& a, const IpAddress& b) {

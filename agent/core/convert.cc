@@ -1,6 +1,10 @@
 #include "agent/core/convert.h"
 
+#include <algorithm>
 #include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -10,6 +14,58 @@ namespace fabric::agent {
 
 using nat::IpAddress;
 using nat::PortMapping;
+
+namespace {
+
+bool IdChar(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+}
+
+// At most 64 bytes of client input in a message.
+std::string Quote(const std::string& s) {
+  std::string cut = s.size() > 64 ? s.substr(0, 64) + "..." : s;
+  return absl::StrCat("\"", absl::CEscape(cut), "\"");
+}
+
+}  // namespace
+
+absl::Status ValidateInterfaceName(const std::string& name, const std::string& what) {
+  if (name.empty() || name.size() > kMaxInterfaceName || name == "." || name == "..") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " ", Quote(name), " must be 1-15 bytes and not \".\" or \"..\""));
+  }
+  for (char c : name) {
+    if (c == '/' || c == ':' || absl::ascii_isspace(static_cast<unsigned char>(c)) ||
+        static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " ", Quote(name), " may not contain '/', ':', white space or control characters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateAttachmentKey(const v1::AttachmentKey& key) {
+  const std::string& cid = key.container_id();
+  if (cid.empty() || cid.size() > kMaxIdLength ||
+      !std::all_of(cid.begin(), cid.end(), IdChar)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "container id ", Quote(cid), " must be 1-", kMaxIdLength,
+        " letters, digits, '.', '_' or '-' (CNI_CONTAINERID)"));
+  }
+  if (absl::Status s = ValidateInterfaceName(key.ifname(), "interface name (CNI_IFNAME)");
+      !s.ok()) {
+    return s;
+  }
+  const std::string& net = key.network_name();
+  if (!net.empty() &&
+      (net.size() > kMaxIdLength || !absl::ascii_isalnum(static_cast<unsigned char>(net[0])) ||
+       !std::all_of(net.begin(), net.end(), IdChar))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "network name ", Quote(net), " must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most ",
+        kMaxIdLength, " bytes)"));
+  }
+  return absl::OkStatus();
+}
 
 bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
                   const std::string& owner_id) {

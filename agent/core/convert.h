@@ -17,8 +17,22 @@ namespace fabric::agent {
 
 namespace v1 = ::fabric::nat::v1;
 
-// Longest owner id, container id, network name or description accepted.
+// Longest owner id, container id or network name accepted.
 inline constexpr size_t kMaxIdLength = 256;
+inline constexpr size_t kMaxDescriptionLength = 1024;
+inline constexpr size_t kMaxNetnsPathLength = 4096;
+// IFNAMSIZ - 1.
+inline constexpr size_t kMaxInterfaceName = 15;
+
+// CNI's rules for the ids of an attachment (container id: letters, digits,
+// '.', '_', '-'; interface: 1-15 bytes, no '/', ':' or white space, not "."
+// or ".."; network name: [a-zA-Z0-9][a-zA-Z0-9_.-]*), which also keep the
+// '/' separators of AttachmentOwnerId unambiguous: no two keys share an
+// owner id. kInvalidArgument naming the field.
+absl::Status ValidateAttachmentKey(const v1::AttachmentKey& key);
+// An interface name as the kernel takes it (see above). `what` names the
+// field in the message.
+absl::Status ValidateInterfaceName(const std::string& name, const std::string& what);
 
 // Parses and checks a v1 mapping request into the NAT value type (host port
 // 0 is allowed: allocated later). kInvalidArgument naming the field.

@@ -172,6 +172,28 @@ absl::StatusOr<nat::SyncReport> Writer::Resync() {
   return report;
 }
 
+absl::Status Writer::RepairLocked() {
+  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, state_.Desired());
+  if (!report.ok()) return report.status();
+  if (report->action != nat::SyncReport::Action::kNone) {
+    ++repairs_;
+    last_repair_ = options_.now();
+    PublishLocked({});
+  }
+  return absl::OkStatus();
+}
+
+bool Writer::KernelDrifted(const absl::Status& s) {
+  return absl::IsNotFound(s) || absl::IsAlreadyExists(s);
+}
+
+absl::Status Writer::KernelError(const absl::Status& s) {
+  if (absl::IsNotFound(s) || absl::IsAlreadyExists(s) || absl::IsFailedPrecondition(s)) {
+    return absl::InternalError(absl::StrCat("the kernel refused the change: ", s.message()));
+  }
+  return s;
+}
+
 absl::Status Writer::Backup(const std::string& path) {
   std::lock_guard<std::mutex> lock(mu_);
   return store_->Backup(path);

@@ -106,6 +106,16 @@ class Writer {
   // REQUIRES: mu_ held.
   void PublishLocked(std::vector<v1::MappingEvent> events);
   absl::Status CheckLocked(absl::Time deadline) const;
+  // REQUIRES: mu_ held. Sync of the kernel to the state; counts a repair.
+  absl::Status RepairLocked();
+  // The kernel refused a batch because it does not hold what the state
+  // says (an element missing or already there).
+  static bool KernelDrifted(const absl::Status& s);
+  // A commit failure as the caller sees it: the kernel's refusals (which
+  // the backend reports as kNotFound, kAlreadyExists, kFailedPrecondition)
+  // must not read as "no such container" or "rules missing" to a CNI
+  // plugin; they are kInternal naming the kernel.
+  static absl::Status KernelError(const absl::Status& s);
 
   const Options options_;
   const std::string backend_name_;
@@ -136,12 +146,22 @@ absl::StatusOr<T> Writer::Mutate(absl::Time deadline,
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (absl::Status s = CheckLocked(deadline); !s.ok()) return s;
-    Txn txn(state_, &allocator_, options_.now());
-    result = fn(txn);
-    if (!result.ok()) return result.status();  // ~Txn undoes its ports
-    if (txn.discarded()) return result;
-    if (absl::Status s = CommitLocked(txn); !s.ok()) return s;
-    after = txn.TakeAfterUnlock();
+    // A second attempt only after the kernel drifted from the state (an
+    // element someone deleted by hand that this change removes): repaired,
+    // then the change runs again on the repaired kernel.
+    for (int attempt = 0;; ++attempt) {
+      Txn txn(state_, &allocator_, options_.now());
+      result = fn(txn);
+      if (!result.ok()) return result.status();  // ~Txn undoes its ports
+      if (txn.discarded()) return result;
+      absl::Status s = CommitLocked(txn);
+      if (s.ok()) {
+        after = txn.TakeAfterUnlock();
+        break;
+      }
+      if (attempt == 0 && KernelDrifted(s) && RepairLocked().ok()) continue;
+      return KernelError(s);
+    }
   }
   for (auto& f : after) f();
   return result;

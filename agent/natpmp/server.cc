@@ -1,12 +1,10 @@
 #include "agent/natpmp/server.h"
 
 #include <arpa/inet.h>
-#include <ifaddrs.h>
-#include <linux/netlink.h>
-#include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -25,22 +23,6 @@ namespace {
 constexpr uint32_t kShortErrorLifetime = 30;
 constexpr uint32_t kLongErrorLifetime = 1800;
 constexpr int kAnnouncements = 10;
-
-std::optional<nat::IpAddress> InterfaceAddress(const std::string& name) {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return std::nullopt;
-  std::optional<nat::IpAddress> found;
-  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
-    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
-    if (name != i->ifa_name) continue;
-    const auto* sin = reinterpret_cast<const sockaddr_in*>(i->ifa_addr);
-    found = nat::IpAddress::FromBytes(nat::Family::kIPv4,
-                                      reinterpret_cast<const uint8_t*>(&sin->sin_addr));
-    break;
-  }
-  freeifaddrs(list);
-  return found;
-}
 
 std::array<uint8_t, 4> V4Bytes(const std::optional<nat::IpAddress>& a) {
   std::array<uint8_t, 4> out{};
@@ -85,15 +67,16 @@ const char* OutcomeName(LeaseOutcome o) {
 
 absl::StatusOr<std::unique_ptr<PmpServer>> PmpServer::Start(AgentCore* core,
                                                             Metrics* metrics,
+                                                            wan::AddressSource* wan,
                                                             ServerConfig config) {
   if (config.lan_interfaces.empty()) {
     return absl::InvalidArgumentError("NAT-PMP/PCP needs --lan_interfaces");
   }
-  if (config.wan_interface.empty()) {
+  if (wan == nullptr || wan->interface().empty()) {
     return absl::InvalidArgumentError("NAT-PMP/PCP needs --wan_interface");
   }
   for (const std::string& lan : config.lan_interfaces) {
-    if (lan == config.wan_interface) {
+    if (lan == wan->interface()) {
       return absl::InvalidArgumentError(
           absl::StrCat("interface ", lan, " cannot be both LAN and WAN"));
     }
@@ -111,22 +94,35 @@ absl::StatusOr<std::unique_ptr<PmpServer>> PmpServer::Start(AgentCore* core,
     return absl::UnavailableError(absl::StrCat(
         "NAT-PMP/PCP: cannot listen on udp port ", config.port, ": ", std::strerror(e)));
   }
-  int rtnl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  sockaddr_nl nl{};
-  nl.nl_family = AF_NETLINK;
-  nl.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_LINK;
-  if (rtnl < 0 || bind(rtnl, reinterpret_cast<sockaddr*>(&nl), sizeof(nl)) != 0) {
+  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake < 0) {
+    int e = errno;
     close(udp);
-    if (rtnl >= 0) close(rtnl);
-    return absl::UnavailableError("NAT-PMP/PCP: cannot watch addresses (rtnetlink)");
+    return absl::UnavailableError(absl::StrCat("NAT-PMP/PCP: eventfd: ", std::strerror(e)));
   }
-  return std::unique_ptr<PmpServer>(new PmpServer(core, metrics, std::move(config), udp, rtnl));
+  return std::unique_ptr<PmpServer>(
+      new PmpServer(core, metrics, wan, std::move(config), udp, wake));
 }
 
-PmpServer::PmpServer(AgentCore* core, Metrics* metrics, ServerConfig config,
-                     int udp, int rtnl)
-    : core_(core), metrics_(metrics), config_(std::move(config)), udp_(udp), rtnl_(rtnl) {
-  RefreshWanAddress();
+PmpServer::PmpServer(AgentCore* core, Metrics* metrics, wan::AddressSource* wan,
+                     ServerConfig config, int udp, int wake)
+    : core_(core),
+      metrics_(metrics),
+      wan_source_(wan),
+      config_(std::move(config)),
+      udp_(udp),
+      wake_(wake) {
+  // The listener runs on the source's thread (or here, at once, with the
+  // address now): it only queues, the server thread applies.
+  subscription_ = wan_source_->Subscribe([this](const wan::AddressChange& c) {
+    {
+      std::lock_guard<std::mutex> l(pending_mu_);
+      pending_.push_back(c.address);
+    }
+    uint64_t one = 1;
+    (void)write(wake_, &one, sizeof(one));
+  });
+  ApplyWanChanges();
   // Announce at start even if the address did not change: the epoch may
   // have (RFC 6886 section 3.2.1).
   announcements_left_ = kAnnouncements;
@@ -136,23 +132,34 @@ PmpServer::PmpServer(AgentCore* core, Metrics* metrics, ServerConfig config,
 }
 
 PmpServer::~PmpServer() {
+  wan_source_->Unsubscribe(subscription_);  // no listener call after this
   stopping_ = true;
+  uint64_t one = 1;
+  (void)write(wake_, &one, sizeof(one));
   thread_.join();
   close(udp_);
-  close(rtnl_);
+  close(wake_);
 }
 
-void PmpServer::RefreshWanAddress() {
-  std::optional<nat::IpAddress> now = InterfaceAddress(config_.wan_interface);
-  if (now == wan_) return;
-  LogLine(absl::StrCat("nat-pmp: external address of ", config_.wan_interface, " is ",
-                       now ? now->ToString() : "none", wan_ ? " (was " + wan_->ToString() + ")" : ""));
-  wan_ = now;
-  core_->SetExternalAddress(now);
-  if (now.has_value()) {
-    announcements_left_ = kAnnouncements;
-    announce_gap_ = absl::Milliseconds(250);
-    next_announcement_ = absl::Now();
+void PmpServer::ApplyWanChanges() {
+  uint64_t count;
+  (void)read(wake_, &count, sizeof(count));
+  std::vector<std::optional<nat::IpAddress>> changes;
+  {
+    std::lock_guard<std::mutex> l(pending_mu_);
+    changes.swap(pending_);
+  }
+  for (const std::optional<nat::IpAddress>& now : changes) {
+    if (now == wan_) continue;
+    LogLine(absl::StrCat("nat-pmp: external address of ", wan_source_->interface(), " is ",
+                         now ? now->ToString() : "none",
+                         wan_ ? " (was " + wan_->ToString() + ")" : ""));
+    wan_ = now;
+    if (now.has_value()) {
+      announcements_left_ = kAnnouncements;
+      announce_gap_ = absl::Milliseconds(250);
+      next_announcement_ = absl::Now();
+    }
   }
 }
 
@@ -196,14 +203,10 @@ void PmpServer::Run() {
     if (announcements_left_ > 0) {
       wait = std::min(wait, std::max(absl::ZeroDuration(), next_announcement_ - absl::Now()));
     }
-    pollfd fds[2] = {{udp_, POLLIN, 0}, {rtnl_, POLLIN, 0}};
+    pollfd fds[2] = {{udp_, POLLIN, 0}, {wake_, POLLIN, 0}};
     int n = poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(wait)));
-    if (n > 0 && (fds[1].revents & POLLIN)) {
-      char buf[16384];
-      while (recv(rtnl_, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
-      }
-      RefreshWanAddress();
-    }
+    if (stopping_) break;
+    if (n > 0 && (fds[1].revents & POLLIN)) ApplyWanChanges();
     if (n > 0 && (fds[0].revents & POLLIN)) Receive();
     if (announcements_left_ > 0 && absl::Now() >= next_announcement_) {
       SendAnnouncement();

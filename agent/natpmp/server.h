@@ -2,17 +2,21 @@
 // on UDP 5351, only for requests that arrive on a configured LAN interface
 // and are not addressed to the WAN address; every mapping goes to the
 // requester's own address through AgentCore::Lease (the same allocator,
-// store and kernel maps as container ports). Watches the WAN interface's
-// address through rtnetlink and announces (NAT-PMP opcode 128 and PCP
-// ANNOUNCE to 224.0.0.1:5350, ten times at 250 ms doubling) at start and
-// whenever it changes.
+// store and kernel maps as container ports). Learns the WAN address from an
+// wan::AddressSource (the Agent's rtnetlink watcher, shared with the core
+// and other front-ends; a fake in tests) and announces (NAT-PMP opcode 128
+// and PCP ANNOUNCE to 224.0.0.1:5350, ten times at 250 ms doubling) at start
+// and whenever it changes. Telling the core (SetExternalAddress, which moves
+// the leases) is the source owner's job: Agent subscribes the core first.
 //
-// Threading: one thread of its own; it calls the thread-safe core.
+// Threading: one thread of its own; it calls the thread-safe core. The
+// source's listener only queues the change and wakes that thread.
 #pragma once
 
 #include <atomic>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -23,12 +27,12 @@
 #include "agent/core.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/codec.h"
+#include "agent/wan/address_source.h"
 
 namespace fabric::agent::natpmp {
 
 struct ServerConfig {
   std::vector<std::string> lan_interfaces;
-  std::string wan_interface;
   bool pcp = true;  // false: NAT-PMP only (PCP requests get NAT-PMP's
                     // "unsupported version")
   LeasePolicy policy;
@@ -42,18 +46,22 @@ struct ServerConfig {
 
 class PmpServer {
  public:
+  // `wan` (the WAN interface and its address; nullptr: none configured)
+  // must outlive the server.
   static absl::StatusOr<std::unique_ptr<PmpServer>> Start(AgentCore* core,
                                                           Metrics* metrics,
+                                                          wan::AddressSource* wan,
                                                           ServerConfig config);
   ~PmpServer();
 
  private:
-  PmpServer(AgentCore* core, Metrics* metrics, ServerConfig config, int udp,
-            int rtnl);
+  PmpServer(AgentCore* core, Metrics* metrics, wan::AddressSource* wan,
+            ServerConfig config, int udp, int wake);
   void Run();
   void Receive();
-  // Re-reads the WAN address; on a change, moves leases and announces.
-  void RefreshWanAddress();
+  // Takes the WAN address changes the listener queued; on a change,
+  // announces.
+  void ApplyWanChanges();
   void SendAnnouncement();
   bool Allow(uint32_t client, absl::Time now);
   std::vector<uint8_t> HandlePmp(const uint8_t* data, size_t len,
@@ -65,11 +73,15 @@ class PmpServer {
 
   AgentCore* core_;
   Metrics* metrics_;
+  wan::AddressSource* wan_source_;
   ServerConfig config_;
   int udp_;
-  int rtnl_;
+  int wake_;  // eventfd: a queued WAN change
+  int subscription_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
+  std::mutex pending_mu_;
+  std::vector<std::optional<nat::IpAddress>> pending_;  // guarded by pending_mu_
   // Server thread only:
   std::optional<nat::IpAddress> wan_;
   int announcements_left_ = 0;

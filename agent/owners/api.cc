@@ -15,9 +15,23 @@ absl::StatusOr<v1::PortMapping> CreateMapping(Txn& txn, const v1::PortMapping& r
         "attachments and NAT-PMP/PCP leases from their front-end");
   }
   if (request.owner().id().empty() || request.owner().id().size() > kMaxIdLength ||
-      request.description().size() > kMaxIdLength) {
-    return absl::InvalidArgumentError(
-        "owner id must be 1-256 bytes and description at most 256");
+      request.description().size() > kMaxDescriptionLength) {
+    return absl::InvalidArgumentError(absl::StrCat("owner id must be 1-", kMaxIdLength,
+                                                   " bytes and description at most ",
+                                                   kMaxDescriptionLength));
+  }
+  if (request.has_expires_at()) {
+    // A time the agent can represent, compute with and print: in the
+    // future, at most ten years ahead.
+    const google::protobuf::Timestamp& t = request.expires_at();
+    absl::Time now = txn.now();
+    if (t.nanos() < 0 || t.nanos() >= 1000000000 ||
+        t.seconds() <= absl::ToUnixSeconds(now) ||
+        t.seconds() > absl::ToUnixSeconds(now + absl::Hours(24 * 3653))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expires_at must be in the future and at most ten years ahead, with nanos "
+          "0-999999999 (got seconds=", t.seconds(), " nanos=", t.nanos(), ")"));
+    }
   }
   absl::StatusOr<nat::PortMapping> m = ToNatMapping(request);
   if (!m.ok()) return m.status();

@@ -30,6 +30,35 @@ void CountNetwork(Txn& txn, const AttachmentRecord& rec, int delta) {
   nat::Merge(&txn.batch(), nat::Diff(before, after));
 }
 
+// The network of a container address becomes a masquerade and hairpin
+// prefix: a /0 (or any prefix wider than a container network could be)
+// would masquerade everyone's traffic, and a multicast or broadcast address
+// is no container.
+absl::Status PlausibleContainerAddress(const Prefix& p) {
+  bool v4 = p.address.family() == Family::kIPv4;
+  int min_length = v4 ? 8 : 32;
+  if (p.length < min_length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "container address ", p.ToString(), ": a /", p.length,
+        " is no container network (at least /", min_length, ")"));
+  }
+  const IpAddress& a = p.address;
+  bool broadcast = a.IsLimitedBroadcast();
+  if (v4 && p.length <= 30) {
+    // The network's own broadcast address: every host bit set.
+    const uint8_t* b = a.bytes();
+    uint32_t ip = (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+    uint32_t host_mask = p.length == 0 ? 0xffffffffu : (0xffffffffu >> p.length);
+    broadcast = broadcast || (ip & host_mask) == host_mask;
+  }
+  if (a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || broadcast) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "container address ", p.ToString(),
+        " must be a unicast address (not unspecified, loopback, multicast or broadcast)"));
+  }
+  return absl::OkStatus();
+}
+
 // A port (run) of m's protocol free in m's family and in `others`: for a
 // dual-stack mapping with host port 0, which takes the same port in both.
 absl::StatusOr<uint16_t> FreeInFamilies(Txn& txn, const PortMapping& m,
@@ -62,12 +91,16 @@ absl::StatusOr<uint16_t> FreeInFamilies(Txn& txn, const PortMapping& m,
 absl::StatusOr<v1::AttachResponse> Attach(Txn& txn, const v1::Attachment& attachment,
                                           nat::ConntrackCleaner* ct) {
   const v1::AttachmentKey& key = attachment.key();
-  if (key.container_id().empty() || key.ifname().empty()) {
-    return absl::InvalidArgumentError(
-        "attachment key needs a container id and an interface name");
+  if (absl::Status s = ValidateAttachmentKey(key); !s.ok()) return s;
+  if (!attachment.host_interface().empty()) {
+    if (absl::Status s = ValidateInterfaceName(attachment.host_interface(), "host interface");
+        !s.ok()) {
+      return s;
+    }
   }
-  if (key.container_id().size() > kMaxIdLength || key.network_name().size() > kMaxIdLength) {
-    return absl::InvalidArgumentError("container id or network name too long");
+  if (attachment.netns_path().size() > kMaxNetnsPathLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("netns path is longer than ", kMaxNetnsPathLength, " bytes"));
   }
   std::string owner = AttachmentOwnerId(key);
   if (const AttachmentRecord* existing = txn.state().attachments.Find(owner)) {
@@ -92,6 +125,7 @@ absl::StatusOr<v1::AttachResponse> Attach(Txn& txn, const v1::Attachment& attach
     if (!p.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("container address: ", p.status().message()));
     }
+    if (absl::Status s = PlausibleContainerAddress(*p); !s.ok()) return s;
     addresses.push_back(p->address);
     rec.networks.push_back(p->Network());
   }

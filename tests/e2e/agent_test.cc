@@ -212,6 +212,28 @@ TEST_F(AgentTest, CorruptStoreRefusesToStartAndLeavesKernelAlone) {
               IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
 }
 
+// Issue 10, items 15 and 16: an error quoting a huge client value keeps its
+// code (it used to overflow gRPC's metadata and arrive as RESOURCE_EXHAUSTED,
+// "no free port" to the plugin), and client text cannot forge log lines.
+TEST_F(AgentTest, HugeOrHostileClientTextKeepsErrorCodesAndLogLinesIntact) {
+  StartAgent();
+  ASSERT_OK_AND_ASSIGN(
+      testing::CommandResult r,
+      testing::RunCommand(absl::StrCat(testing::Runfile("agent/fabricctl"), " --socket ", dir_,
+                                       "/agent.sock add tcp 8080 10.1.0.5:80 --host_ip ",
+                                       std::string(20000, '9'))));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("host IP"));
+  EXPECT_THAT(r.err, HasSubstr("bytes)"));
+  EXPECT_LT(r.err.size(), 4096u);
+  ASSERT_OK(Ctl("add tcp 8081 10.1.0.5:80 --owner \"$(printf 'evil\\n2026-01-01T00:00:00.000Z "
+                "op=forged')\"")
+                .status());
+  std::string log = agent_->LogText();
+  EXPECT_THAT(log, HasSubstr("owner=evil\\x0a2026-01-01T00:00:00.000Z op=forged"));
+  EXPECT_THAT(log, Not(HasSubstr("\n2026-01-01T00:00:00.000Z op=forged")));
+}
+
 // A lost store (an emptied file, a new --state_dir, a lost hostPath) must
 // not be taken as the truth while the kernel holds our rules: that would
 // unpublish every container.

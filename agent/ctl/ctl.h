@@ -1,0 +1,87 @@
+// fabricctl's logic: the commands of the agent's command-line client, each a
+// function over the v1 gRPC stubs that prints to the streams it is given and
+// returns the process exit code. agent/fabricctl.cc parses flags into
+// Options and calls Run; tests call the same functions against an
+// in-process server.
+//
+//   list [--json]                      mappings of every owner
+//   status [--json]                    agent status
+//   add PROTO HOSTPORT TARGETIP:PORT   an API mapping (--owner, --host_ip,
+//                                      --description)
+//   remove ID                          delete an API mapping
+//   backup PATH                        snapshot the agent's state
+//   diagnose [--json]                  compare kernel and store
+//   health [--ready]                   for probes (--timeout)
+//
+// Exit codes (scripts, probes and the deploy manifests rely on them):
+//   0 done; 1 the agent refused or failed (health: it does not answer, or
+//   with --ready is not ready; diagnose: needs attention); 2 usage error, or
+//   status: the agent answers but is not ready; 3 the agent is down (no
+//   socket, or UNAVAILABLE).
+//
+// --json output is the protobuf JSON mapping of the response
+// (google::protobuf::util::MessageToJsonString, proto field names,
+// indented): always one valid JSON object, never assembled by hand.
+//
+// Threading: the functions keep no state; each call makes its own RPC and
+// may run concurrently with others on the same stubs.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "fabric/nat/v1/nat.grpc.pb.h"
+
+namespace fabric::agent::ctl {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;
+inline constexpr int kExitUsage = 2;  // also: status says not ready
+inline constexpr int kExitAgentDown = 3;
+
+// Everything the command line sets besides the positional arguments.
+struct Options {
+  std::string socket = "/run/fabric-nat/agent.sock";
+  bool json = false;         // list, status, diagnose
+  std::string owner = "fabricctl";  // add
+  std::string host_ip;       // add; empty: any address
+  std::string description;   // add
+  bool ready = false;        // health
+  absl::Duration timeout = absl::Seconds(10);  // health
+  // The clock for list's "expires in" column (tests fix it).
+  absl::Time (*now)() = absl::Now;
+};
+
+// The usage text (fabricctl's program usage message; printed on a usage
+// error).
+const char* Usage();
+
+// Runs one command line: args are the positional arguments after flag
+// parsing, args[0] the command. Connects to options.socket over a unix
+// socket; a missing socket file is exit 3 (health: 1) naming the path.
+int Run(const std::vector<std::string>& args, const Options& options,
+        std::ostream& out, std::ostream& err);
+
+// One command each, over stubs the caller made. `args` as for Run (args[0]
+// is the command's name).
+int List(nat::v1::MappingService::StubInterface& stub, const Options& options,
+         std::ostream& out, std::ostream& err);
+int Status(nat::v1::AgentService::StubInterface& stub, const Options& options,
+           std::ostream& out, std::ostream& err);
+int Add(nat::v1::MappingService::StubInterface& stub, const std::vector<std::string>& args,
+        const Options& options, std::ostream& out, std::ostream& err);
+int Remove(nat::v1::MappingService::StubInterface& stub, const std::vector<std::string>& args,
+           std::ostream& out, std::ostream& err);
+// A relative PATH is made absolute against the current directory (the agent
+// writes the file, from its own working directory).
+int Backup(nat::v1::AgentService::StubInterface& stub, const std::vector<std::string>& args,
+           std::ostream& out, std::ostream& err);
+int Diagnose(nat::v1::AgentService::StubInterface& stub, const Options& options,
+             std::ostream& out, std::ostream& err);
+int Health(nat::v1::AgentService::StubInterface& stub, const Options& options,
+           std::ostream& out, std::ostream& err);
+
+}  // namespace fabric::agent::ctl
