@@ -136,7 +136,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--backend must be nftables or iptables, not \"", config.backend, "\""));
   }
-  agent->conntrack_ = std::make_unique<nat::NetfilterConntrackCleaner>();
+  nat::NetfilterConntrackCleaner::Options conntrack_options;
+  conntrack_options.log = [](const std::string& line) { LogLine(line); };
+  agent->conntrack_ = std::make_unique<nat::NetfilterConntrackCleaner>(conntrack_options);
 
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir);
   if (!store.ok()) return store.status();

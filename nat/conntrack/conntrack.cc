@@ -1,73 +1,134 @@
 #include "nat/conntrack/conntrack.h"
 
-#include <arpa/inet.h>
-#include <libnetfilter_conntrack/libnetfilter_conntrack.h>
-#include <netinet/in.h>
-
-#include <cerrno>
-#include <cstring>
+#include <cstdio>
+#include <utility>
 #include <vector>
+
+#include "nat/conntrack/ctnetlink.h"
+#include "nat/netlink/socket.h"
 
 namespace fabric::nat {
 
 namespace {
 
-struct Match {
-  uint8_t l3;
-  uint8_t l4;
-  std::optional<IpAddress> host_ip;
-  uint16_t lo, hi;
-  std::vector<nf_conntrack*> found;
-};
-
-int Collect(enum nf_conntrack_msg_type, struct nf_conntrack* ct, void* data) {
-  auto* m = static_cast<Match*>(data);
-  if (nfct_get_attr_u8(ct, ATTR_ORIG_L3PROTO) != m->l3 ||
-      nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO) != m->l4) {
-    return NFCT_CB_CONTINUE;
-  }
-  uint16_t port = ntohs(nfct_get_attr_u16(ct, ATTR_ORIG_PORT_DST));
-  if (port < m->lo || port > m->hi) return NFCT_CB_CONTINUE;
-  if (m->host_ip.has_value()) {
-    const void* dst = m->l3 == AF_INET ? nfct_get_attr(ct, ATTR_ORIG_IPV4_DST)
-                                       : nfct_get_attr(ct, ATTR_ORIG_IPV6_DST);
-    if (dst == nullptr ||
-        std::memcmp(dst, m->host_ip->bytes(), m->host_ip->size()) != 0) {
-      return NFCT_CB_CONTINUE;
-    }
-  }
-  m->found.push_back(nfct_clone(ct));
-  return NFCT_CB_CONTINUE;
+std::string Describe(const ctnetlink::HostPortQuery& q) {
+  return absl::StrCat(ProtocolName(q.protocol), " ",
+                      q.host_ip.has_value() ? q.host_ip->ToString() : FamilyName(q.family),
+                      " port ", q.port_lo,
+                      q.port_hi != q.port_lo ? absl::StrCat("-", q.port_hi) : "");
 }
+
+// One dump: its filter flags (0: the whole family) and port.
+struct DumpPlan {
+  uint32_t flags;
+  uint16_t port;
+};
 
 }  // namespace
 
-absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(
-    Family family, Protocol protocol, std::optional<IpAddress> host_ip,
-    uint16_t port_lo, uint16_t port_hi) {
-  nfct_handle* h = nfct_open(CONNTRACK, 0);
-  if (h == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("conntrack: open: ", std::strerror(errno)));
+NetfilterConntrackCleaner::NetfilterConntrackCleaner(Options options)
+    : log_(std::move(options.log)), filtered_(options.dump == Dump::kFiltered) {
+  if (!log_) {
+    log_ = [](const std::string& line) {
+      std::string text = line + "\n";
+      std::fwrite(text.data(), 1, text.size(), stderr);
+    };
   }
-  Match m{static_cast<uint8_t>(family == Family::kIPv4 ? AF_INET : AF_INET6),
-          static_cast<uint8_t>(protocol), host_ip, port_lo, port_hi, {}};
-  nfct_callback_register(h, NFCT_T_ALL, Collect, &m);
-  uint32_t l3 = m.l3;
-  int rc = nfct_query(h, NFCT_Q_DUMP, &l3);
-  int dump_errno = errno;
-  nfct_callback_unregister(h);
+}
+
+void NetfilterConntrackCleaner::FallBack(const std::string& why) {
+  if (filtered_.exchange(false)) {
+    log_(absl::StrCat("conntrack: ", why,
+                      "; forgetting host ports by dumping the whole table from now on"));
+  }
+}
+
+absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Protocol protocol,
+                                                               std::optional<IpAddress> host_ip,
+                                                               uint16_t port_lo, uint16_t port_hi) {
+  if (port_lo > port_hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("conntrack: empty port range ", port_lo, "-", port_hi));
+  }
+  if (host_ip.has_value() && host_ip->family() != family) {
+    return absl::InvalidArgumentError(absl::StrCat("conntrack: host address ", host_ip->ToString(),
+                                                   " is not ", FamilyName(family)));
+  }
+  const ctnetlink::HostPortQuery q{family, protocol, host_ip, port_lo, port_hi};
+  absl::StatusOr<std::unique_ptr<netlink::NetlinkSocket>> socket = netlink::NetlinkSocket::Open();
+  if (!socket.ok()) return socket.status();
+
+  std::vector<ctnetlink::Entry> found;
+  // Runs one dump; `ignored`: the kernel returned entries outside the filter.
+  auto dump = [&](DumpPlan d, bool* ignored) {
+    return (*socket)->Request(
+        absl::StrCat("conntrack: dump ", d.flags != 0 ? "filtered to " : "for ", Describe(q)),
+        [&](char* buf, uint32_t seq) {
+          return ctnetlink::BuildDumpRequest(buf, seq, q, d.flags, d.port);
+        },
+        [&](const nlmsghdr* nlh) {
+          std::optional<ctnetlink::Entry> e = ctnetlink::ParseEntry(nlh);
+          if (!e.has_value()) return absl::OkStatus();
+          if (d.flags != 0 && ctnetlink::KernelIgnoredFilter(*e, q, d.flags, d.port)) {
+            *ignored = true;
+          }
+          if (ctnetlink::Matches(*e, q)) found.push_back(std::move(*e));
+          return absl::OkStatus();
+        });
+  };
+
+  bool full = !filtered_.load();
+  if (!full) {
+    std::vector<DumpPlan> plan;
+    if (ctnetlink::KernelFiltersPort(protocol) && port_hi - port_lo < kMaxPortDumps) {
+      uint32_t flags = ctnetlink::FilterFlags(q, /*port=*/true);
+      for (int p = port_lo; p <= port_hi; ++p) plan.push_back({flags, static_cast<uint16_t>(p)});
+    } else {
+      plan.push_back({ctnetlink::FilterFlags(q, /*port=*/false), 0});
+    }
+    for (const DumpPlan& d : plan) {
+      bool ignored = false;
+      absl::Status s = dump(d, &ignored);
+      if (absl::IsInvalidArgument(s)) {
+        FallBack(absl::StrCat("the kernel refused a filtered dump (", s.message(), ")"));
+        found.clear();
+        full = true;
+        break;
+      }
+      if (!s.ok()) return s;
+      if (ignored) {
+        // A kernel before 5.8 ignores the filter (that dump held the whole
+        // family); one that filters wrongly may also have left out entries
+        // it should have sent, so the full dump starts over.
+        FallBack("the kernel returned entries outside the filter of a dump");
+        found.clear();
+        full = true;
+        break;
+      }
+    }
+  }
+  if (full) {
+    bool ignored = false;
+    if (absl::Status s = dump({0, 0}, &ignored); !s.ok()) return s;
+  }
+
   int deleted = 0;
-  for (nf_conntrack* ct : m.found) {
-    // An entry may have gone in the meantime; that is fine.
-    if (nfct_query(h, NFCT_Q_DESTROY, ct) == 0) ++deleted;
-    nfct_destroy(ct);
+  absl::Status first_error;
+  for (const ctnetlink::Entry& e : found) {
+    absl::Status s = (*socket)->Request(
+        absl::StrCat("conntrack: delete ", ProtocolName(protocol), " entry to ", e.dst.ToString(),
+                     " port ", e.dst_port),
+        [&](char* buf, uint32_t seq) { return ctnetlink::BuildDelete(buf, seq, e); },
+        [](const nlmsghdr*) { return absl::OkStatus(); });
+    if (s.ok()) {
+      ++deleted;
+    } else if (!absl::IsNotFound(s) && first_error.ok()) {
+      // An entry that went meanwhile is fine; anything else is reported
+      // after the others were tried.
+      first_error = s;
+    }
   }
-  nfct_close(h);
-  if (rc < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("conntrack: dump: ", std::strerror(dump_errno)));
-  }
+  if (!first_error.ok()) return first_error;
   return deleted;
 }
 
