@@ -162,6 +162,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   core_options.dynamic_lo = range->first;
   core_options.dynamic_hi = range->second;
   core_options.reader = agent->reader_.get();
+  core_options.backup_dirs = {config.state_dir};
+  if (!config.backup_dir.empty()) core_options.backup_dirs.push_back(config.backup_dir);
   agent->core_ = std::make_unique<AgentCore>(std::move(*store), agent->backend_.get(),
                                              agent->conntrack_.get(), core_options);
   if (absl::Status s = agent->core_->Start(); !s.ok()) return s;
@@ -192,6 +194,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat("unix:", config.socket),
                            grpc::InsecureServerCredentials());
+  builder.RegisterService(agent->attachments_.get());
+  builder.RegisterService(agent->mappings_.get());
+  builder.RegisterService(agent->status_.get());
+  // Orchestrators over TLS get mappings and read-only status; attachments
+  // (the CNI plugin's) and backups only go through the unix socket, whose
+  // 0600 mode keeps them to root on the node.
   if (!config.tls_address.empty()) {
     absl::StatusOr<std::string> cert = ReadFile(config.tls_cert);
     absl::StatusOr<std::string> key = ReadFile(config.tls_key);
@@ -207,11 +215,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     tls.pem_root_certs = *ca;
     tls.pem_key_cert_pairs.push_back({*key, *cert});
-    builder.AddListeningPort(config.tls_address, grpc::SslServerCredentials(tls));
+    agent->tls_status_ = std::make_unique<AgentServiceImpl>(
+        agent->core_.get(), &agent->metrics_, /*allow_backup=*/false);
+    grpc::ServerBuilder tls_builder;
+    tls_builder.AddListeningPort(config.tls_address, grpc::SslServerCredentials(tls));
+    tls_builder.RegisterService(agent->mappings_.get());
+    tls_builder.RegisterService(agent->tls_status_.get());
+    agent->tls_server_ = tls_builder.BuildAndStart();
+    if (agent->tls_server_ == nullptr) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on --tls_address ", config.tls_address));
+    }
   }
-  builder.RegisterService(agent->attachments_.get());
-  builder.RegisterService(agent->mappings_.get());
-  builder.RegisterService(agent->status_.get());
   mode_t old_umask = umask(0177);
   agent->server_ = builder.BuildAndStart();
   umask(old_umask);
@@ -304,6 +319,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 Agent::~Agent() {
   if (repair_) repair_->Stop();
   pmp_.reset();
+  if (tls_server_) tls_server_->Shutdown(std::chrono::system_clock::now() +
+                                         std::chrono::seconds(2));
   if (server_) server_->Shutdown(std::chrono::system_clock::now() +
                                  std::chrono::seconds(2));
   http_.reset();

@@ -59,6 +59,8 @@ struct AgentConfig {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // Besides the state dir, where `fabricctl backup` may write.
+  std::string backup_dir;
 };
 
 class Agent {
@@ -91,6 +93,9 @@ class Agent {
   std::unique_ptr<MappingServiceImpl> mappings_;
   std::unique_ptr<AgentServiceImpl> status_;
   std::unique_ptr<grpc::Server> server_;
+  // Mappings and read-only status for orchestrators (--tls_address).
+  std::unique_ptr<AgentServiceImpl> tls_status_;
+  std::unique_ptr<grpc::Server> tls_server_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;

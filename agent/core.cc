@@ -1,11 +1,14 @@
 #include "agent/core.h"
 
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/owners/api.h"
@@ -254,12 +257,48 @@ absl::StatusOr<std::vector<v1::AttachmentKey>> AgentCore::SweepDeadNamespaces() 
   });
 }
 
+namespace {
+
+// `path`'s directory with links resolved, or empty.
+std::string RealDir(const std::string& path) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == 0 ? "/" : path.substr(0, slash);
+  char buf[PATH_MAX];
+  return realpath(dir.c_str(), buf) != nullptr ? std::string(buf) : std::string();
+}
+
+}  // namespace
+
 absl::StatusOr<v1::BackupResponse> AgentCore::Backup(const std::string& path) {
-  if (path.empty() || path[0] != '/') {
+  if (path.empty() || path[0] != '/' || path.back() == '/') {
     return absl::InvalidArgumentError(
-        absl::StrCat("backup path must be absolute, not \"", path, "\""));
+        absl::StrCat("backup path must be an absolute file name, not \"", path, "\""));
+  }
+  // Only where the operator said backups go: a root-owned file elsewhere
+  // (a crontab, a unit) would be a gift to whoever can call Backup.
+  std::string dir = RealDir(path);
+  bool allowed = false;
+  for (const std::string& d : options_.backup_dirs) {
+    std::string real = RealDir(d + "/x");
+    if (!dir.empty() && !real.empty() &&
+        (dir == real || absl::StartsWith(dir, real + "/"))) {
+      allowed = true;
+    }
+  }
+  if (!allowed) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "backups go into the state dir or --backup_dir (", absl::StrJoin(options_.backup_dirs, ", "),
+        "), not ", path));
+  }
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode) || !Store::IsStoreFile(path)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "will not overwrite ", path, ": it is not an earlier fabric-nat backup"));
+    }
   }
   if (absl::Status s = writer_.Backup(path); !s.ok()) return s;
+  chmod(path.c_str(), 0600);
   std::shared_ptr<const Snapshot> snap = writer_.snapshot();
   v1::BackupResponse r;
   r.set_attachments(static_cast<uint32_t>(snap->state.attachments.size()));

@@ -49,6 +49,8 @@ struct CoreOptions {
   // A second backend for kernel reads outside the writer's lock (Check,
   // Diagnose, the periodic check); null: those reads take the lock.
   nat::Backend* reader = nullptr;
+  // The directories Backup may write into (the state dir and --backup_dir).
+  std::vector<std::string> backup_dirs;
 };
 
 class AgentCore {
@@ -113,7 +115,10 @@ class AgentCore {
   // outside the writer's lock. Returns what it removed.
   absl::StatusOr<std::vector<v1::AttachmentKey>> SweepDeadNamespaces();
 
-  // Writes a consistent snapshot of the store to `path`.
+  // Writes a consistent snapshot of the store to `path`, mode 0600. `path`
+  // must lie in one of options.backup_dirs (after resolving links) and may
+  // replace only an earlier backup (a fabric-nat database), never another
+  // file. kPermissionDenied / kFailedPrecondition saying which rule.
   absl::StatusOr<v1::BackupResponse> Backup(const std::string& path);
 
   v1::GetStatusResponse Status() const;

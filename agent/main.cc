@@ -71,6 +71,9 @@ ABSL_FLAG(std::string, tls_address, "",
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
 ABSL_FLAG(std::string, tls_key, "", "server key (PEM)");
 ABSL_FLAG(std::string, tls_client_ca, "", "CA that signs client certificates");
+ABSL_FLAG(std::string, backup_dir, "",
+          "a directory besides --state_dir where backups (fabricctl backup) may be "
+          "written; backups go nowhere else");
 
 // install-cni
 ABSL_FLAG(std::string, plugin, "/usr/local/bin/fabric-nat",
@@ -206,6 +209,7 @@ int main(int argc, char** argv) {
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);
   config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  config.backup_dir = absl::GetFlag(FLAGS_backup_dir);
 
   auto agent = fabric::agent::Agent::Start(config);
   if (!agent.ok()) {

@@ -165,6 +165,10 @@ grpc::Status AgentServiceImpl::Backup(grpc::ServerContext*,
                                       const v1::BackupRequest* request,
                                       v1::BackupResponse* response) {
   OpScope op(metrics_, "backup", absl::StrCat("path=", request->path()));
+  if (!allow_backup_) {
+    return op.Finish(absl::PermissionDeniedError(
+        "backups are taken over the agent's unix socket only, not over TLS"));
+  }
   absl::StatusOr<v1::BackupResponse> r = core_->Backup(request->path());
   if (r.ok()) *response = *r;
   return op.Finish(r.status());

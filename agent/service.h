@@ -60,8 +60,9 @@ class MappingServiceImpl final : public v1::MappingService::Service {
 
 class AgentServiceImpl final : public v1::AgentService::Service {
  public:
-  AgentServiceImpl(AgentCore* core, Metrics* metrics)
-      : core_(core), metrics_(metrics) {}
+  // `allow_backup` false: Backup is refused (the TLS listener's instance).
+  AgentServiceImpl(AgentCore* core, Metrics* metrics, bool allow_backup = true)
+      : core_(core), metrics_(metrics), allow_backup_(allow_backup) {}
   grpc::Status GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
                          v1::GetStatusResponse* response) override;
   grpc::Status Backup(grpc::ServerContext*, const v1::BackupRequest* request,
@@ -72,6 +73,7 @@ class AgentServiceImpl final : public v1::AgentService::Service {
  private:
   AgentCore* core_;
   Metrics* metrics_;
+  const bool allow_backup_;
 };
 
 }  // namespace fabric::agent

@@ -177,6 +177,21 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
   return store;
 }
 
+bool Store::IsStoreFile(const std::string& path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+    sqlite3_close(db);
+    return false;
+  }
+  bool ours = false;
+  {
+    Statement s(db, "SELECT value FROM meta WHERE key='next_mapping_id'");
+    ours = s.ok() && sqlite3_step(s.get()) == SQLITE_ROW;
+  }
+  sqlite3_close(db);
+  return ours;
+}
+
 Store::~Store() {
   if (db_ != nullptr) sqlite3_close(db_);
 }

@@ -59,6 +59,9 @@ class Store {
   // unreadable, corrupt, or of a newer schema: the agent must then refuse
   // to start.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& dir);
+  // Whether `path` is a fabric-nat database (a store or a backup of one),
+  // looked at read-only.
+  static bool IsStoreFile(const std::string& path);
   ~Store();
 
   Store(const Store&) = delete;

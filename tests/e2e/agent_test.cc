@@ -384,10 +384,38 @@ TEST_F(AgentTest, DiagnoseComparesKernelAndStore) {
 }
 
 TEST_F(AgentTest, BackupIsAStoreTheAgentStartsFrom) {
-  StartAgent();
+  ASSERT_OK(testing::Shell("mkdir -p " + dir_ + "/restore"));
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(ns_.get(), dir_,
+                                                   "--metrics_address=127.0.0.1:19333 "
+                                                   "--backup_dir=" + dir_ + "/restore"));
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner w").status());
   ASSERT_OK(Ctl("add udp 0 10.1.0.6:53 --owner dns").status());
   ASSERT_OK(testing::Shell("mkdir -p " + dir_ + "/restore"));
+  EXPECT_THAT(Ctl(absl::StrCat("backup ", dir_, "/restore/state.db")),
+              IsOkAndHolds(HasSubstr("2 mapping(s)")));
+  struct stat st;
+  ASSERT_EQ(stat((dir_ + "/restore/state.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // Issue 10, item 9: nowhere else, and never over a file that is not a
+  // backup (a description with a crontab line would end up in it).
+  ASSERT_OK(testing::Shell("mkdir -p " + dir_ + "/elsewhere"));
+  auto refused = testing::RunCommand(absl::StrCat(testing::Runfile("agent/fabricctl"),
+                                                  " --socket ", dir_, "/agent.sock backup ", dir_,
+                                                  "/elsewhere/x.db"));
+  ASSERT_OK(refused.status());
+  EXPECT_EQ(refused->exit_code, 1);
+  EXPECT_THAT(refused->err, HasSubstr("backups go into the state dir or --backup_dir"));
+  EXPECT_NE(access((dir_ + "/elsewhere/x.db").c_str(), F_OK), 0);
+  ASSERT_OK(testing::Shell("echo 'keep me' > " + dir_ + "/restore/notes.txt"));
+  auto overwrite = testing::RunCommand(absl::StrCat(testing::Runfile("agent/fabricctl"),
+                                                    " --socket ", dir_, "/agent.sock backup ",
+                                                    dir_, "/restore/notes.txt"));
+  ASSERT_OK(overwrite.status());
+  EXPECT_EQ(overwrite->exit_code, 1);
+  EXPECT_THAT(overwrite->err, HasSubstr("is not an earlier fabric-nat backup"));
+  EXPECT_THAT(testing::Shell("cat " + dir_ + "/restore/notes.txt"), IsOkAndHolds("keep me\n"));
+  ASSERT_OK(testing::Shell("rm " + dir_ + "/restore/notes.txt"));
+  // An earlier backup may be replaced.
   EXPECT_THAT(Ctl(absl::StrCat("backup ", dir_, "/restore/state.db")),
               IsOkAndHolds(HasSubstr("2 mapping(s)")));
   std::string before = *Ctl("list");
@@ -493,6 +521,43 @@ TEST_F(AgentTest, TlsListenerRequiresAClientCertificate) {
   grpc::Status with = status(true);
   EXPECT_TRUE(with.ok()) << with.error_message();
   EXPECT_FALSE(status(false).ok());
+  // Issue 10, item 9: over TLS, mappings and read-only status only.
+  {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = read(d + "/ca.pem");
+    o.pem_private_key = read(d + "/client.key");
+    o.pem_cert_chain = read(d + "/client.pem");
+    auto channel = grpc::CreateChannel("127.0.0.1:19443", grpc::SslCredentials(o));
+    auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(3); };
+    {
+      grpc::ClientContext c;
+      c.set_deadline(deadline());
+      nat::v1::ListMappingsResponse lr;
+      EXPECT_TRUE(nat::v1::MappingService::NewStub(channel)
+                      ->ListMappings(&c, nat::v1::ListMappingsRequest(), &lr)
+                      .ok());
+    }
+    {
+      grpc::ClientContext c;
+      c.set_deadline(deadline());
+      nat::v1::DetachRequest req;
+      req.mutable_key()->set_container_id("c1");
+      req.mutable_key()->set_ifname("eth0");
+      nat::v1::DetachResponse resp;
+      grpc::Status s = nat::v1::AttachmentService::NewStub(channel)->Detach(&c, req, &resp);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+    }
+    {
+      grpc::ClientContext c;
+      c.set_deadline(deadline());
+      nat::v1::BackupRequest req;
+      req.set_path(dir_ + "/state/tls-backup.db");
+      nat::v1::BackupResponse resp;
+      grpc::Status s = nat::v1::AgentService::NewStub(channel)->Backup(&c, req, &resp);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+      EXPECT_NE(access((dir_ + "/state/tls-backup.db").c_str(), F_OK), 0);
+    }
+  }
   // Plain TCP without TLS gets nothing either.
   auto plain = nat::v1::AgentService::NewStub(
       grpc::CreateChannel("127.0.0.1:19443", grpc::InsecureChannelCredentials()));
