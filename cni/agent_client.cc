@@ -2,13 +2,74 @@
 
 #include <unistd.h>
 
+#include <memory>
+#include <mutex>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
+#include "grpc/event_engine/event_engine.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+
+// gRPC's own engine (src/core/lib/event_engine/default_event_engine_factory.h
+// in the grpc 1.51 sources; not in the installed headers). The plugin links
+// Debian's libgrpc.a statically, so a change of signature fails the link.
+namespace grpc_event_engine::experimental {
+std::unique_ptr<EventEngine> DefaultEventEngineFactory();
+}  // namespace grpc_event_engine::experimental
 
 namespace fabric::cni {
 
 namespace {
+
+namespace ee = ::grpc_event_engine::experimental;
+
+// Forwards to gRPC's default engine, created on the first call that needs
+// it. Until then no threads: IsWorkerThread is trivially false.
+class LazyEventEngine final : public ee::EventEngine {
+ public:
+  bool IsWorkerThread() override {
+    std::lock_guard<std::mutex> l(mu_);
+    return real_ != nullptr && real_->IsWorkerThread();
+  }
+  absl::StatusOr<std::unique_ptr<Listener>> CreateListener(
+      Listener::AcceptCallback on_accept,
+      absl::AnyInvocable<void(absl::Status)> on_shutdown, const ee::EndpointConfig& config,
+      std::unique_ptr<ee::MemoryAllocatorFactory> factory) override {
+    return Real()->CreateListener(std::move(on_accept), std::move(on_shutdown), config,
+                                  std::move(factory));
+  }
+  ConnectionHandle Connect(OnConnectCallback on_connect, const ResolvedAddress& addr,
+                           const ee::EndpointConfig& args, ee::MemoryAllocator allocator,
+                           Duration timeout) override {
+    return Real()->Connect(std::move(on_connect), addr, args, std::move(allocator), timeout);
+  }
+  bool CancelConnect(ConnectionHandle handle) override {
+    return Real()->CancelConnect(handle);
+  }
+  std::unique_ptr<DNSResolver> GetDNSResolver(
+      const DNSResolver::ResolverOptions& options) override {
+    return Real()->GetDNSResolver(options);
+  }
+  void Run(Closure* closure) override { Real()->Run(closure); }
+  void Run(absl::AnyInvocable<void()> closure) override { Real()->Run(std::move(closure)); }
+  TaskHandle RunAfter(Duration when, Closure* closure) override {
+    return Real()->RunAfter(when, closure);
+  }
+  TaskHandle RunAfter(Duration when, absl::AnyInvocable<void()> closure) override {
+    return Real()->RunAfter(when, std::move(closure));
+  }
+  bool Cancel(TaskHandle handle) override { return Real()->Cancel(handle); }
+
+ private:
+  ee::EventEngine* Real() {
+    std::lock_guard<std::mutex> l(mu_);
+    if (real_ == nullptr) real_ = ee::DefaultEventEngineFactory();
+    return real_.get();
+  }
+  std::mutex mu_;
+  std::unique_ptr<ee::EventEngine> real_;
+};
 
 class GrpcAgentClient : public AgentClient {
  public:
@@ -89,6 +150,10 @@ class GrpcAgentClient : public AgentClient {
 };
 
 }  // namespace
+
+void PrepareGrpcForOneShotProcess() {
+  ee::SetEventEngineFactory([] { return std::make_unique<LazyEventEngine>(); });
+}
 
 std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& socket_path,
                                                 absl::Duration timeout) {

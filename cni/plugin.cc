@@ -66,9 +66,51 @@ std::optional<CniError> ReadBool(const json& j, const char* key, bool* out) {
   return std::nullopt;
 }
 
+// Bounds on what a runtime may hand the plugin: a network configuration
+// with a prevResult is a few KiB; nlohmann's parser and printer recurse, so
+// a deep enough nesting would exhaust the stack (30,000 levels crashed it).
+constexpr size_t kMaxInput = 1 << 20;
+constexpr int kMaxDepth = 64;
+
+// The deepest nesting of objects and arrays in `data` (strings skipped).
+int NestingDepth(const std::string& data) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char ch : data) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (ch == '\\') {
+        escaped = true;
+      } else if (ch == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+    } else if (ch == '{' || ch == '[') {
+      deepest = std::max(deepest, ++depth);
+    } else if (ch == '}' || ch == ']') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 // Parses stdin. `version_only`: VERSION needs nothing but cniVersion.
 std::variant<Config, CniError> ParseConfig(const std::string& data) {
   Config c;
+  if (data.size() > kMaxInput) {
+    return CniError{6, absl::StrCat("failed to decode the network configuration: ",
+                                    data.size(), " bytes, more than ", kMaxInput),
+                    ""};
+  }
+  if (int depth = NestingDepth(data); depth > kMaxDepth) {
+    return CniError{6, absl::StrCat("failed to decode the network configuration: nested ",
+                                    depth, " levels deep, more than ", kMaxDepth),
+                    ""};
+  }
   try {
     c.raw = json::parse(data);
   } catch (const json::exception& e) {

@@ -449,6 +449,31 @@ TEST_F(PluginTest, AFoldedKeyOfTheWrongTypeNamesTheField) {
   EXPECT_TRUE(agent_.attached.empty());
 }
 
+// Issue 10, item 14: a prevResult nested 30,000 deep used to crash the
+// plugin (exit 139, no error object).
+TEST_F(PluginTest, DeepOrHugeInputIsADecodeErrorNotACrash) {
+  std::string deep = std::string(
+      R"({"cniVersion":"1.0.0","name":"n","type":"fabric-nat","prevResult":)") +
+      std::string(30000, '[') + std::string(30000, ']') + "}";
+  Outcome o = AddBytes(deep);
+  EXPECT_EQ(o.exit_code, 1);
+  json out = json::parse(o.stdout_data);
+  EXPECT_EQ(out["code"], 6);
+  EXPECT_EQ(out["msg"], "failed to decode the network configuration: nested 30001 levels "
+                        "deep, more than 64");
+  // Brackets inside strings are not nesting.
+  std::string quoted = std::string(
+      R"({"cniVersion":"1.0.0","name":"n","type":"fabric-nat","note":")") +
+      std::string(500, '[') + R"(","prevResult":)" + kBridgePrevResult + "}";
+  EXPECT_EQ(AddBytes(quoted).exit_code, 0);
+  std::string huge = std::string(R"({"cniVersion":"1.0.0","name":"n","pad":")") +
+                     std::string(2 << 20, 'x') + "\"}";
+  out = json::parse(AddBytes(huge).stdout_data);
+  EXPECT_EQ(out["code"], 6);
+  EXPECT_THAT(out["msg"].get<std::string>(), HasSubstr("more than 1048576"));
+  EXPECT_TRUE(agent_.attached.size() == 1);  // only the quoted one
+}
+
 TEST(GoFoldTest, FoldsAsciiAndTheTwoRunesGoFoldsToAscii) {
   EXPECT_EQ(GoFold("HostPort"), "hostport");
   EXPECT_EQ(GoFold("\xE2\x84\xAA"), "k");

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 bazel build -c opt //tests/bench:all
+# The opt tree itself: bazel-bin follows whichever configuration built last.
+BIN=$(bazel info -c opt bazel-bin 2>/dev/null)
 for b in nat_bench packet_path_bench cni_bench heal_bench natpmp_bench conntrack_bench; do
   echo
-  (cd bazel-bin/tests/bench/$b.runfiles/fabric_nat && TEST_SRCDIR=.. TEST_WORKSPACE=fabric_nat ../../$b "$@")
+  (cd "$BIN/tests/bench/$b.runfiles/fabric_nat" && TEST_SRCDIR=.. TEST_WORKSPACE=fabric_nat ../../$b "$@")
 done
