@@ -11,3 +11,9 @@ for b in nat_bench packet_path_bench cni_bench heal_bench natpmp_bench conntrack
   echo
   (cd "$BIN/tests/bench/$b.runfiles/fabric_nat" && TEST_SRCDIR=.. TEST_WORKSPACE=fabric_nat ../../$b "$@")
 done
+# The agent under load and at scale: readers while changes run, the periodic
+# check and Diagnose, cold start, heal and RSS at 100k (a few minutes each).
+for b in read_latency_bench check_bench scale_bench; do
+  echo
+  (cd "$BIN/tests/bench/$b.runfiles/fabric_nat" && TEST_SRCDIR=.. TEST_WORKSPACE=fabric_nat ../../$b)
+done
