@@ -102,6 +102,15 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       InstanceLock::Acquire(config.state_dir, config.run_dir, config.socket);
   if (!lock.ok()) return lock.status();
   agent->lock_ = std::move(*lock);
+  // What route_localnet was before the agent turned it on, per interface of
+  // this namespace, kept where a restart finds it (and a reboot clears it).
+  {
+    struct stat ns;
+    if (stat("/proc/self/ns/net", &ns) == 0) {
+      nat::SetRouteLocalnetMemory(
+          absl::StrCat(config.run_dir, "/route_localnet-", ns.st_ino, ".prev"));
+    }
+  }
 
   if (config.backend == "nftables") {
     absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b =

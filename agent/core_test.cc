@@ -159,6 +159,10 @@ TEST_F(CoreTest, AttachmentIdsFollowCniRulesSoOwnerKeysCannotCollide) {
   EXPECT_THAT(core_->Detach(other), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_CNI, ""), SizeIs(1));
   a = Container("c9", "10.22.0.9/16", 8090, 80);
+  a.mutable_options()->set_localhost(true);
+  a.set_host_interface("all");
+  EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                         HasSubstr("needs a real host interface")));
   a.set_host_interface("all\n");
   EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
                                          HasSubstr("host interface")));

@@ -133,6 +133,13 @@ absl::StatusOr<v1::AttachResponse> Attach(Txn& txn, const v1::Attachment& attach
     return absl::InvalidArgumentError(
         "localhost access needs the host-side interface (host_interface)");
   }
+  if (attachment.options().localhost() &&
+      (attachment.host_interface() == "all" || attachment.host_interface() == "default")) {
+    // route_localnet on "all" would open every interface to 127.0.0.1.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "localhost access needs a real host interface, not \"", attachment.host_interface(),
+        "\""));
+  }
 
   // Expand each requested mapping to one per matching container address.
   std::vector<std::pair<v1::PortMapping, PortMapping>> planned;

@@ -56,7 +56,14 @@ class NftablesBackend : public Backend {
   mutable std::optional<nftables::SetSizes> sizes_;
 };
 
-// Sets /proc/sys/net/ipv4/conf/<interface>/route_localnet.
+// Turns /proc/sys/net/ipv4/conf/<interface>/route_localnet on, remembering
+// the value it had, or (off) back to that value (0 if unknown). Only an
+// existing interface of the calling thread's network namespace; never "all"
+// or "default" (kInvalidArgument; kFailedPrecondition when it does not
+// exist). Thread-safe.
 absl::Status SetRouteLocalnet(const std::string& interface, bool on);
+// Where the remembered values are also kept (the agent names a file in its
+// run dir, so a restart still restores them); empty: memory only.
+void SetRouteLocalnetMemory(const std::string& path);
 
 }  // namespace fabric::nat

@@ -5,6 +5,7 @@
 // after each test).
 #include "nat/backend/nftables/nftables_backend.h"
 
+#include <cstdlib>
 #include <chrono>
 #include <thread>
 
@@ -214,6 +215,41 @@ TEST_F(NftablesBackendTest, LocalhostAccess) {
               IsOkAndHolds(std::string("1\n")));
   ASSERT_OK_AND_ASSIGN(KernelState state, backend_->Read());
   EXPECT_EQ(state.rules, rules);
+}
+
+// Issue 10, item 10: never "all"/"default" (which would open every
+// interface to 127.0.0.1 traffic), only an existing interface, and turning
+// it off restores what was there.
+TEST_F(NftablesBackendTest, RouteLocalnetOnlyOnRealInterfacesAndRestoredAfter) {
+  ASSERT_OK(host_->Exec("ip link add rl1 type veth peer name rl1p && "
+                        "ip link add rl2 type veth peer name rl2p && "
+                        "echo 1 > /proc/sys/net/ipv4/conf/rl2/route_localnet").status());
+  ASSERT_OK_AND_ASSIGN(auto enter, ScopedNetns::Enter(*host_));
+  std::string memory = absl::StrCat(std::getenv("TEST_TMPDIR"), "/route_localnet.prev");
+  SetRouteLocalnetMemory(memory);
+  for (const char* bad : {"all", "default"}) {
+    EXPECT_THAT(SetRouteLocalnet(bad, true), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  EXPECT_THAT(host_->Exec("cat /proc/sys/net/ipv4/conf/all/route_localnet"),
+              IsOkAndHolds(std::string("0\n")));
+  EXPECT_THAT(SetRouteLocalnet("nosuch0", true),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no interface nosuch0")));
+  Batch on;
+  on.add.localhost_interfaces = {"rl1", "rl2"};
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  ASSERT_OK(backend_->Apply(on));
+  EXPECT_THAT(host_->Exec("cat /proc/sys/net/ipv4/conf/rl1/route_localnet "
+                          "/proc/sys/net/ipv4/conf/rl2/route_localnet"),
+              IsOkAndHolds(std::string("1\n1\n")));
+  // A restart of the agent: the values before come back from the file.
+  SetRouteLocalnetMemory(memory);
+  Batch off;
+  off.remove.localhost_interfaces = {"rl1", "rl2"};
+  ASSERT_OK(backend_->Apply(off));
+  EXPECT_THAT(host_->Exec("cat /proc/sys/net/ipv4/conf/rl1/route_localnet "
+                          "/proc/sys/net/ipv4/conf/rl2/route_localnet"),
+              IsOkAndHolds(std::string("0\n1\n")));
+  SetRouteLocalnetMemory("");
 }
 
 TEST_F(NftablesBackendTest, TenThousandMappingsApplyAndReadBackExactly) {
