@@ -78,6 +78,8 @@ class AgentProcess {
   // SIGKILL, no cleanup.
   void Kill();
   const std::string& socket() const { return socket_; }
+  // The agent's own pid (the shell execs it), e.g. for /proc/PID/status.
+  pid_t pid() const { return pid_; }
   const std::string& log() const { return log_; }
   std::string LogText() const;
 
