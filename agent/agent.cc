@@ -252,13 +252,13 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
         config.metrics_address,
         {{"/metrics",
-          [core, metrics] {
+          [core, metrics](const HttpServer::Request&) {
             v1::GetStatusResponse st = core->Status();
             return HttpServer::Response{
                 200, "text/plain; version=0.0.4",
                 metrics->Render(core->Desired(), st.mappings())};
           }},
-         {"/healthz", [core] {
+         {"/healthz", [core](const HttpServer::Request&) {
             v1::GetStatusResponse st = core->Status();
             return st.ready()
                        ? HttpServer::Response{200, "text/plain", "ok\n"}

@@ -4,6 +4,7 @@
 #include <libmnl/libmnl.h>
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnftnl/table.h>
+#include <microhttpd.h>
 #include <sqlite3.h>
 
 #include <nlohmann/json.hpp>
@@ -28,5 +29,7 @@ TEST(SystemLibrariesTest, EachLinksAndAnswers) {
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(":memory:", &db), SQLITE_OK);
   sqlite3_close(db);
+  EXPECT_STREQ(MHD_get_reason_phrase_for(431), "Request Header Fields Too Large");
+  EXPECT_EQ(MHD_is_feature_supported(MHD_FEATURE_EPOLL), MHD_YES);
   EXPECT_EQ(nlohmann::json::parse(R"({"a": [1, 2]})")["a"][1], 2);
 }

@@ -81,6 +81,61 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
   EXPECT_THAT(agent_->LogText(), HasSubstr("outcome=ALREADY_EXISTS"));
 }
 
+// The issue's case against the real agent: 200 connections that sent part
+// of a request line and then nothing (20 of them dripping a byte every
+// 100 ms) while /healthz is asked ten times, all inside the agent's
+// namespace. The target is 100 ms; 1 s is asserted, the figure printed.
+TEST_F(AgentTest, HealthAnswersPromptlyWhileHalfOpenConnectionsHang) {
+  StartAgent();
+  const char* script = R"PY(
+import socket, time
+held = []
+for i in range(200):
+    s = socket.socket()
+    s.bind(("127.0.0.%d" % (2 + i % 4), 0))
+    s.connect(("127.0.0.1", 19333))
+    s.send(b"GET /heal")
+    held.append(s)
+time.sleep(0.3)
+worst = 0.0
+for i in range(10):
+    for s in held[:20]:
+        s.send(b"t")
+    start = time.monotonic()
+    c = socket.create_connection(("127.0.0.1", 19333), timeout=5)
+    c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    reply = b""
+    while True:
+        part = c.recv(4096)
+        if not part:
+            break
+        reply += part
+    worst = max(worst, (time.monotonic() - start) * 1000)
+    c.close()
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\nok\n"), reply
+    time.sleep(0.1)
+print("%.2f" % worst)
+)PY";
+  std::string path = dir_ + "/half_open.py";
+  FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(script, f);
+  std::fclose(f);
+  ASSERT_OK_AND_ASSIGN(std::string out, ns_->Exec("python3 " + path));
+  double worst_ms = std::atof(out.c_str());
+  std::printf("agent: GET /healthz with 200 half-open connections: worst of 10 %.2f ms "
+              "(target 100 ms)\n", worst_ms);
+  EXPECT_GT(worst_ms, 0.0) << out;
+  EXPECT_LT(worst_ms, 1000.0);
+  // Only GET and HEAD, and no bodies, on the metrics port.
+  EXPECT_THAT(ns_->Exec("curl -s -o /dev/null -w '%{http_code}' -X POST "
+                        "http://127.0.0.1:19333/healthz"),
+              IsOkAndHolds("405"));
+  EXPECT_THAT(ns_->Exec("curl -s -o /dev/null -w '%{http_code}' -X GET --data x "
+                        "http://127.0.0.1:19333/healthz"),
+              IsOkAndHolds("413"));
+}
+
 // What systemd (Type=notify) and Kubernetes exec probes see: READY=1 on
 // $NOTIFY_SOCKET once the kernel is reconciled, `fabricctl health --ready`
 // succeeding while the agent serves and failing once it is gone.
