@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "agent/instance_lock.h"
+#include "nat/backend/iptables/change_watcher.h"
 #include "nat/backend/iptables/iptables_backend.h"
 #include "nat/backend/nftables/monitor.h"
 #include "grpcpp/grpcpp.h"
@@ -87,6 +88,23 @@ class Agent::NftablesChanges : public ChangeSource {
   const uint32_t own_port_id_;
 };
 
+namespace {
+
+// The iptables backend's fingerprint watcher as a ChangeSource.
+class IptablesChanges : public ChangeSource {
+ public:
+  explicit IptablesChanges(std::unique_ptr<nat::IptablesChangeWatcher> w) : w_(std::move(w)) {}
+  absl::StatusOr<bool> Wait(absl::Duration timeout, std::string* what) override {
+    return w_->Wait(timeout, what);
+  }
+  absl::StatusOr<bool> Drain(std::string* what) override { return w_->Drain(what); }
+
+ private:
+  const std::unique_ptr<nat::IptablesChangeWatcher> w_;
+};
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   std::unique_ptr<Agent> agent(new Agent());
   absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
@@ -131,12 +149,23 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!m.ok()) return m.status();
     agent->monitor_ = std::move(*m);
   } else if (config.backend == "iptables") {
-    // Legacy x_tables through libiptc. It sends no change events: foreign
-    // changes are repaired by the periodic check.
+    // Legacy x_tables through libiptc. It sends no change events: a watcher
+    // compares a fingerprint of our chains with what the backend last wrote,
+    // every second; the periodic check catches what a fingerprint cannot.
+    nat::IptablesOptions options;
+    options.expectation = std::make_shared<nat::LayoutExpectation>();
     absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> b =
-        nat::IptablesBackend::Create();
+        nat::IptablesBackend::Create(options);
     if (!b.ok()) return b.status();
     agent->backend_ = std::move(*b);
+    absl::StatusOr<std::unique_ptr<nat::IptablesChangeWatcher>> w =
+        nat::IptablesChangeWatcher::Open(options.expectation);
+    if (!w.ok()) return w.status();
+    agent->changes_ = std::make_unique<IptablesChanges>(std::move(*w));
+    if (config.reconcile_interval <= absl::ZeroDuration()) {
+      LogLine("warning: --reconcile_interval=0 with --backend=iptables: a rule of ours "
+              "rewritten in place (same rule count) is never repaired");
+    }
     absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> reader =
         nat::IptablesBackend::Create();
     if (!reader.ok()) return reader.status();
@@ -284,6 +313,15 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       return absl::InvalidArgumentError("--natpmp_max_per_client must be at least 1");
     }
     pmp.policy.max_per_client = config.natpmp_max_per_client;
+    if (config.natpmp_max_leases < 1) {
+      return absl::InvalidArgumentError("--natpmp_max_leases must be at least 1");
+    }
+    pmp.policy.max_leases = config.natpmp_max_leases;
+    if (ports->first >= range->first && ports->second <= range->second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--natpmp_port_range ", config.natpmp_port_range, " lies inside --port_range ",
+          config.port_range, ", which leases never take"));
+    }
     pmp.rate_per_second = config.natpmp_rate_limit;
     pmp.burst = std::max(20.0, config.natpmp_rate_limit * 2);
     pmp.policy.max_lifetime = static_cast<uint32_t>(

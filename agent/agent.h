@@ -52,6 +52,7 @@ struct AgentConfig {
   bool pcp = true;     // with natpmp
   std::string natpmp_port_range = "1024-65535";
   int natpmp_max_per_client = 50;
+  int natpmp_max_leases = 1024;  // every client together
   absl::Duration natpmp_max_lifetime = absl::Seconds(7200);
   double natpmp_rate_limit = 10;  // requests/s per client; 0: unlimited
   // Optional TCP listener for orchestrators: TLS with client certificates.

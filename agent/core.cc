@@ -62,6 +62,7 @@ absl::Status BuildState(const StoreContents& contents, absl::Time now, State* st
     }
     state->mappings.Put(proto.id(), MappingRecord{proto, *m});
     if (IsLease(proto)) owners::IndexLease(*state, proto);
+    owners::IndexTarget(*state, proto);
   }
   for (const auto& [id, rec] : state->mappings.Sorted()) {
     if (IsLease(rec->proto)) owners::HoldCompanionAtStart(*state, *allocator, *rec);

@@ -632,5 +632,134 @@ TEST_F(LeaseTest, LeasesAndEpochSurviveRestartWithRemainingLifetime) {
   EXPECT_EQ(Map("192.168.77.10", 80, 0, 600).external_port, 8080);
 }
 
+// Issue "Nothing hijacked", item 4: besides the per-client quota, one cap
+// over every client (one host with many alias addresses, or many spoofed
+// ones, cannot take the whole port space).
+TEST_F(LeaseTest, GlobalCapOverEveryClient) {
+  policy_.max_per_client = 3;
+  policy_.max_leases = 4;
+  for (int port : {80, 81, 82}) {
+    ASSERT_EQ(Map("192.168.77.10", port, 0, 60).outcome, LeaseOutcome::kOk);
+  }
+  ASSERT_EQ(Map("192.168.77.11", 80, 0, 60).outcome, LeaseOutcome::kOk);
+  LeaseResult r = Map("192.168.77.12", 80, 0, 60);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNoResources);
+  EXPECT_THAT(r.detail, HasSubstr("already holds 4 leases (--natpmp_max_leases)"));
+  EXPECT_EQ(Map("192.168.77.11", 81, 0, 60).outcome, LeaseOutcome::kNoResources);
+  // A refresh is no new lease.
+  EXPECT_EQ(Map("192.168.77.11", 80, 0, 60).outcome, LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 82, 0, 0).outcome, LeaseOutcome::kOk);
+  EXPECT_EQ(Map("192.168.77.12", 80, 0, 60).outcome, LeaseOutcome::kOk);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_NATPMP, ""), SizeIs(4));
+}
+
+// Item 5: leases never take the containers' dynamic pool (here
+// 40000-40099); a port wanted inside it gets the nearest free one outside.
+TEST_F(LeaseTest, LeasesAvoidTheContainersDynamicRange) {
+  LeaseResult r = Map("192.168.77.10", 80, 40050, 60);
+  ASSERT_EQ(r.outcome, LeaseOutcome::kOk) << r.detail;
+  EXPECT_EQ(r.external_port, 40100);  // 50 away; 39999 is 51 away
+  EXPECT_EQ(Map("192.168.77.10", 81, 40010, 60).external_port, 39999);
+  // No suggestion: the internal port is wanted, and the same rule applies.
+  EXPECT_EQ(Map("192.168.77.10", 40020, 0, 60).external_port, 39998);
+  EXPECT_EQ(Map("192.168.77.11", 40090, 0, 60).external_port, 40101);
+  // Ports the containers use stay theirs.
+  for (const v1::PortMapping& m : core_->ListMappings(v1::OWNER_KIND_NATPMP, "")) {
+    EXPECT_TRUE(m.host_port() < 40000 || m.host_port() > 40099) << m.host_port();
+  }
+  ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 0, 80)).status());
+  // PREFER_FAILURE there: cannot provide, saying why.
+  LeaseRequest pf;
+  pf.kind = v1::OWNER_KIND_PCP;
+  pf.client = *nat::IpAddress::Parse("192.168.77.12");
+  pf.internal_port = 81;
+  pf.suggested_port = 40060;
+  pf.lifetime = 60;
+  pf.nonce = "nonce-12byte";
+  pf.prefer_failure = true;
+  r = core_->Lease(pf, policy_);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kCannotProvide);
+  EXPECT_THAT(r.detail, HasSubstr("outside 1024-65535 outside the containers' 40000-40099"));
+  // Turned off, the whole range is available again.
+  policy_.avoid_dynamic_range = false;
+  EXPECT_EQ(Map("192.168.77.12", 82, 40070, 60).external_port, 40070);
+}
+
+TEST_F(LeaseTest, DynamicRangeExclusionEdges) {
+  // A range wholly inside the dynamic one leaves nothing.
+  policy_.port_lo = 40010;
+  policy_.port_hi = 40020;
+  LeaseResult r = Map("192.168.77.10", 80, 40015, 60);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNoResources);
+  // One side only: [39990, 40099] less the dynamic range is 39990-39999.
+  policy_.port_lo = 39990;
+  policy_.port_hi = 40050;
+  EXPECT_EQ(Map("192.168.77.10", 80, 40030, 60).external_port, 39999);
+  EXPECT_EQ(Map("192.168.77.10", 81, 39995, 60).external_port, 39995);
+  // Both sides full: the nearest walk gives up.
+  policy_.port_lo = 39999;
+  policy_.port_hi = 40100;
+  ASSERT_EQ(Map("192.168.77.11", 80, 40100, 60).external_port, 40100);
+  r = Map("192.168.77.11", 81, 40050, 60);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNoResources) << r.external_port << " " << r.detail;
+}
+
+// Item 6: NAT-PMP has no nonce, so it cannot delete or refresh a PCP lease
+// of the same address; its "delete all" leaves PCP leases alone.
+TEST_F(LeaseTest, NatPmpCannotTouchAPcpLease) {
+  const std::string nonce = "aaaaaaaaaaaa";
+  ASSERT_EQ(Map("192.168.77.10", 80, 8080, 600, nat::Protocol::kTcp, v1::OWNER_KIND_PCP, nonce)
+                .outcome,
+            LeaseOutcome::kOk);
+  ASSERT_EQ(Map("192.168.77.10", 81, 8081, 600).outcome, LeaseOutcome::kOk);
+  LeaseResult r = Map("192.168.77.10", 80, 0, 0);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_THAT(r.detail, HasSubstr("is a PCP lease"));
+  EXPECT_EQ(Map("192.168.77.10", 80, 8080, 600).outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(Map("192.168.77.10", 0, 0, 0).outcome, LeaseOutcome::kOk);
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_PCP, ""), SizeIs(1));
+  EXPECT_THAT(core_->ListMappings(v1::OWNER_KIND_NATPMP, ""), SizeIs(0));
+  // PCP with its nonce still can.
+  EXPECT_EQ(Map("192.168.77.10", 80, 0, 0, nat::Protocol::kTcp, v1::OWNER_KIND_PCP, nonce)
+                .outcome,
+            LeaseOutcome::kOk);
+  EXPECT_TRUE(backend_.rules().dnat.empty());
+}
+
+// Item 3: an address inside a container network or that another owner's
+// mapping sends traffic to is not a LAN host asking for itself.
+TEST_F(LeaseTest, RefusesContainerNetworksAndOtherOwnersTargets) {
+  // A container without published ports: its network is still refused.
+  ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", -1, 0)).status());
+  LeaseResult r = Map("10.22.0.5", 8080, 8080, 60);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(r.detail, "10.22.0.5 is inside container network 10.22.0.0/16");
+  EXPECT_EQ(Map("10.22.200.1", 80, 0, 60).outcome, LeaseOutcome::kNotAuthorized);
+  // An API mapping's target on the LAN.
+  v1::PortMapping m;
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  m.mutable_owner()->set_id("nas");
+  m.set_protocol(v1::PROTOCOL_TCP);
+  m.set_host_port(4443);
+  m.set_target_ip("192.168.77.20");
+  m.set_target_port(443);
+  ASSERT_OK_AND_ASSIGN(v1::PortMapping made, core_->CreateMapping(m));
+  r = Map("192.168.77.20", 22, 2222, 60);
+  EXPECT_EQ(r.outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(r.detail, "192.168.77.20 is the target of another owner's mapping");
+  EXPECT_EQ(Map("192.168.77.21", 22, 2222, 60).outcome, LeaseOutcome::kOk);
+  EXPECT_TRUE(backend_.rules().dnat.size() == 2u);
+  // The index survives a restart ...
+  Restart();
+  core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.7"));
+  EXPECT_EQ(Map("192.168.77.20", 22, 2222, 60).outcome, LeaseOutcome::kNotAuthorized);
+  EXPECT_EQ(Map("10.22.0.9", 22, 2222, 60).outcome, LeaseOutcome::kNotAuthorized);
+  // ... and follows the owners.
+  ASSERT_OK(core_->DeleteMapping(made.id()));
+  ASSERT_OK(core_->Detach(Container("c1", "10.22.0.5/16", -1, 0).key()).status());
+  EXPECT_EQ(Map("192.168.77.20", 22, 2223, 60).outcome, LeaseOutcome::kOk);
+  EXPECT_EQ(Map("10.22.0.5", 8080, 8080, 60).outcome, LeaseOutcome::kOk);
+}
+
 }  // namespace
 }  // namespace fabric::agent

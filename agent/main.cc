@@ -59,13 +59,16 @@ ABSL_FLAG(std::string, wan_interface, "",
 ABSL_FLAG(bool, natpmp, true, "serve NAT-PMP (and PCP) on --lan_interfaces");
 ABSL_FLAG(bool, pcp, true, "serve PCP with NAT-PMP");
 ABSL_FLAG(std::string, natpmp_port_range, "1024-65535",
-          "external ports NAT-PMP/PCP may hand out, LO-HI");
+          "external ports NAT-PMP/PCP may hand out, LO-HI (never inside "
+          "--port_range)");
 ABSL_FLAG(int, natpmp_max_per_client, 50, "leases one LAN host may hold");
+ABSL_FLAG(int, natpmp_max_leases, 1024, "NAT-PMP/PCP leases of all LAN hosts together");
 ABSL_FLAG(absl::Duration, natpmp_max_lifetime, absl::Seconds(7200),
           "longest lease granted; longer requests are clamped");
 ABSL_FLAG(double, natpmp_rate_limit, 10,
           "NAT-PMP/PCP requests per second one client may send (bursts of "
-          "twice that, at least 20); excess is dropped; 0: unlimited");
+          "twice that, at least 20 and twice --natpmp_max_per_client); excess "
+          "is dropped; 0: unlimited");
 ABSL_FLAG(std::string, tls_address, "",
           "host:port for orchestrators over TLS with client certificates");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
@@ -203,6 +206,7 @@ int main(int argc, char** argv) {
   config.pcp = absl::GetFlag(FLAGS_pcp);
   config.natpmp_port_range = absl::GetFlag(FLAGS_natpmp_port_range);
   config.natpmp_max_per_client = absl::GetFlag(FLAGS_natpmp_max_per_client);
+  config.natpmp_max_leases = absl::GetFlag(FLAGS_natpmp_max_leases);
   config.natpmp_max_lifetime = absl::GetFlag(FLAGS_natpmp_max_lifetime);
   config.natpmp_rate_limit = absl::GetFlag(FLAGS_natpmp_rate_limit);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);

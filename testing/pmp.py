@@ -9,6 +9,7 @@
          [--option CODE] [--protocol NUM]
   pmp.py GATEWAY flood N                               N address requests at once; prints replies=K
   pmp.py listen GROUPPORT SECONDS                      print announcements received
+  pmp.py --source IP GATEWAY ...                       send from IP (an address of this host)
 
 Replies are printed as "key=value" words; no reply within the timeout
 prints "timeout" and exits 2.
@@ -19,11 +20,14 @@ import sys
 import time
 
 TIMEOUT = 1.0
+SOURCE = None  # --source: the address requests are sent from
 
 
 def send(gateway, payload, timeout=TIMEOUT):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(timeout)
+    if SOURCE:
+        s.bind((SOURCE, 0))
     s.connect((gateway, 5351))
     s.send(payload)
     try:
@@ -66,6 +70,9 @@ def show_pcp(data):
 
 
 def main(argv):
+    global SOURCE
+    if argv[0] == "--source":
+        SOURCE, argv = argv[1], argv[2:]
     if argv[0] == "listen":
         port, seconds = int(argv[1]), float(argv[2])
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -135,7 +142,7 @@ def main(argv):
         # The client address: the one this socket will use unless given.
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         probe.connect((gateway, 5351))
-        src = client or probe.getsockname()[0]
+        src = client or SOURCE or probe.getsockname()[0]
         probe.close()
         mapped = b"\x00" * 10 + b"\xff\xff" + socket.inet_aton(src)
         header = struct.pack("!BBHI", version, 1, 0, lifetime) + mapped

@@ -13,6 +13,7 @@ void NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
   };
   const v1::AttachmentOptions& o = rec.proto.options();
   for (const nat::Prefix& p : rec.networks) {
+    bump(containers, p);
     if (o.masquerade()) bump(masquerade, p);
     if (o.hairpin()) bump(hairpin, p);
   }

@@ -40,6 +40,9 @@ struct NetworkRefs {
   std::map<nat::Prefix, int> masquerade;
   std::map<nat::Prefix, int> hairpin;
   std::map<std::string, int> interfaces;
+  // Every container network, whatever its options: NAT-PMP/PCP refuse a
+  // client inside one (agent/owners/leases.h).
+  std::map<nat::Prefix, int> containers;
   // Adds (delta 1) or removes (delta -1) one attachment's needs.
   void Count(const AttachmentRecord& rec, int delta);
   // The network part of the desired kernel state.
@@ -56,6 +59,9 @@ struct State {
   PersistentTable<std::string> leases;
   // Client address -> number of leases.
   PersistentTable<int> leases_per_client;
+  // Target address -> how many mappings of other owners (CNI, API, UPnP)
+  // send traffic there: NAT-PMP/PCP refuse such an address as a client.
+  PersistentTable<int> mapping_targets;
   // Lease id -> the companion port scope it holds (RFC 6886 3.3).
   PersistentTable<nat::PortScope> companions;
   // The address leases are published on; none: requests get a network

@@ -51,6 +51,16 @@ PcpResult PcpResultOf(LeaseOutcome o) {
   return PcpResult::kNoResources;
 }
 
+// An error answer no longer than its request: when it would be longer,
+// only its 4-byte NAT-PMP header (version, opcode, result), or nothing for
+// a request shorter than that.
+std::vector<uint8_t> CapErrorReply(std::vector<uint8_t> reply, size_t request_len) {
+  if (reply.size() <= request_len) return reply;
+  if (request_len < 4) return {};
+  reply.resize(4);
+  return reply;
+}
+
 const char* OutcomeName(LeaseOutcome o) {
   switch (o) {
     case LeaseOutcome::kOk: return "ok";
@@ -111,7 +121,18 @@ PmpServer::PmpServer(AgentCore* core, Metrics* metrics, wan::AddressSource* wan,
       wan_source_(wan),
       config_(std::move(config)),
       udp_(udp),
-      wake_(wake) {
+      wake_(wake),
+      limiter_(config_.rate_per_second,
+               std::max(config_.burst, 2.0 * config_.policy.max_per_client),
+               config_.rate_clients) {
+  absl::StatusOr<AddressEvents> events = AddressEvents::Open();
+  if (events.ok()) {
+    address_events_ = std::make_unique<AddressEvents>(std::move(*events));
+  } else {
+    LogLine(absl::StrCat("nat-pmp: ", events.status().message(),
+                         "; reading interface addresses every second instead"));
+  }
+  RefreshAddresses();
   // The listener runs on the source's thread (or here, at once, with the
   // address now): it only queues, the server thread applies.
   subscription_ = wan_source_->Subscribe([this](const wan::AddressChange& c) {
@@ -184,17 +205,32 @@ void PmpServer::SendAnnouncement() {
   }
 }
 
-bool PmpServer::Allow(uint32_t client, absl::Time now) {
-  if (config_.rate_per_second <= 0) return true;
-  auto [it, fresh] = buckets_.try_emplace(client, Bucket{config_.burst, now});
-  Bucket& b = it->second;
-  b.tokens = std::min(config_.burst,
-                      b.tokens + absl::ToDoubleSeconds(now - b.last) * config_.rate_per_second);
-  b.last = now;
-  if (b.tokens < 1) return false;
-  b.tokens -= 1;
-  if (buckets_.size() > 4096) buckets_.clear();  // bounded memory
-  return true;
+void PmpServer::RefreshAddresses() {
+  if (address_events_ != nullptr && address_events_->Drain()) addresses_stale_ = true;
+  absl::Time now = absl::Now();
+  if (address_events_ == nullptr && now - addresses_read_ >= absl::Seconds(1)) {
+    addresses_stale_ = true;
+  }
+  if (!addresses_stale_) return;
+  absl::StatusOr<InterfaceAddresses> read = InterfaceAddresses::Read();
+  if (!read.ok()) {
+    LogLine(absl::StrCat("nat-pmp: ", read.status().message()));
+    return;  // keep the last one; try again on the next request
+  }
+  addresses_ = std::move(*read);
+  addresses_stale_ = false;
+  addresses_read_ = now;
+}
+
+void PmpServer::LogDropped(const std::string& why) {
+  metrics_->RecordOperation("natpmp_dropped", false, absl::ZeroDuration());
+  ++drops_unlogged_;
+  absl::Time now = absl::Now();
+  if (now - last_drop_log_ < absl::Seconds(1)) return;
+  LogLine(absl::StrCat("nat-pmp: dropped ", drops_unlogged_, " request(s), the last because ",
+                       why));
+  drops_unlogged_ = 0;
+  last_drop_log_ = now;
 }
 
 void PmpServer::Run() {
@@ -203,10 +239,16 @@ void PmpServer::Run() {
     if (announcements_left_ > 0) {
       wait = std::min(wait, std::max(absl::ZeroDuration(), next_announcement_ - absl::Now()));
     }
-    pollfd fds[2] = {{udp_, POLLIN, 0}, {wake_, POLLIN, 0}};
-    int n = poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(wait)));
+    pollfd fds[3] = {{udp_, POLLIN, 0},
+                     {wake_, POLLIN, 0},
+                     {address_events_ ? address_events_->fd() : -1, POLLIN, 0}};
+    int n = poll(fds, 3, static_cast<int>(absl::ToInt64Milliseconds(wait)));
     if (stopping_) break;
     if (n > 0 && (fds[1].revents & POLLIN)) ApplyWanChanges();
+    // Address changes before the requests that may depend on them.
+    if (n > 0 && (fds[2].revents & POLLIN) && address_events_->Drain()) {
+      addresses_stale_ = true;
+    }
     if (n > 0 && (fds[0].revents & POLLIN)) Receive();
     if (announcements_left_ > 0 && absl::Now() >= next_announcement_) {
       SendAnnouncement();
@@ -252,17 +294,25 @@ void PmpServer::Receive() {
   if (wan_.has_value() && dst == *wan_) return;  // addressed to the WAN address
   nat::IpAddress client = nat::IpAddress::FromBytes(
       nat::Family::kIPv4, reinterpret_cast<const uint8_t*>(&from.sin_addr));
-  if (!Allow(from.sin_addr.s_addr, absl::Now())) return;
+  // Only sources inside the arrival interface's subnets: anything else is
+  // spoofed or off-link, and an answer would go to someone who did not ask.
+  RefreshAddresses();
+  if (std::optional<std::string> why = RefusedSource(addresses_, ifname, client)) {
+    LogDropped(absl::StrCat(*why, " (on ", ifname, ")"));
+    return;
+  }
+  if (!limiter_.Allow(from.sin_addr.s_addr, absl::Now())) return;
 
   std::vector<uint8_t> reply;
+  size_t request_len = static_cast<size_t>(len);
   if (len >= 1 && buf[0] == kPcpVersion && config_.pcp) {
-    reply = HandlePcp(buf, static_cast<size_t>(len), client);
+    reply = HandlePcp(buf, request_len, client);
   } else if (len >= 1 && buf[0] != 0 && buf[0] != kPcpVersion && config_.pcp && len >= 2 &&
              !(buf[1] & 0x80)) {
     // Neither NAT-PMP nor PCP v2: PCP's UNSUPP_VERSION names version 2.
-    reply = HandlePcp(buf, static_cast<size_t>(len), client);
+    reply = HandlePcp(buf, request_len, client);
   } else {
-    reply = HandlePmp(buf, static_cast<size_t>(len), client);
+    reply = HandlePmp(buf, request_len, client);
   }
   if (reply.empty()) return;
   // Answer from the address the client asked.
@@ -305,14 +355,15 @@ std::vector<uint8_t> PmpServer::HandlePmp(const uint8_t* data, size_t len,
     case PmpParse::kUnsupportedVersion:
       Log("natpmp", client, absl::StrCat("outcome=unsupported_version version=", req.version),
           start, false);
-      return PmpUnsupportedVersion(epoch);
+      return CapErrorReply(PmpUnsupportedVersion(epoch), len);
     case PmpParse::kUnsupportedOpcode:
       Log("natpmp", client, absl::StrCat("outcome=unsupported_opcode opcode=", req.opcode),
           start, false);
-      return PmpUnsupportedOpcode(data, len);
+      return CapErrorReply(PmpUnsupportedOpcode(data, len), len);
     case PmpParse::kTruncated:
       Log("natpmp_map", client, "outcome=refused (truncated request)", start, false);
-      return PmpMapResponse(req.opcode, PmpResult::kRefused, epoch, 0, 0, 0);
+      return CapErrorReply(PmpMapResponse(req.opcode, PmpResult::kRefused, epoch, 0, 0, 0),
+                           len);
     case PmpParse::kOk:
       break;
   }
@@ -353,6 +404,12 @@ std::vector<uint8_t> PmpServer::HandlePcp(const uint8_t* data, size_t len,
   PcpRequest req;
   PcpParseResult parsed = ParsePcp(data, len, &req);
   if (parsed.kind == PcpParseResult::kIgnore) return {};
+  // Shorter than a PCP header: no answer (one would be longer than the
+  // request, and a real PCP client never sends it).
+  if (len < kPcpHeaderSize) {
+    Log("pcp", client, absl::StrCat("outcome=dropped (", len, "-byte request)"), start, false);
+    return {};
+  }
   auto respond = [&](PcpResult result, uint32_t lifetime, uint16_t port,
                      const std::string& detail) {
     bool ok = result == PcpResult::kSuccess;
@@ -363,7 +420,9 @@ std::vector<uint8_t> PmpServer::HandlePcp(const uint8_t* data, size_t len,
         absl::StrCat("result=", static_cast<int>(result), " ", detail), start, ok);
     std::array<uint8_t, 16> ext{};
     if (ok && wan_.has_value()) ext = MapV4(V4Bytes(wan_));
-    return PcpResponse(data, len, result, lifetime, core_->EpochSeconds(), port, ext);
+    // Never longer than the request (PcpResponse keeps to it; this says so).
+    return CapErrorReply(PcpResponse(data, len, result, lifetime, core_->EpochSeconds(), port, ext),
+                         len);
   };
   if (parsed.kind == PcpParseResult::kError) return respond(parsed.error, 0, 0, "parse error");
   // The client-IP field must be the packet's source (no NAT in between).

@@ -1,8 +1,13 @@
 // PmpServer: the NAT-PMP (RFC 6886) and PCP (RFC 6887) front-end. Answers
-// on UDP 5351, only for requests that arrive on a configured LAN interface
-// and are not addressed to the WAN address; every mapping goes to the
+// on UDP 5351, only for requests that arrive on a configured LAN interface,
+// are not addressed to the WAN address and come from a source inside a
+// subnet of that interface (sources.h; the interfaces' addresses are read
+// again on every rtnetlink address event); every mapping goes to the
 // requester's own address through AgentCore::Lease (the same allocator,
-// store and kernel maps as container ports). Learns the WAN address from an
+// store and kernel maps as container ports). An error answer is never
+// longer than its request (none for a request shorter than a NAT-PMP
+// header, 4 bytes, or, on the PCP side, a PCP header, 24 bytes), so a
+// spoofed request cannot be amplified. Learns the WAN address from an
 // wan::AddressSource (the Agent's rtnetlink watcher, shared with the core
 // and other front-ends; a fake in tests) and announces (NAT-PMP opcode 128
 // and PCP ANNOUNCE to 224.0.0.1:5350, ten times at 250 ms doubling) at start
@@ -27,6 +32,8 @@
 #include "agent/core.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/codec.h"
+#include "agent/natpmp/rate_limiter.h"
+#include "agent/natpmp/sources.h"
 #include "agent/wan/address_source.h"
 
 namespace fabric::agent::natpmp {
@@ -37,9 +44,14 @@ struct ServerConfig {
                     // "unsupported version")
   LeasePolicy policy;
   // Per-client request rate: sustained per second (0: unlimited), and
-  // burst.
+  // burst, raised to at least twice policy.max_per_client (a map and an
+  // address request for each lease) so a client can open its whole quota
+  // at once, as clients do at start-up.
   double rate_per_second = 10;
   double burst = 20;
+  // Clients the rate limiter remembers (least recently heard from go
+  // first).
+  size_t rate_clients = 4096;
   uint16_t port = kServerPort;
   uint16_t announce_port = kClientPort;
 };
@@ -63,7 +75,10 @@ class PmpServer {
   // announces.
   void ApplyWanChanges();
   void SendAnnouncement();
-  bool Allow(uint32_t client, absl::Time now);
+  // Reads the interfaces' addresses again when an event said they changed.
+  void RefreshAddresses();
+  // Logs a dropped request, at most one line a second (with the count).
+  void LogDropped(const std::string& why);
   std::vector<uint8_t> HandlePmp(const uint8_t* data, size_t len,
                                  const nat::IpAddress& client);
   std::vector<uint8_t> HandlePcp(const uint8_t* data, size_t len,
@@ -77,6 +92,7 @@ class PmpServer {
   ServerConfig config_;
   int udp_;
   int wake_;  // eventfd: a queued WAN change
+  std::unique_ptr<AddressEvents> address_events_;  // null: read every second
   int subscription_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
@@ -87,11 +103,12 @@ class PmpServer {
   int announcements_left_ = 0;
   absl::Duration announce_gap_;
   absl::Time next_announcement_;
-  struct Bucket {
-    double tokens;
-    absl::Time last;
-  };
-  std::map<uint32_t, Bucket> buckets_;
+  RateLimiter limiter_;
+  InterfaceAddresses addresses_;
+  bool addresses_stale_ = true;
+  absl::Time addresses_read_ = absl::InfinitePast();
+  absl::Time last_drop_log_ = absl::InfinitePast();
+  int drops_unlogged_ = 0;
 };
 
 }  // namespace fabric::agent::natpmp

@@ -57,8 +57,11 @@ class PmpServerTest : public ::testing::Test {
 
   void StartServer() {
     ServerConfig config;
-    config.lan_interfaces = {"lo"};
     config.rate_per_second = 0;
+    StartServer(config);
+  }
+  void StartServer(ServerConfig config) {
+    config.lan_interfaces = {"lo"};
     absl::StatusOr<std::unique_ptr<PmpServer>> s =
         PmpServer::Start(core_.get(), &metrics_, &wan_, config);
     ASSERT_OK(s.status());
@@ -82,6 +85,21 @@ class PmpServerTest : public ::testing::Test {
     char text[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, buf + 8, text, sizeof(text));
     return {(buf[2] << 8) | buf[3], text};
+  }
+  // Sends `request` and returns the answer's size (-1: no answer within
+  // `wait`).
+  int AnswerSize(const std::vector<uint8_t>& request,
+                 absl::Duration wait = absl::Milliseconds(300)) {
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(kServerPort);
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    sendto(client_, request.data(), request.size(), 0, reinterpret_cast<sockaddr*>(&to),
+           sizeof(to));
+    pollfd p{client_, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) != 1) return -1;
+    uint8_t buf[2048];
+    return static_cast<int>(recv(client_, buf, sizeof(buf), 0));
   }
   // Asks until the answer is `want` (the server applies changes on its own
   // thread) or 2 s pass.
@@ -138,6 +156,53 @@ TEST_F(PmpServerTest, NeedsAWanSourceNotALanInterface) {
       PmpServer::Start(core_.get(), &metrics_, &wan_, config);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().message(), "interface wan0 cannot be both LAN and WAN");
+}
+
+// Issue "Nothing hijacked", item 6: an error answer is never longer than
+// its request (no amplification for a spoofed source); one shorter than a
+// header gets none.
+TEST_F(PmpServerTest, ErrorAnswersAreNeverLongerThanTheRequest) {
+  wan_.Set(Ip("203.0.113.1"));
+  StartServer();
+  auto bytes = [](std::initializer_list<uint8_t> head, size_t size) {
+    std::vector<uint8_t> v(head);
+    v.resize(size, 0);
+    return v;
+  };
+  // PCP shorter than its 24-byte header: no answer (was 24 bytes).
+  EXPECT_EQ(AnswerSize({2, 1}), -1);
+  EXPECT_EQ(AnswerSize(bytes({2, 1}, 20)), -1);
+  // Another version, 2 bytes: no answer (was PCP's 24-byte UNSUPP_VERSION).
+  EXPECT_EQ(AnswerSize({1, 0}), -1);
+  EXPECT_EQ(AnswerSize(bytes({1, 0}, 24)), 24);
+  // PCP unknown opcode: the request copied, never more than it.
+  EXPECT_EQ(AnswerSize(bytes({2, 5}, 24)), 24);
+  EXPECT_EQ(AnswerSize(bytes({2, 5}, 100)), 100);
+  EXPECT_EQ(AnswerSize(bytes({2, 5}, 1100)), 1100);
+  EXPECT_EQ(AnswerSize(bytes({2, 5}, 1101)), 24);  // MALFORMED_REQUEST, header only
+  // NAT-PMP: an unknown opcode echoed; shorter than its header, nothing.
+  EXPECT_EQ(AnswerSize({0, 5}), -1);
+  EXPECT_EQ(AnswerSize(bytes({0, 5}, 4)), 4);
+  // A map request cut short: the 4-byte header with result 2, or nothing.
+  EXPECT_EQ(AnswerSize({0, 1}), -1);
+  EXPECT_EQ(AnswerSize(bytes({0, 2}, 6)), 4);
+  // The protocol's own answers keep their sizes (RFC 6886): 12 and 16.
+  EXPECT_EQ(AnswerSize({0, 0}), 12);
+  EXPECT_EQ(AnswerSize({0, 2, 0, 0, 0, 80, 0, 0, 0, 0, 0, 0}), 16);
+}
+
+// Item 4: the burst lets a client use its whole quota at once, as clients
+// that open their ports at start-up do.
+TEST_F(PmpServerTest, BurstCoversTheWholeQuota) {
+  wan_.Set(Ip("203.0.113.1"));
+  ServerConfig config;
+  config.rate_per_second = 10;
+  config.burst = 20;
+  config.policy.max_per_client = 50;
+  StartServer(config);
+  int answered = 0;
+  for (int i = 0; i < 90; ++i) answered += AnswerSize({0, 0}, absl::Seconds(1)) == 12;
+  EXPECT_EQ(answered, 90);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 #include "agent/owners/leases.h"
 
 #include <algorithm>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +34,90 @@ std::string CompanionHolder(const v1::PortMapping& m) {
   return absl::StrCat(MappingHolder(m), " (companion port)");
 }
 
+// Why `r` may not change lease `m` of the same client, or nullopt. A PCP
+// lease answers only to its nonce, so NAT-PMP (which has none) cannot
+// refresh or delete it.
+std::optional<std::string> NotItsLease(const LeaseRequest& r, const v1::PortMapping& m) {
+  if (m.owner().kind() != v1::OWNER_KIND_PCP) return std::nullopt;
+  if (r.kind != v1::OWNER_KIND_PCP) {
+    return absl::StrCat("lease ", m.id(), " is a PCP lease: only PCP with its nonce changes it");
+  }
+  if (m.pcp_nonce() != r.nonce) return absl::StrCat("nonce does not match lease ", m.id());
+  return std::nullopt;
+}
+
+// The ports a lease may take: [lo, hi] less the dynamic range, as at most
+// two segments.
+struct Segment {
+  uint16_t lo, hi;
+  bool Contains(uint16_t p) const { return p >= lo && p <= hi; }
+};
+std::vector<Segment> AllowedPorts(const LeasePolicy& policy, const nat::PortAllocator& a) {
+  uint16_t lo = policy.port_lo, hi = policy.port_hi;
+  if (!policy.avoid_dynamic_range || a.dynamic_hi() < lo || a.dynamic_lo() > hi) {
+    return {{lo, hi}};
+  }
+  std::vector<Segment> out;
+  if (lo < a.dynamic_lo()) out.push_back({lo, static_cast<uint16_t>(a.dynamic_lo() - 1)});
+  if (hi > a.dynamic_hi()) out.push_back({static_cast<uint16_t>(a.dynamic_hi() + 1), hi});
+  return out;
+}
+
+std::string DescribeAllowed(const LeasePolicy& policy, const nat::PortAllocator& a) {
+  std::string text = absl::StrCat(policy.port_lo, "-", policy.port_hi);
+  if (policy.avoid_dynamic_range) {
+    absl::StrAppend(&text, " outside the containers' ", a.dynamic_lo(), "-", a.dynamic_hi());
+  }
+  return text;
+}
+
+// Holds a port for a new lease: `want` itself when allowed and free, else
+// the nearest free allowed port (`want` inside the dynamic range: the
+// nearest on either side of it; elsewhere: the next one up, wrapping, as
+// AllocateNear does); `want` outside every segment: the first free one.
+absl::StatusOr<uint16_t> HoldLeasePort(Txn& txn, const nat::PortScope& scope, uint16_t want,
+                                       const LeasePolicy& policy,
+                                       const std::vector<Segment>& allowed,
+                                       const std::string& holder) {
+  const nat::PortAllocator& a = txn.allocator();
+  for (size_t i = 0; i < allowed.size(); ++i) {
+    if (!allowed[i].Contains(want)) continue;
+    // Its own segment first, then the other.
+    absl::StatusOr<uint16_t> p =
+        txn.AllocateNear(scope, want, 1, allowed[i].lo, allowed[i].hi, holder);
+    if (p.ok() || allowed.size() == 1) return p;
+    const Segment& other = allowed[1 - i];
+    return txn.AllocateNear(scope, other.lo, 1, other.lo, other.hi, holder);
+  }
+  if (policy.avoid_dynamic_range && want >= a.dynamic_lo() && want <= a.dynamic_hi()) {
+    // Inside the dynamic range: walk out from its edges, nearest first,
+    // within the segments below and above it.
+    int down = -1, down_end = 0;    // empty unless a segment is below
+    int up = 65536, up_end = 65535;  // empty unless a segment is above
+    for (const Segment& seg : allowed) {
+      if (seg.hi < a.dynamic_lo()) std::tie(down, down_end) = std::make_pair(seg.hi, seg.lo);
+      if (seg.lo > a.dynamic_hi()) std::tie(up, up_end) = std::make_pair(seg.lo, seg.hi);
+    }
+    while (down >= down_end || up <= up_end) {
+      bool take_down = down >= down_end && (up > up_end || want - down <= up - want);
+      int p = take_down ? down-- : up++;
+      if (!a.ConflictingHolder(scope, static_cast<uint16_t>(p)).has_value()) {
+        return txn.AllocateNear(scope, static_cast<uint16_t>(p), 1, static_cast<uint16_t>(p),
+                                static_cast<uint16_t>(p), holder);
+      }
+    }
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "no free port left for ", scope.ToString(), " outside the dynamic range"));
+  }
+  absl::Status last = absl::ResourceExhaustedError("no port range allowed");
+  for (const Segment& seg : allowed) {
+    absl::StatusOr<uint16_t> p = txn.AllocateNear(scope, seg.lo, 1, seg.lo, seg.hi, holder);
+    if (p.ok()) return p;
+    last = p.status();
+  }
+  return last;
+}
+
 LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner* ct) {
   State& st = txn.state();
   std::vector<std::string> ids;
@@ -44,6 +130,9 @@ LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner*
     st.leases.ForEach([&](const std::string&, const std::string& id) {
       const v1::PortMapping& m = st.mappings.Find(id)->proto;
       if (m.target_ip() != client) return;
+      // NAT-PMP's "delete all" is about NAT-PMP's own leases: a PCP lease
+      // can only be deleted with its nonce.
+      if (r.kind == v1::OWNER_KIND_NATPMP && m.owner().kind() == v1::OWNER_KIND_PCP) return;
       if (!r.all_protocols &&
           FromProto(m.protocol()).value_or(nat::Protocol::kTcp) != r.protocol) {
         return;
@@ -53,11 +142,8 @@ LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner*
     std::sort(ids.begin(), ids.end());
   }
   for (const std::string& id : ids) {
-    const v1::PortMapping& m = st.mappings.Find(id)->proto;
-    if (r.kind == v1::OWNER_KIND_PCP && m.owner().kind() == v1::OWNER_KIND_PCP &&
-        m.pcp_nonce() != r.nonce) {
-      return Refuse(txn, LeaseOutcome::kNotAuthorized,
-                    absl::StrCat("nonce does not match lease ", id));
+    if (std::optional<std::string> why = NotItsLease(r, st.mappings.Find(id)->proto)) {
+      return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
     }
   }
   if (ids.empty()) return {LeaseOutcome::kOk, 0, 0, "nothing to delete"};
@@ -66,6 +152,19 @@ LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner*
 }
 
 }  // namespace
+
+std::optional<std::string> RefusedClient(const State& state, const IpAddress& client) {
+  for (const auto& [network, n] : state.network.containers) {
+    if (network.Contains(client)) {
+      return absl::StrCat(client.ToString(), " is inside container network ",
+                          network.Network().ToString());
+    }
+  }
+  if (state.mapping_targets.Find(client.ToString()) != nullptr) {
+    return absl::StrCat(client.ToString(), " is the target of another owner's mapping");
+  }
+  return std::nullopt;
+}
 
 void IndexLease(State& state, const v1::PortMapping& m) {
   state.leases.Put(LeaseKeyOf(m), m.id());
@@ -119,14 +218,15 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   absl::Time now = txn.now();
   uint32_t lifetime = std::min(r.lifetime, policy.max_lifetime);
   std::string client = r.client.ToString();
+  if (std::optional<std::string> why = RefusedClient(st, r.client)) {
+    return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
+  }
 
   // A repeated request refreshes the lease and keeps its port.
   if (const std::string* existing = st.leases.Find(LeaseKey(client, r.protocol, r.internal_port))) {
     MappingRecord rec = *st.mappings.Find(*existing);
-    if (r.kind == v1::OWNER_KIND_PCP && rec.proto.owner().kind() == v1::OWNER_KIND_PCP &&
-        rec.proto.pcp_nonce() != r.nonce) {
-      return Refuse(txn, LeaseOutcome::kNotAuthorized,
-                    absl::StrCat("nonce does not match lease ", rec.proto.id()));
+    if (std::optional<std::string> why = NotItsLease(r, rec.proto)) {
+      return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
     }
     if (r.prefer_failure && r.suggested_port != 0 && r.suggested_port != rec.nat.host_port) {
       return Refuse(txn, LeaseOutcome::kCannotProvide, "lease exists on another port");
@@ -144,6 +244,11 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   if (count != nullptr && *count >= policy.max_per_client) {
     return Refuse(txn, LeaseOutcome::kQuota,
                   absl::StrCat(client, " already holds ", *count, " leases"));
+  }
+  if (st.leases.size() >= static_cast<size_t>(std::max(policy.max_leases, 0))) {
+    return Refuse(txn, LeaseOutcome::kNoResources,
+                  absl::StrCat("the agent already holds ", st.leases.size(),
+                               " leases (--natpmp_max_leases)"));
   }
 
   v1::PortMapping proto;
@@ -169,7 +274,11 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   // it becomes a real lease (and comes back if this request fails: the
   // transaction undoes the release).
   uint16_t suggested = r.suggested_port;
-  bool in_range = suggested >= policy.port_lo && suggested <= policy.port_hi;
+  std::vector<Segment> allowed = AllowedPorts(policy, txn.allocator());
+  auto allowed_port = [&](uint16_t p) {
+    return std::any_of(allowed.begin(), allowed.end(),
+                       [p](const Segment& s) { return s.Contains(p); });
+  };
   if (suggested != 0) {
     std::string freed;
     st.companions.ForEach([&](const std::string& id, const PortScope& comp) {
@@ -183,24 +292,26 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
     if (!freed.empty()) ReleaseCompanion(txn, *st.mappings.Find(freed));
   }
   if (r.prefer_failure && suggested != 0 &&
-      (!in_range || txn.allocator().ConflictingHolder(scope, suggested).has_value())) {
+      (!allowed_port(suggested) || txn.allocator().ConflictingHolder(scope, suggested).has_value())) {
     std::optional<std::string> holder_of = txn.allocator().ConflictingHolder(scope, suggested);
     return Refuse(txn, LeaseOutcome::kCannotProvide,
                   holder_of ? absl::StrCat("port ", suggested, " is held by ", *holder_of)
-                            : absl::StrCat("port ", suggested, " is outside ", policy.port_lo,
-                                           "-", policy.port_hi));
+                            : absl::StrCat("port ", suggested, " is outside ",
+                                           DescribeAllowed(policy, txn.allocator())));
   }
-  uint16_t start = in_range ? suggested
-                            : (r.internal_port >= policy.port_lo &&
-                                       r.internal_port <= policy.port_hi
-                                   ? r.internal_port
-                                   : policy.port_lo);
+  // The port wanted: the suggestion when inside --natpmp_port_range, else
+  // the internal port.
+  uint16_t want = suggested != 0 && suggested >= policy.port_lo && suggested <= policy.port_hi
+                      ? suggested
+                      : r.internal_port;
   // The id first: the allocator names the holder by it.
   proto.set_id(txn.NewMappingId());
-  absl::StatusOr<uint16_t> port = txn.AllocateNear(scope, start, 1, policy.port_lo,
-                                                   policy.port_hi, MappingHolder(proto));
+  absl::StatusOr<uint16_t> port =
+      HoldLeasePort(txn, scope, want, policy, allowed, MappingHolder(proto));
   if (!port.ok()) {
-    return Refuse(txn, LeaseOutcome::kNoResources, std::string(port.status().message()));
+    return Refuse(txn, LeaseOutcome::kNoResources,
+                  absl::StrCat(port.status().message(), " (leases take ",
+                               DescribeAllowed(policy, txn.allocator()), ")"));
   }
   nat_mapping.host_port = *port;
   proto.set_host_port(*port);

@@ -18,9 +18,16 @@ namespace fabric::agent {
 
 // NAT-PMP/PCP policy (agent flags).
 struct LeasePolicy {
+  // External ports leases may take (--natpmp_port_range) ...
   uint16_t port_lo = 1024;
   uint16_t port_hi = 65535;
+  // ... less the containers' dynamic pool (the allocator's dynamic range,
+  // --port_range): a suggestion or internal port inside it gets the nearest
+  // free port outside it. false: the whole range.
+  bool avoid_dynamic_range = true;
   int max_per_client = 50;
+  // Leases of every client together (--natpmp_max_leases).
+  int max_leases = 1024;
   uint32_t max_lifetime = 7200;  // seconds
 };
 
@@ -41,8 +48,13 @@ struct LeaseRequest {
 
 enum class LeaseOutcome {
   kOk,
-  kNotAuthorized,   // nonce mismatch
-  kNoResources,     // no free port in the allowed range, or an internal error
+  // A PCP nonce that does not match; a NAT-PMP request for a PCP lease
+  // (NAT-PMP has no nonce to prove it is the lease's own client); a client
+  // the agent serves no lease to (RefusedClient).
+  kNotAuthorized,
+  // No free port in the allowed range, max_leases reached, or an internal
+  // error.
+  kNoResources,
   kQuota,           // the client holds max_per_client leases
   kNetworkFailure,  // no external address
   kCannotProvide,   // PREFER_FAILURE and the suggested port is not free
@@ -61,6 +73,11 @@ namespace owners {
 // leases. An outcome other than kOk discards the transaction.
 LeaseResult Lease(Txn& txn, const LeaseRequest& request, const LeasePolicy& policy,
                   nat::ConntrackCleaner* conntrack);
+// Why `client` may not hold a lease, or nullopt: an address inside a
+// container network (any CNI attachment's) or the target of a mapping of
+// another owner (CNI, API, UPnP): a LAN host claiming it would publish
+// someone else's ports.
+std::optional<std::string> RefusedClient(const State& state, const nat::IpAddress& client);
 // Removes the leases whose lifetime ran out (and retries a failed move
 // first). Returns how many.
 int ExpireLeases(Txn& txn, nat::ConntrackCleaner* conntrack);

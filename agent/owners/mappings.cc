@@ -44,6 +44,10 @@ void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& 
                 v1::MappingEvent::Type type, nat::ConntrackCleaner* conntrack) {
   txn.write().put_mappings.push_back(proto);
   for (const nat::DnatElement& e : nat.ToElements()) txn.batch().add.dnat.insert(e);
+  if (const MappingRecord* old = txn.state().mappings.Find(proto.id())) {
+    UnindexTarget(txn.state(), old->proto);
+  }
+  IndexTarget(txn.state(), proto);
   txn.state().mappings.Put(proto.id(), MappingRecord{proto, nat});
   txn.Publish(type, proto);
   ForgetFlowsAfterCommit(txn, nat, conntrack);
@@ -59,11 +63,41 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
     ReleaseCompanion(txn, m);
     UnindexLease(txn.state(), m.proto);
   }
+  UnindexTarget(txn.state(), m.proto);
   txn.Release(nat::PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count,
               MappingHolder(m.proto));
   txn.state().mappings.Erase(id);
   txn.Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
   ForgetFlowsAfterCommit(txn, m.nat, conntrack);
+}
+
+namespace {
+
+// The canonical text of a target address (as nat::IpAddress prints it).
+std::string TargetKey(const v1::PortMapping& m) {
+  absl::StatusOr<nat::IpAddress> a = nat::IpAddress::Parse(m.target_ip());
+  return a.ok() ? a->ToString() : m.target_ip();
+}
+
+}  // namespace
+
+void IndexTarget(State& state, const v1::PortMapping& m) {
+  if (IsLease(m)) return;
+  std::string key = TargetKey(m);
+  const int* n = state.mapping_targets.Find(key);
+  state.mapping_targets.Put(key, (n == nullptr ? 0 : *n) + 1);
+}
+
+void UnindexTarget(State& state, const v1::PortMapping& m) {
+  if (IsLease(m)) return;
+  std::string key = TargetKey(m);
+  const int* n = state.mapping_targets.Find(key);
+  if (n == nullptr) return;
+  if (*n <= 1) {
+    state.mapping_targets.Erase(key);
+  } else {
+    state.mapping_targets.Put(key, *n - 1);
+  }
 }
 
 }  // namespace fabric::agent::owners

@@ -28,6 +28,12 @@ void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& 
 // lease index and companion port, and tells subscribers.
 void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* conntrack);
 
+// The index of other owners' targets (State::mapping_targets) that
+// NAT-PMP/PCP consult; PutMapping and RemoveMapping keep it, start-up
+// fills it. Leases are not indexed.
+void IndexTarget(State& state, const v1::PortMapping& m);
+void UnindexTarget(State& state, const v1::PortMapping& m);
+
 // Datagram flows keep their translation (or their lack of one) as long as
 // the client keeps sending: after commit, outside the lock, forget them so
 // the next packet is translated afresh.

@@ -119,6 +119,7 @@ int main() {
     auto agent = fabric::testing::AgentProcess::Start(
         l.router.get(), std::string(dir) + "/agent",
         "--lan_interfaces=lan0 --wan_interface=wan0 --natpmp_max_per_client=100000 "
+        "--natpmp_max_leases=100000 "
         "--natpmp_rate_limit=0");
     if (!agent.ok()) {
       std::fprintf(stderr, "agent: %s\n", std::string(agent.status().message()).c_str());

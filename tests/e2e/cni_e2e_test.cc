@@ -7,16 +7,23 @@
 //   host     wan0 192.0.2.1/24 192.0.2.10/24 2001:db8::1/64, bridge fbr0
 //      |     (fabric-agent runs here; plugins are exec'd here)
 //   containers on fbr0: 10.88.0.0/24, fd00:88::/64
+//
+// Every behaviour runs over both backends (the test's parameter: the
+// agent's --backend); where a test looks at the kernel or changes it
+// behind the agent's back, it does so in that backend's terms.
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -46,7 +53,7 @@ using ::testing::StartsWith;
     ASSERT_EQ(r_.exit_code, 0) << r_.plugin << ": " << r_.raw;            \
   } while (0)
 
-class CniEndToEndTest : public ::testing::Test {
+class CniEndToEndTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u) << "end-to-end tests run as root";
@@ -63,8 +70,13 @@ class CniEndToEndTest : public ::testing::Test {
         "mkdir -p ", bin, " && ln -sf /usr/lib/cni/bridge /usr/lib/cni/host-local "
         "/usr/lib/cni/loopback ", bin, "/ && ln -sf ", testing::Runfile("cni/fabric-nat"),
         " ", bin, "/fabric-nat")));
-    ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent"));
+    ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent", Flags()));
     runtime_ = std::make_unique<CniRuntime>(host_.get(), bin, Conflist("1.0.0"));
+  }
+
+  bool iptables() const { return GetParam() == "iptables"; }
+  std::string Flags(const std::string& more = "") const {
+    return absl::StrCat("--backend=", GetParam(), more.empty() ? "" : " ", more);
   }
 
   void TearDown() override {
@@ -122,6 +134,54 @@ class CniEndToEndTest : public ::testing::Test {
     absl::StatusOr<std::string> out = host_->Exec("nft " + args);
     return out.ok() ? *out : std::string(out.status().message());
   }
+  std::string Shell(const std::string& command) {
+    absl::StatusOr<std::string> out = host_->Exec(command);
+    return out.ok() ? *out : std::string(out.status().message());
+  }
+
+  // Whether the kernel holds an IPv4 any-address DNAT for tcp `port`.
+  bool KernelPublishes(int port) {
+    if (iptables()) {
+      return absl::StrContains(Shell("iptables-legacy-save -t nat"),
+                               absl::StrCat("-p tcp -m tcp --dport ", port, " -j DNAT"));
+    }
+    return absl::StrContains(Nft("list map inet fabric_nat dnat4_any"),
+                             absl::StrCat("tcp . ", port, " :"));
+  }
+  // Our DNAT, masquerade and hairpin rules or elements, both families.
+  std::string OurNatEntries() {
+    if (iptables()) {
+      return Shell(
+          "(iptables-legacy-save -t nat; ip6tables-legacy-save -t nat) | "
+          "grep -e '^-A FABRIC-HOSTPORTS' -e '^-A FABRIC-POSTROUTING' || true");
+    }
+    std::string out;
+    for (const char* set : {"map inet fabric_nat dnat4_any", "map inet fabric_nat dnat6_any",
+                            "set inet fabric_nat masq4", "set inet fabric_nat masq6",
+                            "set inet fabric_nat hairpin4", "set inet fabric_nat hairpin6"}) {
+      std::string listed = Nft(absl::StrCat("list ", set));
+      if (!absl::StrContains(listed, "type")) out += absl::StrCat(set, " unreadable\n");
+      if (absl::StrContains(listed, "elements")) out += listed;
+    }
+    return out;
+  }
+  // Removes the IPv4 mapping of tcp `port` behind the agent's back.
+  std::string DeleteBehindTheAgent(int port) {
+    if (iptables()) {
+      return absl::StrCat("iptables-legacy-save -t nat | grep -e '^-A FABRIC-HOSTPORTS .*--dport ",
+                          port, " ' | sed 's/^-A/-D/' | while read -r r; do "
+                          "iptables-legacy -t nat $r || exit 1; done");
+    }
+    return absl::StrCat("nft delete element inet fabric_nat dnat4_any '{ tcp . ", port, " }'");
+  }
+  // Flushes every rule of ours behind the agent's back.
+  std::string FlushBehindTheAgent() {
+    if (iptables()) {
+      return "iptables-legacy -t nat -F FABRIC-HOSTPORTS && "
+             "ip6tables-legacy -t nat -F FABRIC-HOSTPORTS";
+    }
+    return "nft flush ruleset";
+  }
 
   testing::ScopedTempDir tmp_{"e2e"};
   std::string dir_;
@@ -132,7 +192,7 @@ class CniEndToEndTest : public ::testing::Test {
 
 // (a) From an outside namespace, host address:hostPort reaches the
 // container, TCP and UDP, IPv4 and IPv6.
-TEST_F(CniEndToEndTest, PublishedPortsReachTheContainer) {
+TEST_P(CniEndToEndTest, PublishedPortsReachTheContainer) {
   Container c = NewContainer("c1");
   ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
   ASSERT_OK(Serve(*c.ns, "udp", 53, "c1"));
@@ -149,7 +209,7 @@ TEST_F(CniEndToEndTest, PublishedPortsReachTheContainer) {
 }
 
 // The same chain at CNI 0.4.0: results keep the 0.4.0 layout.
-TEST_F(CniEndToEndTest, WorksAtCni040) {
+TEST_P(CniEndToEndTest, WorksAtCni040) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin", Conflist("0.4.0"));
   Container c = NewContainer("c1");
   ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
@@ -162,12 +222,9 @@ TEST_F(CniEndToEndTest, WorksAtCni040) {
   EXPECT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);
 }
 
-// The same chain with the agent on the iptables (libiptc) backend.
-TEST_F(CniEndToEndTest, WorksWithTheIptablesBackend) {
-  runtime_.reset();
-  agent_.reset();
-  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent-ipt",
-                                                   "--backend=iptables"));
+// Two containers on both families, masquerade on; DEL takes one's rules
+// out of the kernel.
+TEST_P(CniEndToEndTest, TwoContainersThenDel) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin",
                                           Conflist("1.0.0", {{"masquerade", true}}));
   Container a = NewContainer("ca");
@@ -179,17 +236,43 @@ TEST_F(CniEndToEndTest, WorksWithTheIptablesBackend) {
   EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds("ca 192.0.2.2\n"));
   EXPECT_THAT(Ask(*outside_, "tcp", "2001:db8::1", 8080), IsOkAndHolds("ca 2001:db8::2\n"));
   EXPECT_THAT(Ask(*a.ns, "tcp", "192.0.2.1", 8081), IsOkAndHolds(StartsWith("cb ")));
-  EXPECT_THAT(host_->Exec("iptables-legacy-save -t nat"),
-              IsOkAndHolds(HasSubstr("--dport 8081 -j DNAT --to-destination 10.88.0.")));
+  EXPECT_TRUE(KernelPublishes(8081));
+  if (iptables()) {
+    EXPECT_THAT(host_->Exec("iptables-legacy-save -t nat"),
+                IsOkAndHolds(HasSubstr("--dport 8081 -j DNAT --to-destination 10.88.0.")));
+  }
   EXPECT_EQ(runtime_->Check(a.id, a.path(), "eth0").exit_code, 0);
   ASSERT_EQ(runtime_->Del(a.id, a.path(), "eth0").exit_code, 0);
   EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
-  EXPECT_THAT(host_->Exec("iptables-legacy-save -t nat"),
-              IsOkAndHolds(Not(HasSubstr("--dport 8080 "))));
+  EXPECT_FALSE(KernelPublishes(8080));
+  EXPECT_TRUE(KernelPublishes(8081));
+}
+
+// Someone flushes our rules: the agent puts them back by itself (nftables:
+// on the change event, in milliseconds; iptables: on its next fingerprint
+// poll, within about a second).
+TEST_P(CniEndToEndTest, FlushedRulesComeBack) {
+  Container c = NewContainer("c1");
+  ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
+  ASSERT_ADDED(Add(c, json::array({Tcp(8080, 80)})));
+  ASSERT_TRUE(KernelPublishes(8080));
+  ASSERT_OK(host_->Exec(FlushBehindTheAgent()));
+  absl::Time flushed = absl::Now();
+  while (!KernelPublishes(8080) && absl::Now() - flushed < absl::Seconds(5)) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::Duration took = absl::Now() - flushed;
+  EXPECT_TRUE(KernelPublishes(8080));
+  EXPECT_LT(took, iptables() ? absl::Milliseconds(2500) : absl::Milliseconds(500));
+  std::cout << GetParam() << ": rules back " << absl::FormatDuration(took)
+            << " after the flush\n";
+  EXPECT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds("c1 192.0.2.2\n"));
+  EXPECT_THAT(Ask(*outside_, "tcp", "2001:db8::1", 8080), IsOkAndHolds("c1 2001:db8::2\n"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("repair after "));
 }
 
 // (b) A mapping with hostIP answers only on that address.
-TEST_F(CniEndToEndTest, HostIpMappingAnswersOnlyThere) {
+TEST_P(CniEndToEndTest, HostIpMappingAnswersOnlyThere) {
   Container c = NewContainer("c1");
   ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
   ASSERT_ADDED(Add(c, json::array({Tcp(9090, 80, "192.0.2.10")})));
@@ -199,7 +282,7 @@ TEST_F(CniEndToEndTest, HostIpMappingAnswersOnlyThere) {
 
 // (c) Hairpin: a container reaches its own published port and another
 // container's through the host's address.
-TEST_F(CniEndToEndTest, Hairpin) {
+TEST_P(CniEndToEndTest, Hairpin) {
   Container a = NewContainer("ca");
   Container b = NewContainer("cb");
   ASSERT_OK(Serve(*a.ns, "tcp", 80, "ca"));
@@ -212,7 +295,7 @@ TEST_F(CniEndToEndTest, Hairpin) {
 }
 
 // (d) With localhost on, the host reaches 127.0.0.1:hostPort.
-TEST_F(CniEndToEndTest, LocalhostAccess) {
+TEST_P(CniEndToEndTest, LocalhostAccess) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin",
                                           Conflist("1.0.0", {{"localhost", true}}));
   Container c = NewContainer("c1");
@@ -223,7 +306,7 @@ TEST_F(CniEndToEndTest, LocalhostAccess) {
 
 // (e) With masquerade on, a container reaches the outside with the host's
 // address.
-TEST_F(CniEndToEndTest, Masquerade) {
+TEST_P(CniEndToEndTest, Masquerade) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin",
                                           Conflist("1.0.0", {{"masquerade", true}}));
   ASSERT_OK(Serve(*outside_, "tcp", 9999, "outside"));
@@ -234,7 +317,7 @@ TEST_F(CniEndToEndTest, Masquerade) {
 
 // (f) A second container asking for the same host port fails, naming the
 // holder; the first keeps working.
-TEST_F(CniEndToEndTest, ConflictNamesTheHolder) {
+TEST_P(CniEndToEndTest, ConflictNamesTheHolder) {
   Container a = NewContainer("ca");
   Container b = NewContainer("cb");
   ASSERT_OK(Serve(*a.ns, "tcp", 80, "ca"));
@@ -252,23 +335,18 @@ TEST_F(CniEndToEndTest, ConflictNamesTheHolder) {
 }
 
 // (g) DEL removes every rule and row its ADD made.
-TEST_F(CniEndToEndTest, DelRemovesEverything) {
+TEST_P(CniEndToEndTest, DelRemovesEverything) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin",
                                           Conflist("1.0.0", {{"masquerade", true}}));
   Container c = NewContainer("c1");
   ASSERT_OK(Serve(*c.ns, "tcp", 80, "c1"));
   ASSERT_ADDED(Add(c, json::array({Tcp(8080, 80), Udp(5353, 53)})));
-  EXPECT_THAT(Nft("list map inet fabric_nat dnat4_any"), HasSubstr("8080"));
+  EXPECT_TRUE(KernelPublishes(8080));
+  EXPECT_THAT(OurNatEntries(), HasSubstr("8080"));
   EXPECT_THAT(testing::Fabricctl(agent_->socket(), "list"),
               IsOkAndHolds(HasSubstr("4 mapping(s)")));
   ASSERT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);
-  for (const char* set : {"map inet fabric_nat dnat4_any", "map inet fabric_nat dnat6_any",
-                          "set inet fabric_nat masq4", "set inet fabric_nat masq6",
-                          "set inet fabric_nat hairpin4", "set inet fabric_nat hairpin6"}) {
-    std::string listed = Nft(absl::StrCat("list ", set));
-    EXPECT_THAT(listed, HasSubstr("type")) << set;
-    EXPECT_THAT(listed, ::testing::Not(HasSubstr("elements"))) << set;
-  }
+  EXPECT_EQ(OurNatEntries(), "");
   EXPECT_THAT(testing::Fabricctl(agent_->socket(), "list"),
               IsOkAndHolds(HasSubstr("0 mapping(s)")));
   EXPECT_FALSE(Ask(*outside_, "tcp", "192.0.2.1", 8080, 0.5).ok());
@@ -279,7 +357,7 @@ TEST_F(CniEndToEndTest, DelRemovesEverything) {
 
 // (h) UDP re-map: a client keeps sending; A goes and B takes the host port;
 // the client's next datagrams reach B.
-TEST_F(CniEndToEndTest, UdpRemapReachesTheNewContainer) {
+TEST_P(CniEndToEndTest, UdpRemapReachesTheNewContainer) {
   Container a = NewContainer("ca");
   Container b = NewContainer("cb");
   ASSERT_OK(Serve(*a.ns, "udp", 53, "A"));
@@ -312,16 +390,17 @@ TEST_F(CniEndToEndTest, UdpRemapReachesTheNewContainer) {
 
 // (i) CHECK fails once the attachment's rules were deleted behind the
 // agent's back.
-TEST_F(CniEndToEndTest, CheckReportsRulesDeletedBehindTheAgent) {
+TEST_P(CniEndToEndTest, CheckReportsRulesDeletedBehindTheAgent) {
   // The agent repairs foreign changes within milliseconds; to catch the
   // broken state CHECK must see, run it with event-driven repair off.
   agent_.reset();
   ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(host_.get(), dir_ + "/agent",
-                                                   "--repair_on_change=false"));
+                                                   Flags("--repair_on_change=false")));
   Container c = NewContainer("c1");
   ASSERT_ADDED(Add(c, json::array({Tcp(8080, 80)})));
   ASSERT_EQ(runtime_->Check(c.id, c.path(), "eth0").exit_code, 0);
-  ASSERT_OK(host_->Exec("nft delete element inet fabric_nat dnat4_any '{ tcp . 8080 }'"));
+  ASSERT_OK(host_->Exec(DeleteBehindTheAgent(8080)));
+  ASSERT_FALSE(KernelPublishes(8080));
   PluginRun r = runtime_->Check(c.id, c.path(), "eth0");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.plugin, "fabric-nat");
@@ -330,7 +409,7 @@ TEST_F(CniEndToEndTest, CheckReportsRulesDeletedBehindTheAgent) {
 }
 
 // (j) Agent down: ADD fails with code 11 within 5 seconds, naming the socket.
-TEST_F(CniEndToEndTest, AgentDownIsTryAgainLater) {
+TEST_P(CniEndToEndTest, AgentDownIsTryAgainLater) {
   agent_->Stop();
   Container c = NewContainer("c1");
   PluginRun r = Add(c, json::array({Tcp(8080, 80)}));
@@ -344,7 +423,7 @@ TEST_F(CniEndToEndTest, AgentDownIsTryAgainLater) {
 
 // GC and STATUS (CNI 1.1.0), sent to fabric-nat: Debian's bridge plugin
 // predates 1.1.0.
-TEST_F(CniEndToEndTest, GcAndStatus) {
+TEST_P(CniEndToEndTest, GcAndStatus) {
   Container a = NewContainer("ca");
   Container b = NewContainer("cb");
   ASSERT_ADDED(Add(a, json::array({Tcp(8080, 80)})));
@@ -356,13 +435,18 @@ TEST_F(CniEndToEndTest, GcAndStatus) {
   EXPECT_EQ(nat_only.Status().exit_code, 0);
   PluginRun gc = nat_only.Gc({{{"containerID", a.id}, {"ifname", "eth0"}}});
   EXPECT_EQ(gc.exit_code, 0) << gc.raw;
-  EXPECT_THAT(Nft("list map inet fabric_nat dnat4_any"), HasSubstr("8080"));
-  EXPECT_THAT(Nft("list map inet fabric_nat dnat4_any"), ::testing::Not(HasSubstr("8081")));
+  EXPECT_TRUE(KernelPublishes(8080));
+  EXPECT_FALSE(KernelPublishes(8081));
   agent_->Stop();
   PluginRun st = nat_only.Status();
   EXPECT_NE(st.exit_code, 0);
   EXPECT_EQ(st.output["code"], 50);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, CniEndToEndTest, ::testing::Values("nftables", "iptables"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace fabric

@@ -5,6 +5,7 @@
 //   LAN host 192.168.77.10 --- lan0 192.168.77.1 [router: agent] wan0 203.0.113.1 --- outside 203.0.113.2
 #include <unistd.h>
 
+#include <cstring>
 #include <regex>
 #include <string>
 
@@ -243,28 +244,34 @@ TEST_F(NatPmpTest, NoWanAddressIsANetworkFailure) {
 
 TEST_F(NatPmpTest, NatPmpResultCodesForBadRequests) {
   // With PCP on, a version the server does not speak gets PCP's
-  // UNSUPP_VERSION naming version 2 (RFC 6887 section 9).
-  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 0100"),
+  // UNSUPP_VERSION naming version 2 (RFC 6887 section 9), 24 bytes, when
+  // the request is at least that long; a shorter one gets no answer (it
+  // would be longer than the request).
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 01" + std::string(46, '0')),
               IsOkAndHolds(HasSubstr("version=2 op=128 result=1")));
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 0100"), IsOkAndHolds("timeout\n"));
   // Unknown opcode below 128: the request echoed, top bit set, result 5.
   ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 raw 0005000012345678"));
   EXPECT_THAT(r, HasSubstr("op=133 result=5"));
   EXPECT_THAT(r, HasSubstr("len=8"));
   // Opcode 128 and up: a response, never answered.
   EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 00c8"), IsOkAndHolds("timeout\n"));
-  // A map request cut short: refused.
-  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 00020000"), IsOkAndHolds(HasSubstr("result=2")));
+  // A map request cut short: refused, with the 4-byte header only.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 00020000"),
+              IsOkAndHolds(HasSubstr("op=130 result=2 len=4")));
 }
 
 TEST_F(NatPmpTest, NatPmpOnlyServerAnswersOtherVersionsWithItsOwnError) {
   agent_.reset();
   StartAgent("--pcp=false");
-  // RFC 6886 section 3.5 (erratum 3618): 8 bytes, opcode 128, result 1.
-  for (const char* request : {"0100", "0201000000000e10"}) {
+  // RFC 6886 section 3.5 (erratum 3618): 8 bytes, opcode 128, result 1;
+  // never longer than the request (4 bytes, or none under 4).
+  for (const char* request : {"01000000000000", "0201000000000e10"}) {
     ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, absl::StrCat("192.168.77.1 raw ", request)));
     EXPECT_THAT(r, HasSubstr("version=0 op=128 result=1"));
-    EXPECT_THAT(r, HasSubstr("len=8"));
+    EXPECT_THAT(r, HasSubstr(strlen(request) == 16 ? "len=8" : "len=4"));
   }
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 raw 0100"), IsOkAndHolds("timeout\n"));
   EXPECT_THAT(Natpmpc("-a 8080 80 tcp 60"), IsOkAndHolds(HasSubstr("Mapped public port 8080")));
 }
 
@@ -332,6 +339,85 @@ TEST_F(NatPmpTest, PerClientRateLimit) {
   ASSERT_TRUE(absl::SimpleAtoi(Field(r, "replies"), &replies)) << r;
   EXPECT_GE(replies, 15);
   EXPECT_LT(replies, 60);
+}
+
+// Issue "Nothing hijacked", item 3. The router's reverse-path filter is
+// off, so it is the agent that refuses.
+TEST_F(NatPmpTest, SourcesOutsideTheLanSubnetAreDropped) {
+  ASSERT_OK(router_->Exec("sysctl -qw net.ipv4.conf.all.rp_filter=0 "
+                          "net.ipv4.conf.lan0.rp_filter=0"));
+  ASSERT_OK(lan_->Exec("ip addr add 203.0.113.50/32 dev eth0 && "
+                       "ip addr add 10.99.0.7/32 dev eth0"));
+  for (const char* source : {"203.0.113.50", "10.99.0.7"}) {
+    EXPECT_THAT(Pmp(*lan_, absl::StrCat("--source ", source, " 192.168.77.1 map tcp 22 2222 600")),
+                IsOkAndHolds("timeout\n"));
+    EXPECT_THAT(Pmp(*lan_, absl::StrCat("--source ", source,
+                                        " 192.168.77.1 pcp-map tcp 22 2223 600 "
+                                        "0102030405060708090a0b0c")),
+                IsOkAndHolds("timeout\n"));
+  }
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("0 mapping(s)")));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("is outside every subnet of lan0 (on lan0)"));
+  // The LAN host itself is served.
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 22 2222 600"), IsOkAndHolds(HasSubstr("result=0")));
+}
+
+TEST_F(NatPmpTest, AnotherOwnersTargetIsNotAuthorized) {
+  // An orchestrator publishes a NAS on the LAN; another LAN host claims its
+  // address to publish the NAS's other ports.
+  ASSERT_OK(Ctl("add tcp 4443 192.168.77.20:443").status());
+  ASSERT_OK(lan_->Exec("ip addr add 192.168.77.20/24 dev eth0"));
+  EXPECT_THAT(Pmp(*lan_, "--source 192.168.77.20 192.168.77.1 map tcp 22 2222 600"),
+              IsOkAndHolds(HasSubstr("result=2")));
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "--source 192.168.77.20 192.168.77.1 pcp-map "
+                                                 "tcp 22 2222 600 0102030405060708090a0b0c"));
+  EXPECT_EQ(Field(r, "result"), "2");  // NOT_AUTHORIZED
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("1 mapping(s)")));
+}
+
+// Item 4: a host with alias addresses meets the global cap.
+TEST_F(NatPmpTest, GlobalCapOverAliases) {
+  agent_.reset();
+  StartAgent("--natpmp_max_per_client=3 --natpmp_max_leases=4");
+  if (HasFatalFailure()) return;
+  ASSERT_OK(lan_->Exec("ip addr add 192.168.77.11/24 dev eth0 && "
+                       "ip addr add 192.168.77.12/24 dev eth0"));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(Pmp(*lan_, absl::StrCat("192.168.77.1 map tcp ", 80 + i, " 0 600")),
+                IsOkAndHolds(HasSubstr("result=0")));
+  }
+  EXPECT_THAT(Pmp(*lan_, "--source 192.168.77.11 192.168.77.1 map tcp 80 0 600"),
+              IsOkAndHolds(HasSubstr("result=0")));
+  EXPECT_THAT(Pmp(*lan_, "--source 192.168.77.12 192.168.77.1 map tcp 80 0 600"),
+              IsOkAndHolds(HasSubstr("result=4")));  // out of resources
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("4 mapping(s)")));
+}
+
+// Item 5: by default a lease never lands in --port_range (32768-60999).
+TEST_F(NatPmpTest, LeasesStayOutOfTheContainersDynamicRange) {
+  EXPECT_THAT(Natpmpc("-a 40000 80 tcp 600"),
+              IsOkAndHolds(HasSubstr("Mapped public port 32767 protocol TCP to local port 80")));
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 81 60000 600 "
+                                                 "0102030405060708090a0b0c"));
+  EXPECT_EQ(Field(r, "external"), "61000");
+  // A range that lies inside --port_range is a configuration error.
+  agent_.reset();
+  auto refused = AgentProcess::Start(router_.get(), dir_,
+                                     "--lan_interfaces=lan0 --wan_interface=wan0 "
+                                     "--natpmp_port_range=40000-41000");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("lies inside --port_range"));
+}
+
+// Item 6: NAT-PMP has no nonce: it cannot delete the PCP lease of its own
+// address.
+TEST_F(NatPmpTest, NatPmpCannotDeleteAPcpLease) {
+  ASSERT_OK_AND_ASSIGN(std::string r, Pmp(*lan_, "192.168.77.1 pcp-map tcp 80 8080 600 "
+                                                 "0102030405060708090a0b0c"));
+  ASSERT_EQ(Field(r, "result"), "0");
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 80 0 0"), IsOkAndHolds(HasSubstr("result=2")));
+  EXPECT_THAT(Pmp(*lan_, "192.168.77.1 map tcp 0 0 0"), IsOkAndHolds(HasSubstr("result=0")));
+  EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("pcp     tcp   203.0.113.1:8080")));
 }
 
 }  // namespace

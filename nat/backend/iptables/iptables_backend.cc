@@ -1,21 +1,15 @@
 #include "nat/backend/iptables/iptables_backend.h"
 
-#include <arpa/inet.h>
-#include <libiptc/libiptc.h>
-// libip6tc.h, unlike libiptc.h, declares no C linkage itself.
-extern "C" {
-#include <libiptc/libip6tc.h>
-}
+// libiptc's headers (glibc's netinet/in.h, net/if.h) before the kernel's.
+// clang-format off
+#include "nat/backend/iptables/internal/libiptc.h"
 #include <linux/netfilter/nf_nat.h>
 #include <linux/netfilter/xt_addrtype.h>
 #include <linux/netfilter/xt_conntrack.h>
 #include <linux/netfilter/xt_tcpudp.h>
-#include <net/if.h>
+// clang-format on
 
-#include <algorithm>
-#include <cerrno>
-#include <optional>
-#include <cstring>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -24,146 +18,25 @@ extern "C" {
 
 namespace fabric::nat {
 
+LayoutExpectation::View LayoutExpectation::Get() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return view_;
+}
+
+void LayoutExpectation::BeginWrite() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (view_.generation % 2 == 0) ++view_.generation;
+}
+
+void LayoutExpectation::EndWrite(const std::map<std::string, std::string>& tables) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [table, fingerprint] : tables) view_.fingerprints[table] = fingerprint;
+  view_.generation += view_.generation % 2 == 0 ? 2 : 1;
+}
+
 namespace {
 
-// The kernel's struct xt_sctp_info (linux/netfilter/xt_sctp.h), restated:
-// that header defines a macro named `bytes` and uses C's _Bool, neither of
-// which C++ code can live with.
-struct SctpMatch {
-  __u16 dpts[2];
-  __u16 spts[2];
-  __u32 chunkmap[256 / sizeof(__u32)];
-  __u32 chunk_match_type;
-  struct {
-    __u8 chunktype, flag, flag_mask;
-  } flag_info[4];
-  int flag_count;
-  __u32 flags;
-  __u32 invflags;
-};
-constexpr __u32 kSctpDestPorts = 0x02;
-
-constexpr char kHostports[] = "FABRIC-HOSTPORTS";
-constexpr char kPostrouting[] = "FABRIC-POSTROUTING";
-constexpr char kForward[] = "FABRIC-FORWARD";
-
-// ---------------------------------------------------------------------------
-// The two families behind one interface.
-
-struct V4 {
-  using Entry = ipt_entry;
-  static constexpr Family kFamily = Family::kIPv4;
-  static xtc_handle* Init(const char* t) { return iptc_init(t); }
-  static int IsChain(const char* c, xtc_handle* h) { return iptc_is_chain(c, h); }
-  static int Create(const char* c, xtc_handle* h) { return iptc_create_chain(c, h); }
-  static int Flush(const char* c, xtc_handle* h) { return iptc_flush_entries(c, h); }
-  static int Delete(const char* c, xtc_handle* h) { return iptc_delete_chain(c, h); }
-  static int Append(const char* c, const Entry* e, xtc_handle* h) {
-    return iptc_append_entry(c, e, h);
-  }
-  static int DeleteNum(const char* c, unsigned n, xtc_handle* h) {
-    return iptc_delete_num_entry(c, n, h);
-  }
-  static int Commit(xtc_handle* h) { return iptc_commit(h); }
-  static void Free(xtc_handle* h) { iptc_free(h); }
-  static const char* Error() { return iptc_strerror(errno); }
-  static const Entry* First(const char* c, xtc_handle* h) { return iptc_first_rule(c, h); }
-  static const Entry* Next(const Entry* e, xtc_handle* h) { return iptc_next_rule(e, h); }
-  static const char* Target(const Entry* e, xtc_handle* h) { return iptc_get_target(e, h); }
-
-  static void Src(Entry* e, const Prefix& p) {
-    std::memcpy(&e->ip.src, p.Network().address.bytes(), 4);
-    Mask(p.length, reinterpret_cast<uint8_t*>(&e->ip.smsk));
-  }
-  static void Dst(Entry* e, const Prefix& p, bool invert = false) {
-    std::memcpy(&e->ip.dst, p.Network().address.bytes(), 4);
-    Mask(p.length, reinterpret_cast<uint8_t*>(&e->ip.dmsk));
-    if (invert) e->ip.invflags |= IPT_INV_DSTIP;
-  }
-  static void Proto(Entry* e, uint8_t proto) { e->ip.proto = proto; }
-  static void OutIface(Entry* e, const std::string& name) {
-    std::strncpy(e->ip.outiface, name.c_str(), IFNAMSIZ - 1);
-    std::memset(e->ip.outiface_mask, 0xff, std::min<size_t>(name.size() + 1, IFNAMSIZ));
-  }
-  static std::optional<Prefix> GetSrc(const Entry* e) { return Get(&e->ip.src, &e->ip.smsk); }
-  static std::optional<Prefix> GetDst(const Entry* e) { return Get(&e->ip.dst, &e->ip.dmsk); }
-  static bool DstInverted(const Entry* e) { return e->ip.invflags & IPT_INV_DSTIP; }
-  static uint16_t GetProto(const Entry* e) { return e->ip.proto; }
-  static std::string GetOutIface(const Entry* e) { return e->ip.outiface; }
-
-  static void Mask(int len, uint8_t* out) {
-    for (int i = 0; i < 4; ++i) {
-      int bits = std::clamp(len - i * 8, 0, 8);
-      out[i] = bits == 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
-    }
-  }
-  static std::optional<Prefix> Get(const void* addr, const void* mask) {
-    const uint8_t* m = static_cast<const uint8_t*>(mask);
-    int len = 0;
-    for (int i = 0; i < 4; ++i) len += __builtin_popcount(m[i]);
-    if (len == 0) return std::nullopt;
-    return Prefix{IpAddress::FromBytes(Family::kIPv4, static_cast<const uint8_t*>(addr)), len};
-  }
-};
-
-struct V6 {
-  using Entry = ip6t_entry;
-  static constexpr Family kFamily = Family::kIPv6;
-  static xtc_handle* Init(const char* t) { return ip6tc_init(t); }
-  static int IsChain(const char* c, xtc_handle* h) { return ip6tc_is_chain(c, h); }
-  static int Create(const char* c, xtc_handle* h) { return ip6tc_create_chain(c, h); }
-  static int Flush(const char* c, xtc_handle* h) { return ip6tc_flush_entries(c, h); }
-  static int Delete(const char* c, xtc_handle* h) { return ip6tc_delete_chain(c, h); }
-  static int Append(const char* c, const Entry* e, xtc_handle* h) {
-    return ip6tc_append_entry(c, e, h);
-  }
-  static int DeleteNum(const char* c, unsigned n, xtc_handle* h) {
-    return ip6tc_delete_num_entry(c, n, h);
-  }
-  static int Commit(xtc_handle* h) { return ip6tc_commit(h); }
-  static void Free(xtc_handle* h) { ip6tc_free(h); }
-  static const char* Error() { return ip6tc_strerror(errno); }
-  static const Entry* First(const char* c, xtc_handle* h) { return ip6tc_first_rule(c, h); }
-  static const Entry* Next(const Entry* e, xtc_handle* h) { return ip6tc_next_rule(e, h); }
-  static const char* Target(const Entry* e, xtc_handle* h) { return ip6tc_get_target(e, h); }
-
-  static void Src(Entry* e, const Prefix& p) {
-    std::memcpy(&e->ipv6.src, p.Network().address.bytes(), 16);
-    Mask(p.length, reinterpret_cast<uint8_t*>(&e->ipv6.smsk));
-  }
-  static void Dst(Entry* e, const Prefix& p, bool invert = false) {
-    std::memcpy(&e->ipv6.dst, p.Network().address.bytes(), 16);
-    Mask(p.length, reinterpret_cast<uint8_t*>(&e->ipv6.dmsk));
-    if (invert) e->ipv6.invflags |= IP6T_INV_DSTIP;
-  }
-  static void Proto(Entry* e, uint8_t proto) {
-    e->ipv6.proto = proto;
-    e->ipv6.flags |= IP6T_F_PROTO;
-  }
-  static void OutIface(Entry* e, const std::string& name) {
-    std::strncpy(e->ipv6.outiface, name.c_str(), IFNAMSIZ - 1);
-    std::memset(e->ipv6.outiface_mask, 0xff, std::min<size_t>(name.size() + 1, IFNAMSIZ));
-  }
-  static std::optional<Prefix> GetSrc(const Entry* e) { return Get(&e->ipv6.src, &e->ipv6.smsk); }
-  static std::optional<Prefix> GetDst(const Entry* e) { return Get(&e->ipv6.dst, &e->ipv6.dmsk); }
-  static bool DstInverted(const Entry* e) { return e->ipv6.invflags & IP6T_INV_DSTIP; }
-  static uint16_t GetProto(const Entry* e) { return e->ipv6.proto; }
-  static std::string GetOutIface(const Entry* e) { return e->ipv6.outiface; }
-
-  static void Mask(int len, uint8_t* out) {
-    for (int i = 0; i < 16; ++i) {
-      int bits = std::clamp(len - i * 8, 0, 8);
-      out[i] = bits == 0 ? 0 : static_cast<uint8_t>(0xff << (8 - bits));
-    }
-  }
-  static std::optional<Prefix> Get(const void* addr, const void* mask) {
-    const uint8_t* m = static_cast<const uint8_t*>(mask);
-    int len = 0;
-    for (int i = 0; i < 16; ++i) len += __builtin_popcount(m[i]);
-    if (len == 0) return std::nullopt;
-    return Prefix{IpAddress::FromBytes(Family::kIPv6, static_cast<const uint8_t*>(addr)), len};
-  }
-};
+using namespace iptables_internal;  // NOLINT: this file's own internals
 
 // ---------------------------------------------------------------------------
 // Building entries: the entry, its matches, its target, contiguous.
@@ -217,9 +90,12 @@ class EntryBuilder {
 
 const char* MatchName(Protocol p) {
   switch (p) {
-    case Protocol::kTcp: return "tcp";
-    case Protocol::kUdp: return "udp";
-    case Protocol::kSctp: return "sctp";
+    case Protocol::kTcp:
+      return "tcp";
+    case Protocol::kUdp:
+      return "udp";
+    case Protocol::kSctp:
+      return "sctp";
   }
   return "tcp";
 }
@@ -338,20 +214,6 @@ Plan<F> PlanFor(const RuleSet& rules) {
   return plan;
 }
 
-// The jumps from built-in chains: (table, built-in chain, our chain, local-only).
-struct Jump {
-  const char* table;
-  const char* builtin;
-  const char* chain;
-  bool local_only;
-};
-constexpr Jump kJumps[] = {
-    {"nat", "PREROUTING", kHostports, true},
-    {"nat", "OUTPUT", kHostports, true},
-    {"nat", "POSTROUTING", kPostrouting, false},
-    {"filter", "FORWARD", kForward, false},
-};
-
 template <typename F>
 EntryBuilder<F> JumpEntry(const Jump& j) {
   EntryBuilder<F> b;
@@ -363,215 +225,423 @@ EntryBuilder<F> JumpEntry(const Jump& j) {
   return b;
 }
 
-template <typename F>
-bool HasJump(xtc_handle* h, const Jump& j) {
-  for (const auto* e = F::First(j.builtin, h); e != nullptr; e = F::Next(e, h)) {
-    if (std::strcmp(F::Target(e, h), j.chain) == 0) return true;
-  }
-  return false;
+absl::Status Fail(Family family, const std::string& what, const char* table) {
+  int err = errno;
+  absl::StatusCode code = absl::StatusCode::kInternal;
+  if (err == EPERM) code = absl::StatusCode::kPermissionDenied;
+  // The kernel's check that the table did not change since we read it.
+  if (err == EAGAIN) code = absl::StatusCode::kUnavailable;
+  return absl::Status(
+      code, absl::StrCat("libiptc (", FamilyName(family), " ", table, "): ", what, ": ",
+                         family == Family::kIPv4 ? iptc_strerror(err) : ip6tc_strerror(err)));
 }
 
-// A handle, freed on scope exit.
+template <typename T>
+void Insert(std::set<T>* into, const T& value, std::vector<std::string>* problems) {
+  if (!into->insert(value).second) problems->push_back("duplicate rule in FABRIC-POSTROUTING");
+}
+
+// Reads our rules of one table, open as `h`, into `state`.
 template <typename F>
-struct Handle {
-  explicit Handle(const char* table) : h(F::Init(table)) {}
-  ~Handle() {
-    if (h != nullptr) F::Free(h);
+void ReadTable(xtc_handle* h, const char* table, KernelState* state,
+               std::vector<std::string>* problems) {
+  for (const Jump& j : kJumps) {
+    if (std::strcmp(j.table, table) != 0) continue;
+    if (!F::IsChain(j.chain, h)) {
+      problems->push_back(absl::StrCat(FamilyName(F::kFamily), " chain ", j.chain, " missing"));
+      continue;
+    }
+    state->table_present = true;
+    if (!HasJump<F>(h, j)) {
+      problems->push_back(
+          absl::StrCat(FamilyName(F::kFamily), " jump ", j.builtin, " -> ", j.chain, " missing"));
+    }
   }
-  xtc_handle* h;
+  if (std::strcmp(table, "filter") == 0) {
+    if (F::IsChain(kForward, h)) {
+      int n = 0;
+      for (const auto* e = F::First(kForward, h); e; e = F::Next(e, h)) ++n;
+      if (n != 1) problems->push_back(absl::StrCat("chain ", kForward, " holds ", n, " rules"));
+    }
+    return;
+  }
+  if (F::IsChain(kHostports, h)) {
+    for (const auto* e = F::First(kHostports, h); e; e = F::Next(e, h)) {
+      const auto* t = reinterpret_cast<const xt_entry_target*>(reinterpret_cast<const uint8_t*>(e) +
+                                                               e->target_offset);
+      if (std::strcmp(t->u.user.name, "DNAT") != 0 ||
+          t->u.target_size < XT_ALIGN(sizeof(xt_entry_target)) + sizeof(nf_nat_range)) {
+        problems->push_back("foreign rule in FABRIC-HOSTPORTS");
+        continue;
+      }
+      const auto* r = reinterpret_cast<const nf_nat_range*>(t->data);
+      DnatElement d;
+      d.family = F::kFamily;
+      d.protocol = static_cast<Protocol>(F::GetProto(e));
+      if (std::optional<Prefix> dst = F::GetDst(e)) d.host_ip = dst->address;
+      // The port match follows the entry.
+      const auto* m = reinterpret_cast<const xt_entry_match*>(e->elems);
+      const uint16_t* dpts = nullptr;
+      if (std::strcmp(m->u.user.name, "tcp") == 0) {
+        dpts = reinterpret_cast<const xt_tcp*>(m->data)->dpts;
+      } else if (std::strcmp(m->u.user.name, "udp") == 0) {
+        dpts = reinterpret_cast<const xt_udp*>(m->data)->dpts;
+      } else if (std::strcmp(m->u.user.name, "sctp") == 0) {
+        dpts = reinterpret_cast<const SctpMatch*>(m->data)->dpts;
+      }
+      if (dpts == nullptr) {
+        problems->push_back("foreign rule in FABRIC-HOSTPORTS");
+        continue;
+      }
+      d.port_lo = dpts[0];
+      d.port_hi = dpts[1];
+      d.target_ip =
+          IpAddress::FromBytes(F::kFamily, reinterpret_cast<const uint8_t*>(&r->min_addr));
+      if (r->flags & NF_NAT_RANGE_PROTO_SPECIFIED) d.target_port = ntohs(r->min_proto.all);
+      if (!state->rules.dnat.insert(d).second) {
+        problems->push_back(absl::StrCat("duplicate rule in FABRIC-HOSTPORTS: ", d.ToString()));
+      }
+    }
+  }
+  if (F::IsChain(kPostrouting, h)) {
+    for (const auto* e = F::First(kPostrouting, h); e; e = F::Next(e, h)) {
+      // No source mask is the whole space (0.0.0.0/0, ::/0).
+      std::optional<Prefix> src = F::GetSrc(e).value_or(Prefix{IpAddress::AnyOf(F::kFamily), 0});
+      std::string oif = F::GetOutIface(e);
+      bool has_match = e->target_offset > sizeof(typename F::Entry);
+      if (std::strcmp(F::Target(e, h), "MASQUERADE") != 0) {
+        problems->push_back("foreign rule in FABRIC-POSTROUTING");
+      } else if (!oif.empty()) {
+        Insert(&state->rules.localhost_interfaces, oif, problems);
+      } else if (has_match) {
+        Insert(&state->rules.hairpin, *src, problems);
+      } else if (F::DstInverted(e)) {
+        Insert(&state->rules.masquerade, *src, problems);
+      } else {
+        problems->push_back("foreign rule in FABRIC-POSTROUTING");
+      }
+    }
+  }
+}
+
+// One table in a transaction: the handle we change, and what our chains and
+// jumps held when we read it, to put back if a later commit fails.
+class TableTxn {
+ public:
+  virtual ~TableTxn() = default;
+  virtual Family family() const = 0;
+  virtual const char* table() const = 0;
+  std::string key() const { return absl::StrCat(FamilyName(family()), " ", table()); }
+  // Our rules in the table as read.
+  virtual void Read(KernelState* state, std::vector<std::string>* problems) = 0;
+  // Our chains to hold exactly what `rules` calls for, the jumps present.
+  virtual absl::Status Write(const RuleSet& rules) = 0;
+  // Our chains and jumps gone.
+  virtual absl::Status Remove() = 0;
+  virtual bool changed() const = 0;
+  // libiptc's commit of the prepared handle.
+  virtual absl::Status Commit() = 0;
+  // Reads the table afresh and prepares our chains and jumps as they were
+  // before; Commit() then writes that.
+  virtual absl::Status PrepareRollback() = 0;
+  // Of the prepared handle.
+  virtual std::string Fingerprint() = 0;
 };
 
 template <typename F>
-absl::Status Fail(const char* what, const char* table) {
-  return absl::Status(errno == EPERM ? absl::StatusCode::kPermissionDenied
-                                     : absl::StatusCode::kInternal,
-                      absl::StrCat("libiptc (", FamilyName(F::kFamily), " ", table,
-                                   "): ", what, ": ", F::Error()));
-}
+class TableTxnOf : public TableTxn {
+ public:
+  static absl::StatusOr<std::unique_ptr<TableTxn>> Open(const char* table) {
+    auto txn = std::unique_ptr<TableTxnOf>(new TableTxnOf(table));
+    if (txn->handle_.h == nullptr) return Fail(F::kFamily, "open table", table);
+    txn->Remember();
+    return std::unique_ptr<TableTxn>(std::move(txn));
+  }
 
-// Rewrites our chains of one table to hold exactly `entries`, adding the
-// jumps and chains when missing. One commit: all or nothing.
-template <typename F>
-absl::Status WriteTable(const char* table,
-                        const std::vector<std::pair<const char*, EntryBuilder<F>>>& entries) {
-  Handle<F> handle(table);
-  if (handle.h == nullptr) return Fail<F>("open table", table);
-  for (const Jump& j : kJumps) {
-    if (std::strcmp(j.table, table) != 0) continue;
-    if (!F::IsChain(j.chain, handle.h) && !F::Create(j.chain, handle.h)) {
-      return Fail<F>(j.chain, table);
+  Family family() const override { return F::kFamily; }
+  const char* table() const override { return table_; }
+  bool changed() const override { return changed_; }
+
+  void Read(KernelState* state, std::vector<std::string>* problems) override {
+    ReadTable<F>(handle_.h, table_, state, problems);
+  }
+
+  absl::Status Write(const RuleSet& rules) override {
+    Plan<F> plan = PlanFor<F>(rules);
+    xtc_handle* h = handle_.h;
+    changed_ = true;
+    for (const Jump& j : kJumps) {
+      if (std::strcmp(j.table, table_) != 0) continue;
+      if (!F::IsChain(j.chain, h) && !F::Create(j.chain, h))
+        return Fail(F::kFamily, j.chain, table_);
+      if (!F::Flush(j.chain, h)) return Fail(F::kFamily, j.chain, table_);
+      if (!HasJump<F>(h, j)) {
+        EntryBuilder<F> jump = JumpEntry<F>(j);
+        if (!F::Append(j.builtin, jump.entry(), h)) return Fail(F::kFamily, j.builtin, table_);
+      }
     }
-    if (!F::Flush(j.chain, handle.h)) return Fail<F>(j.chain, table);
-    if (!HasJump<F>(handle.h, j)) {
-      EntryBuilder<F> jump = JumpEntry<F>(j);
-      if (!F::Append(j.builtin, jump.entry(), handle.h)) return Fail<F>(j.builtin, table);
+    auto& entries = std::strcmp(table_, "nat") == 0 ? plan.nat : plan.filter;
+    for (auto& [chain, b] : entries) {
+      if (!F::Append(chain, b.entry(), h)) {
+        return Fail(F::kFamily, absl::StrCat("append to ", chain), table_);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Remove() override {
+    xtc_handle* h = handle_.h;
+    for (const Jump& j : kJumps) {
+      if (std::strcmp(j.table, table_) != 0) continue;
+      if (absl::Status s = DropJumps(h, j, 0); !s.ok()) return s;
+    }
+    for (const char* chain : OurChains(table_)) {
+      if (!F::IsChain(chain, h)) continue;
+      changed_ = true;
+      if (!F::Flush(chain, h) || !F::Delete(chain, h)) return Fail(F::kFamily, chain, table_);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit() override {
+    if (!F::Commit(handle_.h)) return Fail(F::kFamily, "commit", table_);
+    return absl::OkStatus();
+  }
+
+  absl::Status PrepareRollback() override {
+    // The table as the kernel holds it now (our commit landed, or not).
+    handle_.Reset(F::Init(table_));
+    xtc_handle* h = handle_.h;
+    if (h == nullptr) return Fail(F::kFamily, "open table", table_);
+    changed_ = true;
+    for (const Chain& c : chains_) {
+      if (!c.existed) continue;
+      if (!F::IsChain(c.name, h) && !F::Create(c.name, h)) return Fail(F::kFamily, c.name, table_);
+      if (!F::Flush(c.name, h)) return Fail(F::kFamily, c.name, table_);
+      for (const std::vector<uint8_t>& bytes : c.entries) {
+        if (!F::Append(c.name, reinterpret_cast<const typename F::Entry*>(bytes.data()), h)) {
+          return Fail(F::kFamily, absl::StrCat("restore ", c.name), table_);
+        }
+      }
+    }
+    // Write and Replace only add jumps, at the end: drop the ones added.
+    // Remove took them: append them again (at the end of the chain).
+    for (size_t i = 0; i < std::size(kJumps); ++i) {
+      const Jump& j = kJumps[i];
+      if (std::strcmp(j.table, table_) != 0) continue;
+      if (absl::Status s = DropJumps(h, j, jumps_[i]); !s.ok()) return s;
+      for (int n = CountJumps<F>(h, j); n < jumps_[i]; ++n) {
+        EntryBuilder<F> jump = JumpEntry<F>(j);
+        if (!F::Append(j.builtin, jump.entry(), h)) return Fail(F::kFamily, j.builtin, table_);
+      }
+    }
+    for (const Chain& c : chains_) {
+      if (c.existed || !F::IsChain(c.name, h)) continue;
+      if (!F::Flush(c.name, h) || !F::Delete(c.name, h)) return Fail(F::kFamily, c.name, table_);
+    }
+    return absl::OkStatus();
+  }
+
+  std::string Fingerprint() override {
+    return iptables_internal::Fingerprint<F>(handle_.h, table_);
+  }
+
+ private:
+  explicit TableTxnOf(const char* table) : table_(table), handle_(table) {}
+
+  // Copies our chains' rules (re-appendable: a standard verdict gets its
+  // name back, which libiptc resolves again) and counts the jumps.
+  void Remember() {
+    xtc_handle* h = handle_.h;
+    for (const char* name : OurChains(table_)) {
+      Chain c{name, F::IsChain(name, h) != 0, {}};
+      if (c.existed) {
+        for (const auto* e = F::First(name, h); e != nullptr; e = F::Next(e, h)) {
+          const auto* p = reinterpret_cast<const uint8_t*>(e);
+          std::vector<uint8_t> bytes(p, p + e->next_offset);
+          auto* t = reinterpret_cast<xt_entry_target*>(bytes.data() + e->target_offset);
+          if (t->u.user.name[0] == '\0') {
+            std::strncpy(t->u.user.name, F::Target(e, h), sizeof(t->u.user.name) - 1);
+          }
+          c.entries.push_back(std::move(bytes));
+        }
+      }
+      chains_.push_back(std::move(c));
+    }
+    for (size_t i = 0; i < std::size(kJumps); ++i) {
+      jumps_[i] = std::strcmp(kJumps[i].table, table_) == 0 ? CountJumps<F>(h, kJumps[i]) : 0;
     }
   }
-  for (const auto& [chain, b] : entries) {
-    auto& builder = const_cast<EntryBuilder<F>&>(b);
-    if (!F::Append(chain, builder.entry(), handle.h)) {
-      return Fail<F>(absl::StrCat("append to ", chain).c_str(), table);
+
+  // Deletes the jumps of `j` past the first `keep`.
+  absl::Status DropJumps(xtc_handle* h, const Jump& j, int keep) {
+    for (;;) {
+      unsigned n = 0, last = 0;
+      int seen = 0;
+      for (const auto* e = F::First(j.builtin, h); e != nullptr; e = F::Next(e, h), ++n) {
+        if (std::strcmp(F::Target(e, h), j.chain) == 0) {
+          ++seen;
+          last = n;
+        }
+      }
+      if (seen <= keep) return absl::OkStatus();
+      changed_ = true;
+      if (!F::DeleteNum(j.builtin, last, h)) return Fail(F::kFamily, j.builtin, table_);
     }
   }
-  if (!F::Commit(handle.h)) return Fail<F>("commit", table);
+
+  struct Chain {
+    const char* name;
+    bool existed;
+    std::vector<std::vector<uint8_t>> entries;
+  };
+  const char* const table_;
+  Handle<F> handle_;
+  bool changed_ = false;
+  std::vector<Chain> chains_;
+  int jumps_[std::size(kJumps)] = {};
+};
+
+// The tables a change writes, in commit order.
+using Txn = std::vector<std::unique_ptr<TableTxn>>;
+
+absl::Status OpenInto(Txn* txn, Family family, const char* table) {
+  absl::StatusOr<std::unique_ptr<TableTxn>> t =
+      family == Family::kIPv4 ? TableTxnOf<V4>::Open(table) : TableTxnOf<V6>::Open(table);
+  if (!t.ok()) return t.status();
+  txn->push_back(std::move(*t));
   return absl::OkStatus();
 }
 
-template <typename F>
-absl::Status WriteFamily(const RuleSet& rules) {
-  Plan<F> plan = PlanFor<F>(rules);
-  if (absl::Status s = WriteTable<F>("nat", plan.nat); !s.ok()) return s;
-  return WriteTable<F>("filter", plan.filter);
+// The families whose nat table `rules` touches.
+void FamiliesOf(const RuleSet& rules, std::set<Family>* out) {
+  for (const DnatElement& e : rules.dnat) out->insert(e.family);
+  for (const Prefix& p : rules.masquerade) out->insert(p.family());
+  for (const Prefix& p : rules.hairpin) out->insert(p.family());
+  if (!rules.localhost_interfaces.empty()) out->insert(Family::kIPv4);
 }
 
-// Reads one family's rules back into `state`.
-template <typename F>
-void ReadFamily(KernelState* state, std::vector<std::string>* problems) {
-  for (const char* table : {"nat", "filter"}) {
-    Handle<F> handle(table);
-    if (handle.h == nullptr) {
-      problems->push_back(absl::StrCat(FamilyName(F::kFamily), " ", table, " unreadable"));
-      continue;
-    }
-    for (const Jump& j : kJumps) {
-      if (std::strcmp(j.table, table) != 0) continue;
-      if (!F::IsChain(j.chain, handle.h)) {
-        problems->push_back(absl::StrCat(FamilyName(F::kFamily), " chain ", j.chain, " missing"));
-        continue;
-      }
-      state->table_present = true;
-      if (!HasJump<F>(handle.h, j)) {
-        problems->push_back(absl::StrCat(FamilyName(F::kFamily), " jump ", j.builtin, " -> ",
-                                         j.chain, " missing"));
-      }
-    }
-    if (std::strcmp(table, "filter") == 0) {
-      if (F::IsChain(kForward, handle.h)) {
-        int n = 0;
-        for (const auto* e = F::First(kForward, handle.h); e; e = F::Next(e, handle.h)) ++n;
-        if (n != 1) problems->push_back(absl::StrCat("chain ", kForward, " holds ", n, " rules"));
-      }
-      continue;
-    }
-    if (F::IsChain(kHostports, handle.h)) {
-      for (const auto* e = F::First(kHostports, handle.h); e; e = F::Next(e, handle.h)) {
-        const auto* t = reinterpret_cast<const xt_entry_target*>(
-            reinterpret_cast<const uint8_t*>(e) + e->target_offset);
-        if (std::strcmp(t->u.user.name, "DNAT") != 0 ||
-            t->u.target_size < XT_ALIGN(sizeof(xt_entry_target)) + sizeof(nf_nat_range)) {
-          problems->push_back("foreign rule in FABRIC-HOSTPORTS");
-          continue;
-        }
-        const auto* r = reinterpret_cast<const nf_nat_range*>(t->data);
-        DnatElement d;
-        d.family = F::kFamily;
-        d.protocol = static_cast<Protocol>(F::GetProto(e));
-        if (std::optional<Prefix> dst = F::GetDst(e)) d.host_ip = dst->address;
-        // The port match follows the entry.
-        const auto* m = reinterpret_cast<const xt_entry_match*>(e->elems);
-        const uint16_t* dpts = nullptr;
-        if (std::strcmp(m->u.user.name, "tcp") == 0) {
-          dpts = reinterpret_cast<const xt_tcp*>(m->data)->dpts;
-        } else if (std::strcmp(m->u.user.name, "udp") == 0) {
-          dpts = reinterpret_cast<const xt_udp*>(m->data)->dpts;
-        } else if (std::strcmp(m->u.user.name, "sctp") == 0) {
-          dpts = reinterpret_cast<const SctpMatch*>(m->data)->dpts;
-        }
-        if (dpts == nullptr) {
-          problems->push_back("foreign rule in FABRIC-HOSTPORTS");
-          continue;
-        }
-        d.port_lo = dpts[0];
-        d.port_hi = dpts[1];
-        d.target_ip = IpAddress::FromBytes(F::kFamily, reinterpret_cast<const uint8_t*>(&r->min_addr));
-        if (r->flags & NF_NAT_RANGE_PROTO_SPECIFIED) d.target_port = ntohs(r->min_proto.all);
-        state->rules.dnat.insert(d);
-      }
-    }
-    if (F::IsChain(kPostrouting, handle.h)) {
-      for (const auto* e = F::First(kPostrouting, handle.h); e; e = F::Next(e, handle.h)) {
-        std::optional<Prefix> src = F::GetSrc(e);
-        std::string oif = F::GetOutIface(e);
-        bool has_match = e->target_offset > sizeof(typename F::Entry);
-        if (!src.has_value()) {
-          problems->push_back("foreign rule in FABRIC-POSTROUTING");
-        } else if (!oif.empty()) {
-          state->rules.localhost_interfaces.insert(oif);
-        } else if (has_match) {
-          state->rules.hairpin.insert(*src);
-        } else if (F::DstInverted(e)) {
-          state->rules.masquerade.insert(*src);
-        } else {
-          problems->push_back("foreign rule in FABRIC-POSTROUTING");
-        }
-      }
+// Commits every changed table in order; when one fails, rolls back it and
+// those before it, newest first. Records in `expectation` what the tables
+// hold afterwards.
+absl::Status CommitAll(Txn& txn, TableCommitter* committer, LayoutExpectation* expectation) {
+  auto commit = [committer](TableTxn& t) {
+    std::function<absl::Status()> real = [&t] { return t.Commit(); };
+    return committer == nullptr ? real() : committer->Commit(t.family(), t.table(), real);
+  };
+  if (expectation != nullptr) expectation->BeginWrite();
+  std::map<std::string, std::string> fingerprints;
+  absl::Status failed;
+  size_t k = 0;
+  for (; k < txn.size(); ++k) {
+    if (!txn[k]->changed()) continue;
+    fingerprints[txn[k]->key()] = txn[k]->Fingerprint();
+    failed = commit(*txn[k]);
+    if (!failed.ok()) break;
+  }
+  if (failed.ok()) {
+    if (expectation != nullptr) expectation->EndWrite(fingerprints);
+    return absl::OkStatus();
+  }
+  // Table k too: libiptc's commit is two calls (replace, then counters), and
+  // the replace may have landed.
+  std::vector<std::string> restored, left;
+  for (size_t i = k + 1; i-- > 0;) {
+    TableTxn& t = *txn[i];
+    if (!t.changed()) continue;
+    absl::Status s = t.PrepareRollback();
+    std::string fingerprint = s.ok() ? t.Fingerprint() : "";
+    if (s.ok()) s = commit(t);
+    if (s.ok()) {
+      fingerprints[t.key()] = fingerprint;
+      if (i < k) restored.push_back(t.key());
+    } else {
+      fingerprints[t.key()] = LayoutExpectation::kUnknown;
+      left.push_back(absl::StrCat(t.key(), " (", s.message(), ")"));
     }
   }
-}
-
-template <typename F>
-void RemoveFamily() {
-  for (const char* table : {"nat", "filter"}) {
-    Handle<F> handle(table);
-    if (handle.h == nullptr) continue;
-    bool changed = false;
-    for (const Jump& j : kJumps) {
-      if (std::strcmp(j.table, table) != 0) continue;
-      unsigned n = 0;
-      for (const auto* e = F::First(j.builtin, handle.h); e != nullptr;) {
-        const auto* next = F::Next(e, handle.h);
-        if (std::strcmp(F::Target(e, handle.h), j.chain) == 0) {
-          F::DeleteNum(j.builtin, n, handle.h);
-          changed = true;
-          break;  // one jump per chain
-        }
-        ++n;
-        e = next;
-      }
-    }
-    for (const Jump& j : kJumps) {
-      if (std::strcmp(j.table, table) != 0 || !F::IsChain(j.chain, handle.h)) continue;
-      F::Flush(j.chain, handle.h);
-      if (std::strcmp(j.builtin, "OUTPUT") != 0) F::Delete(j.chain, handle.h);
-      changed = true;
-    }
-    if (changed) F::Commit(handle.h);
+  if (expectation != nullptr) expectation->EndWrite(fingerprints);
+  if (!left.empty()) {
+    return absl::InternalError(absl::StrCat(
+        failed.message(), "; rollback failed, left changed: ", absl::StrJoin(left, ", "),
+        "; the next sync repairs them"));
   }
+  return absl::Status(
+      failed.code(),
+      absl::StrCat(
+          failed.message(),
+          restored.empty() ? "" : absl::StrCat("; rolled back ", absl::StrJoin(restored, ", ")),
+          "; nothing changed"));
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<IptablesBackend>> IptablesBackend::Create() {
+  return Create(IptablesOptions());
+}
+
+absl::StatusOr<std::unique_ptr<IptablesBackend>> IptablesBackend::Create(IptablesOptions options) {
   Handle<V4> probe("nat");
   if (probe.h == nullptr) {
-    return absl::Status(errno == EPERM ? absl::StatusCode::kPermissionDenied
-                                       : absl::StatusCode::kUnavailable,
-                        absl::StrCat("iptables (legacy) nat table unavailable: ", V4::Error(),
-                                     " (is the iptable_nat module loaded?)"));
+    return absl::Status(
+        errno == EPERM ? absl::StatusCode::kPermissionDenied : absl::StatusCode::kUnavailable,
+        absl::StrCat("iptables (legacy) nat table unavailable: ", V4::Error(),
+                     " (is the iptable_nat module loaded?)"));
   }
-  return std::unique_ptr<IptablesBackend>(new IptablesBackend());
+  return std::unique_ptr<IptablesBackend>(new IptablesBackend(std::move(options)));
 }
 
 absl::Status IptablesBackend::Replace(const RuleSet& desired) {
   for (const std::string& i : desired.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
-  if (absl::Status s = WriteFamily<V4>(desired); !s.ok()) return s;
-  return WriteFamily<V6>(desired);
+  absl::StatusOr<std::unique_ptr<XtablesLock>> lock =
+      XtablesLock::Acquire(options_.lock_path, options_.lock_timeout);
+  if (!lock.ok()) return lock.status();
+  Txn txn;
+  for (const char* table : {"nat", "filter"}) {
+    for (Family f : {Family::kIPv4, Family::kIPv6}) {
+      if (absl::Status s = OpenInto(&txn, f, table); !s.ok()) return s;
+      if (absl::Status s = txn.back()->Write(desired); !s.ok()) return s;
+    }
+  }
+  return CommitAll(txn, options_.committer, options_.expectation.get());
 }
 
 absl::Status IptablesBackend::Apply(const Batch& batch) {
   if (batch.empty()) return absl::OkStatus();
-  absl::StatusOr<KernelState> state = Read();
-  if (!state.ok()) return state.status();
-  if (!state->table_present) {
+  std::set<Family> families;
+  FamiliesOf(batch.remove, &families);
+  FamiliesOf(batch.add, &families);
+  absl::StatusOr<std::unique_ptr<XtablesLock>> lock =
+      XtablesLock::Acquire(options_.lock_path, options_.lock_timeout);
+  if (!lock.ok()) return lock.status();
+  // Read and change under the lock, so no cooperating writer's change
+  // falls between our read and our commit.
+  Txn txn;
+  KernelState state;
+  std::vector<std::string> problems;
+  for (Family f : families) {
+    if (absl::Status s = OpenInto(&txn, f, "nat"); !s.ok()) return s;
+    txn.back()->Read(&state, &problems);
+  }
+  if (!state.table_present) {
     return absl::FailedPreconditionError("iptables chains FABRIC-* are missing");
   }
-  RuleSet next = state->rules;
+  RuleSet next = state.rules;
   if (absl::Status s = ApplyBatch(batch, &next); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("iptables: ", s.message(), "; nothing changed"));
   }
-  if (absl::Status s = Replace(next); !s.ok()) return s;
+  for (const std::string& i : batch.add.localhost_interfaces) {
+    if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
+  }
+  for (auto& t : txn) {
+    if (absl::Status s = t->Write(next); !s.ok()) return s;
+  }
+  if (absl::Status s = CommitAll(txn, options_.committer, options_.expectation.get()); !s.ok()) {
+    return s;
+  }
+  lock->reset();
   for (const std::string& i : batch.remove.localhost_interfaces) {
     SetRouteLocalnet(i, false).IgnoreError();
   }
@@ -581,17 +651,46 @@ absl::Status IptablesBackend::Apply(const Batch& batch) {
 absl::StatusOr<KernelState> IptablesBackend::Read() const {
   KernelState state;
   std::vector<std::string> problems;
-  ReadFamily<V4>(&state, &problems);
-  ReadFamily<V6>(&state, &problems);
+  std::map<std::string, std::string> fingerprints;
+  auto read = [&](auto family_tag, const char* table) {
+    using F = decltype(family_tag);
+    Handle<F> handle(table);
+    if (handle.h == nullptr) {
+      problems.push_back(absl::StrCat(TableKey<F>(table), " unreadable"));
+      return;
+    }
+    ReadTable<F>(handle.h, table, &state, &problems);
+    fingerprints[TableKey<F>(table)] = iptables_internal::Fingerprint<F>(handle.h, table);
+  };
+  if (options_.expectation != nullptr) options_.expectation->BeginWrite();
+  for (const char* table : {"nat", "filter"}) {
+    read(V4{}, table);
+    read(V6{}, table);
+  }
   state.layout_intact = state.table_present && problems.empty();
   state.problem = absl::StrJoin(problems, "; ");
+  // What an intact layout holds is what the watcher should expect; a
+  // damaged one is about to be rebuilt by a Replace, which records its own.
+  if (options_.expectation != nullptr) {
+    options_.expectation->EndWrite(state.layout_intact ? fingerprints
+                                                       : std::map<std::string, std::string>{});
+  }
   return state;
 }
 
 absl::Status IptablesBackend::DeleteTable() {
-  RemoveFamily<V4>();
-  RemoveFamily<V6>();
-  return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<XtablesLock>> lock =
+      XtablesLock::Acquire(options_.lock_path, options_.lock_timeout);
+  if (!lock.ok()) return lock.status();
+  Txn txn;
+  for (const char* table : {"nat", "filter"}) {
+    for (Family f : {Family::kIPv4, Family::kIPv6}) {
+      // A family whose table the kernel lacks holds none of our chains.
+      if (!OpenInto(&txn, f, table).ok()) continue;
+      if (absl::Status s = txn.back()->Remove(); !s.ok()) return s;
+    }
+  }
+  return CommitAll(txn, options_.committer, options_.expectation.get());
 }
 
 }  // namespace fabric::nat

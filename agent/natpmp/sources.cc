@@ -1,0 +1,114 @@
+#include "agent/natpmp/sources.h"
+
+#include <ifaddrs.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace fabric::agent::natpmp {
+
+namespace {
+
+int PrefixLength(const sockaddr* mask) {
+  if (mask == nullptr || mask->sa_family != AF_INET) return 32;
+  uint32_t m = ntohl(reinterpret_cast<const sockaddr_in*>(mask)->sin_addr.s_addr);
+  int n = 0;
+  while (n < 32 && (m & (0x80000000u >> n))) ++n;
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<InterfaceAddresses> InterfaceAddresses::Read() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) {
+    return absl::UnavailableError(absl::StrCat("getifaddrs: ", std::strerror(errno)));
+  }
+  InterfaceAddresses out;
+  for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    nat::IpAddress a = nat::IpAddress::FromBytes(
+        nat::Family::kIPv4,
+        reinterpret_cast<const uint8_t*>(
+            &reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr));
+    out.own.insert(a);
+    out.subnets[i->ifa_name].push_back(nat::Prefix{a, PrefixLength(i->ifa_netmask)});
+    if (i->ifa_flags & IFF_LOOPBACK) out.loopback.insert(i->ifa_name);
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+std::optional<std::string> RefusedSource(const InterfaceAddresses& addresses,
+                                         const std::string& interface,
+                                         const nat::IpAddress& source) {
+  if (!source.is_v4() || source.IsUnspecified() || source.IsMulticast() ||
+      source.IsLimitedBroadcast()) {
+    return absl::StrCat(source.ToString(), " is not a unicast address");
+  }
+  bool loopback = addresses.loopback.count(interface) > 0;
+  if (!loopback && addresses.own.count(source) > 0) {
+    return absl::StrCat(source.ToString(), " is this host's own address");
+  }
+  auto it = addresses.subnets.find(interface);
+  if (it != addresses.subnets.end()) {
+    for (const nat::Prefix& p : it->second) {
+      if (!p.Contains(source)) continue;
+      // A /31 or /32 has no network or broadcast address (RFC 3021).
+      if (p.length <= 30 && (source == p.Network().address || source == p.Last())) {
+        return absl::StrCat(source.ToString(), " is the network or broadcast address of ",
+                            p.Network().ToString());
+      }
+      return std::nullopt;
+    }
+  }
+  return absl::StrCat(source.ToString(), " is outside every subnet of ", interface);
+}
+
+absl::StatusOr<AddressEvents> AddressEvents::Open() {
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+  if (fd < 0) {
+    return absl::UnavailableError(absl::StrCat("rtnetlink socket: ", std::strerror(errno)));
+  }
+  sockaddr_nl nl{};
+  nl.nl_family = AF_NETLINK;
+  nl.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_LINK;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&nl), sizeof(nl)) != 0) {
+    int e = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("rtnetlink bind: ", std::strerror(e)));
+  }
+  return AddressEvents(fd);
+}
+
+AddressEvents::~AddressEvents() {
+  if (fd_ >= 0) close(fd_);
+}
+
+bool AddressEvents::Drain() {
+  bool changed = false;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = recv(fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+      changed = true;
+      continue;
+    }
+    // ENOBUFS: events were lost; read everything again.
+    if (n < 0 && errno == ENOBUFS) {
+      changed = true;
+      continue;
+    }
+    return changed;
+  }
+}
+
+}  // namespace fabric::agent::natpmp

@@ -1,0 +1,63 @@
+// Which NAT-PMP/PCP requests come from a LAN host that may be answered.
+// A request's source must be inside a subnet configured on the LAN
+// interface it arrived on (not that subnet's network or broadcast address)
+// and must not be one of the host's own addresses (except on a loopback
+// interface, where only the host itself can send). Anything else can only
+// be spoofed or off-link, and is dropped without an answer, so the server
+// cannot be used to reflect traffic at a third party. (Container networks
+// and other owners' mapping targets are refused later, with
+// NOT_AUTHORIZED, by the lease logic: agent/owners/leases.h.)
+//
+// InterfaceAddresses is a snapshot of the host's IPv4 addresses, read with
+// getifaddrs; AddressEvents tells when to read it again (rtnetlink address
+// and link events). Used by PmpServer on its own thread.
+//
+// Thread-compatible.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nat/types.h"
+
+namespace fabric::agent::natpmp {
+
+struct InterfaceAddresses {
+  // Interface name -> its IPv4 addresses with their prefix lengths.
+  std::map<std::string, std::vector<nat::Prefix>> subnets;
+  std::set<std::string> loopback;  // interfaces with IFF_LOOPBACK
+  std::set<nat::IpAddress> own;    // every IPv4 address of the host
+
+  // The host's addresses now (getifaddrs).
+  static absl::StatusOr<InterfaceAddresses> Read();
+};
+
+// Why a request from `source` that arrived on `interface` is dropped, or
+// nullopt when it may be served.
+std::optional<std::string> RefusedSource(const InterfaceAddresses& addresses,
+                                         const std::string& interface,
+                                         const nat::IpAddress& source);
+
+// An rtnetlink socket subscribed to IPv4 address and link changes: poll
+// fd() for POLLIN, then Drain(), which says whether anything changed (or
+// messages were lost) so the addresses must be read again.
+class AddressEvents {
+ public:
+  // kUnavailable when the socket cannot be opened.
+  static absl::StatusOr<AddressEvents> Open();
+  AddressEvents(AddressEvents&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  AddressEvents& operator=(AddressEvents&&) = delete;
+  ~AddressEvents();
+  int fd() const { return fd_; }
+  bool Drain();
+
+ private:
+  explicit AddressEvents(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+}  // namespace fabric::agent::natpmp
