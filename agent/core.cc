@@ -146,10 +146,17 @@ absl::Status AgentCore::DeleteMapping(const std::string& id, absl::Time deadline
 std::vector<v1::PortMapping> AgentCore::ListMappings(v1::OwnerKind kind,
                                                      const std::string& owner_id) const {
   std::shared_ptr<const Snapshot> snap = writer_.snapshot();
+  // Filter first, then order only what matched (by id, as before).
+  std::vector<const MappingRecord*> matched;
+  snap->state.mappings.ForEach([&](const std::string&, const MappingRecord& rec) {
+    if (OwnerMatches(rec.proto, kind, owner_id)) matched.push_back(&rec);
+  });
+  std::sort(matched.begin(), matched.end(), [](const MappingRecord* a, const MappingRecord* b) {
+    return a->proto.id() < b->proto.id();
+  });
   std::vector<v1::PortMapping> out;
-  for (const auto& [id, rec] : snap->state.mappings.Sorted()) {
-    if (OwnerMatches(rec->proto, kind, owner_id)) out.push_back(rec->proto);
-  }
+  out.reserve(matched.size());
+  for (const MappingRecord* rec : matched) out.push_back(rec->proto);
   return out;
 }
 
