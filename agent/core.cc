@@ -228,9 +228,14 @@ uint32_t AgentCore::EpochSeconds() const {
 absl::StatusOr<nat::SyncReport> AgentCore::Resync() { return writer_.Resync(); }
 
 absl::StatusOr<nat::SyncReport> AgentCore::CheckAndRepair() {
+  // Nothing has committed anything in the kernel since it was last found
+  // right (the generation would have moved): no read needed.
+  absl::StatusOr<uint32_t> generation = writer_.KernelGeneration();
+  if (generation.ok() && writer_.KnownGood(*generation)) return nat::SyncReport{};
   auto read = writer_.ReadKernelConsistent();
   if (read.ok() && read->first.table_present && read->first.layout_intact &&
       read->first.rules == read->second->state.Desired()) {
+    if (generation.ok()) writer_.MarkKnownGood(*generation);
     return nat::SyncReport{};
   }
   return writer_.Resync();

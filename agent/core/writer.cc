@@ -54,8 +54,28 @@ absl::Status Writer::Start(
   }
   ready_ = true;
   not_ready_reason_.clear();
+  KnownGoodNowLocked();
   PublishLocked({});
   return absl::OkStatus();
+}
+
+void Writer::KnownGoodNowLocked() {
+  absl::StatusOr<uint32_t> g = backend_->Generation();
+  verified_generation_.store(g.ok() ? int64_t{*g} : -1, std::memory_order_release);
+}
+
+absl::StatusOr<uint32_t> Writer::KernelGeneration() const {
+  if (options_.reader == nullptr) return absl::UnimplementedError("no reader");
+  std::lock_guard<std::mutex> reading(read_mu_);
+  return options_.reader->Generation();
+}
+
+void Writer::MarkKnownGood(uint32_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<uint32_t> now = backend_->Generation();
+  if (now.ok() && *now == generation) {
+    verified_generation_.store(generation, std::memory_order_release);
+  }
 }
 
 absl::Status Writer::CheckLocked(absl::Time deadline) const {
@@ -110,6 +130,15 @@ absl::Status Writer::CommitLocked(Txn& txn) {
     return s;  // ~Txn returns its ports and ids
   }
   txn.MarkCommitted();
+  if (applied) {
+    // Our batch moved the generation on by one; anything more was someone
+    // else, and the kernel is no longer known to match.
+    int64_t known = verified_generation_.load(std::memory_order_acquire);
+    std::optional<uint32_t> after = backend_->LastChangeGeneration();
+    verified_generation_.store(
+        known >= 0 && after.has_value() && int64_t{*after} == known + 1 ? int64_t{*after} : -1,
+        std::memory_order_release);
+  }
   state_ = txn.TakeState();
   PublishLocked(txn.TakeEvents());
   if (applied) kernel_seq_.fetch_add(1, std::memory_order_acq_rel);
@@ -163,6 +192,7 @@ Writer::ReadKernelConsistent() const {
 absl::StatusOr<nat::SyncReport> Writer::Resync() {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, state_.Desired());
+  if (report.ok()) KnownGoodNowLocked();
   if (report.ok() && report->action != nat::SyncReport::Action::kNone) {
     ++repairs_;
     last_repair_ = options_.now();
@@ -175,6 +205,7 @@ absl::StatusOr<nat::SyncReport> Writer::Resync() {
 absl::Status Writer::RepairLocked() {
   absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, state_.Desired());
   if (!report.ok()) return report.status();
+  KnownGoodNowLocked();
   if (report->action != nat::SyncReport::Action::kNone) {
     ++repairs_;
     last_repair_ = options_.now();

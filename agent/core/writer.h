@@ -93,6 +93,19 @@ class Writer {
   // repair when it changed anything.
   absl::StatusOr<nat::SyncReport> Resync();
 
+  // The kernel's ruleset generation (through the reader), and whether it is
+  // the one at which the kernel was last known to match the state: then
+  // nobody has changed anything since, and a check need not read the table.
+  // The known generation follows the writer's own batches (each moves it on
+  // by one) and is forgotten when anything else moved it.
+  absl::StatusOr<uint32_t> KernelGeneration() const;
+  bool KnownGood(uint32_t generation) const {
+    return verified_generation_.load(std::memory_order_acquire) == int64_t{generation};
+  }
+  // After a read that matched the state: remember `generation` as known
+  // good if the kernel is still at it.
+  void MarkKnownGood(uint32_t generation);
+
   // A consistent copy of the store at `path`.
   absl::Status Backup(const std::string& path);
 
@@ -130,6 +143,12 @@ class Writer {
   uint64_t version_ = 0;                // guarded by mu_
   uint64_t repairs_ = 0;                // guarded by mu_
   absl::Time last_repair_ = absl::InfinitePast();  // guarded by mu_
+  // REQUIRES: mu_ held. The kernel matches the state now: remember its
+  // generation (or forget, if it cannot be read).
+  void KnownGoodNowLocked();
+  // The generation at which the kernel last matched the state; -1: unknown.
+  // Written under mu_.
+  std::atomic<int64_t> verified_generation_{-1};
   // Serializes the users of options_.reader.
   mutable std::mutex read_mu_;
   // Odd while a commit's kernel batch is applied but its snapshot not yet

@@ -9,6 +9,9 @@
 // the smallest batch that makes the kernel match a desired RuleSet.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+
 #include <string>
 
 #include "absl/status/status.h"
@@ -74,6 +77,17 @@ class Backend {
 
   // Removes our table and everything in it. OK if it does not exist.
   virtual absl::Status DeleteTable() = 0;
+
+  // The kernel's ruleset generation, which every committed change by
+  // anyone moves on (nftables). Lets a periodic check skip reading the
+  // table back when nothing changed since it was last found right.
+  // kUnimplemented where the kernel has none (x_tables, the fake).
+  virtual absl::StatusOr<uint32_t> Generation() const {
+    return absl::UnimplementedError("no ruleset generation");
+  }
+  // The generation right after this backend's last successful Apply or
+  // Replace, if it knows it.
+  virtual std::optional<uint32_t> LastChangeGeneration() const { return std::nullopt; }
 };
 
 // What Sync did.

@@ -1,6 +1,8 @@
 #include "nat/backend/nftables/nftables_backend.h"
 
 #include <libnftnl/chain.h>
+#include <libnftnl/common.h>
+#include <libnftnl/gen.h>
 #include <libnftnl/rule.h>
 #include <libnftnl/set.h>
 #include <libnftnl/table.h>
@@ -133,6 +135,28 @@ absl::StatusOr<std::unique_ptr<NftablesBackend>> NftablesBackend::Create() {
   if (!socket.ok()) return socket.status();
   return std::unique_ptr<NftablesBackend>(
       new NftablesBackend(std::move(*socket)));
+}
+
+absl::StatusOr<uint32_t> NftablesBackend::Generation() const {
+  uint32_t generation = 0;
+  bool got = false;
+  absl::Status s = socket_->Request(
+      "get ruleset generation",
+      [](char* buf, uint32_t seq) {
+        return nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETGEN, AF_UNSPEC, 0, seq);
+      },
+      [&](const nlmsghdr* reply) {
+        nftnl_gen* gen = nftnl_gen_alloc();
+        if (nftnl_gen_nlmsg_parse(reply, gen) == 0) {
+          generation = nftnl_gen_get_u32(gen, NFTNL_GEN_ID);
+          got = true;
+        }
+        nftnl_gen_free(gen);
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  if (!got) return absl::InternalError("netlink: no ruleset generation in the answer");
+  return generation;
 }
 
 absl::Status NftablesBackend::Send(const nftables::EncodedBatch& batch,

@@ -38,6 +38,11 @@ class NftablesBackend : public Backend {
   // The ruleset generation after our last successful batch, so that event
   // listeners can tell our own changes from someone else's.
   uint32_t last_generation() const { return last_generation_; }
+  absl::StatusOr<uint32_t> Generation() const override;
+  std::optional<uint32_t> LastChangeGeneration() const override {
+    if (last_generation_ == 0) return std::nullopt;
+    return last_generation_;
+  }
   uint32_t port_id() const { return socket_->port_id(); }
 
  private:
