@@ -141,5 +141,24 @@ TEST(StoreSafetyTest, AMissingIdCounterIsRebuiltFromTheHighestId) {
   EXPECT_EQ(c.next_mapping_id, 8);
 }
 
+// Issue 10, item 1: a read that fails half-way through a table must not
+// look like the end of it (the agent would then delete the rest from the
+// kernel). An `attachments` view whose second row raises an error stands in
+// for a damaged table: quick_check passes, the scan fails on row 2.
+TEST(StoreSafetyTest, AReadThatFailsHalfWayIsAnErrorNotTheEnd) {
+  std::string dir = absl::StrCat(std::getenv("TEST_TMPDIR"), "/halfway");
+  { ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir)); }
+  ASSERT_EQ(system(absl::StrCat(
+                       "python3 -c \"import sqlite3; c = sqlite3.connect('", dir,
+                       "/state.db'); c.executescript('DROP TABLE attachments; CREATE VIEW "
+                       "attachments AS SELECT x\\'\\' AS spec UNION ALL SELECT "
+                       "abs(-9223372036854775807 - 1);'); c.commit()\"")
+                       .c_str()),
+            0);
+  ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+  EXPECT_THAT(store->Load(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                      HasSubstr("reading attachments failed")));
+}
+
 }  // namespace
 }  // namespace fabric::agent
