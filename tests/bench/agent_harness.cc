@@ -358,12 +358,10 @@ absl::StatusOr<int> CountConntrack() {
 
 // ---- nft flush ruleset ----
 
-absl::Status FlushRuleset() {
-  auto sock = nat::netlink::NetlinkSocket::Open();
-  if (!sock.ok()) return sock.status();
+absl::Status FlushRuleset(nat::netlink::NetlinkSocket& sock) {
   std::vector<uint8_t> batch(4096);
   char* buf = reinterpret_cast<char*>(batch.data());
-  uint32_t seq = (*sock)->ReserveSeq(3);
+  uint32_t seq = sock.ReserveSeq(3);
   size_t off = 0;
   nlmsghdr* nlh = nftnl_batch_begin(buf, seq);
   off += NLMSG_ALIGN(nlh->nlmsg_len);
@@ -375,10 +373,16 @@ absl::Status FlushRuleset() {
   nlh = nftnl_batch_end(buf + off, seq + 2);
   off += NLMSG_ALIGN(nlh->nlmsg_len);
   batch.resize(off);
-  auto r = (*sock)->SendBatch(batch);
+  auto r = sock.SendBatch(batch);
   if (!r.ok()) return r.status();
   if (!r->errors.empty()) return absl::InternalError("flush failed");
   return absl::OkStatus();
+}
+
+absl::Status FlushRuleset() {
+  auto sock = nat::netlink::NetlinkSocket::Open();
+  if (!sock.ok()) return sock.status();
+  return FlushRuleset(**sock);
 }
 
 }  // namespace fabric::bench

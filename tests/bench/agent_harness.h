@@ -6,6 +6,8 @@
 // target. Benchmarks print figures; nothing here asserts on time.
 #pragma once
 
+#include "nat/netlink/socket.h"
+
 #include <sys/types.h>
 
 #include <chrono>
@@ -112,6 +114,8 @@ absl::StatusOr<int> CountConntrack();
 // batch deleting every table), so the clock starts when the kernel has
 // flushed.
 absl::Status FlushRuleset();
+// The same through an open socket (whose netns is the one it was opened in).
+absl::Status FlushRuleset(nat::netlink::NetlinkSocket& sock);
 
 // GetStatus().repairs() (or -1).
 int64_t Repairs(Client& c);

@@ -17,15 +17,12 @@
 #include <string>
 #include <vector>
 
-#include <libnftnl/common.h>
-#include <libnftnl/table.h>
-#include <linux/netfilter.h>
-#include <linux/netfilter/nf_tables.h>
 
 #include "absl/strings/str_cat.h"
 #include "nat/netlink/socket.h"
 #include "agent/store.h"
 #include "testing/cni_runtime.h"
+#include "tests/bench/agent_harness.h"
 #include "testing/netns.h"
 
 namespace {
@@ -49,30 +46,6 @@ bool Connects(int port) {
   bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
   close(fd);
   return ok;
-}
-
-// `nft flush ruleset`, done in-process so the clock starts when the kernel
-// has deleted every table: one batch with a table deletion for all
-// families.
-absl::Status FlushRuleset(fabric::nat::netlink::NetlinkSocket& sock) {
-  std::vector<uint8_t> batch(4096);
-  char* buf = reinterpret_cast<char*>(batch.data());
-  uint32_t seq = sock.ReserveSeq(3);
-  size_t off = 0;
-  nlmsghdr* nlh = nftnl_batch_begin(buf, seq);
-  off += NLMSG_ALIGN(nlh->nlmsg_len);
-  nlh = nftnl_nlmsg_build_hdr(buf + off, NFT_MSG_DELTABLE, NFPROTO_UNSPEC, 0, seq + 1);
-  nftnl_table* t = nftnl_table_alloc();
-  nftnl_table_nlmsg_build_payload(nlh, t);
-  nftnl_table_free(t);
-  off += NLMSG_ALIGN(nlh->nlmsg_len);
-  nlh = nftnl_batch_end(buf + off, seq + 2);
-  off += NLMSG_ALIGN(nlh->nlmsg_len);
-  batch.resize(off);
-  auto r = sock.SendBatch(batch);
-  if (!r.ok()) return r.status();
-  if (!r->errors.empty()) return absl::InternalError("flush failed");
-  return absl::OkStatus();
 }
 
 absl::Status Prefill(const std::string& dir, int n) {
@@ -144,7 +117,7 @@ int main() {
                 cold);
     std::vector<double> heals;
     for (int rep = 0; rep < 5; ++rep) {
-      if (!FlushRuleset(*flusher).ok()) return 1;
+      if (!fabric::bench::FlushRuleset(*flusher).ok()) return 1;
       auto flushed = Clock::now();
       int tries = 0;
       while (!Connects(probe)) {
