@@ -1,16 +1,16 @@
+// Turns batches and rule sets into netlink messages of table inet
+// fabric_nat, and set dumps back into rule sets (encode.h). The layout they
+// encode (maps, sets, chains, rules) is in internal/layout.h and layout.cc.
 #include "nat/backend/nftables/encode.h"
 
 #include <arpa/inet.h>
 #include <libmnl/libmnl.h>
 #include <libnftnl/chain.h>
 #include <libnftnl/common.h>
-#include <libnftnl/expr.h>
 #include <libnftnl/rule.h>
 #include <libnftnl/set.h>
 #include <libnftnl/table.h>
 #include <linux/netfilter.h>
-#include <linux/netfilter/nf_conntrack_common.h>
-#include <linux/netfilter/nf_nat.h>
 #include <linux/netfilter/nf_tables.h>
 #include <net/if.h>
 
@@ -21,97 +21,37 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "nat/backend/nftables/internal/layout.h"
 
 namespace fabric::nat::nftables {
 
+using internal::AddrLen;
+using internal::BuildRule;
+using internal::ChainPtr;
+using internal::ChainSpec;
+using internal::DnatMap;
+using internal::kChains;
+using internal::kDnatMaps;
+using internal::kLocalhostSet;
+using internal::kPrefixSets;
+using internal::LayoutRules;
+using internal::LayoutSets;
+using internal::MapFor;
+using internal::NeededIn;
+using internal::NewChain;
+using internal::NewRule;
+using internal::NewSet;
+using internal::PrefixKind;
+using internal::PrefixSet;
+using internal::RuleKind;
+using internal::RulePtr;
+using internal::RuleSpec;
+using internal::SetPtr;
+using internal::SetRef;
+using internal::SetSpec;
+using internal::TablePtr;
+
 namespace {
-
-// ---------------------------------------------------------------------------
-// The layout's maps and sets.
-
-struct DnatMap {
-  const char* name;
-  Family family;
-  bool specific_host;  // key starts with the host address
-  bool range;          // interval map, data is the address only
-};
-
-constexpr DnatMap kDnatMaps[] = {
-    {"dnat4", Family::kIPv4, true, false},
-    {"dnat4_any", Family::kIPv4, false, false},
-    {"range4", Family::kIPv4, true, true},
-    {"range4_any", Family::kIPv4, false, true},
-    {"dnat6", Family::kIPv6, true, false},
-    {"dnat6_any", Family::kIPv6, false, false},
-    {"range6", Family::kIPv6, true, true},
-    {"range6_any", Family::kIPv6, false, true},
-};
-
-enum class PrefixKind { kMasquerade, kHairpin };
-struct PrefixSet {
-  const char* name;
-  Family family;
-  PrefixKind kind;
-};
-constexpr PrefixSet kPrefixSets[] = {
-    {"masq4", Family::kIPv4, PrefixKind::kMasquerade},
-    {"masq6", Family::kIPv6, PrefixKind::kMasquerade},
-    {"hairpin4", Family::kIPv4, PrefixKind::kHairpin},
-    {"hairpin6", Family::kIPv6, PrefixKind::kHairpin},
-};
-constexpr char kLocalhostSet[] = "localhost_ifaces";
-
-// nftables' datatype numbers (for `nft list` to print keys readably).
-constexpr uint32_t kTypeIpv4 = 7, kTypeIpv6 = 8, kTypeProto = 12,
-                   kTypeService = 13, kTypeIfname = 41;
-constexpr int kTypeBits = 6;
-
-const DnatMap& MapFor(const DnatElement& e) {
-  for (const DnatMap& m : kDnatMaps) {
-    if (m.family == e.family && m.specific_host == e.host_ip.has_value() &&
-        m.range == e.is_range()) {
-      return m;
-    }
-  }
-  return kDnatMaps[0];  // unreachable: the table covers every combination
-}
-
-size_t AddrLen(Family f) { return f == Family::kIPv4 ? 4 : 16; }
-
-// Set ids tie a set created in a batch to the rules and elements that use it
-// in the same batch.
-uint32_t SetId(const std::string& name) {
-  uint32_t id = 1;
-  for (const DnatMap& m : kDnatMaps) {
-    if (name == m.name) return id;
-    ++id;
-  }
-  for (const PrefixSet& p : kPrefixSets) {
-    if (name == p.name) return id;
-    ++id;
-  }
-  return id;
-}
-
-// ---------------------------------------------------------------------------
-// RAII for libnftnl objects.
-
-struct TableFree {
-  void operator()(nftnl_table* t) const { nftnl_table_free(t); }
-};
-struct ChainFree {
-  void operator()(nftnl_chain* c) const { nftnl_chain_free(c); }
-};
-struct SetFree {
-  void operator()(nftnl_set* s) const { nftnl_set_free(s); }
-};
-struct RuleFree {
-  void operator()(nftnl_rule* r) const { nftnl_rule_free(r); }
-};
-using TablePtr = std::unique_ptr<nftnl_table, TableFree>;
-using ChainPtr = std::unique_ptr<nftnl_chain, ChainFree>;
-using SetPtr = std::unique_ptr<nftnl_set, SetFree>;
-using RulePtr = std::unique_ptr<nftnl_rule, RuleFree>;
 
 // ---------------------------------------------------------------------------
 // Keys and data.
@@ -209,15 +149,6 @@ TablePtr NewTable() {
   return t;
 }
 
-SetPtr SetRef(const char* name) {
-  SetPtr s(nftnl_set_alloc());
-  nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
-  nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name);
-  nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-  nftnl_set_set_u32(s.get(), NFTNL_SET_ID, SetId(name));
-  return s;
-}
-
 // One element message. `key_end` empty for non-interval keys.
 void AddElementMessage(Builder& b, bool add, const char* set_name,
                        const std::vector<uint8_t>& key,
@@ -294,270 +225,6 @@ void EncodeElements(Builder& b, bool add, const RuleSet& r) {
 // ---------------------------------------------------------------------------
 // Rules.
 
-nftnl_expr* Meta(uint32_t key, uint32_t dreg) {
-  nftnl_expr* e = nftnl_expr_alloc("meta");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_META_KEY, key);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_META_DREG, dreg);
-  return e;
-}
-
-nftnl_expr* Cmp(uint32_t sreg, uint32_t op, const void* data, size_t len) {
-  nftnl_expr* e = nftnl_expr_alloc("cmp");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_SREG, sreg);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_CMP_OP, op);
-  nftnl_expr_set(e, NFTNL_EXPR_CMP_DATA, data, len);
-  return e;
-}
-
-nftnl_expr* Payload(uint32_t base, uint32_t offset, uint32_t len,
-                    uint32_t dreg) {
-  nftnl_expr* e = nftnl_expr_alloc("payload");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_BASE, base);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_OFFSET, offset);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_LEN, len);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_PAYLOAD_DREG, dreg);
-  return e;
-}
-
-// A set lookup; dreg < 0 for a plain (set) lookup.
-nftnl_expr* Lookup(const char* set, uint32_t sreg, int dreg, bool invert) {
-  nftnl_expr* e = nftnl_expr_alloc("lookup");
-  nftnl_expr_set_str(e, NFTNL_EXPR_LOOKUP_SET, set);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SET_ID, SetId(set));
-  nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_SREG, sreg);
-  if (dreg >= 0) nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_DREG, dreg);
-  // Explicit, as the kernel reports it back: rules compare equal on read.
-  nftnl_expr_set_u32(e, NFTNL_EXPR_LOOKUP_FLAGS, invert ? NFT_LOOKUP_F_INV : 0);
-  return e;
-}
-
-nftnl_expr* Verdict(int verdict, const char* chain) {
-  nftnl_expr* e = nftnl_expr_alloc("immediate");
-  nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
-  nftnl_expr_set_u32(e, NFTNL_EXPR_IMM_VERDICT, verdict);
-  if (chain != nullptr) nftnl_expr_set_str(e, NFTNL_EXPR_IMM_CHAIN, chain);
-  return e;
-}
-
-nftnl_expr* Masquerade() { return nftnl_expr_alloc("masq"); }
-
-void NfprotoIs(nftnl_rule* r, Family f) {
-  uint8_t proto = f == Family::kIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6;
-  nftnl_rule_add_expr(r, Meta(NFT_META_NFPROTO, NFT_REG_1));
-  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, NFT_CMP_EQ, &proto, 1));
-}
-
-// fib daddr type local
-void DaddrIsLocal(nftnl_rule* r) {
-  nftnl_expr* fib = nftnl_expr_alloc("fib");
-  nftnl_expr_set_u32(fib, NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
-  nftnl_expr_set_u32(fib, NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
-  nftnl_expr_set_u32(fib, NFTNL_EXPR_FIB_DREG, NFT_REG_1);
-  nftnl_rule_add_expr(r, fib);
-  uint32_t local = 2;  // RTN_LOCAL
-  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, NFT_CMP_EQ, &local, 4));
-}
-
-// ct status dnat
-void CtStatusDnat(nftnl_rule* r) {
-  nftnl_expr* ct = nftnl_expr_alloc("ct");
-  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
-  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_DREG, NFT_REG_1);
-  nftnl_rule_add_expr(r, ct);
-  uint32_t mask = IPS_DST_NAT, zero = 0;
-  nftnl_expr* bw = nftnl_expr_alloc("bitwise");
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_LEN, 4);
-  nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
-  nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
-  nftnl_rule_add_expr(r, bw);
-  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, NFT_CMP_NEQ, &zero, 4));
-}
-
-// The 32-bit register `index` (0 = NFT_REG32_00) as the kernel reports it
-// back: a register on a 16-byte boundary is named by its 128-bit alias.
-uint32_t Reg32(uint32_t index) {
-  if (index % 4 == 0) return NFT_REG_1 + index / 4;
-  return NFT_REG32_00 + index;
-}
-
-uint32_t SaddrOffset(Family f) { return f == Family::kIPv4 ? 12 : 8; }
-uint32_t DaddrOffset(Family f) { return f == Family::kIPv4 ? 16 : 24; }
-
-RulePtr NewRule(const char* chain) {
-  RulePtr r(nftnl_rule_alloc());
-  nftnl_rule_set_str(r.get(), NFTNL_RULE_TABLE, kTableName);
-  nftnl_rule_set_str(r.get(), NFTNL_RULE_CHAIN, chain);
-  nftnl_rule_set_u32(r.get(), NFTNL_RULE_FAMILY, NFPROTO_INET);
-  return r;
-}
-
-// dnat <family> to [daddr .] l4proto . dport map @m
-RulePtr DnatRule(const DnatMap& m) {
-  RulePtr r = NewRule("hostports");
-  NfprotoIs(r.get(), m.family);
-  size_t alen = AddrLen(m.family);
-  // 32-bit registers, filled in key order: [address] . l4proto . dport.
-  uint32_t reg = 0;
-  if (m.specific_host) {
-    nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
-                                         DaddrOffset(m.family), alen, Reg32(0)));
-    reg += alen / 4;
-  }
-  nftnl_rule_add_expr(r.get(), Meta(NFT_META_L4PROTO, Reg32(reg)));
-  ++reg;
-  nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, Reg32(reg)));
-  nftnl_rule_add_expr(r.get(), Lookup(m.name, NFT_REG_1, NFT_REG_1, false));
-  nftnl_expr* nat = nftnl_expr_alloc("nat");
-  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
-  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FAMILY,
-                     m.family == Family::kIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
-  // Min and max registers and flags are explicit, as the kernel reports
-  // them back, so that rules compare equal on read.
-  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
-  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1);
-  uint32_t flags = NF_NAT_RANGE_MAP_IPS;
-  if (!m.range) {
-    // The port follows the address in the data: reg32 1 after an IPv4
-    // address, reg32 4 (= 128-bit reg 2) after an IPv6 one.
-    uint32_t port_reg = Reg32(alen / 4);
-    nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_PROTO_MIN, port_reg);
-    nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_PROTO_MAX, port_reg);
-    flags |= NF_NAT_RANGE_PROTO_SPECIFIED;
-  }
-  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FLAGS, flags);
-  nftnl_rule_add_expr(r.get(), nat);
-  return r;
-}
-
-// The layout's rules in chain order. Each one but the jumps looks up one
-// set and exists only while that set has elements (Needed): a lookup in an
-// empty set changes no packet's fate, and every new connection would pay
-// for it. The jumps to hostports exist while any DNAT map has elements.
-enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost };
-struct RuleSpec {
-  const char* chain;
-  RuleKind kind;
-  const DnatMap* map = nullptr;     // kDnat
-  const PrefixSet* set = nullptr;   // kPrefix
-};
-
-const DnatMap& DnatMapNamed(const char* name) {
-  for (const DnatMap& m : kDnatMaps) {
-    if (std::strcmp(m.name, name) == 0) return m;
-  }
-  return kDnatMaps[0];
-}
-
-const std::vector<RuleSpec>& AllRules() {
-  static const std::vector<RuleSpec>* rules = [] {
-    auto* r = new std::vector<RuleSpec>;
-    r->push_back({"prerouting", RuleKind::kJump});
-    r->push_back({"output", RuleKind::kJump});
-    // Any-address maps first: they hold the common case, and a mapping on
-    // one host address never shares a port with one on any address (the
-    // port allocator refuses it), so the order decides no packet's fate.
-    for (const char* name : {"dnat4_any", "range4_any", "dnat4", "range4",
-                             "dnat6_any", "range6_any", "dnat6", "range6"}) {
-      r->push_back({"hostports", RuleKind::kDnat, &DnatMapNamed(name)});
-    }
-    for (const PrefixSet& s : kPrefixSets) {
-      r->push_back({"postrouting", RuleKind::kPrefix, nullptr, &s});
-    }
-    r->push_back({"postrouting", RuleKind::kLocalhost});
-    return r;
-  }();
-  return *rules;
-}
-
-size_t SizeOf(const SetSizes& sizes, const std::string& name) {
-  auto it = sizes.find(name);
-  return it == sizes.end() ? 0 : it->second;
-}
-
-bool Needed(const RuleSpec& spec, const SetSizes& sizes) {
-  switch (spec.kind) {
-    case RuleKind::kJump:
-      for (const DnatMap& m : kDnatMaps) {
-        if (SizeOf(sizes, m.name) > 0) return true;
-      }
-      return false;
-    case RuleKind::kDnat:
-      return SizeOf(sizes, spec.map->name) > 0;
-    case RuleKind::kPrefix:
-      return SizeOf(sizes, spec.set->name) > 0;
-    case RuleKind::kLocalhost:
-      return SizeOf(sizes, kLocalhostSet) > 0;
-  }
-  return false;
-}
-
-// The rules `sizes` calls for in `chain`, in order.
-std::vector<const RuleSpec*> NeededIn(const char* chain, const SetSizes& sizes) {
-  std::vector<const RuleSpec*> out;
-  for (const RuleSpec& spec : AllRules()) {
-    if (std::strcmp(spec.chain, chain) == 0 && Needed(spec, sizes)) {
-      out.push_back(&spec);
-    }
-  }
-  return out;
-}
-
-RulePtr BuildRule(const RuleSpec& spec) {
-  switch (spec.kind) {
-    case RuleKind::kJump: {
-      // fib daddr type local jump hostports
-      RulePtr r = NewRule(spec.chain);
-      DaddrIsLocal(r.get());
-      nftnl_rule_add_expr(r.get(), Verdict(NFT_JUMP, "hostports"));
-      return r;
-    }
-    case RuleKind::kDnat:
-      return DnatRule(*spec.map);
-    case RuleKind::kPrefix: {
-      const PrefixSet& s = *spec.set;
-      RulePtr r = NewRule("postrouting");
-      const uint32_t alen = AddrLen(s.family);
-      if (s.kind == PrefixKind::kHairpin) CtStatusDnat(r.get());
-      NfprotoIs(r.get(), s.family);
-      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
-                                           SaddrOffset(s.family), alen, NFT_REG_1));
-      nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1, false));
-      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
-                                           DaddrOffset(s.family), alen, NFT_REG_1));
-      // Hairpin: source and destination both in the networks. Masquerade:
-      // destination outside them.
-      nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1,
-                                          s.kind == PrefixKind::kMasquerade));
-      nftnl_rule_add_expr(r.get(), Masquerade());
-      return r;
-    }
-    case RuleKind::kLocalhost: {
-      // oifname @localhost_ifaces ip saddr 127.0.0.0/8 masquerade
-      RulePtr r = NewRule("postrouting");
-      nftnl_rule_add_expr(r.get(), Meta(NFT_META_OIFNAME, NFT_REG_1));
-      nftnl_rule_add_expr(r.get(), Lookup(kLocalhostSet, NFT_REG_1, -1, false));
-      NfprotoIs(r.get(), Family::kIPv4);
-      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 1, NFT_REG_1));
-      uint8_t loopback = 127;
-      nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, &loopback, 1));
-      nftnl_rule_add_expr(r.get(), Masquerade());
-      return r;
-    }
-  }
-  return nullptr;
-}
-
-// Every rule `sizes` calls for, in chain order.
-std::vector<const RuleSpec*> LayoutRules(const SetSizes& sizes) {
-  std::vector<const RuleSpec*> rules;
-  for (const RuleSpec& spec : AllRules()) {
-    if (Needed(spec, sizes)) rules.push_back(&spec);
-  }
-  return rules;
-}
-
 // "add rule to chain hostports: dnat through map dnat4_any".
 std::string RuleWhat(const RuleSpec& spec) {
   std::string what = absl::StrCat("add rule to chain ", spec.chain, ": ");
@@ -583,103 +250,6 @@ void EncodeRule(Builder& b, const RuleSpec& spec) {
       b.Start(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, RuleWhat(spec)),
       rule.get());
   b.Done();
-}
-
-// ---------------------------------------------------------------------------
-// Chains and sets.
-
-struct ChainSpec {
-  const char* name;
-  const char* type;  // nullptr for a regular chain
-  uint32_t hook;
-  int32_t priority;
-};
-constexpr ChainSpec kChains[] = {
-    {"hostports", nullptr, 0, 0},
-    {"prerouting", "nat", NF_INET_PRE_ROUTING, -100},
-    {"output", "nat", NF_INET_LOCAL_OUT, -100},
-    {"postrouting", "nat", NF_INET_POST_ROUTING, 100},
-};
-
-ChainPtr NewChain(const ChainSpec& spec) {
-  ChainPtr c(nftnl_chain_alloc());
-  nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
-  nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, spec.name);
-  nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-  if (spec.type != nullptr) {
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, spec.type);
-    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, spec.hook);
-    nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, spec.priority);
-    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-  }
-  return c;
-}
-
-struct SetSpec {
-  std::string name;
-  uint32_t flags;
-  uint32_t key_type, key_len;
-  uint32_t data_type, data_len;
-  std::vector<uint8_t> concat;  // field lengths, for interval concatenations
-};
-
-std::vector<SetSpec> LayoutSets() {
-  std::vector<SetSpec> sets;
-  for (const DnatMap& m : kDnatMaps) {
-    SetSpec s;
-    s.name = m.name;
-    uint32_t addr_type = m.family == Family::kIPv4 ? kTypeIpv4 : kTypeIpv6;
-    uint32_t alen = AddrLen(m.family);
-    s.key_type = (kTypeProto << kTypeBits) | kTypeService;
-    s.key_len = 8;
-    if (m.specific_host) {
-      s.key_type = (((addr_type << kTypeBits) | kTypeProto) << kTypeBits) |
-                   kTypeService;
-      s.key_len += alen;
-    }
-    s.flags = NFT_SET_MAP;
-    if (m.range) {
-      s.flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
-      s.data_type = addr_type;
-      s.data_len = alen;
-      if (m.specific_host) s.concat.push_back(alen);
-      s.concat.push_back(1);
-      s.concat.push_back(2);
-    } else {
-      s.data_type = (addr_type << kTypeBits) | kTypeService;
-      s.data_len = alen + 4;
-    }
-    sets.push_back(s);
-  }
-  for (const PrefixSet& p : kPrefixSets) {
-    sets.push_back(SetSpec{p.name, NFT_SET_INTERVAL,
-                           p.family == Family::kIPv4 ? kTypeIpv4 : kTypeIpv6,
-                           static_cast<uint32_t>(AddrLen(p.family)), 0, 0, {}});
-  }
-  sets.push_back(SetSpec{kLocalhostSet, 0, kTypeIfname, IFNAMSIZ, 0, 0, {}});
-  return sets;
-}
-
-SetPtr NewSet(const SetSpec& spec) {
-  SetPtr s = SetRef(spec.name.c_str());
-  nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, spec.flags);
-  nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, spec.key_type);
-  nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, spec.key_len);
-  if (spec.flags & NFT_SET_MAP) {
-    nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_TYPE, spec.data_type);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_DATA_LEN, spec.data_len);
-  }
-  if (!spec.concat.empty()) {
-    nftnl_set_set_data(s.get(), NFTNL_SET_DESC_CONCAT, spec.concat.data(),
-                       spec.concat.size());
-  }
-  return s;
-}
-
-std::string SetSpecSignature(uint32_t flags, uint32_t key_len,
-                             uint32_t data_len) {
-  return absl::StrCat("flags 0x", absl::Hex(flags), " key ", key_len,
-                      " data ", data_len);
 }
 
 }  // namespace
@@ -790,12 +360,6 @@ EncodedBatch EncodeDeleteTable(uint32_t first_seq) {
   b.Done();
   b.End();
   return b.Take();
-}
-
-std::vector<std::string> SetNames() {
-  std::vector<std::string> names;
-  for (const SetSpec& s : LayoutSets()) names.push_back(s.name);
-  return names;
 }
 
 absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
@@ -928,67 +492,6 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                                             foreign.front()));
   }
   return absl::OkStatus();
-}
-
-std::string RuleSignature(nftnl_rule* rule) {
-  std::string sig;
-  nftnl_expr_foreach(
-      rule,
-      [](nftnl_expr* e, void* data) -> int {
-        auto* out = static_cast<std::string*>(data);
-        char buf[512];
-        nftnl_expr_snprintf(buf, sizeof(buf), e, NFTNL_OUTPUT_DEFAULT, 0);
-        absl::StrAppend(out, "[ ", nftnl_expr_get_str(e, NFTNL_EXPR_NAME), " ",
-                        buf, " ]");
-        return 0;
-      },
-      &sig);
-  return sig;
-}
-
-std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
-    const SetSizes& sizes) {
-  std::map<std::string, std::vector<std::string>> out;
-  for (const ChainSpec& spec : kChains) out[spec.name];
-  for (const RuleSpec* spec : LayoutRules(sizes)) {
-    out[spec->chain].push_back(RuleSignature(BuildRule(*spec).get()));
-  }
-  return out;
-}
-
-std::map<std::string, std::string> ExpectedChains() {
-  std::map<std::string, std::string> out;
-  for (const ChainSpec& spec : kChains) {
-    out[spec.name] = ChainSignature(NewChain(spec).get());
-  }
-  return out;
-}
-
-std::string ChainSignature(const nftnl_chain* c) {
-  if (!nftnl_chain_is_set(c, NFTNL_CHAIN_TYPE)) return "regular";
-  return absl::StrCat(nftnl_chain_get_str(c, NFTNL_CHAIN_TYPE), " hook ",
-                      nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM), " priority ",
-                      nftnl_chain_get_s32(c, NFTNL_CHAIN_PRIO), " policy ",
-                      nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY)
-                          ? nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY)
-                          : NF_ACCEPT);
-}
-
-std::map<std::string, std::string> ExpectedSets() {
-  std::map<std::string, std::string> out;
-  for (const SetSpec& s : LayoutSets()) {
-    out[s.name] = SetSpecSignature(s.flags, s.key_len,
-                                   (s.flags & NFT_SET_MAP) ? s.data_len : 0);
-  }
-  return out;
-}
-
-std::string SetSignature(const nftnl_set* s) {
-  uint32_t flags = nftnl_set_get_u32(s, NFTNL_SET_FLAGS);
-  return SetSpecSignature(flags, nftnl_set_get_u32(s, NFTNL_SET_KEY_LEN),
-                          (flags & NFT_SET_MAP)
-                              ? nftnl_set_get_u32(s, NFTNL_SET_DATA_LEN)
-                              : 0);
 }
 
 }  // namespace fabric::nat::nftables

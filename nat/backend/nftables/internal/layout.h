@@ -1,0 +1,154 @@
+// The kernel layout of table `inet fabric_nat` that encode.h draws: its maps
+// and sets, chains and rules, as specs and as libnftnl objects, and which
+// rules the set sizes call for.
+//
+// Internal to nat/backend/nftables: encode.cc builds its netlink messages
+// from these; layout.cc defines them, and the layout signatures Read()
+// checks (declared in encode.h). Constant tables and pure functions:
+// thread-safe.
+#pragma once
+
+#include <libnftnl/chain.h>
+#include <libnftnl/rule.h>
+#include <libnftnl/set.h>
+#include <libnftnl/table.h>
+#include <linux/netfilter.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nat/backend/nftables/encode.h"
+#include "nat/types.h"
+
+namespace fabric::nat::nftables::internal {
+
+// ---------------------------------------------------------------------------
+// The layout's maps and sets.
+
+struct DnatMap {
+  const char* name;
+  Family family;
+  bool specific_host;  // key starts with the host address
+  bool range;          // interval map, data is the address only
+};
+
+inline constexpr DnatMap kDnatMaps[] = {
+    {"dnat4", Family::kIPv4, true, false},
+    {"dnat4_any", Family::kIPv4, false, false},
+    {"range4", Family::kIPv4, true, true},
+    {"range4_any", Family::kIPv4, false, true},
+    {"dnat6", Family::kIPv6, true, false},
+    {"dnat6_any", Family::kIPv6, false, false},
+    {"range6", Family::kIPv6, true, true},
+    {"range6_any", Family::kIPv6, false, true},
+};
+
+enum class PrefixKind { kMasquerade, kHairpin };
+struct PrefixSet {
+  const char* name;
+  Family family;
+  PrefixKind kind;
+};
+inline constexpr PrefixSet kPrefixSets[] = {
+    {"masq4", Family::kIPv4, PrefixKind::kMasquerade},
+    {"masq6", Family::kIPv6, PrefixKind::kMasquerade},
+    {"hairpin4", Family::kIPv4, PrefixKind::kHairpin},
+    {"hairpin6", Family::kIPv6, PrefixKind::kHairpin},
+};
+inline constexpr char kLocalhostSet[] = "localhost_ifaces";
+
+// The map that holds `e`.
+const DnatMap& MapFor(const DnatElement& e);
+
+// Bytes in an address of family `f`.
+size_t AddrLen(Family f);
+
+// ---------------------------------------------------------------------------
+// RAII for libnftnl objects.
+
+struct TableFree {
+  void operator()(nftnl_table* t) const { nftnl_table_free(t); }
+};
+struct ChainFree {
+  void operator()(nftnl_chain* c) const { nftnl_chain_free(c); }
+};
+struct SetFree {
+  void operator()(nftnl_set* s) const { nftnl_set_free(s); }
+};
+struct RuleFree {
+  void operator()(nftnl_rule* r) const { nftnl_rule_free(r); }
+};
+using TablePtr = std::unique_ptr<nftnl_table, TableFree>;
+using ChainPtr = std::unique_ptr<nftnl_chain, ChainFree>;
+using SetPtr = std::unique_ptr<nftnl_set, SetFree>;
+using RulePtr = std::unique_ptr<nftnl_rule, RuleFree>;
+
+// A reference to set `name` of our table, by name and by set id: the id
+// ties a set created in a batch to the rules and elements that use it in
+// the same batch.
+SetPtr SetRef(const char* name);
+
+// ---------------------------------------------------------------------------
+// Rules.
+
+// The layout's rules in chain order. Each one but the jumps looks up one
+// set and exists only while that set has elements (Needed): a lookup in an
+// empty set changes no packet's fate, and every new connection would pay
+// for it. The jumps to hostports exist while any DNAT map has elements.
+enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost };
+struct RuleSpec {
+  const char* chain;
+  RuleKind kind;
+  const DnatMap* map = nullptr;     // kDnat
+  const PrefixSet* set = nullptr;   // kPrefix
+};
+
+// An empty rule of our table in `chain`.
+RulePtr NewRule(const char* chain);
+
+// The rules `sizes` calls for in `chain`, in order.
+std::vector<const RuleSpec*> NeededIn(const char* chain, const SetSizes& sizes);
+
+// The rule `spec` describes, built as the kernel reports it back.
+RulePtr BuildRule(const RuleSpec& spec);
+
+// Every rule `sizes` calls for, in chain order.
+std::vector<const RuleSpec*> LayoutRules(const SetSizes& sizes);
+
+// ---------------------------------------------------------------------------
+// Chains and sets.
+
+struct ChainSpec {
+  const char* name;
+  const char* type;  // nullptr for a regular chain
+  uint32_t hook;
+  int32_t priority;
+};
+inline constexpr ChainSpec kChains[] = {
+    {"hostports", nullptr, 0, 0},
+    {"prerouting", "nat", NF_INET_PRE_ROUTING, -100},
+    {"output", "nat", NF_INET_LOCAL_OUT, -100},
+    {"postrouting", "nat", NF_INET_POST_ROUTING, 100},
+};
+
+// A new chain made from `spec`, ready to create.
+ChainPtr NewChain(const ChainSpec& spec);
+
+struct SetSpec {
+  std::string name;
+  uint32_t flags;
+  uint32_t key_type, key_len;
+  uint32_t data_type, data_len;
+  std::vector<uint8_t> concat;  // field lengths, for interval concatenations
+};
+
+// Every map and set of the layout, in the order a replace creates them.
+std::vector<SetSpec> LayoutSets();
+
+// A new set made from `spec`, ready to create.
+SetPtr NewSet(const SetSpec& spec);
+
+}  // namespace fabric::nat::nftables::internal
