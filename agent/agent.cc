@@ -180,12 +180,17 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(config.state_dir);
   if (!store.ok()) return store.status();
+  // The table carries the id of the store that made it: another agent's
+  // table (one whose run dir this agent does not share, or that ran
+  // before with another state) is not this store's to rewrite.
+  agent->backend_->SetOwner((*store)->id());
+  agent->reader_->SetOwner((*store)->id());
+  absl::StatusOr<nat::KernelState> kernel = agent->backend_->Read();
+  if (!kernel.ok()) return kernel.status();
   // A store that is not there (a new or wrong --state_dir, a lost hostPath,
   // an emptied file) is not the truth while the kernel holds our rules:
   // making the kernel match it would unpublish every container.
   if ((*store)->fresh() && !config.reset_state) {
-    absl::StatusOr<nat::KernelState> kernel = agent->backend_->Read();
-    if (!kernel.ok()) return kernel.status();
     if (kernel->table_present && !kernel->rules.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the state database ", (*store)->path(), " is new or empty, but the kernel's ",
@@ -195,6 +200,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
           "state (or restore a backup there), or start with --reset_state to begin "
           "empty and remove those entries."));
     }
+  }
+  if (kernel->table_present && !kernel->owner.empty() && kernel->owner != (*store)->id()) {
+    if (!config.reset_state) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the kernel's table belongs to another agent's state (", kernel->owner,
+          "; this one's is ", (*store)->id(), " in ", (*store)->path(),
+          "). The agent will not start and leaves the kernel as it is. Start it with "
+          "that agent's --state_dir (or a backup of it), or with --reset_state to take "
+          "the table over and remove its entries."));
+    }
+    // Taken over: rebuilt with this store's marker and contents.
+    if (absl::Status s = agent->backend_->DeleteTable(); !s.ok()) return s;
   }
   CoreOptions core_options;
   core_options.dynamic_lo = range->first;

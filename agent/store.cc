@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -173,6 +174,24 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
         "PRAGMA user_version=1;"
         "COMMIT;");
     if (!s.ok()) return s;
+  }
+  // The store's id: made once (stores from before it get one now).
+  {
+    Statement s(db, "SELECT value FROM meta WHERE key='store_id'");
+    if (s.ok() && sqlite3_step(s.get()) == SQLITE_ROW) {
+      store->id_ = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
+    }
+  }
+  if (store->id_.empty()) {
+    std::ifstream random("/dev/urandom", std::ios::binary);
+    unsigned char bytes[16] = {};
+    random.read(reinterpret_cast<char*>(bytes), sizeof(bytes));
+    std::string id = "fabric-nat-store-";
+    for (unsigned char b : bytes) absl::StrAppend(&id, absl::Hex(b, absl::kZeroPad2));
+    Statement put(db, "INSERT OR REPLACE INTO meta VALUES('store_id', ?1)");
+    put.BindText(1, id);
+    if (!put.Run()) return SqlError(db, "write the store id");
+    store->id_ = id;
   }
   return store;
 }

@@ -88,6 +88,9 @@ class Store {
   // a new one: the agent must not take an empty store as the truth while
   // the kernel still holds its rules.
   bool fresh() const { return fresh_; }
+  // A random id made when the store was made (kept in its meta table, so
+  // backups carry it): the marker the agent leaves on its kernel table.
+  const std::string& id() const { return id_; }
   static constexpr int kSchemaVersion = 1;
 
  private:
@@ -97,6 +100,7 @@ class Store {
   sqlite3* db_;
   std::string path_;
   bool fresh_ = false;
+  std::string id_;
 };
 
 // "cid/ifname/network": the owner id of an attachment's mappings.

@@ -52,6 +52,9 @@ struct KernelState {
   std::string problem;
   // The elements found in our maps and sets (whatever the layout's state).
   RuleSet rules;
+  // The marker of the agent that made the table (Backend::SetOwner), if
+  // the backend keeps one; empty otherwise.
+  std::string owner;
 };
 
 class Backend {
@@ -88,6 +91,11 @@ class Backend {
   // The generation right after this backend's last successful Apply or
   // Replace, if it knows it.
   virtual std::optional<uint32_t> LastChangeGeneration() const { return std::nullopt; }
+
+  // The marker Replace leaves on the table (the agent's store id), read back
+  // into KernelState::owner, so that an agent can tell a table another
+  // agent made. Backends without a place for it ignore it (iptables).
+  virtual void SetOwner(const std::string& owner) {}
 };
 
 // What Sync did.

@@ -327,6 +327,36 @@ TEST_F(AgentTest, EmptyOrMissingStoreRefusesToStartWhileTheKernelHoldsRules) {
               IsOkAndHolds(Not(HasSubstr("8080"))));
 }
 
+// Issue 10, item 2, the marker: the table carries the id of the store that
+// made it, so an agent with another state (one that does not share the
+// first's run dir, or runs after it) does not rewrite it.
+TEST_F(AgentTest, AnotherStatesTableIsNotRewrittenWithoutResetState) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  agent_->Stop();
+  testing::ScopedTempDir other("agent2");
+  ASSERT_OK(agent::Store::Open(other.path() + "/state").status());  // not new
+  auto refused = AgentProcess::Start(ns_.get(), other.path(), "--metrics_address=");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("the kernel's table belongs to another agent's state (fabric-nat-store-"));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
+              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+  // Taken over explicitly: the table is the new state's, empty.
+  {
+    ASSERT_OK_AND_ASSIGN(auto taken, AgentProcess::Start(ns_.get(), other.path(),
+                                                         "--metrics_address= --reset_state"));
+    EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
+                IsOkAndHolds(Not(HasSubstr("8080"))));
+    taken->Stop();
+  }
+  // Now the first state is the other one.
+  auto first_again = AgentProcess::Start(ns_.get(), dir_, "--metrics_address=");
+  ASSERT_FALSE(first_again.ok());
+  EXPECT_THAT(std::string(first_again.status().message()),
+              HasSubstr("belongs to another agent's state"));
+}
+
 // A second agent (its own --state_dir and --socket) in the same network
 // namespace is refused before it changes the kernel, naming the first.
 TEST_F(AgentTest, ASecondAgentInTheSameNamespaceIsRefusedBeforeTouchingTheKernel) {

@@ -310,7 +310,8 @@ EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
   return b.Take();
 }
 
-EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq) {
+EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
+                           const std::string& owner) {
   Builder b(first_seq);
   b.Begin();
   TablePtr table = NewTable();
@@ -323,10 +324,15 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq) {
       b.Start(NFT_MSG_DELTABLE, 0, "delete table inet fabric_nat"),
       table.get());
   b.Done();
+  TablePtr owned = NewTable();
+  if (!owner.empty()) {
+    nftnl_table_set_data(owned.get(), NFTNL_TABLE_USERDATA, owner.data(),
+                         static_cast<uint32_t>(owner.size()));
+  }
   nftnl_table_nlmsg_build_payload(
       b.Start(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL,
               "recreate table inet fabric_nat"),
-      table.get());
+      owned.get());
   b.Done();
   for (const ChainSpec& spec : kChains) {
     ChainPtr c = NewChain(spec);

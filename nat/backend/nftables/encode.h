@@ -77,7 +77,10 @@ EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
 
 // Deletes our table (if present) and recreates it holding exactly `desired`
 // and the rules it calls for, in one transaction.
-EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq);
+// `owner`, when not empty, is stored as the table's user data: the marker
+// of the agent (its store's id) that owns the table.
+EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
+                           const std::string& owner = "");
 
 // Deletes our table. Fails with ENOENT in the kernel when it is absent.
 EncodedBatch EncodeDeleteTable(uint32_t first_seq);

@@ -220,7 +220,7 @@ absl::Status NftablesBackend::Replace(const RuleSet& desired) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
   uint32_t first = socket_->ReserveSeq(0);
-  nftables::EncodedBatch encoded = nftables::EncodeReplace(desired, first);
+  nftables::EncodedBatch encoded = nftables::EncodeReplace(desired, first, owner_);
   socket_->ReserveSeq(encoded.next_seq - first);
   if (absl::Status s = Send(encoded, "table replacement"); !s.ok()) return s;
   sizes_ = nftables::SizesOf(desired);
@@ -276,7 +276,17 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
         nftnl_table_free(t);
         return nlh;
       },
-      [](const nlmsghdr*) { return absl::OkStatus(); });
+      [&state](const nlmsghdr* reply) {
+        nftnl_table* t = nftnl_table_alloc();
+        if (nftnl_table_nlmsg_parse(reply, t) == 0 &&
+            nftnl_table_is_set(t, NFTNL_TABLE_USERDATA)) {
+          uint32_t len = 0;
+          const void* data = nftnl_table_get_data(t, NFTNL_TABLE_USERDATA, &len);
+          if (data != nullptr) state.owner.assign(static_cast<const char*>(data), len);
+        }
+        nftnl_table_free(t);
+        return absl::OkStatus();
+      });
   if (table.code() == absl::StatusCode::kNotFound) return state;
   if (!table.ok()) return table;
   state.table_present = true;

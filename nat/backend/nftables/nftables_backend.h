@@ -39,6 +39,7 @@ class NftablesBackend : public Backend {
   // listeners can tell our own changes from someone else's.
   uint32_t last_generation() const { return last_generation_; }
   absl::StatusOr<uint32_t> Generation() const override;
+  void SetOwner(const std::string& owner) override { owner_ = owner; }
   std::optional<uint32_t> LastChangeGeneration() const override {
     if (last_generation_ == 0) return std::nullopt;
     return last_generation_;
@@ -55,6 +56,7 @@ class NftablesBackend : public Backend {
 
   std::unique_ptr<netlink::NetlinkSocket> socket_;
   uint32_t last_generation_ = 0;
+  std::string owner_;
   // The kernel's set sizes as of our last Read, Replace or Apply; nullopt
   // before the first, after DeleteTable, or when a batch's fate is unknown
   // (the socket failed). Apply reads the kernel first when it is nullopt.
