@@ -416,6 +416,19 @@ class LeaseTest : public CoreTest {
     CoreTest::SetUp();
     core_->SetExternalAddress(*nat::IpAddress::Parse("203.0.113.7"));
   }
+  // A PCP MAP from 192.168.77.12:81 that wants `suggested` or nothing.
+  static LeaseRequest PcpPreferFailure(uint16_t suggested) {
+    LeaseRequest r;
+    r.kind = v1::OWNER_KIND_PCP;
+    r.client = *nat::IpAddress::Parse("192.168.77.12");
+    r.internal_port = 81;
+    r.suggested_port = suggested;
+    r.lifetime = 60;
+    r.nonce = "nonce-12byte";
+    r.prefer_failure = true;
+    return r;
+  }
+
   LeaseResult Map(const char* client, uint16_t internal, uint16_t suggested,
                   uint32_t lifetime, nat::Protocol p = nat::Protocol::kTcp,
                   v1::OwnerKind kind = v1::OWNER_KIND_NATPMP, std::string nonce = "") {
@@ -453,15 +466,7 @@ TEST_F(LeaseTest, TakenSuggestionGetsAnotherPortUnlessPreferFailure) {
   LeaseResult r = Map("192.168.77.11", 80, 8080, 3600);
   ASSERT_EQ(r.outcome, LeaseOutcome::kOk);
   EXPECT_NE(r.external_port, 8080);
-  LeaseRequest pf;
-  pf.kind = v1::OWNER_KIND_PCP;
-  pf.client = *nat::IpAddress::Parse("192.168.77.12");
-  pf.internal_port = 81;
-  pf.suggested_port = 8080;
-  pf.lifetime = 60;
-  pf.nonce = "nonce-12byte";
-  pf.prefer_failure = true;
-  r = core_->Lease(pf, policy_);
+  r = core_->Lease(PcpPreferFailure(8080), policy_);
   EXPECT_EQ(r.outcome, LeaseOutcome::kCannotProvide);
   EXPECT_THAT(r.detail, HasSubstr("NAT-PMP lease of 192.168.77.10"));
 }
@@ -669,15 +674,7 @@ TEST_F(LeaseTest, LeasesAvoidTheContainersDynamicRange) {
   }
   ASSERT_OK(core_->Attach(Container("c1", "10.22.0.5/16", 0, 80)).status());
   // PREFER_FAILURE there: cannot provide, saying why.
-  LeaseRequest pf;
-  pf.kind = v1::OWNER_KIND_PCP;
-  pf.client = *nat::IpAddress::Parse("192.168.77.12");
-  pf.internal_port = 81;
-  pf.suggested_port = 40060;
-  pf.lifetime = 60;
-  pf.nonce = "nonce-12byte";
-  pf.prefer_failure = true;
-  r = core_->Lease(pf, policy_);
+  r = core_->Lease(PcpPreferFailure(40060), policy_);
   EXPECT_EQ(r.outcome, LeaseOutcome::kCannotProvide);
   EXPECT_THAT(r.detail, HasSubstr("outside 1024-65535 outside the containers' 40000-40099"));
   // Turned off, the whole range is available again.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cni/agent_client.h"
+#include "cni/versions.h"
 
 namespace fabric::cni {
 
@@ -28,12 +29,6 @@ enum PluginCode {
   kRulesMissing = 102,      // CHECK: the kernel lacks the attachment's rules
   kAgentError = 103,        // any other agent failure
 };
-
-inline const std::vector<std::string>& SupportedVersions() {
-  static const auto* v = new std::vector<std::string>{"0.3.0", "0.3.1", "0.4.0",
-                                                      "1.0.0", "1.1.0"};
-  return *v;
-}
 
 struct Invocation {
   std::map<std::string, std::string> env;  // CNI_* variables

@@ -191,27 +191,21 @@ Writer::ReadKernelConsistent() const {
 
 absl::StatusOr<nat::SyncReport> Writer::Resync() {
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, state_.Desired());
-  if (report.ok()) KnownGoodNowLocked();
-  if (report.ok() && report->action != nat::SyncReport::Action::kNone) {
-    ++repairs_;
-    last_repair_ = options_.now();
-    PublishLocked({});
-  }
+  absl::StatusOr<nat::SyncReport> report = RepairLocked();
   malloc_trim(0);
   return report;
 }
 
-absl::Status Writer::RepairLocked() {
+absl::StatusOr<nat::SyncReport> Writer::RepairLocked() {
   absl::StatusOr<nat::SyncReport> report = nat::Sync(*backend_, state_.Desired());
-  if (!report.ok()) return report.status();
+  if (!report.ok()) return report;
   KnownGoodNowLocked();
   if (report->action != nat::SyncReport::Action::kNone) {
     ++repairs_;
     last_repair_ = options_.now();
     PublishLocked({});
   }
-  return absl::OkStatus();
+  return report;
 }
 
 bool Writer::KernelDrifted(const absl::Status& s) {

@@ -119,8 +119,9 @@ class Writer {
   // REQUIRES: mu_ held.
   void PublishLocked(std::vector<v1::MappingEvent> events);
   absl::Status CheckLocked(absl::Time deadline) const;
-  // REQUIRES: mu_ held. Sync of the kernel to the state; counts a repair.
-  absl::Status RepairLocked();
+  // REQUIRES: mu_ held. Sync of the kernel to the state; counts a repair
+  // when it changed anything.
+  absl::StatusOr<nat::SyncReport> RepairLocked();
   // The kernel refused a batch because it does not hold what the state
   // says (an element missing or already there).
   static bool KernelDrifted(const absl::Status& s);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "cni/versions.h"
 #include "nlohmann/json.hpp"
 
 namespace fabric::agent::install {
@@ -24,13 +25,6 @@ namespace {
 using json = nlohmann::ordered_json;
 
 constexpr char kPluginName[] = "fabric-nat";
-// Versions fabric-nat accepts (cni/plugin.h); a chain needs 0.3.0 or later.
-const std::vector<std::string>& PluginVersions() {
-  static const auto* v =
-      new std::vector<std::string>{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
-  return *v;
-}
-
 absl::Status Errno(const std::string& what, const std::string& path, int err) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(err)));
 }
@@ -132,12 +126,12 @@ absl::StatusOr<json> ParseList(const std::string& file, const std::string& data)
   std::string version = "(none)";
   if (j.contains("cniVersion") && j["cniVersion"].is_string()) {
     version = j["cniVersion"].get<std::string>();
-    const auto& all = PluginVersions();
+    const auto& all = cni::SupportedVersions();
     version_ok = std::find(all.begin(), all.end(), version) != all.end();
   }
   if (!version_ok && j.contains("cniVersions") && j["cniVersions"].is_array()) {
     for (const json& v : j["cniVersions"]) {
-      const auto& all = PluginVersions();
+      const auto& all = cni::SupportedVersions();
       if (v.is_string() && std::find(all.begin(), all.end(), v.get<std::string>()) != all.end()) {
         version_ok = true;
       }
@@ -146,7 +140,7 @@ absl::StatusOr<json> ParseList(const std::string& file, const std::string& data)
   if (!version_ok) {
     return absl::InvalidArgumentError(absl::StrCat(
         file, ": cniVersion ", version, " cannot chain fabric-nat, which needs one of ",
-        absl::StrJoin(PluginVersions(), ", ")));
+        absl::StrJoin(cni::SupportedVersions(), ", ")));
   }
   return j;
 }

@@ -238,6 +238,25 @@ v1::Attachment MakeAttachment(const std::string& container_id, const std::string
   return a;
 }
 
+Round AttachThenDetach(Client& c, const v1::Attachment& a) {
+  Round r;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::AttachRequest req;
+  *req.mutable_attachment() = a;
+  v1::AttachResponse resp;
+  auto t0 = Clock::now();
+  r.attached = c.attachments->Attach(&ctx, req, &resp).ok();
+  r.attach_ms = Ms(Clock::now() - t0);
+  grpc::ClientContext ctx2;
+  SetDeadline(&ctx2);
+  v1::DetachRequest dreq;
+  *dreq.mutable_key() = a.key();
+  v1::DetachResponse dresp;
+  r.detached = c.attachments->Detach(&ctx2, dreq, &dresp).ok();
+  return r;
+}
+
 absl::Status PrefillAttachments(const std::string& state_dir, int n) {
   auto store = agent::Store::Open(state_dir);
   if (!store.ok()) return store.status();

@@ -98,6 +98,14 @@ absl::Status PrefillAttachments(const std::string& state_dir, int n);
 v1::Attachment MakeAttachment(const std::string& container_id, const std::string& address,
                               v1::Protocol protocol, int host_port, int container_port);
 
+// One Attach (timed) and the Detach after it, as a runtime's ADD and DEL.
+struct Round {
+  bool attached = false;
+  bool detached = false;
+  double attach_ms = 0;
+};
+Round AttachThenDetach(Client& c, const v1::Attachment& a);
+
 // GET `path` on 127.0.0.1:`port` from the calling thread's namespace; the
 // HTTP status code, or -1.
 int HttpGet(int port, const std::string& path);

@@ -231,27 +231,14 @@ int Run() {
         Client c((*agent)->NewChannel());
         v1::Attachment a = MakeAttachment("udp-add", "10.210.0.2/16", v1::PROTOCOL_UDP, 7000, 53);
         while (!load_stop) {
-          grpc::ClientContext ctx;
-          SetDeadline(&ctx);
-          v1::AttachRequest req;
-          *req.mutable_attachment() = a;
-          v1::AttachResponse resp;
-          auto t0 = Clock::now();
-          grpc::Status s = c.attachments->Attach(&ctx, req, &resp);
-          double ms = Ms(Clock::now() - t0);
-          grpc::ClientContext ctx2;
-          SetDeadline(&ctx2);
-          v1::DetachRequest dreq;
-          *dreq.mutable_key() = a.key();
-          v1::DetachResponse dresp;
-          grpc::Status s2 = c.attachments->Detach(&ctx2, dreq, &dresp);
+          Round r = AttachThenDetach(c, a);
           std::lock_guard<std::mutex> l(load_mu);
-          if (s.ok()) {
-            udp_add_ms.push_back(ms);
+          if (r.attached) {
+            udp_add_ms.push_back(r.attach_ms);
           } else {
             ++load_errors[phase];
           }
-          if (!s2.ok()) ++load_errors[phase];
+          if (!r.detached) ++load_errors[phase];
         }
       });
     } else if (phase == kRebuild) {
@@ -297,27 +284,14 @@ int Run() {
                 absl::StrFormat("c%02d-%d", k, slot),
                 absl::StrCat("10.220.", k, ".", 2 + slot, "/16"), v1::PROTOCOL_TCP,
                 30000 + k * 8 + slot, 80);
-            grpc::ClientContext ctx;
-            SetDeadline(&ctx);
-            v1::AttachRequest req;
-            *req.mutable_attachment() = a;
-            v1::AttachResponse resp;
-            auto t0 = Clock::now();
-            grpc::Status s = c.attachments->Attach(&ctx, req, &resp);
-            double ms = Ms(Clock::now() - t0);
-            grpc::ClientContext ctx2;
-            SetDeadline(&ctx2);
-            v1::DetachRequest dreq;
-            *dreq.mutable_key() = a.key();
-            v1::DetachResponse dresp;
-            grpc::Status s2 = c.attachments->Detach(&ctx2, dreq, &dresp);
+            Round r = AttachThenDetach(c, a);
             std::lock_guard<std::mutex> l(load_mu);
-            if (s.ok()) {
-              attach32_ms.push_back(ms);
+            if (r.attached) {
+              attach32_ms.push_back(r.attach_ms);
             } else {
               ++load_errors[phase];
             }
-            if (!s2.ok()) ++load_errors[phase];
+            if (!r.detached) ++load_errors[phase];
           }
         });
       }
