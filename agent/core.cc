@@ -186,6 +186,19 @@ LeaseResult AgentCore::Lease(const LeaseRequest& request, const LeasePolicy& pol
   return {outcome, 0, 0, std::string(r.status().message())};
 }
 
+UpnpResult AgentCore::Upnp(const UpnpRequest& request, const LeasePolicy& policy) {
+  absl::StatusOr<UpnpResult> r = writer_.Mutate<UpnpResult>(
+      absl::InfiniteFuture(), [&](Txn& txn) -> absl::StatusOr<UpnpResult> {
+        return owners::Upnp(txn, request, policy, conntrack_);
+      });
+  if (r.ok()) return *r;
+  UpnpResult failed;
+  failed.outcome = writer_.snapshot()->ready ? UpnpOutcome::kActionFailed
+                                             : UpnpOutcome::kNetworkFailure;
+  failed.detail = std::string(r.status().message());
+  return failed;
+}
+
 int AgentCore::ExpireLeases() {
   absl::StatusOr<int> n = writer_.Mutate<int>(absl::InfiniteFuture(), [&](Txn& txn) {
     int expired = owners::ExpireLeases(txn, conntrack_);

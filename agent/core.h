@@ -31,6 +31,7 @@
 #include "agent/core/snapshot.h"
 #include "agent/core/writer.h"
 #include "agent/owners/leases.h"
+#include "agent/owners/upnp.h"
 #include "agent/store.h"
 #include "fabric/nat/v1/nat.pb.h"
 #include "nat/backend/backend.h"
@@ -94,6 +95,8 @@ class AgentCore {
   // protocol). A refresh keeps the external port; deleting what does not
   // exist succeeds.
   LeaseResult Lease(const LeaseRequest& request, const LeasePolicy& policy);
+  // UPnP IGD port mappings (agent/owners/upnp.h). Not ready: kNetworkFailure.
+  UpnpResult Upnp(const UpnpRequest& request, const LeasePolicy& policy);
   // Removes leases whose lifetime ran out, in one batch. Returns how many.
   int ExpireLeases();
   // The external (WAN) address leases are published on; moving it moves

@@ -5,6 +5,7 @@
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnftnl/table.h>
 #include <microhttpd.h>
+#include <pugixml.hpp>
 #include <sqlite3.h>
 
 #include <nlohmann/json.hpp>
@@ -32,4 +33,7 @@ TEST(SystemLibrariesTest, EachLinksAndAnswers) {
   EXPECT_STREQ(MHD_get_reason_phrase_for(431), "Request Header Fields Too Large");
   EXPECT_EQ(MHD_is_feature_supported(MHD_FEATURE_EPOLL), MHD_YES);
   EXPECT_EQ(nlohmann::json::parse(R"({"a": [1, 2]})")["a"][1], 2);
+  pugi::xml_document doc;
+  ASSERT_TRUE(doc.load_string("<a><b>x</b></a>"));
+  EXPECT_STREQ(doc.child("a").child("b").text().get(), "x");
 }

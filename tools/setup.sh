@@ -9,7 +9,7 @@ PACKAGES=(
   bazel-bootstrap g++ pkg-config
   protobuf-compiler protobuf-compiler-grpc libprotobuf-dev libgrpc++-dev libgrpc-dev
   libabsl-dev libnftnl-dev libmnl-dev libip4tc-dev libip6tc-dev libxtables-dev
-  libnetfilter-conntrack-dev libsqlite3-dev nlohmann-json3-dev libmicrohttpd-dev
+  libnetfilter-conntrack-dev libsqlite3-dev nlohmann-json3-dev libmicrohttpd-dev libpugixml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libsystemd-dev zlib1g-dev
   libre2-dev libc-ares-dev
   # the fuzz build (bazel --config=fuzz): clang and its libFuzzer runtime

@@ -116,7 +116,7 @@ absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
 
 bool IsLease(const v1::PortMapping& m) {
   return m.owner().kind() == v1::OWNER_KIND_NATPMP ||
-         m.owner().kind() == v1::OWNER_KIND_PCP;
+         m.owner().kind() == v1::OWNER_KIND_PCP || m.owner().kind() == v1::OWNER_KIND_UPNP;
 }
 
 std::string ShortContainerId(const std::string& id) {

@@ -54,7 +54,7 @@ std::string MappingHolder(const v1::PortMapping& m);
 // match everything.
 bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
                   const std::string& owner_id);
-// NAT-PMP or PCP.
+// A lease: NAT-PMP, PCP or UPnP.
 bool IsLease(const v1::PortMapping& m);
 
 google::protobuf::Timestamp ToTimestamp(absl::Time t);

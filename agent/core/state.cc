@@ -51,4 +51,13 @@ std::string LeaseKeyOf(const v1::PortMapping& m) {
                   static_cast<uint16_t>(m.target_port()));
 }
 
+std::string LeasePortKey(nat::Protocol protocol, uint16_t external_port) {
+  return absl::StrCat(static_cast<int>(protocol), "/", external_port);
+}
+
+std::string LeasePortKeyOf(const v1::PortMapping& m) {
+  return LeasePortKey(FromProto(m.protocol()).value_or(nat::Protocol::kTcp),
+                      static_cast<uint16_t>(m.host_port()));
+}
+
 }  // namespace fabric::agent

@@ -57,10 +57,14 @@ struct State {
   NetworkRefs network;
   // NAT-PMP/PCP: LeaseKey(client, protocol, internal port) -> mapping id.
   PersistentTable<std::string> leases;
-  // Client address -> number of leases.
+  // Every lease (NAT-PMP, PCP, UPnP): LeasePortKey(protocol, external
+  // port) -> mapping id. UPnP names a mapping by its external port; its
+  // size is the number of leases.
+  PersistentTable<std::string> leases_by_port;
+  // Client address -> number of leases of every kind.
   PersistentTable<int> leases_per_client;
-  // Target address -> how many mappings of other owners (CNI, API, UPnP)
-  // send traffic there: NAT-PMP/PCP refuse such an address as a client.
+  // Target address -> how many mappings of other owners (CNI, API) send
+  // traffic there: NAT-PMP/PCP/UPnP refuse such an address as a client.
   PersistentTable<int> mapping_targets;
   // Lease id -> the companion port scope it holds (RFC 6886 3.3).
   PersistentTable<nat::PortScope> companions;
@@ -81,5 +85,8 @@ struct State {
 std::string LeaseKey(const std::string& client, nat::Protocol protocol,
                      uint16_t internal_port);
 std::string LeaseKeyOf(const v1::PortMapping& m);
+// The leases_by_port key.
+std::string LeasePortKey(nat::Protocol protocol, uint16_t external_port);
+std::string LeasePortKeyOf(const v1::PortMapping& m);
 
 }  // namespace fabric::agent

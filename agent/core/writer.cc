@@ -156,7 +156,7 @@ void Writer::PublishLocked(std::vector<v1::MappingEvent> events) {
   snap->ports_held = allocator_.held();
   snap->dynamic_lo = allocator_.dynamic_lo();
   snap->dynamic_hi = allocator_.dynamic_hi();
-  snap->leases = state_.leases.size();
+  snap->leases = state_.leases_by_port.size();
   hub_.Publish(std::move(snap), events);
 }
 

@@ -22,8 +22,12 @@ LeaseResult Refuse(Txn& txn, LeaseOutcome outcome, std::string detail) {
   return {outcome, 0, 0, std::move(detail)};
 }
 
-std::optional<PortScope> CompanionScope(const PortMapping& n) {
-  if (n.protocol == nat::Protocol::kSctp) return std::nullopt;
+// UPnP names each protocol's port on its own: only NAT-PMP/PCP leases
+// hold a companion.
+std::optional<PortScope> CompanionScope(const v1::PortMapping& m, const PortMapping& n) {
+  if (n.protocol == nat::Protocol::kSctp || m.owner().kind() == v1::OWNER_KIND_UPNP) {
+    return std::nullopt;
+  }
   PortScope other = PortScope::Of(n);
   other.protocol = n.protocol == nat::Protocol::kTcp ? nat::Protocol::kUdp
                                                      : nat::Protocol::kTcp;
@@ -46,12 +50,41 @@ std::optional<std::string> NotItsLease(const LeaseRequest& r, const v1::PortMapp
   return std::nullopt;
 }
 
-// The ports a lease may take: [lo, hi] less the dynamic range, as at most
-// two segments.
-struct Segment {
-  uint16_t lo, hi;
-  bool Contains(uint16_t p) const { return p >= lo && p <= hi; }
-};
+LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner* ct) {
+  State& st = txn.state();
+  std::vector<std::string> ids;
+  std::string client = r.client.ToString();
+  if (r.internal_port != 0 && !r.all_protocols) {
+    if (const std::string* id = st.leases.Find(LeaseKey(client, r.protocol, r.internal_port))) {
+      ids.push_back(*id);
+    }
+  } else {
+    st.leases.ForEach([&](const std::string&, const std::string& id) {
+      const v1::PortMapping& m = st.mappings.Find(id)->proto;
+      if (m.target_ip() != client) return;
+      // NAT-PMP's "delete all" is about NAT-PMP's own leases: a PCP lease
+      // can only be deleted with its nonce.
+      if (r.kind == v1::OWNER_KIND_NATPMP && m.owner().kind() == v1::OWNER_KIND_PCP) return;
+      if (!r.all_protocols &&
+          FromProto(m.protocol()).value_or(nat::Protocol::kTcp) != r.protocol) {
+        return;
+      }
+      ids.push_back(id);
+    });
+    std::sort(ids.begin(), ids.end());
+  }
+  for (const std::string& id : ids) {
+    if (std::optional<std::string> why = NotItsLease(r, st.mappings.Find(id)->proto)) {
+      return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
+    }
+  }
+  if (ids.empty()) return {LeaseOutcome::kOk, 0, 0, "nothing to delete"};
+  for (const std::string& id : ids) RemoveMapping(txn, id, ct);
+  return {LeaseOutcome::kOk, 0, 0, absl::StrCat("deleted ", ids.size())};
+}
+
+}  // namespace
+
 std::vector<Segment> AllowedPorts(const LeasePolicy& policy, const nat::PortAllocator& a) {
   uint16_t lo = policy.port_lo, hi = policy.port_hi;
   if (!policy.avoid_dynamic_range || a.dynamic_hi() < lo || a.dynamic_lo() > hi) {
@@ -71,10 +104,6 @@ std::string DescribeAllowed(const LeasePolicy& policy, const nat::PortAllocator&
   return text;
 }
 
-// Holds a port for a new lease: `want` itself when allowed and free, else
-// the nearest free allowed port (`want` inside the dynamic range: the
-// nearest on either side of it; elsewhere: the next one up, wrapping, as
-// AllocateNear does); `want` outside every segment: the first free one.
 absl::StatusOr<uint16_t> HoldLeasePort(Txn& txn, const nat::PortScope& scope, uint16_t want,
                                        const LeasePolicy& policy,
                                        const std::vector<Segment>& allowed,
@@ -118,40 +147,26 @@ absl::StatusOr<uint16_t> HoldLeasePort(Txn& txn, const nat::PortScope& scope, ui
   return last;
 }
 
-LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner* ct) {
-  State& st = txn.state();
-  std::vector<std::string> ids;
-  std::string client = r.client.ToString();
-  if (r.internal_port != 0 && !r.all_protocols) {
-    if (const std::string* id = st.leases.Find(LeaseKey(client, r.protocol, r.internal_port))) {
-      ids.push_back(*id);
-    }
-  } else {
-    st.leases.ForEach([&](const std::string&, const std::string& id) {
-      const v1::PortMapping& m = st.mappings.Find(id)->proto;
-      if (m.target_ip() != client) return;
-      // NAT-PMP's "delete all" is about NAT-PMP's own leases: a PCP lease
-      // can only be deleted with its nonce.
-      if (r.kind == v1::OWNER_KIND_NATPMP && m.owner().kind() == v1::OWNER_KIND_PCP) return;
-      if (!r.all_protocols &&
-          FromProto(m.protocol()).value_or(nat::Protocol::kTcp) != r.protocol) {
-        return;
-      }
-      ids.push_back(id);
-    });
-    std::sort(ids.begin(), ids.end());
-  }
-  for (const std::string& id : ids) {
-    if (std::optional<std::string> why = NotItsLease(r, st.mappings.Find(id)->proto)) {
-      return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
-    }
-  }
-  if (ids.empty()) return {LeaseOutcome::kOk, 0, 0, "nothing to delete"};
-  for (const std::string& id : ids) RemoveMapping(txn, id, ct);
-  return {LeaseOutcome::kOk, 0, 0, absl::StrCat("deleted ", ids.size())};
+bool Allowed(const std::vector<Segment>& allowed, uint16_t port) {
+  return std::any_of(allowed.begin(), allowed.end(),
+                     [port](const Segment& s) { return s.Contains(port); });
 }
 
-}  // namespace
+std::optional<std::pair<LeaseOutcome, std::string>> RoomForLease(const State& st,
+                                                                 const std::string& client,
+                                                                 const LeasePolicy& policy) {
+  const int* count = st.leases_per_client.Find(client);
+  if (count != nullptr && *count >= policy.max_per_client) {
+    return std::make_pair(LeaseOutcome::kQuota,
+                          absl::StrCat(client, " already holds ", *count, " leases"));
+  }
+  if (st.leases_by_port.size() >= static_cast<size_t>(std::max(policy.max_leases, 0))) {
+    return std::make_pair(LeaseOutcome::kNoResources,
+                          absl::StrCat("the agent already holds ", st.leases_by_port.size(),
+                                       " leases (--natpmp_max_leases)"));
+  }
+  return std::nullopt;
+}
 
 std::optional<std::string> RefusedClient(const State& state, const IpAddress& client) {
   for (const auto& [network, n] : state.network.containers) {
@@ -167,15 +182,17 @@ std::optional<std::string> RefusedClient(const State& state, const IpAddress& cl
 }
 
 void IndexLease(State& state, const v1::PortMapping& m) {
-  state.leases.Put(LeaseKeyOf(m), m.id());
+  if (m.owner().kind() != v1::OWNER_KIND_UPNP) state.leases.Put(LeaseKeyOf(m), m.id());
+  state.leases_by_port.Put(LeasePortKeyOf(m), m.id());
   const int* n = state.leases_per_client.Find(m.target_ip());
   state.leases_per_client.Put(m.target_ip(), (n == nullptr ? 0 : *n) + 1);
 }
 
 void UnindexLease(State& state, const v1::PortMapping& m) {
-  const std::string* id = state.leases.Find(LeaseKeyOf(m));
+  const std::string* id = state.leases_by_port.Find(LeasePortKeyOf(m));
   if (id == nullptr || *id != m.id()) return;
-  state.leases.Erase(LeaseKeyOf(m));
+  state.leases_by_port.Erase(LeasePortKeyOf(m));
+  if (m.owner().kind() != v1::OWNER_KIND_UPNP) state.leases.Erase(LeaseKeyOf(m));
   const int* n = state.leases_per_client.Find(m.target_ip());
   if (n == nullptr || *n <= 1) {
     state.leases_per_client.Erase(m.target_ip());
@@ -185,7 +202,7 @@ void UnindexLease(State& state, const v1::PortMapping& m) {
 }
 
 void HoldCompanion(Txn& txn, const MappingRecord& m) {
-  std::optional<PortScope> other = CompanionScope(m.nat);
+  std::optional<PortScope> other = CompanionScope(m.proto, m.nat);
   if (!other || txn.allocator().ConflictingHolder(*other, m.nat.host_port).has_value()) return;
   if (txn.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m.proto)).ok()) {
     txn.state().companions.Put(m.proto.id(), *other);
@@ -193,7 +210,7 @@ void HoldCompanion(Txn& txn, const MappingRecord& m) {
 }
 
 void HoldCompanionAtStart(State& state, nat::PortAllocator& allocator, const MappingRecord& m) {
-  std::optional<PortScope> other = CompanionScope(m.nat);
+  std::optional<PortScope> other = CompanionScope(m.proto, m.nat);
   if (!other || allocator.ConflictingHolder(*other, m.nat.host_port).has_value()) return;
   if (allocator.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m.proto)).ok()) {
     state.companions.Put(m.proto.id(), *other);
@@ -240,15 +257,9 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
     return {LeaseOutcome::kOk, port, lifetime, "refreshed"};
   }
 
-  const int* count = st.leases_per_client.Find(client);
-  if (count != nullptr && *count >= policy.max_per_client) {
-    return Refuse(txn, LeaseOutcome::kQuota,
-                  absl::StrCat(client, " already holds ", *count, " leases"));
-  }
-  if (st.leases.size() >= static_cast<size_t>(std::max(policy.max_leases, 0))) {
-    return Refuse(txn, LeaseOutcome::kNoResources,
-                  absl::StrCat("the agent already holds ", st.leases.size(),
-                               " leases (--natpmp_max_leases)"));
+  if (std::optional<std::pair<LeaseOutcome, std::string>> full =
+          RoomForLease(st, client, policy)) {
+    return Refuse(txn, full->first, full->second);
   }
 
   v1::PortMapping proto;
@@ -275,10 +286,6 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   // transaction undoes the release).
   uint16_t suggested = r.suggested_port;
   std::vector<Segment> allowed = AllowedPorts(policy, txn.allocator());
-  auto allowed_port = [&](uint16_t p) {
-    return std::any_of(allowed.begin(), allowed.end(),
-                       [p](const Segment& s) { return s.Contains(p); });
-  };
   if (suggested != 0) {
     std::string freed;
     st.companions.ForEach([&](const std::string& id, const PortScope& comp) {
@@ -292,7 +299,7 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
     if (!freed.empty()) ReleaseCompanion(txn, *st.mappings.Find(freed));
   }
   if (r.prefer_failure && suggested != 0 &&
-      (!allowed_port(suggested) || txn.allocator().ConflictingHolder(scope, suggested).has_value())) {
+      (!Allowed(allowed, suggested) || txn.allocator().ConflictingHolder(scope, suggested).has_value())) {
     std::optional<std::string> holder_of = txn.allocator().ConflictingHolder(scope, suggested);
     return Refuse(txn, LeaseOutcome::kCannotProvide,
                   holder_of ? absl::StrCat("port ", suggested, " is held by ", *holder_of)

@@ -8,6 +8,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "agent/core/state.h"
@@ -84,6 +86,32 @@ int ExpireLeases(Txn& txn, nat::ConntrackCleaner* conntrack);
 // Moves every lease onto state().external_address; a lease whose port is
 // taken there is dropped.
 void MoveLeases(Txn& txn, nat::ConntrackCleaner* conntrack);
+
+// Shared with the UPnP owner (upnp.h):
+// The ports a lease may take: the policy's [lo, hi] less the dynamic range,
+// as at most two segments.
+struct Segment {
+  uint16_t lo, hi;
+  bool Contains(uint16_t p) const { return p >= lo && p <= hi; }
+};
+std::vector<Segment> AllowedPorts(const LeasePolicy& policy, const nat::PortAllocator& a);
+bool Allowed(const std::vector<Segment>& allowed, uint16_t port);
+// "1024-65535 outside the containers' 32768-60999", for messages.
+std::string DescribeAllowed(const LeasePolicy& policy, const nat::PortAllocator& a);
+// Holds a port for a new lease: `want` itself when allowed and free, else
+// the nearest free allowed port (`want` inside the dynamic range: the
+// nearest on either side of it; elsewhere: the next one up, wrapping, as
+// AllocateNear does); `want` outside every segment: the first free one.
+absl::StatusOr<uint16_t> HoldLeasePort(Txn& txn, const nat::PortScope& scope, uint16_t want,
+                                       const LeasePolicy& policy,
+                                       const std::vector<Segment>& allowed,
+                                       const std::string& holder);
+// kQuota when `client` holds policy.max_per_client leases (of every kind),
+// kNoResources when all clients together hold policy.max_leases; nullopt
+// when there is room for one more.
+std::optional<std::pair<LeaseOutcome, std::string>> RoomForLease(const State& state,
+                                                                 const std::string& client,
+                                                                 const LeasePolicy& policy);
 
 // The index and companion bookkeeping, also used at start-up and by
 // RemoveMapping.
