@@ -105,6 +105,40 @@ class IptablesChanges : public ChangeSource {
 
 }  // namespace
 
+namespace {
+
+// The lease policy NAT-PMP/PCP and UPnP share (--natpmp_* flags).
+absl::StatusOr<LeasePolicy> LanPolicy(const AgentConfig& config,
+                                      const std::pair<uint16_t, uint16_t>& dynamic) {
+  LeasePolicy policy;
+  absl::StatusOr<std::pair<uint16_t, uint16_t>> ports =
+      nat::ParsePortRange(config.natpmp_port_range);
+  if (!ports.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--natpmp_port_range: ", ports.status().message()));
+  }
+  policy.port_lo = ports->first;
+  policy.port_hi = ports->second;
+  if (config.natpmp_max_per_client < 1) {
+    return absl::InvalidArgumentError("--natpmp_max_per_client must be at least 1");
+  }
+  policy.max_per_client = config.natpmp_max_per_client;
+  if (config.natpmp_max_leases < 1) {
+    return absl::InvalidArgumentError("--natpmp_max_leases must be at least 1");
+  }
+  policy.max_leases = config.natpmp_max_leases;
+  if (ports->first >= dynamic.first && ports->second <= dynamic.second) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--natpmp_port_range ", config.natpmp_port_range, " lies inside --port_range ",
+        config.port_range, ", which leases never take"));
+  }
+  policy.max_lifetime = static_cast<uint32_t>(
+      std::max<int64_t>(1, absl::ToInt64Seconds(config.natpmp_max_lifetime)));
+  return policy;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   std::unique_ptr<Agent> agent(new Agent());
   absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
@@ -314,37 +348,11 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }
-  if (config.natpmp && !config.lan_interfaces.empty()) {
-    natpmp::ServerConfig pmp;
-    pmp.lan_interfaces = config.lan_interfaces;
-    pmp.pcp = config.pcp;
-    absl::StatusOr<std::pair<uint16_t, uint16_t>> ports =
-        nat::ParsePortRange(config.natpmp_port_range);
-    if (!ports.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--natpmp_port_range: ", ports.status().message()));
-    }
-    pmp.policy.port_lo = ports->first;
-    pmp.policy.port_hi = ports->second;
-    if (config.natpmp_max_per_client < 1) {
-      return absl::InvalidArgumentError("--natpmp_max_per_client must be at least 1");
-    }
-    pmp.policy.max_per_client = config.natpmp_max_per_client;
-    if (config.natpmp_max_leases < 1) {
-      return absl::InvalidArgumentError("--natpmp_max_leases must be at least 1");
-    }
-    pmp.policy.max_leases = config.natpmp_max_leases;
-    if (ports->first >= range->first && ports->second <= range->second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--natpmp_port_range ", config.natpmp_port_range, " lies inside --port_range ",
-          config.port_range, ", which leases never take"));
-    }
-    pmp.rate_per_second = config.natpmp_rate_limit;
-    pmp.burst = std::max(20.0, config.natpmp_rate_limit * 2);
-    pmp.policy.max_lifetime = static_cast<uint32_t>(
-        std::max<int64_t>(1, absl::ToInt64Seconds(config.natpmp_max_lifetime)));
-    // The WAN address watcher, shared with later front-ends; the core is
-    // told first, then the front-ends.
+  if ((config.natpmp || config.upnp) && !config.lan_interfaces.empty()) {
+    absl::StatusOr<LeasePolicy> policy = LanPolicy(config, *range);
+    if (!policy.ok()) return policy.status();
+    // The WAN address watcher, shared by the front-ends; the core is told
+    // first, then the front-ends.
     if (!config.wan_interface.empty()) {
       absl::StatusOr<std::unique_ptr<wan::AddressWatcher>> w =
           wan::AddressWatcher::Start(config.wan_interface);
@@ -354,13 +362,41 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       agent->wan_->Subscribe(
           [core](const wan::AddressChange& c) { core->SetExternalAddress(c.address); });
     }
-    absl::StatusOr<std::unique_ptr<natpmp::PmpServer>> server =
-        natpmp::PmpServer::Start(agent->core_.get(), &agent->metrics_, agent->wan_.get(), pmp);
-    if (!server.ok()) return server.status();
-    agent->pmp_ = std::move(*server);
-    LogLine(absl::StrCat("NAT-PMP", config.pcp ? " and PCP" : "", " on udp 5351, LAN ",
-                         absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
-                         config.wan_interface));
+    if (config.natpmp) {
+      natpmp::ServerConfig pmp;
+      pmp.lan_interfaces = config.lan_interfaces;
+      pmp.pcp = config.pcp;
+      pmp.policy = *policy;
+      pmp.rate_per_second = config.natpmp_rate_limit;
+      pmp.burst = std::max(20.0, config.natpmp_rate_limit * 2);
+      absl::StatusOr<std::unique_ptr<natpmp::PmpServer>> server = natpmp::PmpServer::Start(
+          agent->core_.get(), &agent->metrics_, agent->wan_.get(), pmp);
+      if (!server.ok()) return server.status();
+      agent->pmp_ = std::move(*server);
+      LogLine(absl::StrCat("NAT-PMP", config.pcp ? " and PCP" : "", " on udp 5351, LAN ",
+                           absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
+                           config.wan_interface));
+    }
+    if (config.upnp) {
+      upnp::FrontendConfig u;
+      u.state_dir = config.state_dir;
+      u.server.lan_interfaces = config.lan_interfaces;
+      u.server.http_port = config.upnp_http_port;
+      u.server.igd.policy = *policy;
+      u.server.igd.policy.max_lifetime = kUpnpMaxLease;
+      u.server.igd.wan_interface = config.wan_interface;
+      u.server.igd.same_port = config.upnp_same_port;
+      u.server.rate_per_second = config.upnp_rate_limit;
+      u.server.burst = std::max(100.0, config.upnp_rate_limit * 2);
+      u.notify_interval = config.upnp_notify_interval;
+      absl::StatusOr<std::unique_ptr<upnp::UpnpFrontend>> f =
+          upnp::UpnpFrontend::Start(agent->core_.get(), &agent->metrics_, u);
+      if (!f.ok()) return f.status();
+      agent->upnp_ = std::move(*f);
+      LogLine(absl::StrCat("UPnP IGD on http port ", agent->upnp_->http_port(), " and SSDP, LAN ",
+                           absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
+                           config.wan_interface, ", device ", agent->upnp_->uuid()));
+    }
   }
   if (agent->monitor_) {
     agent->changes_ = std::make_unique<NftablesChanges>(agent->monitor_.get(),
@@ -382,6 +418,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
 Agent::~Agent() {
   if (repair_) repair_->Stop();
+  upnp_.reset();
   pmp_.reset();
   if (tls_server_) tls_server_->Shutdown(std::chrono::system_clock::now() +
                                          std::chrono::seconds(2));

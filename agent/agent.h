@@ -15,6 +15,7 @@
 #include "agent/instance_lock.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
+#include "agent/upnp/frontend.h"
 #include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
 #include "agent/service.h"
@@ -55,6 +56,13 @@ struct AgentConfig {
   int natpmp_max_leases = 1024;  // every client together
   absl::Duration natpmp_max_lifetime = absl::Seconds(7200);
   double natpmp_rate_limit = 10;  // requests/s per client; 0: unlimited
+  // UPnP IGD front-end (SSDP + HTTP/SOAP) on lan_interfaces, sharing the
+  // NAT-PMP lease policy above (port range, quota, global cap).
+  bool upnp = false;
+  uint16_t upnp_http_port = 5000;  // 0: any free port
+  absl::Duration upnp_notify_interval = absl::Seconds(900);
+  double upnp_rate_limit = 0;  // control requests/s per client; 0: unlimited
+  bool upnp_same_port = false;  // refuse (724) external != internal port
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;
@@ -100,6 +108,7 @@ class Agent {
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;
+  std::unique_ptr<upnp::UpnpFrontend> upnp_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;
   // Repairs after foreign changes and on a period, expires leases.

@@ -70,6 +70,18 @@ ABSL_FLAG(double, natpmp_rate_limit, 10,
           "NAT-PMP/PCP requests per second one client may send (bursts of "
           "twice that, at least 20 and twice --natpmp_max_per_client); excess "
           "is dropped; 0: unlimited");
+ABSL_FLAG(bool, upnp, false,
+          "serve UPnP IGD (SSDP discovery and SOAP control) on --lan_interfaces; its leases "
+          "share the --natpmp_* port range, quota and cap");
+ABSL_FLAG(int, upnp_http_port, 5000,
+          "TCP port of the UPnP description and control server on the LAN addresses (0: any "
+          "free port)");
+ABSL_FLAG(absl::Duration, upnp_notify_interval, absl::Seconds(900),
+          "how often SSDP ssdp:alive is announced on the LAN interfaces");
+ABSL_FLAG(double, upnp_rate_limit, 0,
+          "UPnP control requests per second one LAN host may make (0: unlimited)");
+ABSL_FLAG(bool, upnp_same_port, false,
+          "refuse (UPnP error 724) a mapping whose external and internal ports differ");
 ABSL_FLAG(std::string, tls_address, "",
           "host:port for orchestrators over TLS with client certificates");
 ABSL_FLAG(std::string, tls_cert, "", "server certificate (PEM)");
@@ -214,6 +226,22 @@ int main(int argc, char** argv) {
   config.natpmp_max_leases = absl::GetFlag(FLAGS_natpmp_max_leases);
   config.natpmp_max_lifetime = absl::GetFlag(FLAGS_natpmp_max_lifetime);
   config.natpmp_rate_limit = absl::GetFlag(FLAGS_natpmp_rate_limit);
+  config.upnp = absl::GetFlag(FLAGS_upnp);
+  int upnp_port = absl::GetFlag(FLAGS_upnp_http_port);
+  if (upnp_port < 0 || upnp_port > 65535) {
+    std::fprintf(stderr, "fabric-agent: --upnp_http_port must be 0-65535\n");
+    return 2;
+  }
+  config.upnp_http_port = static_cast<uint16_t>(upnp_port);
+  config.upnp_notify_interval = absl::GetFlag(FLAGS_upnp_notify_interval);
+  if (config.upnp_notify_interval < absl::Seconds(1) ||
+      config.upnp_notify_interval >= absl::Seconds(1800)) {
+    std::fprintf(stderr, "fabric-agent: --upnp_notify_interval must be 1s to under 30m (the "
+                    "announcements' max-age is 1800 s)\n");
+    return 2;
+  }
+  config.upnp_rate_limit = absl::GetFlag(FLAGS_upnp_rate_limit);
+  config.upnp_same_port = absl::GetFlag(FLAGS_upnp_same_port);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -111,7 +112,10 @@ int List(v1::MappingService::StubInterface& stub, const Options& options,
         kRow, m.id(), Kind(m.owner().kind()), Proto(m.protocol()),
         absl::StrCat(Addr(m.host_ip(), v6), ":", Ports(m.host_port(), m.port_count())),
         absl::StrCat(Addr(m.target_ip(), v6), ":", Ports(m.target_port(), m.port_count())),
-        expires, m.owner().id());
+        expires,
+        m.description().empty()
+            ? m.owner().id()
+            : absl::StrCat(m.owner().id(), " \"", absl::Utf8SafeCHexEscape(m.description()), "\""));
   }
   out << r.mappings_size() << " mapping(s)\n";
   return kExitOk;

@@ -212,7 +212,7 @@ TEST_F(CtlTest, ListPrintsTheTable) {
             "m-2      natpmp  udp   203.0.113.1:5353         192.168.77.10:53         2023-11-14 "
             "23:13:25 (1h5s) 192.168.77.10\n"
             "m-3      api     sctp  [::]:9000-9009           [fd00::5]:9000-9009      -          "
-            "            web\n"
+            "            web \"say \\\"hi\\\" \\\\ \\n\\t\\x01 caf\xc3\xa9\"\n"
             "3 mapping(s)\n");
 }
 

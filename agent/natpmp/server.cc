@@ -261,27 +261,11 @@ void PmpServer::Run() {
 
 void PmpServer::Receive() {
   uint8_t buf[2048];
-  char control[256];
-  sockaddr_in from{};
-  iovec iov{buf, sizeof(buf)};
-  msghdr msg{};
-  msg.msg_name = &from;
-  msg.msg_namelen = sizeof(from);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t len = recvmsg(udp_, &msg, MSG_DONTWAIT);
-  if (len < 0) return;
-  in_pktinfo info{};
-  bool have_info = false;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
-      std::memcpy(&info, CMSG_DATA(c), sizeof(info));
-      have_info = true;
-    }
-  }
-  if (!have_info) return;
+  std::optional<Datagram> d = ReceiveWithInfo(udp_, buf, sizeof(buf));
+  if (!d) return;
+  sockaddr_in from = d->from;
+  const in_pktinfo& info = d->info;
+  const ssize_t len = static_cast<ssize_t>(std::min(d->length, sizeof(buf)));
   // Only configured LAN interfaces, never the WAN side.
   char ifname[IF_NAMESIZE] = {};
   if (if_indextoname(info.ipi_ifindex, ifname) == nullptr) return;

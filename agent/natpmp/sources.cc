@@ -111,4 +111,30 @@ bool AddressEvents::Drain() {
   }
 }
 
+std::optional<Datagram> ReceiveWithInfo(int fd, void* buf, size_t capacity) {
+  Datagram d;
+  char control[256];
+  iovec iov{buf, capacity};
+  msghdr msg{};
+  msg.msg_name = &d.from;
+  msg.msg_namelen = sizeof(d.from);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t len = recvmsg(fd, &msg, MSG_DONTWAIT);
+  if (len < 0) return std::nullopt;
+  bool have_info = false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      std::memcpy(&d.info, CMSG_DATA(c), sizeof(d.info));
+      have_info = true;
+    }
+  }
+  if (!have_info || d.from.sin_family != AF_INET) return std::nullopt;
+  d.length = static_cast<size_t>(len);
+  d.truncated = (msg.msg_flags & MSG_TRUNC) != 0;
+  return d;
+}
+
 }  // namespace fabric::agent::natpmp

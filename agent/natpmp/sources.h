@@ -15,6 +15,9 @@
 // Thread-compatible.
 #pragma once
 
+#include <netinet/in.h>
+#include <sys/types.h>
+
 #include <map>
 #include <optional>
 #include <set>
@@ -41,6 +44,20 @@ struct InterfaceAddresses {
 std::optional<std::string> RefusedSource(const InterfaceAddresses& addresses,
                                          const std::string& interface,
                                          const nat::IpAddress& source);
+
+// One datagram from a UDP socket with IP_PKTINFO on, without blocking:
+// its length as received (larger than the buffer when truncated: MSG_TRUNC
+// is not passed, so it is the buffer's size then), flags, source and
+// arrival interface and address.
+struct Datagram {
+  size_t length = 0;
+  bool truncated = false;
+  sockaddr_in from{};
+  in_pktinfo info{};
+};
+// nullopt when nothing is waiting, or for a datagram without IPv4 packet
+// info (which is consumed).
+std::optional<Datagram> ReceiveWithInfo(int fd, void* buf, size_t capacity);
 
 // An rtnetlink socket subscribed to IPv4 address and link changes: poll
 // fd() for POLLIN, then Drain(), which says whether anything changed (or
