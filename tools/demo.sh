@@ -12,7 +12,8 @@
 # reference bridge + host-local plugins, then fabric-nat, chained; the
 # second with containerd's spelling of the port mappings), shows a
 # request from outside reaching a published port, a hairpin request, a LAN
-# host mapping a port for itself with NAT-PMP (Debian's natpmpc) and PCP,
+# host mapping a port for itself with NAT-PMP (Debian's natpmpc), PCP and
+# UPnP IGD (Debian's upnpc, finding the gateway by SSDP),
 # what fabricctl and the kernel hold, a firewall flush healing itself, and
 # removes everything.
 #
@@ -112,7 +113,7 @@ ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
 
 say "Starting fabric-agent in $HOST"
 in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" --run_dir "$WORK/run" \
-  --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 \
+  --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 --upnp \
   > "$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
@@ -166,6 +167,14 @@ say "From $OUT: curl http://192.0.2.1:8088/ (DNAT to the LAN host)"
 run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8088/
 say "PCP: the same LAN host maps UDP 5353 for 10 minutes (testing/pmp.py speaks PCP)"
 run in_ns "$LAN" python3 testing/pmp.py 192.168.77.1 pcp-map udp 53 5353 600 0102030405060708090a0b0c
+say "UPnP IGD: the LAN host finds the gateway by SSDP and maps public 8089 -> its port 80 (upnpc, Debian's miniupnpc)"
+# -i: miniupnpc calls 192.0.2.0/24 (TEST-NET-1, this demo's WAN) reserved and
+# would otherwise stop at "not connected?".
+in_ns "$LAN" upnpc -i -e demo -a 192.168.77.10 80 8089 TCP 3600 2>&1 | grep -E "desc:|Found|is redirected"
+say "From $OUT: curl http://192.0.2.1:8089/ (DNAT to the LAN host, by UPnP)"
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8089/
+say "upnpc -l: the gateway's mappings as UPnP lists them (NAT-PMP, PCP and UPnP leases)"
+in_ns "$LAN" upnpc -i -l 2>&1 | grep -E "^ *[0-9]+ (TCP|UDP)"
 say "A request from the WAN side gets no answer"
 run in_ns "$OUT" python3 testing/pmp.py 192.0.2.1 addr || true
 

@@ -243,7 +243,8 @@ UpnpEntry EntryOf(const MappingRecord& m, absl::Time now) {
   e.description = m.proto.description();
   e.kind = m.proto.owner().kind();
   if (m.proto.has_expires_at()) {
-    int64_t left = absl::ToInt64Seconds(FromTimestamp(m.proto.expires_at()) - now);
+    int64_t left = absl::ToInt64Seconds(
+        absl::Ceil(FromTimestamp(m.proto.expires_at()) - now, absl::Seconds(1)));
     e.lease_remaining = static_cast<uint32_t>(std::clamp<int64_t>(left, 1, UINT32_MAX));
   }
   return e;
