@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "agent/instance_lock.h"
+#include "agent/operator_http.h"
 #include "nat/backend/iptables/change_watcher.h"
 #include "nat/backend/iptables/iptables_backend.h"
 #include "nat/backend/nftables/monitor.h"
@@ -327,24 +328,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   chmod(config.socket.c_str(), 0600);
 
   if (!config.metrics_address.empty()) {
-    AgentCore* core = agent->core_.get();
-    Metrics* metrics = &agent->metrics_;
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
-        config.metrics_address,
-        {{"/metrics",
-          [core, metrics](const HttpServer::Request&) {
-            v1::GetStatusResponse st = core->Status();
-            return HttpServer::Response{
-                200, "text/plain; version=0.0.4",
-                metrics->Render(core->Desired(), st.mappings())};
-          }},
-         {"/healthz", [core](const HttpServer::Request&) {
-            v1::GetStatusResponse st = core->Status();
-            return st.ready()
-                       ? HttpServer::Response{200, "text/plain", "ok\n"}
-                       : HttpServer::Response{503, "text/plain",
-                                              absl::StrCat(st.reason(), "\n")};
-          }}});
+        config.metrics_address, OperatorHandlers(agent->core_.get(), &agent->metrics_));
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }

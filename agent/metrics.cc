@@ -29,24 +29,26 @@ void Metrics::RecordRepair(absl::Time when) {
   last_repair_ = when;
 }
 
-std::string Metrics::Render(const nat::RuleSet& desired,
-                            size_t mappings) const {
+std::string Metrics::Render(
+    const nat::RuleSet& desired,
+    const std::vector<std::pair<std::string, size_t>>& mappings) const {
   std::string out;
   size_t dnat = 0, ranges = 0;
   for (const auto& e : desired.dnat) (e.is_range() ? ranges : dnat)++;
   absl::StrAppend(
       &out,
-      "# HELP nat_rules_total Kernel NAT entries the agent keeps, by type.\n"
-      "# TYPE nat_rules_total gauge\n",
-      "nat_rules_total{type=\"dnat\"} ", dnat, "\n",
-      "nat_rules_total{type=\"dnat_range\"} ", ranges, "\n",
-      "nat_rules_total{type=\"masquerade\"} ", desired.masquerade.size(), "\n",
-      "nat_rules_total{type=\"hairpin\"} ", desired.hairpin.size(), "\n",
-      "nat_rules_total{type=\"localhost\"} ", desired.localhost_interfaces.size(),
-      "\n",
-      "# HELP nat_port_mappings_total Port mappings held, all owners.\n"
-      "# TYPE nat_port_mappings_total gauge\n",
-      "nat_port_mappings_total ", mappings, "\n");
+      "# HELP nat_rules Kernel NAT entries the agent keeps, by type.\n"
+      "# TYPE nat_rules gauge\n",
+      "nat_rules{type=\"dnat\"} ", dnat, "\n",
+      "nat_rules{type=\"dnat_range\"} ", ranges, "\n",
+      "nat_rules{type=\"masquerade\"} ", desired.masquerade.size(), "\n",
+      "nat_rules{type=\"hairpin\"} ", desired.hairpin.size(), "\n",
+      "nat_rules{type=\"localhost\"} ", desired.localhost_interfaces.size(), "\n",
+      "# HELP nat_port_mappings Port mappings held, by owner kind.\n"
+      "# TYPE nat_port_mappings gauge\n");
+  for (const auto& [owner, n] : mappings) {
+    absl::StrAppend(&out, "nat_port_mappings{owner=\"", owner, "\"} ", n, "\n");
+  }
   std::lock_guard<std::mutex> lock(mu_);
   absl::StrAppend(&out,
                   "# HELP nat_operations_total Operations served, by kind.\n"

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -22,8 +23,11 @@ class Metrics {
   // One repair after a foreign change of the kernel rules.
   void RecordRepair(absl::Time when);
 
-  // The exposition text; `desired` gives the rule counts.
-  std::string Render(const nat::RuleSet& desired, size_t mappings) const;
+  // The exposition text; `desired` gives the rule counts, `mappings` the
+  // mappings held by owner kind ("cni", "upnp", ...; every kind, zeros
+  // included, so the series stay put).
+  std::string Render(const nat::RuleSet& desired,
+                     const std::vector<std::pair<std::string, size_t>>& mappings) const;
 
  private:
   mutable std::mutex mu_;

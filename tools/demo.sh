@@ -189,7 +189,7 @@ run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8080/
 grep "repair after" "$WORK/agent.log" | tail -1
 
 say "Metrics (curl 127.0.0.1:9333/metrics in $HOST)"
-in_ns "$HOST" curl -s http://127.0.0.1:9333/metrics | grep -E '^nat_(rules_total|port_mappings_total|operations_total|repairs_total)'
+in_ns "$HOST" curl -s http://127.0.0.1:9333/metrics | grep -E '^nat_(rules|port_mappings|operations_total|repairs_total)[{ ]'
 say "Agent log"
 cat "$WORK/agent.log"
 

@@ -26,6 +26,8 @@ PACKAGES=(
   crun
   # systemd-analyze for the unit's verify/security test
   systemd
+  # promtool, which lints /metrics (the package's server is never started)
+  prometheus
   # test clients
   socat curl netcat-openbsd python3 python3-yaml jq procps kmod openssl
 )
@@ -44,8 +46,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # its package start a daemon on this machine's own interfaces.
   echo "miniupnpd miniupnpd/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
   apt-get update -qq
+  # No package may start a daemon on this machine (prometheus, miniupnpd):
+  # policy-rc.d refuses every start while we install, unless one is there.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   # miniupnpd asks debconf questions; answer them with the defaults.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$guard" ]; then rm -f "$guard"; trap - EXIT; fi
 fi
 
 # The Kubernetes manifest validator's npm packages (versions pinned in its

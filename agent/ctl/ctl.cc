@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "absl/strings/numbers.h"
+#include "agent/owner_kind.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -56,16 +57,7 @@ bool PrintJson(const google::protobuf::Message& m, std::ostream& out, std::ostre
   return true;
 }
 
-std::string Kind(v1::OwnerKind k) {
-  switch (k) {
-    case v1::OWNER_KIND_CNI: return "cni";
-    case v1::OWNER_KIND_NATPMP: return "natpmp";
-    case v1::OWNER_KIND_PCP: return "pcp";
-    case v1::OWNER_KIND_UPNP: return "upnp";
-    case v1::OWNER_KIND_API: return "api";
-    default: return "?";
-  }
-}
+std::string Kind(v1::OwnerKind k) { return OwnerKindName(k); }
 
 std::string Proto(v1::Protocol p) {
   switch (p) {

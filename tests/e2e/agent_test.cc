@@ -76,7 +76,8 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
   ASSERT_OK_AND_ASSIGN(std::string metrics,
                        ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
   for (const char* want :
-       {"nat_rules_total{type=\"dnat\"} 2", "nat_port_mappings_total 2",
+       {"nat_rules{type=\"dnat\"} 2", "nat_port_mappings{owner=\"api\"} 2",
+        "nat_port_mappings{owner=\"cni\"} 0",
         "nat_operations_total{op=\"create_mapping\"} 3",
         "nat_operation_errors_total{op=\"create_mapping\"} 1",
         "nat_operation_duration_seconds_count 3", "nat_operation_duration_seconds_bucket{le=\"+Inf\"} 3"}) {
@@ -84,6 +85,42 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
   }
   EXPECT_THAT(agent_->LogText(), HasSubstr("op=create_mapping owner=web outcome=ok"));
   EXPECT_THAT(agent_->LogText(), HasSubstr("outcome=ALREADY_EXISTS"));
+  // Prometheus' own linter (Debian's promtool) finds nothing to say.
+  EXPECT_THAT(ns_->Exec("curl -s http://127.0.0.1:19333/metrics | promtool check metrics 2>&1; "
+                        "echo rc=$?"),
+              IsOkAndHolds("rc=0\n"));
+}
+
+TEST_F(AgentTest, RestApiServesStatusMappingsAndLeases) {
+  StartAgent();
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
+  ASSERT_OK(Ctl("add udp 5353 10.1.0.6:53 --owner dns").status());
+  auto get = [&](const std::string& path) {
+    return ns_->Exec("curl -s -w ' %{http_code}' 'http://127.0.0.1:19333" + path + "'");
+  };
+  ASSERT_OK_AND_ASSIGN(std::string status, get("/api/v1/status"));
+  EXPECT_THAT(status, HasSubstr("\"ready\":true"));
+  EXPECT_THAT(status, HasSubstr("\"backend\":\"nftables\""));
+  EXPECT_THAT(status, ::testing::EndsWith(" 200"));
+  ASSERT_OK_AND_ASSIGN(std::string all, get("/api/v1/mappings"));
+  EXPECT_THAT(all, HasSubstr("\"host_port\":8080"));
+  EXPECT_THAT(all, HasSubstr("\"host_port\":5353"));
+  ASSERT_OK_AND_ASSIGN(std::string web, get("/api/v1/mappings?owner_kind=api&owner_id=web"));
+  EXPECT_THAT(web, HasSubstr("\"target_ip\":\"10.1.0.5\""));
+  EXPECT_THAT(web, Not(HasSubstr("10.1.0.6")));
+  EXPECT_THAT(get("/api/v1/mappings?owner_kind=OWNER_KIND_API&owner_id=dns"),
+              IsOkAndHolds(HasSubstr("10.1.0.6")));
+  EXPECT_THAT(get("/api/v1/mappings?owner_kind=bogus"),
+              IsOkAndHolds(::testing::AllOf(HasSubstr("owner_kind must be one of"),
+                                            ::testing::EndsWith(" 400"))));
+  EXPECT_THAT(get("/api/v1/mappings?owner_id=web"),
+              IsOkAndHolds(HasSubstr("owner_id needs owner_kind")));
+  // No leases here (no LAN front-end): an empty list.
+  EXPECT_THAT(get("/api/v1/leases"), IsOkAndHolds(::testing::StartsWith("{\"mappings\":[]}")));
+  // Read-only.
+  EXPECT_THAT(ns_->Exec("curl -s -o /dev/null -w '%{http_code}' -X POST "
+                        "http://127.0.0.1:19333/api/v1/mappings"),
+              IsOkAndHolds("405"));
 }
 
 // The case against the real agent: 200 connections that sent part

@@ -1,0 +1,108 @@
+#include "agent/operator_http.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "agent/core/convert.h"
+#include "agent/owner_kind.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace fabric::agent {
+
+namespace {
+
+using Response = HttpServer::Response;
+
+Response Json(const google::protobuf::Message& m) {
+  std::string text;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;
+  if (!google::protobuf::util::MessageToJsonString(m, &text, o).ok()) {
+    return {500, "application/json", "{\"error\":\"cannot encode the answer\"}\n", {}};
+  }
+  return {200, "application/json", text + "\n", {}};
+}
+
+Response JsonError(int code, const std::string& message) {
+  std::string escaped;
+  for (char c : message) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    if (static_cast<unsigned char>(c) >= 0x20) escaped += c;
+  }
+  return {code, "application/json", absl::StrCat("{\"error\":\"", escaped, "\"}\n"), {}};
+}
+
+// "upnp", "UPNP" or "OWNER_KIND_UPNP".
+bool ParseKind(const std::string& text, v1::OwnerKind* kind) {
+  std::string t = absl::AsciiStrToLower(text);
+  if (absl::StartsWith(t, "owner_kind_")) t = t.substr(11);
+  for (v1::OwnerKind k : kOwnerKinds) {
+    if (t == OwnerKindName(k)) {
+      *kind = k;
+      return true;
+    }
+  }
+  return false;
+}
+
+Response Mappings(AgentCore* core, const HttpServer::Request& r) {
+  v1::OwnerKind kind = v1::OWNER_KIND_UNSPECIFIED;
+  std::string owner_id;
+  for (const auto& [name, value] : r.query) {
+    if (name == "owner_kind") {
+      if (!ParseKind(value, &kind)) {
+        return JsonError(400, absl::StrCat("owner_kind must be one of cni, natpmp, pcp, upnp, "
+                                           "api; not ", value.substr(0, 64)));
+      }
+    } else if (name == "owner_id") {
+      owner_id = value;
+    } else {
+      return JsonError(400, absl::StrCat("unknown parameter ", name.substr(0, 64),
+                                         " (owner_kind, owner_id)"));
+    }
+  }
+  if (!owner_id.empty() && kind == v1::OWNER_KIND_UNSPECIFIED) {
+    return JsonError(400, "owner_id needs owner_kind");
+  }
+  v1::ListMappingsResponse out;
+  for (v1::PortMapping& m : core->ListMappings(kind, owner_id)) *out.add_mappings() = std::move(m);
+  return Json(out);
+}
+
+}  // namespace
+
+std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics) {
+  std::map<std::string, HttpServer::Handler> h;
+  h["/metrics"] = [core, metrics](const HttpServer::Request&) {
+    std::shared_ptr<const Snapshot> snap = core->snapshot();
+    std::map<v1::OwnerKind, size_t> counts;
+    snap->state.mappings.ForEach(
+        [&](const std::string&, const MappingRecord& m) { ++counts[m.proto.owner().kind()]; });
+    std::vector<std::pair<std::string, size_t>> by_owner;
+    for (v1::OwnerKind k : kOwnerKinds) by_owner.emplace_back(OwnerKindName(k), counts[k]);
+    return Response{200, "text/plain; version=0.0.4", metrics->Render(core->Desired(), by_owner),
+                    {}};
+  };
+  h["/healthz"] = [core](const HttpServer::Request&) {
+    v1::GetStatusResponse st = core->Status();
+    return st.ready() ? Response{200, "text/plain", "ok\n", {}}
+                      : Response{503, "text/plain", absl::StrCat(st.reason(), "\n"), {}};
+  };
+  h["/api/v1/status"] = [core](const HttpServer::Request&) { return Json(core->Status()); };
+  h["/api/v1/mappings"] = [core](const HttpServer::Request& r) { return Mappings(core, r); };
+  h["/api/v1/leases"] = [core](const HttpServer::Request& r) {
+    if (!r.query.empty()) return JsonError(400, "/api/v1/leases takes no parameters");
+    v1::ListMappingsResponse out;
+    for (v1::PortMapping& m : core->ListMappings(v1::OWNER_KIND_UNSPECIFIED, "")) {
+      if (IsLease(m)) *out.add_mappings() = std::move(m);
+    }
+    return Json(out);
+  };
+  return h;
+}
+
+}  // namespace fabric::agent

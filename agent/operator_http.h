@@ -1,0 +1,23 @@
+// The operator's HTTP endpoints on --metrics_address (127.0.0.1:9333 by
+// default): /metrics (Prometheus text, names as promtool wants them),
+// /healthz (the liveness/readiness probe), and read-only JSON:
+//   /api/v1/status                 GetStatusResponse
+//   /api/v1/mappings[?owner_kind=K&owner_id=ID]  ListMappingsResponse
+//   /api/v1/leases                 the NAT-PMP, PCP and UPnP leases
+// in the gRPC API's JSON mapping with its proto field names (what
+// `fabricctl --json` prints). Every read comes from the core's latest
+// snapshot and never waits for a write.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "agent/core.h"
+#include "agent/http_server.h"
+#include "agent/metrics.h"
+
+namespace fabric::agent {
+
+std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics);
+
+}  // namespace fabric::agent
