@@ -254,6 +254,15 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   core_options.reader = agent->reader_.get();
   core_options.backup_dirs = {config.state_dir};
   if (!config.backup_dir.empty()) core_options.backup_dirs.push_back(config.backup_dir);
+  if (config.ipv6_firewall) {
+    if (config.wan_interface.empty()) {
+      return absl::InvalidArgumentError("--ipv6_firewall needs --wan_interface");
+    }
+    if (config.backend != "nftables") {
+      return absl::InvalidArgumentError("--ipv6_firewall needs --backend=nftables");
+    }
+    core_options.firewall6_interface = config.wan_interface;
+  }
   agent->core_ = std::make_unique<AgentCore>(std::move(*store), agent->backend_.get(),
                                              agent->conntrack_.get(), core_options);
   if (absl::Status s = agent->core_->Start(); !s.ok()) return s;
@@ -371,6 +380,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
       u.server.igd.policy.max_lifetime = kUpnpMaxLease;
       u.server.igd.wan_interface = config.wan_interface;
       u.server.igd.same_port = config.upnp_same_port;
+      u.server.igd.ipv6_firewall = config.ipv6_firewall;
       u.server.rate_per_second = config.upnp_rate_limit;
       u.server.burst = std::max(100.0, config.upnp_rate_limit * 2);
       u.notify_interval = config.upnp_notify_interval;

@@ -63,6 +63,9 @@ struct AgentConfig {
   absl::Duration upnp_notify_interval = absl::Seconds(900);
   double upnp_rate_limit = 0;  // control requests/s per client; 0: unlimited
   bool upnp_same_port = false;  // refuse (724) external != internal port
+  // Drop new inbound IPv6 connections arriving on wan_interface unless a
+  // pinhole (UPnP WANIPv6FirewallControl) or DNAT lets them in.
+  bool ipv6_firewall = false;
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;

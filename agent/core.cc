@@ -35,9 +35,27 @@ Writer::Options WriterOptions(const CoreOptions& o) {
 }
 
 // Rebuilds the state from the store at start-up: O(attachments + mappings).
-absl::Status BuildState(const StoreContents& contents, absl::Time now, State* state,
+absl::Status BuildState(const StoreContents& contents, absl::Time now,
+                        const std::string& firewall6_interface, State* state,
                         nat::PortAllocator* allocator, StoreWrite* cleanup) {
   state->next_mapping_id = contents.next_mapping_id;
+  state->firewall6_interface = firewall6_interface;
+  for (const v1::Pinhole& p : contents.pinholes) {
+    absl::StatusOr<IpAddress> internal = IpAddress::Parse(p.internal_client());
+    absl::StatusOr<IpAddress> remote = p.remote_host().empty()
+                                           ? absl::StatusOr<IpAddress>(IpAddress())
+                                           : IpAddress::Parse(p.remote_host());
+    absl::StatusOr<nat::Protocol> protocol = FromProto(p.protocol());
+    // Gone while the agent was down, the firewall turned off, or unreadable.
+    if (firewall6_interface.empty() || FromTimestamp(p.expires_at()) <= now || !internal.ok() ||
+        !remote.ok() || !protocol.ok()) {
+      cleanup->delete_pinholes.push_back(p.unique_id());
+      continue;
+    }
+    nat::Pinhole n{*internal, *protocol, static_cast<uint16_t>(p.internal_port()), std::nullopt};
+    if (!p.remote_host().empty()) n.remote = *remote;
+    state->pinholes.Put(absl::StrCat(p.unique_id()), PinholeRecord{p, n});
+  }
   if (contents.epoch_start.has_value()) {
     state->epoch_start = absl::FromUnixSeconds(*contents.epoch_start);
   } else {
@@ -82,9 +100,10 @@ AgentCore::AgentCore(std::unique_ptr<Store> store, nat::Backend* backend,
 
 absl::Status AgentCore::Start() {
   absl::Time now = options_.now();
-  return writer_.Start([now](const StoreContents& contents, State* state,
-                             nat::PortAllocator* allocator, StoreWrite* cleanup) {
-    return BuildState(contents, now, state, allocator, cleanup);
+  const std::string firewall = options_.firewall6_interface;
+  return writer_.Start([now, firewall](const StoreContents& contents, State* state,
+                                       nat::PortAllocator* allocator, StoreWrite* cleanup) {
+    return BuildState(contents, now, firewall, state, allocator, cleanup);
   });
 }
 
@@ -199,9 +218,24 @@ UpnpResult AgentCore::Upnp(const UpnpRequest& request, const LeasePolicy& policy
   return failed;
 }
 
+PinholeResult AgentCore::Pinhole(const PinholeRequest& request, const LeasePolicy& policy) {
+  absl::StatusOr<PinholeResult> r = writer_.Mutate<PinholeResult>(
+      absl::InfiniteFuture(), [&](Txn& txn) -> absl::StatusOr<PinholeResult> {
+        return owners::Pinholes(txn, request, policy);
+      });
+  if (r.ok()) return *r;
+  return {PinholeOutcome::kActionFailed, 0, std::string(r.status().message())};
+}
+
+absl::StatusOr<std::map<nat::Pinhole, uint64_t>> AgentCore::PinholePackets() const {
+  auto read = writer_.ReadKernelConsistent();
+  if (!read.ok()) return read.status();
+  return read->first.pinhole_packets;
+}
+
 int AgentCore::ExpireLeases() {
   absl::StatusOr<int> n = writer_.Mutate<int>(absl::InfiniteFuture(), [&](Txn& txn) {
-    int expired = owners::ExpireLeases(txn, conntrack_);
+    int expired = owners::ExpireLeases(txn, conntrack_) + owners::ExpirePinholes(txn);
     if (!txn.touches_store_or_kernel()) txn.Discard();
     return absl::StatusOr<int>(expired);
   });

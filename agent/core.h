@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,6 +32,7 @@
 #include "agent/core/snapshot.h"
 #include "agent/core/writer.h"
 #include "agent/owners/leases.h"
+#include "agent/owners/pinholes.h"
 #include "agent/owners/upnp.h"
 #include "agent/store.h"
 #include "fabric/nat/v1/nat.pb.h"
@@ -52,6 +54,9 @@ struct CoreOptions {
   nat::Backend* reader = nullptr;
   // The directories Backup may write into (the state dir and --backup_dir).
   std::vector<std::string> backup_dirs;
+  // The WAN interface the IPv6 firewall guards (--ipv6_firewall); empty:
+  // no firewall, and no pinholes (stored ones are dropped at start).
+  std::string firewall6_interface;
 };
 
 class AgentCore {
@@ -97,7 +102,12 @@ class AgentCore {
   LeaseResult Lease(const LeaseRequest& request, const LeasePolicy& policy);
   // UPnP IGD port mappings (agent/owners/upnp.h). Not ready: kNetworkFailure.
   UpnpResult Upnp(const UpnpRequest& request, const LeasePolicy& policy);
-  // Removes leases whose lifetime ran out, in one batch. Returns how many.
+  // IPv6 pinholes (agent/owners/pinholes.h). Not ready: kActionFailed.
+  PinholeResult Pinhole(const PinholeRequest& request, const LeasePolicy& policy);
+  // Packets each pinhole let in, as the kernel counts them (read outside
+  // the writer's lock).
+  absl::StatusOr<std::map<nat::Pinhole, uint64_t>> PinholePackets() const;
+  // Removes leases (and pinholes) whose lifetime ran out, in one batch. Returns how many.
   int ExpireLeases();
   // The external (WAN) address leases are published on; moving it moves
   // every lease. nullopt: none (requests get a network failure).

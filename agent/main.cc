@@ -80,6 +80,10 @@ ABSL_FLAG(absl::Duration, upnp_notify_interval, absl::Seconds(900),
           "how often SSDP ssdp:alive is announced on the LAN interfaces");
 ABSL_FLAG(double, upnp_rate_limit, 0,
           "UPnP control requests per second one LAN host may make (0: unlimited)");
+ABSL_FLAG(bool, ipv6_firewall, false,
+          "drop new inbound IPv6 connections arriving on --wan_interface unless a UPnP pinhole "
+          "(WANIPv6FirewallControl, offered with --upnp) or a DNAT mapping lets them in; "
+          "ICMPv6 passes");
 ABSL_FLAG(bool, upnp_same_port, false,
           "refuse (UPnP error 724) a mapping whose external and internal ports differ");
 ABSL_FLAG(std::string, tls_address, "",
@@ -242,6 +246,7 @@ int main(int argc, char** argv) {
   }
   config.upnp_rate_limit = absl::GetFlag(FLAGS_upnp_rate_limit);
   config.upnp_same_port = absl::GetFlag(FLAGS_upnp_same_port);
+  config.ipv6_firewall = absl::GetFlag(FLAGS_ipv6_firewall);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -175,6 +175,14 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& dir) {
         "COMMIT;");
     if (!s.ok()) return s;
   }
+  if (version < 2) {
+    absl::Status s = store->Exec(
+        "BEGIN;"
+        "CREATE TABLE IF NOT EXISTS pinholes(id INTEGER PRIMARY KEY, spec BLOB NOT NULL);"
+        "PRAGMA user_version=2;"
+        "COMMIT;");
+    if (!s.ok()) return s;
+  }
   // The store's id: made once (stores from before it get one now).
   {
     Statement s(db, "SELECT value FROM meta WHERE key='store_id'");
@@ -263,6 +271,20 @@ absl::StatusOr<StoreContents> Store::Load() const {
     }
     if (rc != SQLITE_DONE) return unreadable("mappings");
   }
+  {
+    Statement s(db_, "SELECT spec FROM pinholes ORDER BY id");
+    if (!s.ok()) return SqlError(db_, "read pinholes");
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+      v1::Pinhole p;
+      if (!p.ParseFromString(Blob(s.get(), 0))) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("store ", path_, ": a pinhole row is corrupt"));
+      }
+      out.pinholes.push_back(std::move(p));
+    }
+    if (rc != SQLITE_DONE) return unreadable("pinholes");
+  }
   // The id counter must pass every stored id, whatever the meta row says
   // (missing, or behind): reusing an id would overwrite a live mapping.
   int64_t highest = 0;
@@ -332,6 +354,19 @@ absl::Status Store::Commit(const StoreWrite& write,
       put.BindText(3, m.owner().id());
       put.BindBlob(4, m.SerializeAsString());
       if (!put.Run()) return fail("write mapping");
+    }
+  }
+  {
+    Statement del(db_, "DELETE FROM pinholes WHERE id=?1");
+    for (uint32_t id : write.delete_pinholes) {
+      sqlite3_bind_int64(del.get(), 1, id);
+      if (!del.Run()) return fail("delete pinhole");
+    }
+    Statement put(db_, "INSERT OR REPLACE INTO pinholes VALUES(?1,?2)");
+    for (const v1::Pinhole& p : write.put_pinholes) {
+      sqlite3_bind_int64(put.get(), 1, p.unique_id());
+      put.BindBlob(2, p.SerializeAsString());
+      if (!put.Run()) return fail("write pinhole");
     }
   }
   if (write.next_mapping_id.has_value()) {

@@ -31,13 +31,16 @@ struct StoreWrite {
   std::vector<v1::AttachmentKey> delete_attachments;
   std::vector<v1::PortMapping> put_mappings;
   std::vector<std::string> delete_mappings;  // mapping ids
+  std::vector<v1::Pinhole> put_pinholes;
+  std::vector<uint32_t> delete_pinholes;  // unique ids
   // The counter mapping ids are drawn from, when it moved.
   std::optional<int64_t> next_mapping_id;
   // Start of the NAT-PMP/PCP epoch (unix seconds), when first set.
   std::optional<int64_t> epoch_start;
   bool empty() const {
     return put_attachments.empty() && delete_attachments.empty() &&
-           put_mappings.empty() && delete_mappings.empty() &&
+           put_mappings.empty() && delete_mappings.empty() && put_pinholes.empty() &&
+           delete_pinholes.empty() &&
            !next_mapping_id.has_value() && !epoch_start.has_value();
   }
 };
@@ -45,6 +48,7 @@ struct StoreWrite {
 struct StoreContents {
   std::vector<v1::Attachment> attachments;
   std::vector<v1::PortMapping> mappings;
+  std::vector<v1::Pinhole> pinholes;
   int64_t next_mapping_id = 1;
   // Unset in a new store: the mapping table starts now.
   std::optional<int64_t> epoch_start;
@@ -91,7 +95,7 @@ class Store {
   // A random id made when the store was made (kept in its meta table, so
   // backups carry it): the marker the agent leaves on its kernel table.
   const std::string& id() const { return id_; }
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
  private:
   Store(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}

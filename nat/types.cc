@@ -176,6 +176,11 @@ std::string DnatElement::ToString() const {
                       HostPort(host_ip, family, ports), " -> ", target);
 }
 
+std::string Pinhole::ToString() const {
+  return absl::StrCat(ProtocolName(protocol), " [", internal.ToString(), "]:", port, " from ",
+                      remote ? remote->ToString() : "any");
+}
+
 std::string RuleSet::DebugString() const {
   std::string out;
   for (const auto& e : dnat) absl::StrAppend(&out, "dnat ", e.ToString(), "\n");
@@ -188,6 +193,8 @@ std::string RuleSet::DebugString() const {
   for (const auto& i : localhost_interfaces) {
     absl::StrAppend(&out, "localhost ", i, "\n");
   }
+  for (const auto& i : firewall6_interfaces) absl::StrAppend(&out, "firewall6 ", i, "\n");
+  for (const auto& p : pinholes) absl::StrAppend(&out, "pinhole ", p.ToString(), "\n");
   return out;
 }
 

@@ -130,6 +130,23 @@ struct DnatElement {
   }
 };
 
+// An inbound IPv6 allowance through the agent's IPv6 firewall (UPnP
+// WANIPv6FirewallControl): new connections arriving on a firewalled WAN
+// interface for `internal`:`port`/`protocol`, from `remote` only when set,
+// pass; others are dropped. Protocol TCP or UDP.
+struct Pinhole {
+  IpAddress internal;
+  Protocol protocol = Protocol::kTcp;
+  uint16_t port = 0;
+  std::optional<IpAddress> remote;  // nullopt: any remote host
+
+  // "tcp [2001:db8::5]:80 from any", "udp [2001:db8::5]:53 from 2001:db8:9::1".
+  std::string ToString() const;
+  auto tie() const { return std::tie(internal, protocol, port, remote); }
+  friend bool operator==(const Pinhole& a, const Pinhole& b) { return a.tie() == b.tie(); }
+  friend bool operator<(const Pinhole& a, const Pinhole& b) { return a.tie() < b.tie(); }
+};
+
 // What the agent wants the kernel to hold (or what a backend read back).
 struct RuleSet {
   std::set<DnatElement> dnat;
@@ -142,19 +159,24 @@ struct RuleSet {
   // Host interfaces behind which published ports are reachable from
   // 127.0.0.1 (route_localnet plus SNAT of loopback sources).
   std::set<std::string> localhost_interfaces;
+  // WAN interfaces on which new inbound IPv6 connections are dropped
+  // unless a pinhole (or DNAT) lets them in (ICMPv6 always passes).
+  std::set<std::string> firewall6_interfaces;
+  std::set<Pinhole> pinholes;
 
   bool empty() const {
     return dnat.empty() && masquerade.empty() && hairpin.empty() &&
-           localhost_interfaces.empty();
+           localhost_interfaces.empty() && firewall6_interfaces.empty() && pinholes.empty();
   }
   size_t size() const {
     return dnat.size() + masquerade.size() + hairpin.size() +
-           localhost_interfaces.size();
+           localhost_interfaces.size() + firewall6_interfaces.size() + pinholes.size();
   }
   friend bool operator==(const RuleSet& a, const RuleSet& b) {
     return a.dnat == b.dnat && a.masquerade == b.masquerade &&
            a.hairpin == b.hairpin &&
-           a.localhost_interfaces == b.localhost_interfaces;
+           a.localhost_interfaces == b.localhost_interfaces &&
+           a.firewall6_interfaces == b.firewall6_interfaces && a.pinholes == b.pinholes;
   }
   friend bool operator!=(const RuleSet& a, const RuleSet& b) {
     return !(a == b);

@@ -29,7 +29,7 @@ PACKAGES=(
   # promtool, which lints /metrics (the package's server is never started)
   prometheus
   # test clients
-  socat curl netcat-openbsd python3 python3-yaml jq procps kmod openssl
+  socat curl iputils-ping netcat-openbsd python3 python3-yaml jq procps kmod openssl
 )
 
 missing=()

@@ -38,6 +38,10 @@ nat::RuleSet State::Desired() const {
     for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
   });
   network.Fill(&r);
+  if (!firewall6_interface.empty()) {
+    r.firewall6_interfaces.insert(firewall6_interface);
+    pinholes.ForEach([&r](const std::string&, const PinholeRecord& p) { r.pinholes.insert(p.nat); });
+  }
   return r;
 }
 

@@ -27,6 +27,11 @@ struct MappingRecord {
   nat::PortMapping nat;
 };
 
+struct PinholeRecord {
+  v1::Pinhole proto;
+  nat::Pinhole nat;
+};
+
 struct AttachmentRecord {
   v1::Attachment proto;
   std::vector<std::string> mapping_ids;
@@ -68,6 +73,11 @@ struct State {
   PersistentTable<int> mapping_targets;
   // Lease id -> the companion port scope it holds (RFC 6886 3.3).
   PersistentTable<nat::PortScope> companions;
+  // IPv6 pinholes by unique id (decimal), and the WAN interface the IPv6
+  // firewall guards (--ipv6_firewall; empty: off). Pinholes only exist
+  // with the firewall on.
+  PersistentTable<PinholeRecord> pinholes;
+  std::string firewall6_interface;
   // The address leases are published on; none: requests get a network
   // failure.
   std::optional<nat::IpAddress> external_address;

@@ -18,6 +18,12 @@ namespace fabric::agent::natpmp {
 namespace {
 
 int PrefixLength(const sockaddr* mask) {
+  if (mask != nullptr && mask->sa_family == AF_INET6) {
+    const uint8_t* b = reinterpret_cast<const sockaddr_in6*>(mask)->sin6_addr.s6_addr;
+    int n = 0;
+    while (n < 128 && (b[n / 8] & (0x80 >> (n % 8)))) ++n;
+    return n;
+  }
   if (mask == nullptr || mask->sa_family != AF_INET) return 32;
   uint32_t m = ntohl(reinterpret_cast<const sockaddr_in*>(mask)->sin_addr.s_addr);
   int n = 0;
@@ -34,6 +40,14 @@ absl::StatusOr<InterfaceAddresses> InterfaceAddresses::Read() {
   }
   InterfaceAddresses out;
   for (ifaddrs* i = list; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr != nullptr && i->ifa_addr->sa_family == AF_INET6) {
+      nat::IpAddress a6 = nat::IpAddress::FromBytes(
+          nat::Family::kIPv6,
+          reinterpret_cast<const sockaddr_in6*>(i->ifa_addr)->sin6_addr.s6_addr);
+      out.own.insert(a6);
+      out.subnets6[i->ifa_name].push_back(nat::Prefix{a6, PrefixLength(i->ifa_netmask)});
+      continue;
+    }
     if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
     nat::IpAddress a = nat::IpAddress::FromBytes(
         nat::Family::kIPv4,
@@ -50,13 +64,22 @@ absl::StatusOr<InterfaceAddresses> InterfaceAddresses::Read() {
 std::optional<std::string> RefusedSource(const InterfaceAddresses& addresses,
                                          const std::string& interface,
                                          const nat::IpAddress& source) {
-  if (!source.is_v4() || source.IsUnspecified() || source.IsMulticast() ||
-      source.IsLimitedBroadcast()) {
+  if (source.IsUnspecified() || source.IsMulticast() ||
+      (source.is_v4() && source.IsLimitedBroadcast())) {
     return absl::StrCat(source.ToString(), " is not a unicast address");
   }
   bool loopback = addresses.loopback.count(interface) > 0;
   if (!loopback && addresses.own.count(source) > 0) {
     return absl::StrCat(source.ToString(), " is this host's own address");
+  }
+  if (!source.is_v4()) {
+    auto v6 = addresses.subnets6.find(interface);
+    if (v6 != addresses.subnets6.end()) {
+      for (const nat::Prefix& p : v6->second) {
+        if (p.Contains(source)) return std::nullopt;
+      }
+    }
+    return absl::StrCat(source.ToString(), " is outside every IPv6 prefix of ", interface);
   }
   auto it = addresses.subnets.find(interface);
   if (it != addresses.subnets.end()) {

@@ -32,15 +32,18 @@ namespace fabric::agent::natpmp {
 struct InterfaceAddresses {
   // Interface name -> its IPv4 addresses with their prefix lengths.
   std::map<std::string, std::vector<nat::Prefix>> subnets;
+  // The same for IPv6 (link-local ones included), for the UPnP front-end.
+  std::map<std::string, std::vector<nat::Prefix>> subnets6;
   std::set<std::string> loopback;  // interfaces with IFF_LOOPBACK
-  std::set<nat::IpAddress> own;    // every IPv4 address of the host
+  std::set<nat::IpAddress> own;    // every IPv4 and IPv6 address of the host
 
   // The host's addresses now (getifaddrs).
   static absl::StatusOr<InterfaceAddresses> Read();
 };
 
 // Why a request from `source` that arrived on `interface` is dropped, or
-// nullopt when it may be served.
+// nullopt when it may be served. An IPv6 source must lie inside one of the
+// interface's IPv6 prefixes.
 std::optional<std::string> RefusedSource(const InterfaceAddresses& addresses,
                                          const std::string& interface,
                                          const nat::IpAddress& source);

@@ -64,5 +64,19 @@ TEST(SourcesTest, ReadsTheHostsAddresses) {
   }
 }
 
+TEST(SourcesTest, Ipv6SourcesMustLieInsideAnIpv6PrefixOfTheInterface) {
+  InterfaceAddresses a = Router();
+  a.subnets6["lan0"] = {P("2001:db8:77::1/64"), P("fe80::1/64")};
+  a.subnets6["wan0"] = {P("2001:db8:1::1/64")};
+  a.own.insert(Ip("2001:db8:77::1"));
+  EXPECT_EQ(RefusedSource(a, "lan0", Ip("2001:db8:77::10")), std::nullopt);
+  EXPECT_EQ(RefusedSource(a, "lan0", Ip("fe80::10")), std::nullopt);
+  EXPECT_EQ(*RefusedSource(a, "lan0", Ip("2001:db8:1::2")),
+            "2001:db8:1::2 is outside every IPv6 prefix of lan0");
+  EXPECT_EQ(*RefusedSource(a, "lan0", Ip("2001:db8:77::1")),
+            "2001:db8:77::1 is this host's own address");
+  EXPECT_EQ(*RefusedSource(a, "lan0", Ip("ff02::1")), "ff02::1 is not a unicast address");
+}
+
 }  // namespace
 }  // namespace fabric::agent::natpmp

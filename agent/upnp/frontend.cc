@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<UpnpFrontend>> UpnpFrontend::Start(AgentCore* cor
   d.wan_device_uuid = ids->wan_device;
   d.wan_connection_device_uuid = ids->wan_connection_device;
   d.model_number = kVersion;
+  d.ipv6_firewall = config.server.igd.ipv6_firewall;
   absl::StatusOr<std::unique_ptr<UpnpServer>> http =
       UpnpServer::Start(core, metrics, config.server);
   if (!http.ok()) return http.status();

@@ -133,10 +133,15 @@ Reply IgdControl::Handle(const std::string& control_path, const SoapCall& call,
     return absl::SimpleAtoi(f.substr(f.rfind(':') + 1), &v) ? v : 0;
   };
   // The service at this path, at its version or a lower one.
-  for (const ServicePaths* s : {&kIpConnection, &kCommonInterfaceConfig}) {
+  for (const ServicePaths* s : {&kIpConnection, &kCommonInterfaceConfig, &kIpv6Firewall}) {
     if (control_path != s->control_path) continue;
+    if (s == &kIpv6Firewall && !config_.ipv6_firewall) break;
     if (!absl::StartsWith(type, base(s->type)) || call.version > version(s->type)) {
       return Fault(401, absl::StrCat(control_path, " serves ", s->type, ", not ", type));
+    }
+    if (s == &kIpv6Firewall) return Ipv6Firewall(call, client);
+    if (client.family() != nat::Family::kIPv4) {
+      return Fault(606, "port mappings are for IPv4 LAN hosts");
     }
     return s == &kIpConnection ? IpConnection(call, client) : CommonInterface(call);
   }

@@ -39,6 +39,9 @@ struct IgdConfig {
   std::string wan_interface;
   // Refuse (724) a mapping whose internal and external ports differ.
   bool same_port = false;
+  // Serve WANIPv6FirewallControl:1 (igd_pinholes.cc): the agent's IPv6
+  // firewall is on.
+  bool ipv6_firewall = false;
   std::string sys_class_net = "/sys/class/net";
 };
 
@@ -54,13 +57,15 @@ class IgdControl {
     std::string detail;   // why, for the log
   };
   // One control request on the service at `control_path` (one of
-  // description.h's control paths) from LAN host `client`.
+  // description.h's control paths) from LAN host `client` (IPv4, or IPv6
+  // for the firewall service).
   Reply Handle(const std::string& control_path, const SoapCall& call,
                const nat::IpAddress& client) const;
 
  private:
   Reply IpConnection(const SoapCall& call, const nat::IpAddress& client) const;
   Reply CommonInterface(const SoapCall& call) const;
+  Reply Ipv6Firewall(const SoapCall& call, const nat::IpAddress& client) const;
   Reply AddMapping(const SoapCall& call, const nat::IpAddress& client, bool any) const;
   Reply DeleteMapping(const SoapCall& call, const nat::IpAddress& client) const;
   Reply DeleteRange(const SoapCall& call, const nat::IpAddress& client) const;

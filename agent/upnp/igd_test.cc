@@ -39,6 +39,7 @@ class IgdTest : public ::testing::Test {
     ASSERT_OK(store.status());
     CoreOptions options{40000, 40099};
     options.now = [this] { return now_; };
+    if (firewall_) options.firewall6_interface = "wan0";
     core_ = std::make_unique<AgentCore>(std::move(*store), &backend_, &conntrack_, options);
     ASSERT_OK(core_->Start());
     core_->SetExternalAddress(Ip("198.18.0.1"));
@@ -49,6 +50,7 @@ class IgdTest : public ::testing::Test {
     config.wan_interface = "wan0";
     config.sys_class_net = dir_ + "/sys";
     config.same_port = same_port_;
+    config.ipv6_firewall = firewall_;
     igd_ = std::make_unique<IgdControl>(core_.get(), config, [this] { return now_; });
   }
 
@@ -89,6 +91,7 @@ class IgdTest : public ::testing::Test {
   std::string dir_;
   absl::Time now_ = absl::FromUnixSeconds(1800000000);
   bool same_port_ = false;
+  bool firewall_ = false;
   nat::FakeBackend backend_;
   nat::RecordingConntrackCleaner conntrack_;
   std::unique_ptr<AgentCore> core_;
@@ -398,6 +401,71 @@ TEST_F(IgdTest, LeasesSurviveARestart) {
                 .fault,
             0);
   EXPECT_EQ(Call("AddPortMapping", Add(8080, 80, "192.168.1.11"), "192.168.1.11").fault, 718);
+}
+
+TEST_F(IgdTest, PinholesAndTheirFaults) {
+  const char* fc = kIpv6Firewall.type;
+  const std::string path = kIpv6Firewall.control_path;
+  const std::string me = "2001:db8:77::10";
+  auto add = [&](const std::string& client, const std::string& port, const std::string& proto,
+                 const std::string& lease = "3600", const std::string& from = "2001:db8:77::10",
+                 const std::string& remote = "") {
+    return Call("AddPinhole",
+                {{"RemoteHost", remote}, {"RemotePort", "0"}, {"InternalClient", client},
+                 {"InternalPort", port}, {"Protocol", proto}, {"LeaseTime", lease}},
+                from, fc, path);
+  };
+  // The service is not there without the firewall.
+  EXPECT_EQ(add(me, "80", "6").fault, 401);
+  firewall_ = true;
+  Restart();
+  EXPECT_EQ(Value(Call("GetFirewallStatus", {}, me, fc, path), "FirewallEnabled"), "1");
+  IgdControl::Reply r = add(me, "80", "6");
+  ASSERT_EQ(r.fault, 0) << r.detail;
+  EXPECT_EQ(Value(r, "UniqueID"), "1");
+  ASSERT_EQ(backend_.rules().pinholes.size(), 1u);
+  EXPECT_EQ(backend_.rules().firewall6_interfaces, (std::set<std::string>{"wan0"}));
+  // The same pinhole again: refreshed, same id. A remote-specific one: new.
+  EXPECT_EQ(Value(add(me, "80", "6", "60"), "UniqueID"), "1");
+  EXPECT_EQ(Value(add(me, "80", "6", "60", me, "2001:db8:1::2"), "UniqueID"), "2");
+  EXPECT_EQ(add("2001:db8:77::99", "80", "6").fault, 606);
+  EXPECT_EQ(add(me, "80", "6", "3600", "192.168.1.10").fault, 606);  // over IPv4
+  EXPECT_EQ(add(me, "0", "6").fault, 706);
+  EXPECT_EQ(add(me, "80", "65535").fault, 707);
+  EXPECT_EQ(add(me, "80", "132").fault, 705);
+  EXPECT_EQ(add(me, "80", "6", "0").fault, 402);
+  EXPECT_EQ(add(me, "80", "6", "86401").fault, 402);
+  EXPECT_EQ(add("192.168.1.10", "80", "6").fault, 402);
+  // Quota: 3 per host (the lease quota's number).
+  ASSERT_EQ(add(me, "81", "17").fault, 0);
+  r = add(me, "82", "17");
+  EXPECT_EQ(r.fault, 701);
+  EXPECT_THAT(r.detail, HasSubstr("already holds 3 pinholes"));
+  auto by_id = [&](const std::string& action, const std::string& id, const std::string& from,
+                   std::vector<std::pair<std::string, std::string>> more = {}) {
+    more.insert(more.begin(), {"UniqueID", id});
+    return Call(action, more, from, fc, path);
+  };
+  EXPECT_EQ(by_id("UpdatePinhole", "1", me, {{"NewLeaseTime", "100"}}).fault, 0);
+  EXPECT_EQ(by_id("UpdatePinhole", "1", "2001:db8:77::99", {{"NewLeaseTime", "100"}}).fault, 606);
+  EXPECT_EQ(by_id("UpdatePinhole", "9", me, {{"NewLeaseTime", "100"}}).fault, 704);
+  EXPECT_EQ(Value(by_id("GetPinholePackets", "1", me), "PinholePackets"), "0");
+  EXPECT_EQ(by_id("CheckPinholeWorking", "1", me).fault, 709);
+  EXPECT_EQ(by_id("DeletePinhole", "1", "2001:db8:77::99").fault, 606);
+  EXPECT_EQ(by_id("DeletePinhole", "1", me).fault, 0);
+  EXPECT_EQ(by_id("DeletePinhole", "1", me).fault, 704);
+  EXPECT_EQ(backend_.rules().pinholes.size(), 2u);
+  // Leases run out (pinhole 2 had 60 s, pinhole 3 3600 s); restarts keep the rest.
+  now_ += absl::Seconds(61);
+  EXPECT_EQ(core_->ExpireLeases(), 1);
+  Restart();
+  EXPECT_EQ(backend_.rules().pinholes.size(), 1u);
+  EXPECT_EQ(by_id("GetPinholePackets", "3", me).fault, 0);
+  // The firewall turned off: stored pinholes go at start.
+  firewall_ = false;
+  Restart();
+  EXPECT_TRUE(backend_.rules().pinholes.empty());
+  EXPECT_TRUE(backend_.rules().firewall6_interfaces.empty());
 }
 
 }  // namespace

@@ -30,9 +30,10 @@ Response Xml(std::string body, int code = 200) {
 // The interface among `lan` that holds `local` as one of its addresses.
 std::string InterfaceOf(const natpmp::InterfaceAddresses& addresses,
                         const std::vector<std::string>& lan, const nat::IpAddress& local) {
+  const auto& subnets = local.is_v4() ? addresses.subnets : addresses.subnets6;
   for (const std::string& name : lan) {
-    auto it = addresses.subnets.find(name);
-    if (it == addresses.subnets.end()) continue;
+    auto it = subnets.find(name);
+    if (it == subnets.end()) continue;
     for (const nat::Prefix& p : it->second) {
       if (p.address == local) return name;
     }
@@ -40,9 +41,13 @@ std::string InterfaceOf(const natpmp::InterfaceAddresses& addresses,
   return "";
 }
 
+// The rate limiter's key: the IPv4 address, or for IPv6 the /64 folded.
 uint32_t Key(const nat::IpAddress& a) {
-  uint32_t k;
-  std::memcpy(&k, a.bytes(), sizeof k);
+  uint32_t k = 0, w;
+  for (size_t i = 0; i < (a.is_v4() ? 4u : 8u); i += 4) {
+    std::memcpy(&w, a.bytes() + i, sizeof w);
+    k ^= w;
+  }
   return k;
 }
 
@@ -80,6 +85,11 @@ absl::StatusOr<std::unique_ptr<UpnpServer>> UpnpServer::Start(AgentCore* core, M
                                     kIpConnection.control_path,
                                     kCommonInterfaceConfig.scpd_path,
                                     kCommonInterfaceConfig.control_path};
+  const bool v6 = s->config_.igd.ipv6_firewall;
+  if (v6) {
+    paths.push_back(kIpv6Firewall.scpd_path);
+    paths.push_back(kIpv6Firewall.control_path);
+  }
   for (const std::string& path : paths) {
     handlers[path] = [s, path](const HttpServer::Request& r) { return s->Serve(r, path); };
   }
@@ -94,10 +104,22 @@ absl::StatusOr<std::unique_ptr<UpnpServer>> UpnpServer::Start(AgentCore* core, M
       return absl::UnavailableError(
           absl::StrCat("LAN interface ", name, " has no IPv4 address to serve UPnP on"));
     }
-    for (const nat::Prefix& p : it->second) {
+    std::vector<nat::Prefix> listen = it->second;
+    // With pinholes, also the interface's IPv6 addresses (not link-local
+    // ones: a pinhole is for a routable address, asked for from it).
+    auto six = addresses->subnets6.find(name);
+    if (v6 && six != addresses->subnets6.end()) {
+      for (const nat::Prefix& p : six->second) {
+        if (!nat::Prefix{*nat::IpAddress::Parse("fe80::"), 10}.Contains(p.address)) {
+          listen.push_back(p);
+        }
+      }
+    }
+    for (const nat::Prefix& p : listen) {
       std::string address = p.address.ToString();
+      std::string host = p.address.is_v4() ? address : absl::StrCat("[", address, "]");
       absl::StatusOr<std::unique_ptr<HttpServer>> http =
-          HttpServer::Start(absl::StrCat(address, ":", port), handlers, options);
+          HttpServer::Start(absl::StrCat(host, ":", port), handlers, options);
       if (!http.ok()) {
         return absl::UnavailableError(absl::StrCat("UPnP HTTP on ", address, ":", port, " (",
                                                    name, "): ", http.status().message()));
@@ -114,7 +136,9 @@ absl::StatusOr<std::unique_ptr<UpnpServer>> UpnpServer::Start(AgentCore* core, M
 std::string UpnpServer::Refused(const HttpServer::Request& request, nat::IpAddress* client) {
   absl::StatusOr<nat::IpAddress> peer = nat::IpAddress::Parse(request.peer_address);
   absl::StatusOr<nat::IpAddress> local = nat::IpAddress::Parse(request.local_address);
-  if (!peer.ok() || !local.ok() || !peer->is_v4()) return "not an IPv4 LAN client";
+  if (!peer.ok() || !local.ok() || peer->family() != local->family()) {
+    return "not a LAN client";
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     absl::Time now = absl::Now();
@@ -136,7 +160,8 @@ std::string UpnpServer::Refused(const HttpServer::Request& request, nat::IpAddre
   }
   // DNS rebinding: the Host must be our own address literal.
   std::optional<absl::string_view> host = request.Header("Host");
-  std::string local_text = local->ToString();
+  std::string local_text =
+      local->is_v4() ? local->ToString() : absl::StrCat("[", local->ToString(), "]");
   if (!host || (*host != local_text &&
                 *host != absl::StrCat(local_text, ":", request.local_port))) {
     return absl::StrCat("Host header ", host ? std::string(*host) : "(none)",
@@ -153,8 +178,9 @@ HttpServer::Response UpnpServer::Serve(const HttpServer::Request& request,
     metrics_->RecordOperation("upnp_refused", false, absl::ZeroDuration());
     return Text(403, absl::StrCat("refused: ", why));
   }
-  const bool control =
-      path == kIpConnection.control_path || path == kCommonInterfaceConfig.control_path;
+  const bool control = path == kIpConnection.control_path ||
+                       path == kCommonInterfaceConfig.control_path ||
+                       path == kIpv6Firewall.control_path;
   if (control != (request.method == "POST")) {
     Response r = Text(405, control ? "control URLs take POST" : "descriptions take GET");
     r.headers.emplace_back("Allow", control ? "POST" : "GET, HEAD");
@@ -162,8 +188,10 @@ HttpServer::Response UpnpServer::Serve(const HttpServer::Request& request,
   }
   if (control) return Control(request, path, client);
   if (path == kRootDescPath) return Xml(root_description_);
-  return Xml(ServiceDescription(path == kIpConnection.scpd_path ? kIpConnection
-                                                                : kCommonInterfaceConfig));
+  for (const ServicePaths* s : {&kIpConnection, &kCommonInterfaceConfig, &kIpv6Firewall}) {
+    if (path == s->scpd_path) return Xml(ServiceDescription(*s));
+  }
+  return Text(404, "no such description");
 }
 
 HttpServer::Response UpnpServer::Control(const HttpServer::Request& request,

@@ -1,5 +1,7 @@
 // UpnpServer: the UPnP IGD front-end's HTTP side. Listens on the IPv4
-// addresses of the LAN interfaces only (one listener each, on one port),
+// addresses of the LAN interfaces only (one listener each, on one port;
+// with the IPv6 firewall also on their routable IPv6 addresses, which the
+// pinhole service needs: a pinhole is for the address that asks),
 // serves the descriptions (description.h) and SOAP control (soap.h,
 // igd.h) through agent/http_server (libmicrohttpd: its caps on header and
 // body size, connections per client and request time apply), and refuses

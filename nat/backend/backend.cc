@@ -23,6 +23,8 @@ RuleSet Minus(const RuleSet& a, const RuleSet& b) {
   out.hairpin = Minus(a.hairpin, b.hairpin);
   out.localhost_interfaces =
       Minus(a.localhost_interfaces, b.localhost_interfaces);
+  out.firewall6_interfaces = Minus(a.firewall6_interfaces, b.firewall6_interfaces);
+  out.pinholes = Minus(a.pinholes, b.pinholes);
   return out;
 }
 }  // namespace
@@ -38,6 +40,7 @@ namespace {
 std::string Describe(const DnatElement& e) { return e.ToString(); }
 std::string Describe(const Prefix& p) { return p.ToString(); }
 std::string Describe(const std::string& s) { return s; }
+std::string Describe(const Pinhole& p) { return p.ToString(); }
 
 template <typename T>
 absl::Status RemoveAll(std::set<T>& have, const std::set<T>& remove) {
@@ -67,10 +70,14 @@ absl::Status ApplyBatch(const Batch& batch, RuleSet* rules) {
   if (s.ok()) s = RemoveAll(next.masquerade, batch.remove.masquerade);
   if (s.ok()) s = RemoveAll(next.hairpin, batch.remove.hairpin);
   if (s.ok()) s = RemoveAll(next.localhost_interfaces, batch.remove.localhost_interfaces);
+  if (s.ok()) s = RemoveAll(next.firewall6_interfaces, batch.remove.firewall6_interfaces);
+  if (s.ok()) s = RemoveAll(next.pinholes, batch.remove.pinholes);
   if (s.ok()) s = AddAll(next.dnat, batch.add.dnat);
   if (s.ok()) s = AddAll(next.masquerade, batch.add.masquerade);
   if (s.ok()) s = AddAll(next.hairpin, batch.add.hairpin);
   if (s.ok()) s = AddAll(next.localhost_interfaces, batch.add.localhost_interfaces);
+  if (s.ok()) s = AddAll(next.firewall6_interfaces, batch.add.firewall6_interfaces);
+  if (s.ok()) s = AddAll(next.pinholes, batch.add.pinholes);
   if (s.ok()) *rules = std::move(next);
   return s;
 }
@@ -83,6 +90,9 @@ void Merge(Batch* into, const Batch& more) {
     to->hairpin.insert(from->hairpin.begin(), from->hairpin.end());
     to->localhost_interfaces.insert(from->localhost_interfaces.begin(),
                                     from->localhost_interfaces.end());
+    to->firewall6_interfaces.insert(from->firewall6_interfaces.begin(),
+                                    from->firewall6_interfaces.end());
+    to->pinholes.insert(from->pinholes.begin(), from->pinholes.end());
   }
 }
 
@@ -98,6 +108,8 @@ std::string Sample(const RuleSet& r) {
   for (const auto& p : r.masquerade) items.push_back("masquerade " + p.ToString());
   for (const auto& p : r.hairpin) items.push_back("hairpin " + p.ToString());
   for (const auto& i : r.localhost_interfaces) items.push_back("localhost " + i);
+  for (const auto& i : r.firewall6_interfaces) items.push_back("firewall6 " + i);
+  for (const auto& p : r.pinholes) items.push_back("pinhole " + p.ToString());
   std::string out = absl::StrCat(items.size());
   if (items.empty()) return out;
   out += " (";

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 
 #include <string>
@@ -55,6 +56,8 @@ struct KernelState {
   // The marker of the agent that made the table (Backend::SetOwner), if
   // the backend keeps one; empty otherwise.
   std::string owner;
+  // Packets each pinhole let through, where the backend counts them.
+  std::map<Pinhole, uint64_t> pinhole_packets;
 };
 
 class Backend {

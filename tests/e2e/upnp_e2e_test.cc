@@ -260,5 +260,63 @@ TEST_F(UpnpTest, HostileRequestsGetCleanErrorsAndTheServerKeepsServing) {
   EXPECT_THAT(Curl(*lan_, kRoot), IsOkAndHolds(HasSubstr("InternetGatewayDevice:2")));
 }
 
+// IPv6 pinholes through the agent's IPv6 firewall (--ipv6_firewall), asked
+// for over IPv6 with upnpc -6 (WANIPv6FirewallControl:1), proven with real
+// IPv6 connections from outside.
+//   LAN host 2001:db8:77::10 --- lan0 2001:db8:77::1 [router] wan0 2001:db8:1::1 --- outside 2001:db8:1::2
+TEST_F(UpnpTest, Ipv6PinholesOpenTheFirewallForTheRequesterOnly) {
+  for (const auto& [ns, cmd] : std::vector<std::pair<Netns*, std::string>>{
+           {router_.get(), "ip addr add 2001:db8:77::1/64 dev lan0 nodad"},
+           {router_.get(), "ip addr add 2001:db8:1::1/64 dev wan0 nodad"},
+           {router_.get(), "sysctl -qw net.ipv6.conf.all.forwarding=1"},
+           {lan_.get(), "ip addr add 2001:db8:77::10/64 dev eth0 nodad"},
+           {lan_.get(), "ip -6 route add default via 2001:db8:77::1"},
+           {outside_.get(), "ip addr add 2001:db8:1::2/64 dev eth0 nodad"},
+           {outside_.get(), "ip -6 route add 2001:db8:77::/64 via 2001:db8:1::1"}}) {
+    ASSERT_OK(ns->Exec(cmd));
+  }
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "v6web"));
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 81, "v6other"));
+  // No firewall yet: routed IPv6 reaches the LAN host.
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 80), IsOkAndHolds(HasSubstr("v6web")));
+  agent_.reset();
+  StartAgent("--ipv6_firewall");
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 80, 0.5).ok());
+  const std::string url = "http://[2001:db8:77::1]:5000/rootDesc.xml";
+  EXPECT_THAT(Upnpc(*lan_, "-6 -S", url),
+              IsOkAndHolds(::testing::AllOf(HasSubstr("Firewall Enabled: Yes"),
+                                            HasSubstr("Inbound Pinhole Allowed: Yes"))));
+  ASSERT_OK_AND_ASSIGN(std::string added,
+                       Upnpc(*lan_, "-6 -A '' 0 2001:db8:77::10 80 TCP 3600", url));
+  EXPECT_THAT(added, HasSubstr("Pinhole ID = 1"));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 80), IsOkAndHolds(HasSubstr("v6web")));
+  // Only what was opened: port 81 stays closed.
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 81, 0.5).ok());
+  EXPECT_THAT(Upnpc(*lan_, "-6 -K 1", url), IsOkAndHolds(::testing::ContainsRegex(
+                                                 "PinholePackets = [1-9]")));
+  EXPECT_THAT(Upnpc(*lan_, "-6 -C 1", url), IsOkAndHolds(HasSubstr("IsWorking = Yes")));
+  EXPECT_THAT(Upnpc(*lan_, "-6 -U 1 7200", url), IsOkAndHolds(Not(HasSubstr("failed"))));
+  // Another host's address: refused.
+  EXPECT_THAT(Upnpc(*lan_, "-6 -A '' 0 2001:db8:77::99 81 TCP 3600", url),
+              IsOkAndHolds(HasSubstr("failed with code 606")));
+  // Over IPv4 there is no IPv6 address to check: refused too.
+  EXPECT_THAT(Upnpc(*lan_, "-A '' 0 2001:db8:77::10 81 TCP 3600"),
+              IsOkAndHolds(HasSubstr("606")));
+  // Kept across a restart (store and kernel).
+  agent_.reset();
+  StartAgent("--ipv6_firewall");
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 80), IsOkAndHolds(HasSubstr("v6web")));
+  EXPECT_THAT(Upnpc(*lan_, "-6 -D 1", url), IsOkAndHolds(Not(HasSubstr("failed"))));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 80, 0.5).ok());
+  EXPECT_THAT(Upnpc(*lan_, "-6 -D 1", url), IsOkAndHolds(HasSubstr("704")));
+  // A short lease runs out on time.
+  ASSERT_OK(Upnpc(*lan_, "-6 -A '' 0 2001:db8:77::10 81 TCP 2", url).status());
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 81), IsOkAndHolds(HasSubstr("v6other")));
+  absl::SleepFor(absl::Milliseconds(4500));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "2001:db8:77::10", 81, 0.5).ok());
+  EXPECT_THAT(router_->Exec("nft list set inet fabric_nat pinhole6"),
+              IsOkAndHolds(Not(HasSubstr("2001:db8:77::10"))));
+}
+
 }  // namespace
 }  // namespace fabric

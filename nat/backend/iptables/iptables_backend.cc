@@ -309,7 +309,17 @@ absl::StatusOr<std::unique_ptr<IptablesBackend>> IptablesBackend::Create(Iptable
   return std::unique_ptr<IptablesBackend>(new IptablesBackend(std::move(options)));
 }
 
+namespace {
+// The IPv6 firewall and its pinholes are nftables only.
+absl::Status RefuseFirewall(const RuleSet& r) {
+  if (r.firewall6_interfaces.empty() && r.pinholes.empty()) return absl::OkStatus();
+  return absl::UnimplementedError(
+      "the IPv6 firewall and its pinholes need the nftables backend (--backend=nftables)");
+}
+}  // namespace
+
 absl::Status IptablesBackend::Replace(const RuleSet& desired) {
+  if (absl::Status s = RefuseFirewall(desired); !s.ok()) return s;
   for (const std::string& i : desired.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
@@ -328,6 +338,7 @@ absl::Status IptablesBackend::Replace(const RuleSet& desired) {
 
 absl::Status IptablesBackend::Apply(const Batch& batch) {
   if (batch.empty()) return absl::OkStatus();
+  if (absl::Status s = RefuseFirewall(batch.add); !s.ok()) return s;
   std::set<Family> families;
   FamiliesOf(batch.remove, &families);
   FamiliesOf(batch.add, &families);

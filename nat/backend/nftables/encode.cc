@@ -7,6 +7,7 @@
 #include <libmnl/libmnl.h>
 #include <libnftnl/chain.h>
 #include <libnftnl/common.h>
+#include <libnftnl/expr.h>
 #include <libnftnl/rule.h>
 #include <libnftnl/set.h>
 #include <libnftnl/table.h>
@@ -32,7 +33,11 @@ using internal::ChainSpec;
 using internal::DnatMap;
 using internal::kChains;
 using internal::kDnatMaps;
+using internal::kFirewall6Set;
 using internal::kLocalhostSet;
+using internal::kPinholeFromSet;
+using internal::kPinholeSet;
+using internal::ChainExists;
 using internal::kPrefixSets;
 using internal::LayoutRules;
 using internal::LayoutSets;
@@ -206,20 +211,40 @@ void EncodePrefix(Builder& b, bool add, const Prefix& prefix,
   }
 }
 
-void EncodeInterface(Builder& b, bool add, const std::string& name) {
+void EncodeInterface(Builder& b, bool add, const std::string& name, const char* set) {
   std::vector<uint8_t> key(IFNAMSIZ, 0);
   std::memcpy(key.data(), name.data(), std::min<size_t>(name.size(), IFNAMSIZ - 1));
-  AddElementMessage(b, add, kLocalhostSet, key, {}, {}, 0,
+  AddElementMessage(b, add, set, key, {}, {}, 0,
                     absl::StrCat(add ? "add " : "remove ", "interface ", name,
-                                 add ? " to set " : " from set ",
-                                 kLocalhostSet));
+                                 add ? " to set " : " from set ", set));
+}
+
+// [remote .] internal . l4proto . port, as the pinhole rules load it.
+std::vector<uint8_t> PinholeKey(const Pinhole& p) {
+  std::vector<uint8_t> key;
+  if (p.remote) PutPadded(key, p.remote->bytes(), 16);
+  PutPadded(key, p.internal.bytes(), 16);
+  uint8_t proto = static_cast<uint8_t>(p.protocol);
+  PutPadded(key, &proto, 1);
+  uint16_t nport = htons(p.port);
+  PutPadded(key, &nport, 2);
+  return key;
+}
+
+void EncodePinhole(Builder& b, bool add, const Pinhole& p) {
+  const char* set = p.remote ? kPinholeFromSet : kPinholeSet;
+  AddElementMessage(b, add, set, PinholeKey(p), {}, {}, 0,
+                    absl::StrCat(add ? "add pinhole " : "remove pinhole ", p.ToString(),
+                                 add ? " to set " : " from set ", set));
 }
 
 void EncodeElements(Builder& b, bool add, const RuleSet& r) {
   for (const DnatElement& e : r.dnat) EncodeDnat(b, add, e);
   for (const Prefix& p : r.masquerade) EncodePrefix(b, add, p, PrefixKind::kMasquerade);
   for (const Prefix& p : r.hairpin) EncodePrefix(b, add, p, PrefixKind::kHairpin);
-  for (const std::string& i : r.localhost_interfaces) EncodeInterface(b, add, i);
+  for (const std::string& i : r.localhost_interfaces) EncodeInterface(b, add, i, kLocalhostSet);
+  for (const std::string& i : r.firewall6_interfaces) EncodeInterface(b, add, i, kFirewall6Set);
+  for (const Pinhole& p : r.pinholes) EncodePinhole(b, add, p);
 }
 
 // ---------------------------------------------------------------------------
@@ -240,6 +265,12 @@ std::string RuleWhat(const RuleSpec& spec) {
                           " masquerade by set ", spec.set->name);
     case RuleKind::kLocalhost:
       return absl::StrCat(what, "localhost masquerade by set ", kLocalhostSet);
+    case RuleKind::kPinhole:
+      return absl::StrCat(what, "accept by set ", kPinholeSet);
+    case RuleKind::kPinholeFrom:
+      return absl::StrCat(what, "accept by set ", kPinholeFromSet);
+    case RuleKind::kFirewall6:
+      return absl::StrCat(what, "drop new inbound IPv6 from set ", kFirewall6Set);
   }
   return what;
 }
@@ -268,6 +299,10 @@ SetSizes SizesOf(const RuleSet& rules) {
   if (!rules.localhost_interfaces.empty()) {
     sizes[kLocalhostSet] = rules.localhost_interfaces.size();
   }
+  if (!rules.firewall6_interfaces.empty()) {
+    sizes[kFirewall6Set] = rules.firewall6_interfaces.size();
+  }
+  for (const Pinhole& p : rules.pinholes) ++sizes[p.remote ? kPinholeFromSet : kPinholeSet];
   return sizes;
 }
 
@@ -299,11 +334,27 @@ EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
   for (const ChainSpec& chain : kChains) {
     std::vector<const RuleSpec*> want = NeededIn(chain.name, after);
     if (want == NeededIn(chain.name, before)) continue;
-    RulePtr flush = NewRule(chain.name);
-    nftnl_rule_nlmsg_build_payload(
-        b.Start(NFT_MSG_DELRULE, 0, absl::StrCat("flush chain ", chain.name)),
-        flush.get());
-    b.Done();
+    const bool existed = ChainExists(chain, before), exists = ChainExists(chain, after);
+    ChainPtr c = NewChain(chain);
+    if (!existed) {
+      nftnl_chain_nlmsg_build_payload(
+          b.Start(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL,
+                  absl::StrCat("add chain ", chain.name)),
+          c.get());
+      b.Done();
+    } else {
+      RulePtr flush = NewRule(chain.name);
+      nftnl_rule_nlmsg_build_payload(
+          b.Start(NFT_MSG_DELRULE, 0, absl::StrCat("flush chain ", chain.name)),
+          flush.get());
+      b.Done();
+    }
+    if (!exists) {
+      nftnl_chain_nlmsg_build_payload(
+          b.Start(NFT_MSG_DELCHAIN, 0, absl::StrCat("delete chain ", chain.name)), c.get());
+      b.Done();
+      continue;
+    }
     for (const RuleSpec* spec : want) EncodeRule(b, *spec);
   }
   b.End();
@@ -334,7 +385,9 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
               "recreate table inet fabric_nat"),
       owned.get());
   b.Done();
+  const SetSizes sizes = SizesOf(desired);
   for (const ChainSpec& spec : kChains) {
+    if (!ChainExists(spec, sizes)) continue;
     ChainPtr c = NewChain(spec);
     nftnl_chain_nlmsg_build_payload(
         b.Start(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL,
@@ -350,7 +403,7 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
         s.get());
     b.Done();
   }
-  for (const RuleSpec* spec : LayoutRules(SizesOf(desired))) EncodeRule(b, *spec);
+  for (const RuleSpec* spec : LayoutRules(sizes)) EncodeRule(b, *spec);
   EncodeElements(b, /*add=*/true, desired);
   b.End();
   return b.Take();
@@ -369,7 +422,8 @@ EncodedBatch EncodeDeleteTable(uint32_t first_seq) {
 }
 
 absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
-                            std::set<std::string>* seen) {
+                            std::set<std::string>* seen,
+                            std::map<Pinhole, uint64_t>* packets) {
   std::string name = nftnl_set_get_str(set, NFTNL_SET_NAME);
   const DnatMap* map = nullptr;
   for (const DnatMap& m : kDnatMaps) {
@@ -446,14 +500,46 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
       }
       bounds.emplace_back(IpAddress::FromBytes(prefixes->family, key),
                           (flags & NFT_SET_ELEM_INTERVAL_END) == 0);
-    } else if (name == kLocalhostSet) {
+    } else if (name == kLocalhostSet || name == kFirewall6Set) {
       if (key == nullptr || klen != IFNAMSIZ) {
         foreign.push_back("malformed element");
         continue;
       }
-      rules->localhost_interfaces.insert(
-          std::string(reinterpret_cast<const char*>(key),
-                      strnlen(reinterpret_cast<const char*>(key), klen)));
+      (name == kLocalhostSet ? rules->localhost_interfaces : rules->firewall6_interfaces)
+          .insert(std::string(reinterpret_cast<const char*>(key),
+                              strnlen(reinterpret_cast<const char*>(key), klen)));
+    } else if (name == kPinholeSet || name == kPinholeFromSet) {
+      const bool from = name == kPinholeFromSet;
+      if (key == nullptr || klen != (from ? 40u : 24u)) {
+        foreign.push_back("malformed element");
+        continue;
+      }
+      Pinhole p;
+      size_t off = 0;
+      if (from) {
+        p.remote = IpAddress::FromBytes(Family::kIPv6, key);
+        off = 16;
+      }
+      p.internal = IpAddress::FromBytes(Family::kIPv6, key + off);
+      p.protocol = static_cast<Protocol>(key[off + 16]);
+      uint16_t port;
+      std::memcpy(&port, key + off + 20, 2);
+      p.port = ntohs(port);
+      rules->pinholes.insert(p);
+      if (packets != nullptr) {
+        // The counter the set puts on every element.
+        uint64_t n = 0;
+        nftnl_set_elem_expr_foreach(
+            e,
+            [](nftnl_expr* x, void* data) -> int {
+              if (std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_NAME), "counter") == 0) {
+                *static_cast<uint64_t*>(data) = nftnl_expr_get_u64(x, NFTNL_EXPR_CTR_PACKETS);
+              }
+              return 0;
+            },
+            &n);
+        (*packets)[p] = n;
+      }
     }
   }
   nftnl_set_elems_iter_destroy(it);

@@ -12,16 +12,23 @@
 //   ... the same four for ipv6 (dnat6, dnat6_any, range6, range6_any)
 //   set masq4/masq6, hairpin4/hairpin6   container networks (interval)
 //   set localhost_ifaces                 ifname
+//   set fw6_ifaces                       ifname (WAN interfaces the IPv6 firewall guards)
+//   set pinhole6       ipv6_addr . inet_proto . inet_service              (counter)
+//   set pinhole6_from  ipv6_addr . ipv6_addr . inet_proto . inet_service  (counter)
 //   chain prerouting (nat, dstnat)   fib daddr type local jump hostports
 //   chain output (nat, -100)         fib daddr type local jump hostports
 //   chain hostports                  one dnat-through-map rule per map
 //   chain postrouting (nat, srcnat)  hairpin, outbound and localhost masquerade
+//   chain forward (filter, 0)        only with the IPv6 firewall: pinholes
+//                                    accept, then new inbound IPv6 from a
+//                                    fw6 interface (not ICMPv6, not DNAT'd) drops
 //
 // Only the rules that can change a packet's fate are present: a rule that
 // looks up a set exists while that set has elements, and the jumps while
-// any DNAT map has elements (SetSizes below decides). No filter chain: an
-// accept in our own base chain cannot override another table's drop, and
-// with policy accept it changes nothing.
+// any DNAT map has elements (SetSizes below decides). No filter chain
+// unless the IPv6 firewall is on: an accept in our own base chain cannot
+// override another table's drop, and with policy accept it changes
+// nothing; the firewall's drop is what makes its pinholes matter.
 //
 // Range maps carry no target port: the destination port is kept, so host
 // port N reaches target port N (nftables cannot shift a port range here).
@@ -94,8 +101,10 @@ std::vector<std::string> SetNames();
 // the elements already decoded from the same dump), kAborted when an
 // element comes twice: the kernel rehashed the set during the dump, which
 // then also missed as many elements, so the dump must be repeated.
+// With `packets`, each pinhole's packet counter goes there too.
 absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
-                            std::set<std::string>* seen = nullptr);
+                            std::set<std::string>* seen = nullptr,
+                            std::map<Pinhole, uint64_t>* packets = nullptr);
 
 // A printable signature of a rule's expressions, comparable between rules
 // built here and rules read back from the kernel.
@@ -106,8 +115,10 @@ std::string RuleSignature(nftnl_rule* rule);
 std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
     const SetSizes& sizes);
 
-// The layout's chains: name -> "type hook priority" ("" for regular chains).
-std::map<std::string, std::string> ExpectedChains();
+// The layout's chains with sets of `sizes` (the forward chain exists only
+// with the IPv6 firewall): name -> "type hook priority" ("" for regular
+// chains).
+std::map<std::string, std::string> ExpectedChains(const SetSizes& sizes);
 std::string ChainSignature(const nftnl_chain* chain);
 
 // The layout's sets: name -> "flags keylen datalen".

@@ -282,9 +282,13 @@ TEST(EncodeTest, RepeatedElementInOneDumpIsDetected) {
 }
 
 TEST(EncodeTest, LayoutIsConsistent) {
-  // No filter chain: an accept there would change no packet's fate.
-  EXPECT_THAT(ExpectedChains(),
+  // No filter chain without the IPv6 firewall: an accept there would
+  // change no packet's fate.
+  EXPECT_THAT(ExpectedChains({{"dnat4", 1}, {"pinhole6", 1}}),
               ElementsAre(Key("hostports"), Key("output"), Key("postrouting"),
+                          Key("prerouting")));
+  EXPECT_THAT(ExpectedChains({{"fw6_ifaces", 1}}),
+              ElementsAre(Key("forward"), Key("hostports"), Key("output"), Key("postrouting"),
                           Key("prerouting")));
   EXPECT_EQ(ExpectedSets().size(), SetNames().size());
   SetSizes every;
@@ -293,6 +297,11 @@ TEST(EncodeTest, LayoutIsConsistent) {
   EXPECT_EQ(rules["hostports"].size(), 8u);
   EXPECT_EQ(rules["postrouting"].size(), 5u);
   EXPECT_EQ(rules["prerouting"].size(), 1u);
+  // Pinholes accept, then the firewall drops.
+  ASSERT_EQ(rules["forward"].size(), 3u);
+  EXPECT_THAT(rules["forward"][0], HasSubstr("set pinhole6 "));
+  EXPECT_THAT(rules["forward"][1], HasSubstr("set pinhole6_from"));
+  EXPECT_THAT(rules["forward"][2], HasSubstr("drop"));
   // The any-address map is looked up first.
   EXPECT_THAT(rules["hostports"][0], HasSubstr("set dnat4_any"));
   EXPECT_THAT(rules["hostports"][2], HasSubstr("set dnat4 "));
@@ -300,7 +309,7 @@ TEST(EncodeTest, LayoutIsConsistent) {
 
 TEST(EncodeTest, RulesFollowWhatTheSetsHold) {
   auto none = ExpectedRuleSignatures({});
-  EXPECT_EQ(none.size(), ExpectedChains().size());
+  EXPECT_EQ(none.size(), ExpectedChains({}).size());
   for (const auto& [chain, rules] : none) EXPECT_THAT(rules, ElementsAre()) << chain;
   auto some = ExpectedRuleSignatures({{"dnat4", 3}, {"hairpin6", 1}});
   ASSERT_EQ(some["hostports"].size(), 1u);

@@ -46,6 +46,10 @@ uint32_t SetId(const std::string& name) {
     if (name == p.name) return id;
     ++id;
   }
+  for (const char* other : {kLocalhostSet, kFirewall6Set, kPinholeSet, kPinholeFromSet}) {
+    if (name == other) return id;
+    ++id;
+  }
   return id;
 }
 
@@ -141,13 +145,13 @@ void DaddrIsLocal(nftnl_rule* r) {
   nftnl_rule_add_expr(r, Cmp(NFT_REG_1, NFT_CMP_EQ, &local, 4));
 }
 
-// ct status dnat
-void CtStatusDnat(nftnl_rule* r) {
+// ct <key> & mask != 0 (set) or == 0 (!set).
+void CtBits(nftnl_rule* r, uint32_t key, uint32_t mask, bool set) {
   nftnl_expr* ct = nftnl_expr_alloc("ct");
-  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
+  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_KEY, key);
   nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_DREG, NFT_REG_1);
   nftnl_rule_add_expr(r, ct);
-  uint32_t mask = IPS_DST_NAT, zero = 0;
+  uint32_t zero = 0;
   nftnl_expr* bw = nftnl_expr_alloc("bitwise");
   nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
   nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
@@ -155,7 +159,17 @@ void CtStatusDnat(nftnl_rule* r) {
   nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
   nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
   nftnl_rule_add_expr(r, bw);
-  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, NFT_CMP_NEQ, &zero, 4));
+  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, set ? NFT_CMP_NEQ : NFT_CMP_EQ, &zero, 4));
+}
+
+// ct status dnat
+void CtStatusDnat(nftnl_rule* r) { CtBits(r, NFT_CT_STATUS, IPS_DST_NAT, true); }
+
+// iifname @fw6_ifaces meta nfproto ipv6
+void FromFirewalledWan(nftnl_rule* r) {
+  nftnl_rule_add_expr(r, Meta(NFT_META_IIFNAME, NFT_REG_1));
+  nftnl_rule_add_expr(r, Lookup(kFirewall6Set, NFT_REG_1, -1, false));
+  NfprotoIs(r, Family::kIPv6);
 }
 
 // The 32-bit register `index` (0 = NFT_REG32_00) as the kernel reports it
@@ -241,6 +255,9 @@ const std::vector<RuleSpec>& AllRules() {
       r->push_back({"postrouting", RuleKind::kPrefix, nullptr, &s});
     }
     r->push_back({"postrouting", RuleKind::kLocalhost});
+    r->push_back({"forward", RuleKind::kPinhole});
+    r->push_back({"forward", RuleKind::kPinholeFrom});
+    r->push_back({"forward", RuleKind::kFirewall6});
     return r;
   }();
   return *rules;
@@ -264,6 +281,12 @@ bool Needed(const RuleSpec& spec, const SetSizes& sizes) {
       return SizeOf(sizes, spec.set->name) > 0;
     case RuleKind::kLocalhost:
       return SizeOf(sizes, kLocalhostSet) > 0;
+    case RuleKind::kPinhole:
+      return SizeOf(sizes, kFirewall6Set) > 0 && SizeOf(sizes, kPinholeSet) > 0;
+    case RuleKind::kPinholeFrom:
+      return SizeOf(sizes, kFirewall6Set) > 0 && SizeOf(sizes, kPinholeFromSet) > 0;
+    case RuleKind::kFirewall6:
+      return SizeOf(sizes, kFirewall6Set) > 0;
   }
   return false;
 }
@@ -319,6 +342,43 @@ RulePtr BuildRule(const RuleSpec& spec) {
       uint8_t loopback = 127;
       nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, &loopback, 1));
       nftnl_rule_add_expr(r.get(), Masquerade());
+      return r;
+    }
+    case RuleKind::kPinhole:
+    case RuleKind::kPinholeFrom: {
+      // iifname @fw6_ifaces meta nfproto ipv6
+      //   [ip6 saddr .] ip6 daddr . meta l4proto . th dport @pinhole6[_from] accept
+      const bool from = spec.kind == RuleKind::kPinholeFrom;
+      RulePtr r = NewRule("forward");
+      FromFirewalledWan(r.get());
+      uint32_t reg = 0;
+      if (from) {
+        nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
+                                             SaddrOffset(Family::kIPv6), 16, Reg32(0)));
+        reg = 4;
+      }
+      nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER,
+                                           DaddrOffset(Family::kIPv6), 16, Reg32(reg)));
+      reg += 4;
+      nftnl_rule_add_expr(r.get(), Meta(NFT_META_L4PROTO, Reg32(reg)));
+      nftnl_rule_add_expr(r.get(),
+                          Payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, Reg32(reg + 1)));
+      nftnl_rule_add_expr(r.get(), Lookup(from ? kPinholeFromSet : kPinholeSet, NFT_REG_1, -1,
+                                          false));
+      nftnl_rule_add_expr(r.get(), Verdict(NF_ACCEPT, nullptr));
+      return r;
+    }
+    case RuleKind::kFirewall6: {
+      // iifname @fw6_ifaces meta nfproto ipv6 ct state new
+      //   meta l4proto != ipv6-icmp ct status & dnat == 0 drop
+      RulePtr r = NewRule("forward");
+      FromFirewalledWan(r.get());
+      CtBits(r.get(), NFT_CT_STATE, NF_CT_STATE_BIT(IP_CT_NEW), true);
+      uint8_t icmpv6 = 58;
+      nftnl_rule_add_expr(r.get(), Meta(NFT_META_L4PROTO, NFT_REG_1));
+      nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_NEQ, &icmpv6, 1));
+      CtBits(r.get(), NFT_CT_STATUS, IPS_DST_NAT, false);
+      nftnl_rule_add_expr(r.get(), Verdict(NF_DROP, nullptr));
       return r;
     }
   }
@@ -384,7 +444,17 @@ std::vector<SetSpec> LayoutSets() {
                            static_cast<uint32_t>(AddrLen(p.family)), 0, 0, {}});
   }
   sets.push_back(SetSpec{kLocalhostSet, 0, kTypeIfname, IFNAMSIZ, 0, 0, {}});
+  sets.push_back(SetSpec{kFirewall6Set, 0, kTypeIfname, IFNAMSIZ, 0, 0, {}});
+  const uint32_t pinhole_key = (((kTypeIpv6 << kTypeBits) | kTypeProto) << kTypeBits) |
+                               kTypeService;
+  sets.push_back(SetSpec{kPinholeSet, NFT_SET_EXPR, pinhole_key, 24, 0, 0, {}, true});
+  sets.push_back(SetSpec{kPinholeFromSet, NFT_SET_EXPR,
+                         (kTypeIpv6 << (3 * kTypeBits)) | pinhole_key, 40, 0, 0, {}, true});
   return sets;
+}
+
+bool ChainExists(const ChainSpec& spec, const SetSizes& sizes) {
+  return !spec.conditional || !NeededIn(spec.name, sizes).empty();
 }
 
 SetPtr NewSet(const SetSpec& spec) {
@@ -400,6 +470,7 @@ SetPtr NewSet(const SetSpec& spec) {
     nftnl_set_set_data(s.get(), NFTNL_SET_DESC_CONCAT, spec.concat.data(),
                        spec.concat.size());
   }
+  if (spec.counter) nftnl_set_add_expr(s.get(), nftnl_expr_alloc("counter"));
   return s;
 }
 
@@ -449,17 +520,19 @@ std::string RuleSignature(nftnl_rule* rule) {
 std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
     const SetSizes& sizes) {
   std::map<std::string, std::vector<std::string>> out;
-  for (const ChainSpec& spec : kChains) out[spec.name];
+  for (const ChainSpec& spec : kChains) {
+    if (internal::ChainExists(spec, sizes)) out[spec.name];
+  }
   for (const RuleSpec* spec : LayoutRules(sizes)) {
     out[spec->chain].push_back(RuleSignature(BuildRule(*spec).get()));
   }
   return out;
 }
 
-std::map<std::string, std::string> ExpectedChains() {
+std::map<std::string, std::string> ExpectedChains(const SetSizes& sizes) {
   std::map<std::string, std::string> out;
   for (const ChainSpec& spec : kChains) {
-    out[spec.name] = ChainSignature(NewChain(spec).get());
+    if (internal::ChainExists(spec, sizes)) out[spec.name] = ChainSignature(NewChain(spec).get());
   }
   return out;
 }

@@ -316,19 +316,6 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
         return absl::OkStatus();
       });
   if (!s.ok()) return s;
-  for (const auto& [name, sig] : nftables::ExpectedChains()) {
-    auto it = chains.find(name);
-    if (it == chains.end()) {
-      problems.push_back(absl::StrCat("chain ", name, " missing"));
-    } else if (it->second != sig) {
-      problems.push_back(absl::StrCat("chain ", name, " is \"", it->second,
-                                      "\", expected \"", sig, "\""));
-    }
-  }
-  if (chains.size() > nftables::ExpectedChains().size()) {
-    problems.push_back("foreign chains in the table");
-  }
-
   // Sets.
   std::map<std::string, std::string> sets;
   s = sock.Request(
@@ -414,12 +401,28 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
     std::set<std::string> seen;
     absl::Status decode =
         s.ok() && nftnl_set_is_set(all, NFTNL_SET_NAME)
-            ? nftables::DecodeElements(all, &state.rules, &seen)
+            ? nftables::DecodeElements(all, &state.rules, &seen, &state.pinhole_packets)
             : absl::OkStatus();
     nftnl_set_free(all);
     if (!s.ok()) return s;
     if (decode.code() == absl::StatusCode::kAborted) return decode;
     if (!decode.ok()) problems.push_back(std::string(decode.message()));
+  }
+
+  // Chains (the forward chain exists only with the IPv6 firewall's sets).
+  const std::map<std::string, std::string> expected_chains =
+      nftables::ExpectedChains(nftables::SizesOf(state.rules));
+  for (const auto& [name, sig] : expected_chains) {
+    auto it = chains.find(name);
+    if (it == chains.end()) {
+      problems.push_back(absl::StrCat("chain ", name, " missing"));
+    } else if (it->second != sig) {
+      problems.push_back(absl::StrCat("chain ", name, " is \"", it->second,
+                                      "\", expected \"", sig, "\""));
+    }
+  }
+  if (chains.size() > expected_chains.size()) {
+    problems.push_back("foreign chains in the table");
   }
 
   // The rules the contents call for, exactly: a rule for an empty set is

@@ -502,3 +502,69 @@ TEST_F(NftablesBackendTest, SyncAfterFlushRulesetRestoresTheRules) {
 
 }  // namespace
 }  // namespace fabric::nat
+
+namespace fabric::nat {
+namespace {
+
+class NftablesFirewallTest : public NftablesBackendTest {};
+
+TEST_F(NftablesFirewallTest, Ipv6FirewallDropsNewInboundExceptPinholes) {
+  ASSERT_OK(outside_->Exec("ip -6 route add fd00:99::/64 via 2001:db8::1"));
+  ASSERT_OK(host_->Exec("sysctl -qw net.ipv6.conf.all.forwarding=1"));
+  Serve("tcp", 80, "web");
+  Serve("tcp", 81, "other");
+  ASSERT_OK(testing::Serve(*outside_, "tcp", 9000, "outside"));
+  // Routed, no firewall: open.
+  EXPECT_THAT(Ask(*outside_, "tcp", "fd00:99::2", 80), IsOkAndHolds(HasSubstr("web")));
+  RuleSet rules;
+  rules.firewall6_interfaces = {"wan0"};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "fd00:99::2", 80, 0.5).ok());
+  // ICMPv6 passes; connections from inside out, and their answers, too.
+  EXPECT_OK(outside_->Exec("ping -6 -c1 -W2 fd00:99::2"));
+  EXPECT_THAT(Ask(*container_, "tcp", "2001:db8::2", 9000), IsOkAndHolds(HasSubstr("outside")));
+
+  Pinhole web{Ip("fd00:99::2"), Protocol::kTcp, 80, std::nullopt};
+  Pinhole from_outside{Ip("fd00:99::2"), Protocol::kTcp, 81, Ip("2001:db8::2")};
+  Pinhole from_elsewhere{Ip("fd00:99::2"), Protocol::kTcp, 81, Ip("2001:db8::99")};
+  Batch open;
+  open.add.pinholes = {web, from_elsewhere};
+  ASSERT_OK(backend_->Apply(open));
+  EXPECT_THAT(Ask(*outside_, "tcp", "fd00:99::2", 80), IsOkAndHolds(HasSubstr("web")));
+  // A pinhole for another remote host does not open the port to this one.
+  EXPECT_FALSE(Ask(*outside_, "tcp", "fd00:99::2", 81, 0.5).ok());
+  Batch from;
+  from.add.pinholes = {from_outside};
+  ASSERT_OK(backend_->Apply(from));
+  EXPECT_THAT(Ask(*outside_, "tcp", "fd00:99::2", 81), IsOkAndHolds(HasSubstr("other")));
+
+  ASSERT_OK_AND_ASSIGN(KernelState k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_EQ(k.rules.pinholes, (std::set<Pinhole>{web, from_outside, from_elsewhere}));
+  EXPECT_EQ(k.rules.firewall6_interfaces, (std::set<std::string>{"wan0"}));
+  // Each pinhole counts the packets it let in.
+  EXPECT_GE(k.pinhole_packets[web], 3u);
+  EXPECT_GE(k.pinhole_packets[from_outside], 3u);
+  EXPECT_EQ(k.pinhole_packets[from_elsewhere], 0u);
+
+  // Closing the pinhole closes the port; turning the firewall off removes
+  // the forward chain altogether.
+  Batch close;
+  close.remove.pinholes = {web};
+  ASSERT_OK(backend_->Apply(close));
+  EXPECT_FALSE(Ask(*outside_, "tcp", "fd00:99::2", 80, 0.5).ok());
+  EXPECT_THAT(host_->Exec("nft list chain inet fabric_nat forward"),
+              IsOkAndHolds(HasSubstr("drop")));
+  Batch off;
+  off.remove.pinholes = {from_outside, from_elsewhere};
+  off.remove.firewall6_interfaces = {"wan0"};
+  ASSERT_OK(backend_->Apply(off));
+  EXPECT_FALSE(host_->Exec("nft list chain inet fabric_nat forward 2>&1").ok());
+  EXPECT_THAT(Ask(*outside_, "tcp", "fd00:99::2", 80), IsOkAndHolds(HasSubstr("web")));
+  ASSERT_OK_AND_ASSIGN(k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_TRUE(k.rules.empty()) << k.rules.DebugString();
+}
+
+}  // namespace
+}  // namespace fabric::nat

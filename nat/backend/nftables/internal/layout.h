@@ -59,6 +59,12 @@ inline constexpr PrefixSet kPrefixSets[] = {
     {"hairpin6", Family::kIPv6, PrefixKind::kHairpin},
 };
 inline constexpr char kLocalhostSet[] = "localhost_ifaces";
+// The IPv6 firewall (RuleSet::firewall6_interfaces, pinholes): the WAN
+// interfaces it guards, and the pinholes without and with a remote host.
+// The pinhole sets count packets per element.
+inline constexpr char kFirewall6Set[] = "fw6_ifaces";
+inline constexpr char kPinholeSet[] = "pinhole6";          // daddr . l4proto . dport
+inline constexpr char kPinholeFromSet[] = "pinhole6_from";  // saddr . daddr . l4proto . dport
 
 // The map that holds `e`.
 const DnatMap& MapFor(const DnatElement& e);
@@ -98,7 +104,7 @@ SetPtr SetRef(const char* name);
 // set and exists only while that set has elements (Needed): a lookup in an
 // empty set changes no packet's fate, and every new connection would pay
 // for it. The jumps to hostports exist while any DNAT map has elements.
-enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost };
+enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost, kPinhole, kPinholeFrom, kFirewall6 };
 struct RuleSpec {
   const char* chain;
   RuleKind kind;
@@ -126,13 +132,20 @@ struct ChainSpec {
   const char* type;  // nullptr for a regular chain
   uint32_t hook;
   int32_t priority;
+  // Exists only while it has rules: a base chain costs every packet of its
+  // hook a visit, so the forward chain is there only with the firewall.
+  bool conditional = false;
 };
 inline constexpr ChainSpec kChains[] = {
     {"hostports", nullptr, 0, 0},
     {"prerouting", "nat", NF_INET_PRE_ROUTING, -100},
     {"output", "nat", NF_INET_LOCAL_OUT, -100},
     {"postrouting", "nat", NF_INET_POST_ROUTING, 100},
+    {"forward", "filter", NF_INET_FORWARD, 0, true},
 };
+
+// Whether chain `spec` exists with sets of `sizes`.
+bool ChainExists(const ChainSpec& spec, const SetSizes& sizes);
 
 // A new chain made from `spec`, ready to create.
 ChainPtr NewChain(const ChainSpec& spec);
@@ -143,6 +156,7 @@ struct SetSpec {
   uint32_t key_type, key_len;
   uint32_t data_type, data_len;
   std::vector<uint8_t> concat;  // field lengths, for interval concatenations
+  bool counter = false;         // a packet/byte counter on every element
 };
 
 // Every map and set of the layout, in the order a replace creates them.
