@@ -138,6 +138,25 @@ absl::StatusOr<LeasePolicy> LanPolicy(const AgentConfig& config,
   return policy;
 }
 
+// What the status page lists as front-ends.
+std::vector<std::string> FrontendLines(const AgentConfig& config) {
+  std::vector<std::string> out;
+  std::string lan = absl::StrCat("LAN ", absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
+                                 config.wan_interface.empty() ? "none" : config.wan_interface);
+  if (!config.lan_interfaces.empty() && config.natpmp) {
+    out.push_back(absl::StrCat(config.pcp ? "NAT-PMP and PCP" : "NAT-PMP", " on udp 5351, ", lan));
+  }
+  if (!config.lan_interfaces.empty() && config.upnp) {
+    out.push_back(absl::StrCat("UPnP IGD: SSDP on udp 1900, HTTP on port ",
+                               config.upnp_http_port, ", ", lan));
+  }
+  if (config.ipv6_firewall) {
+    out.push_back(absl::StrCat("IPv6 firewall on ", config.wan_interface, " (pinholes by UPnP)"));
+  }
+  if (!config.tls_address.empty()) out.push_back("gRPC over TLS on " + config.tls_address);
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
@@ -338,7 +357,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
 
   if (!config.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
-        config.metrics_address, OperatorHandlers(agent->core_.get(), &agent->metrics_));
+        config.metrics_address,
+        OperatorHandlers(agent->core_.get(), &agent->metrics_, FrontendLines(config)));
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }

@@ -23,10 +23,17 @@ void Metrics::RecordOperation(const std::string& op, bool ok,
   sum_ += s;
 }
 
-void Metrics::RecordRepair(absl::Time when) {
+void Metrics::RecordRepair(absl::Time when, const std::string& what) {
   std::lock_guard<std::mutex> lock(mu_);
   ++repairs_;
   last_repair_ = when;
+  recent_.emplace_front(when, what);
+  if (recent_.size() > kRecentRepairs) recent_.pop_back();
+}
+
+std::vector<std::pair<absl::Time, std::string>> Metrics::RecentRepairs() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {recent_.begin(), recent_.end()};
 }
 
 std::string Metrics::Render(

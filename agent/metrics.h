@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
@@ -20,8 +21,13 @@ class Metrics {
   Metrics();
   // One finished operation ("attach", "detach", ...).
   void RecordOperation(const std::string& op, bool ok, absl::Duration took);
-  // One repair after a foreign change of the kernel rules.
-  void RecordRepair(absl::Time when);
+  // One repair after a foreign change of the kernel rules, and what it did
+  // ("restored 3 (dnat ...)"); the last kRecentRepairs are kept for the
+  // status page.
+  void RecordRepair(absl::Time when, const std::string& what = "");
+  static constexpr size_t kRecentRepairs = 20;
+  // Newest first.
+  std::vector<std::pair<absl::Time, std::string>> RecentRepairs() const;
 
   // The exposition text; `desired` gives the rule counts, `mappings` the
   // mappings held by owner kind ("cni", "upnp", ...; every kind, zeros
@@ -39,6 +45,7 @@ class Metrics {
   double sum_ = 0;                                   // guarded by mu_
   uint64_t repairs_ = 0;                             // guarded by mu_
   absl::Time last_repair_ = absl::UnixEpoch();       // guarded by mu_
+  std::deque<std::pair<absl::Time, std::string>> recent_;  // guarded by mu_
 };
 
 }  // namespace fabric::agent

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/core/convert.h"
 #include "agent/owner_kind.h"
+#include "agent/status_page.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace fabric::agent {
@@ -75,8 +76,24 @@ Response Mappings(AgentCore* core, const HttpServer::Request& r) {
 
 }  // namespace
 
-std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics) {
+std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
+                                                            std::vector<std::string> frontends) {
   std::map<std::string, HttpServer::Handler> h;
+  h["/"] = [core, metrics, frontends](const HttpServer::Request&) {
+    StatusPageInputs in;
+    in.status = core->Status();
+    in.snapshot = core->snapshot();
+    in.repairs = metrics->RecentRepairs();
+    in.frontends = frontends;
+    in.now = absl::Now();
+    Response r{200, "text/html; charset=utf-8", RenderStatusPage(in), {}};
+    // Nothing on the page may run or load: ids and descriptions come from
+    // clients.
+    r.headers.emplace_back("Content-Security-Policy",
+                           "default-src 'none'; style-src 'unsafe-inline'");
+    r.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    return r;
+  };
   h["/metrics"] = [core, metrics](const HttpServer::Request&) {
     std::shared_ptr<const Snapshot> snap = core->snapshot();
     std::map<v1::OwnerKind, size_t> counts;

@@ -1,5 +1,5 @@
 // The operator's HTTP endpoints on --metrics_address (127.0.0.1:9333 by
-// default): /metrics (Prometheus text, names as promtool wants them),
+// default): / (the status page, status_page.h), /metrics (Prometheus text, names as promtool wants them),
 // /healthz (the liveness/readiness probe), and read-only JSON:
 //   /api/v1/status                 GetStatusResponse
 //   /api/v1/mappings[?owner_kind=K&owner_id=ID]  ListMappingsResponse
@@ -11,6 +11,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "agent/core.h"
 #include "agent/http_server.h"
@@ -18,6 +19,8 @@
 
 namespace fabric::agent {
 
-std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics);
+// `frontends`: what the status page lists under Front-ends.
+std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
+                                                            std::vector<std::string> frontends);
 
 }  // namespace fabric::agent

@@ -53,7 +53,9 @@ void RepairLoop::Repair(const std::string& why, bool compare_first) {
     return;
   }
   if (r->action == nat::SyncReport::Action::kNone) return;
-  if (metrics_ != nullptr) metrics_->RecordRepair(clock_->Now());
+  if (metrics_ != nullptr) {
+    metrics_->RecordRepair(clock_->Now(), absl::StrCat("after ", why, ": ", r->DebugString()));
+  }
   LogLine(absl::StrFormat("repair after %s: %s in %.3fms", why, r->DebugString(),
                           absl::ToDoubleMilliseconds(clock_->Now() - start)));
 }

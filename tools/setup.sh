@@ -26,8 +26,9 @@ PACKAGES=(
   crun
   # systemd-analyze for the unit's verify/security test
   systemd
-  # promtool, which lints /metrics (the package's server is never started)
-  prometheus
+  # promtool, which lints /metrics (the package's server is never started),
+  # and the headless browser the status page is tested in
+  prometheus chromium
   # test clients
   socat curl iputils-ping netcat-openbsd python3 python3-yaml jq procps kmod openssl
 )

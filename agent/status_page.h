@@ -1,0 +1,38 @@
+// The status page at / on the metrics address: one self-contained HTML
+// document (no scripts, no external assets; a Content-Security-Policy that
+// allows neither), refreshed by the browser every few seconds, rendered from
+// one snapshot of the core: readiness, backend, uptime, WAN address and
+// counts, the mappings (owner, protocol, host address and port, target,
+// expiry, description), the attachments, the IPv6 pinholes, the recent
+// repairs and what they restored, and the front-ends. Every string is
+// HTML-escaped: ids, descriptions and owner ids come from clients.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "agent/core/snapshot.h"
+#include "fabric/nat/v1/nat.pb.h"
+
+namespace fabric::agent {
+
+struct StatusPageInputs {
+  v1::GetStatusResponse status;
+  std::shared_ptr<const Snapshot> snapshot;
+  std::vector<std::pair<absl::Time, std::string>> repairs;  // newest first
+  std::vector<std::string> frontends;  // "NAT-PMP and PCP on udp 5351, LAN lan0"
+  absl::Time now;
+  size_t max_rows = 1000;  // per table; the rest is counted, and in /api/v1
+  int refresh_seconds = 5;
+};
+
+std::string RenderStatusPage(const StatusPageInputs& in);
+
+// `text` with & < > " ' as entities and control characters dropped.
+std::string HtmlEscape(absl::string_view text);
+
+}  // namespace fabric::agent
