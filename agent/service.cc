@@ -6,7 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "agent/core/trace.h"
 #include "agent/version.h"
+#include "cni/trace_context.h"
 
 namespace fabric::agent {
 
@@ -25,12 +27,28 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 namespace {
 
-// Times one operation; logs and records it when done.
+// The caller's trace id (its "traceparent" metadata), or a new one.
+std::string TraceOf(const grpc::ServerContext* context) {
+  if (context != nullptr) {
+    auto it = context->client_metadata().find("traceparent");
+    if (it != context->client_metadata().end()) {
+      if (std::optional<cni::TraceContext> t = cni::ParseTraceparent(
+              absl::string_view(it->second.data(), it->second.size()))) {
+        return t->trace_id;
+      }
+    }
+  }
+  return cni::NewTraceId();
+}
+
+// Times one operation; logs and records it when done. Its trace id is the
+// thread's for the call (ScopedTrace): the watch events it causes carry it.
 class OpScope {
  public:
-  OpScope(Metrics* metrics, std::string op, std::string subject)
+  OpScope(Metrics* metrics, const grpc::ServerContext* context, std::string op,
+          std::string subject)
       : metrics_(metrics), op_(std::move(op)), subject_(std::move(subject)),
-        start_(absl::Now()) {}
+        start_(absl::Now()), trace_(TraceOf(context)) {}
   grpc::Status Finish(const absl::Status& s, const std::string& detail = "") {
     absl::Duration took = absl::Now() - start_;
     metrics_->RecordOperation(op_, s.ok(), took);
@@ -38,7 +56,8 @@ class OpScope {
         "op=", op_, " ", subject_, " outcome=",
         s.ok() ? "ok" : absl::StatusCodeToString(s.code()),
         detail.empty() ? "" : " " + detail,
-        absl::StrFormat(" duration=%.3fms", absl::ToDoubleMilliseconds(took)),
+        absl::StrFormat(" duration=%.3fms", absl::ToDoubleMilliseconds(took)), " trace=",
+        CurrentTraceId(),
         s.ok() ? "" : absl::StrCat(" error=\"", s.message(), "\"")));
     return ToGrpc(s);
   }
@@ -48,6 +67,7 @@ class OpScope {
   std::string op_;
   std::string subject_;
   absl::Time start_;
+  ScopedTrace trace_;
 };
 
 // The caller's deadline: a call still waiting for the writer when it passes
@@ -69,7 +89,7 @@ std::string Subject(const v1::AttachmentKey& k) {
 grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext* context,
                                            const v1::AttachRequest* request,
                                            v1::AttachResponse* response) {
-  OpScope op(metrics_, "attach", Subject(request->attachment().key()));
+  OpScope op(metrics_, context, "attach", Subject(request->attachment().key()));
   absl::StatusOr<v1::AttachResponse> r = core_->Attach(request->attachment(), DeadlineOf(context));
   if (r.ok()) *response = *r;
   return op.Finish(r.status(),
@@ -79,23 +99,23 @@ grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext* context,
 grpc::Status AttachmentServiceImpl::Detach(grpc::ServerContext* context,
                                            const v1::DetachRequest* request,
                                            v1::DetachResponse* response) {
-  OpScope op(metrics_, "detach", Subject(request->key()));
+  OpScope op(metrics_, context, "detach", Subject(request->key()));
   absl::StatusOr<bool> r = core_->Detach(request->key(), DeadlineOf(context));
   if (r.ok()) response->set_existed(*r);
   return op.Finish(r.status(), r.ok() && !*r ? "existed=false" : "");
 }
 
-grpc::Status AttachmentServiceImpl::Check(grpc::ServerContext*,
+grpc::Status AttachmentServiceImpl::Check(grpc::ServerContext* context,
                                           const v1::CheckRequest* request,
                                           v1::CheckResponse*) {
-  OpScope op(metrics_, "check", Subject(request->key()));
+  OpScope op(metrics_, context, "check", Subject(request->key()));
   return op.Finish(core_->Check(request->key()));
 }
 
 grpc::Status AttachmentServiceImpl::GarbageCollect(
     grpc::ServerContext* context, const v1::GarbageCollectRequest* request,
     v1::GarbageCollectResponse* response) {
-  OpScope op(metrics_, "gc", absl::StrCat("network=", request->network_name()));
+  OpScope op(metrics_, context, "gc", absl::StrCat("network=", request->network_name()));
   std::vector<v1::AttachmentKey> valid(request->valid_attachments().begin(),
                                        request->valid_attachments().end());
   absl::StatusOr<std::vector<v1::AttachmentKey>> r =
@@ -110,7 +130,7 @@ grpc::Status AttachmentServiceImpl::GarbageCollect(
 grpc::Status MappingServiceImpl::CreateMapping(
     grpc::ServerContext* context, const v1::CreateMappingRequest* request,
     v1::CreateMappingResponse* response) {
-  OpScope op(metrics_, "create_mapping",
+  OpScope op(metrics_, context, "create_mapping",
              absl::StrCat("owner=", request->mapping().owner().id()));
   absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping(), DeadlineOf(context));
   if (r.ok()) *response->mutable_mapping() = *r;
@@ -120,7 +140,7 @@ grpc::Status MappingServiceImpl::CreateMapping(
 grpc::Status MappingServiceImpl::DeleteMapping(
     grpc::ServerContext* context, const v1::DeleteMappingRequest* request,
     v1::DeleteMappingResponse*) {
-  OpScope op(metrics_, "delete_mapping", absl::StrCat("id=", request->id()));
+  OpScope op(metrics_, context, "delete_mapping", absl::StrCat("id=", request->id()));
   return op.Finish(core_->DeleteMapping(request->id(), DeadlineOf(context)));
 }
 
@@ -161,10 +181,10 @@ grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status AgentServiceImpl::Backup(grpc::ServerContext*,
+grpc::Status AgentServiceImpl::Backup(grpc::ServerContext* context,
                                       const v1::BackupRequest* request,
                                       v1::BackupResponse* response) {
-  OpScope op(metrics_, "backup", absl::StrCat("path=", request->path()));
+  OpScope op(metrics_, context, "backup", absl::StrCat("path=", request->path()));
   if (!allow_backup_) {
     return op.Finish(absl::PermissionDeniedError(
         "backups are taken over the agent's unix socket only, not over TLS"));

@@ -2,11 +2,14 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cni/trace_context.h"
 #include "grpc/event_engine/event_engine.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -82,6 +85,10 @@ class GrpcAgentClient : public AgentClient {
                                          grpc::InsecureChannelCredentials(), args);
     attachments_ = v1::AttachmentService::NewStub(channel_);
     agent_ = v1::AgentService::NewStub(channel_);
+    // The runtime's trace (CNI 1.1: TRACEPARENT, TRACESTATE), when valid.
+    const char* tp = getenv("TRACEPARENT");
+    const char* ts = getenv("TRACESTATE");
+    if (tp != nullptr) trace_ = ParseTraceparent(tp, ts != nullptr ? ts : "");
   }
 
   absl::StatusOr<v1::AttachResponse> Attach(const v1::Attachment& a) override {
@@ -131,6 +138,10 @@ class GrpcAgentClient : public AgentClient {
     }
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+    if (trace_) {
+      ctx.AddMetadata("traceparent", trace_->traceparent);
+      if (!trace_->tracestate.empty()) ctx.AddMetadata("tracestate", trace_->tracestate);
+    }
     grpc::Status s = f(&ctx);
     if (s.ok()) return resp;
     absl::StatusCode code = static_cast<absl::StatusCode>(s.error_code());
@@ -144,6 +155,7 @@ class GrpcAgentClient : public AgentClient {
 
   std::string socket_;
   absl::Duration timeout_;
+  std::optional<TraceContext> trace_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AttachmentService::Stub> attachments_;
   std::unique_ptr<v1::AgentService::Stub> agent_;

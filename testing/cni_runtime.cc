@@ -95,6 +95,7 @@ std::map<std::string, std::string> CniRuntime::Env(const std::string& command,
   if (!container_id.empty()) env["CNI_CONTAINERID"] = container_id;
   if (!netns_path.empty()) env["CNI_NETNS"] = netns_path;
   if (!ifname.empty()) env["CNI_IFNAME"] = ifname;
+  for (const auto& [name, value] : extra_env_) env[name] = value;
   return env;
 }
 

@@ -45,6 +45,10 @@ class CniRuntime {
   PluginRun Gc(const nlohmann::json& valid_attachments);
   PluginRun Status();
 
+  // An extra variable for every plugin run (libcni 1.2 passes TRACEPARENT
+  // and TRACESTATE this way).
+  void SetEnv(const std::string& name, const std::string& value) { extra_env_[name] = value; }
+
   // Runs one plugin binary with `env` and `stdin_json`.
   PluginRun Exec(const std::string& type, const std::map<std::string, std::string>& env,
                  const nlohmann::json& stdin_json);
@@ -63,6 +67,7 @@ class CniRuntime {
   nlohmann::json conflist_;
   std::map<std::string, nlohmann::json> cache_;  // "cid/ifname" -> result
   std::map<std::string, nlohmann::json> cached_mappings_;
+  std::map<std::string, std::string> extra_env_;
 };
 
 // fabric-agent running in a namespace, stopped (SIGTERM) by the destructor

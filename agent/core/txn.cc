@@ -1,5 +1,7 @@
 #include "agent/core/txn.h"
 
+#include "agent/core/trace.h"
+
 #include "absl/strings/str_cat.h"
 
 namespace fabric::agent {
@@ -62,6 +64,7 @@ void Txn::Publish(v1::MappingEvent::Type type, const v1::PortMapping& m) {
   v1::MappingEvent e;
   e.set_type(type);
   *e.mutable_mapping() = m;
+  e.set_trace_id(CurrentTraceId());
   events_.push_back(std::move(e));
 }
 

@@ -862,3 +862,52 @@ TEST_F(AgentTest, WatchMappingsStreamsSnapshotAndChanges) {
 
 }  // namespace
 }  // namespace fabric
+
+namespace fabric {
+namespace {
+
+// W3C trace context: the caller's traceparent names the operation in the
+// log and in the watch events it causes; without one the agent makes one up.
+TEST_F(AgentTest, TraceparentReachesTheLogAndWatchEvents) {
+  StartAgent();
+  auto channel = grpc::CreateChannel("unix:" + agent_->socket(),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = nat::v1::MappingService::NewStub(channel);
+  grpc::ClientContext watch;
+  auto events = stub->WatchMappings(&watch, nat::v1::WatchMappingsRequest());
+  nat::v1::MappingEvent e;
+  ASSERT_TRUE(events->Read(&e));
+  ASSERT_EQ(e.type(), nat::v1::MappingEvent::TYPE_SYNCED);
+
+  auto create = [&](int port, const char* traceparent) {
+    nat::v1::CreateMappingRequest req;
+    nat::v1::PortMapping* m = req.mutable_mapping();
+    m->mutable_owner()->set_kind(nat::v1::OWNER_KIND_API);
+    m->mutable_owner()->set_id("traced");
+    m->set_protocol(nat::v1::PROTOCOL_TCP);
+    m->set_host_port(port);
+    m->set_target_ip("10.1.0.5");
+    m->set_target_port(80);
+    grpc::ClientContext c;
+    if (traceparent != nullptr) c.AddMetadata("traceparent", traceparent);
+    nat::v1::CreateMappingResponse out;
+    return stub->CreateMapping(&c, req, &out);
+  };
+  ASSERT_TRUE(create(8080, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").ok());
+  ASSERT_TRUE(events->Read(&e));
+  EXPECT_EQ(e.type(), nat::v1::MappingEvent::TYPE_ADDED);
+  EXPECT_EQ(e.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_THAT(agent_->LogText(),
+              ::testing::ContainsRegex("op=create_mapping owner=traced outcome=ok [^\n]* "
+                                       "trace=4bf92f3577b34da6a3ce929d0e0e4736"));
+  // None, or a malformed one: a fresh id, the same in the log and the event.
+  ASSERT_TRUE(create(8081, "not-a-traceparent").ok());
+  ASSERT_TRUE(events->Read(&e));
+  ASSERT_EQ(e.trace_id().size(), 32u);
+  EXPECT_NE(e.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+  EXPECT_THAT(agent_->LogText(), HasSubstr("trace=" + e.trace_id()));
+  watch.TryCancel();
+}
+
+}  // namespace
+}  // namespace fabric

@@ -208,6 +208,22 @@ TEST_P(CniEndToEndTest, PublishedPortsReachTheContainer) {
   EXPECT_EQ(runtime_->Check(c.id, c.path(), "eth0").exit_code, 0);
 }
 
+// The runtime's trace (TRACEPARENT, as libcni passes it) reaches the
+// agent: its log names the trace of the ADD and the DEL.
+TEST_P(CniEndToEndTest, TraceparentFromTheRuntimeReachesTheAgentsLog) {
+  runtime_->SetEnv("TRACEPARENT", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  runtime_->SetEnv("TRACESTATE", "rojo=00f067aa0ba902b7");
+  Container c = NewContainer("c1");
+  PluginRun r = Add(c, json::array({Tcp(8080, 80)}));
+  ASSERT_EQ(r.exit_code, 0) << r.plugin << ": " << r.raw;
+  ASSERT_EQ(runtime_->Del(c.id, c.path(), "eth0").exit_code, 0);
+  std::string log = agent_->LogText();
+  EXPECT_THAT(log, ::testing::ContainsRegex(
+                       "op=attach container=[^ ]+ ifname=eth0 network=fnet outcome=ok [^\n]* "
+                       "trace=0af7651916cd43dd8448eb211c80319c"));
+  EXPECT_THAT(log, ::testing::ContainsRegex("op=detach .* trace=0af7651916cd43dd8448eb211c80319c"));
+}
+
 // The same chain at CNI 0.4.0: results keep the 0.4.0 layout.
 TEST_P(CniEndToEndTest, WorksAtCni040) {
   runtime_ = std::make_unique<CniRuntime>(host_.get(), dir_ + "/bin", Conflist("0.4.0"));
