@@ -233,6 +233,12 @@ absl::StatusOr<std::map<nat::Pinhole, uint64_t>> AgentCore::PinholePackets() con
   return read->first.pinhole_packets;
 }
 
+absl::StatusOr<std::map<nat::DnatElement, uint64_t>> AgentCore::MappingConnections() const {
+  auto read = writer_.ReadKernelConsistent();
+  if (!read.ok()) return read.status();
+  return read->first.dnat_connections;
+}
+
 int AgentCore::ExpireLeases() {
   absl::StatusOr<int> n = writer_.Mutate<int>(absl::InfiniteFuture(), [&](Txn& txn) {
     int expired = owners::ExpireLeases(txn, conntrack_) + owners::ExpirePinholes(txn);

@@ -107,6 +107,14 @@ class AgentCore {
   // Packets each pinhole let in, as the kernel counts them (read outside
   // the writer's lock).
   absl::StatusOr<std::map<nat::Pinhole, uint64_t>> PinholePackets() const;
+  // Connections the kernel's NAT rules translated, by kind (outside the
+  // writer's lock); kUnimplemented on a backend that does not count them.
+  absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
+    return writer_.ConnectionCounts();
+  }
+  // Connections each DNAT element translated (a full kernel read, outside
+  // the writer's lock).
+  absl::StatusOr<std::map<nat::DnatElement, uint64_t>> MappingConnections() const;
   // Removes leases (and pinholes) whose lifetime ran out, in one batch. Returns how many.
   int ExpireLeases();
   // The external (WAN) address leases are published on; moving it moves

@@ -36,9 +36,9 @@ std::vector<std::pair<absl::Time, std::string>> Metrics::RecentRepairs() const {
   return {recent_.begin(), recent_.end()};
 }
 
-std::string Metrics::Render(
-    const nat::RuleSet& desired,
-    const std::vector<std::pair<std::string, size_t>>& mappings) const {
+std::string Metrics::Render(const nat::RuleSet& desired,
+                            const std::vector<std::pair<std::string, size_t>>& mappings,
+                            const std::map<std::string, uint64_t>* connections) const {
   std::string out;
   size_t dnat = 0, ranges = 0;
   for (const auto& e : desired.dnat) (e.is_range() ? ranges : dnat)++;
@@ -55,6 +55,15 @@ std::string Metrics::Render(
       "# TYPE nat_port_mappings gauge\n");
   for (const auto& [owner, n] : mappings) {
     absl::StrAppend(&out, "nat_port_mappings{owner=\"", owner, "\"} ", n, "\n");
+  }
+  if (connections != nullptr) {
+    absl::StrAppend(&out,
+                    "# HELP nat_connections_total Connections our NAT rules translated, by "
+                    "type (since each rule was laid).\n"
+                    "# TYPE nat_connections_total counter\n");
+    for (const auto& [type, n] : *connections) {
+      absl::StrAppend(&out, "nat_connections_total{type=\"", type, "\"} ", n, "\n");
+    }
   }
   std::lock_guard<std::mutex> lock(mu_);
   absl::StrAppend(&out,

@@ -32,8 +32,10 @@ class Metrics {
   // The exposition text; `desired` gives the rule counts, `mappings` the
   // mappings held by owner kind ("cni", "upnp", ...; every kind, zeros
   // included, so the series stay put).
+  // `connections`: Backend::ConnectionCounts, or null where not counted.
   std::string Render(const nat::RuleSet& desired,
-                     const std::vector<std::pair<std::string, size_t>>& mappings) const;
+                     const std::vector<std::pair<std::string, size_t>>& mappings,
+                     const std::map<std::string, uint64_t>* connections = nullptr) const;
 
  private:
   mutable std::mutex mu_;

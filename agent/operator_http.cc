@@ -70,11 +70,29 @@ Response Mappings(AgentCore* core, const HttpServer::Request& r) {
     return JsonError(400, "owner_id needs owner_kind");
   }
   v1::ListMappingsResponse out;
-  for (v1::PortMapping& m : core->ListMappings(kind, owner_id)) *out.add_mappings() = std::move(m);
+  absl::StatusOr<std::map<nat::DnatElement, uint64_t>> counts = core->MappingConnections();
+  std::shared_ptr<const Snapshot> snap = core->snapshot();
+  for (v1::PortMapping& m : core->ListMappings(kind, owner_id)) {
+    if (counts.ok()) {
+      if (const MappingRecord* rec = snap->state.mappings.Find(m.id())) {
+        m.set_connections(ConnectionsOf(*rec, *counts));
+      }
+    }
+    *out.add_mappings() = std::move(m);
+  }
   return Json(out);
 }
 
 }  // namespace
+
+uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, uint64_t>& counts) {
+  uint64_t n = 0;
+  for (const nat::DnatElement& e : m.nat.ToElements()) {
+    auto it = counts.find(e);
+    if (it != counts.end()) n += it->second;
+  }
+  return n;
+}
 
 std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
                                                             std::vector<std::string> frontends) {
@@ -86,6 +104,12 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Met
     in.repairs = metrics->RecentRepairs();
     in.frontends = frontends;
     in.now = absl::Now();
+    // Per-mapping counts cost a whole kernel read: only for tables a page
+    // can show.
+    if (in.snapshot->state.mappings.size() <= in.max_rows) {
+      absl::StatusOr<std::map<nat::DnatElement, uint64_t>> c = core->MappingConnections();
+      if (c.ok()) in.connections = *std::move(c);
+    }
     Response r{200, "text/html; charset=utf-8", RenderStatusPage(in), {}};
     // Nothing on the page may run or load: ids and descriptions come from
     // clients.
@@ -101,7 +125,10 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Met
         [&](const std::string&, const MappingRecord& m) { ++counts[m.proto.owner().kind()]; });
     std::vector<std::pair<std::string, size_t>> by_owner;
     for (v1::OwnerKind k : kOwnerKinds) by_owner.emplace_back(OwnerKindName(k), counts[k]);
-    return Response{200, "text/plain; version=0.0.4", metrics->Render(core->Desired(), by_owner),
+    absl::StatusOr<std::map<std::string, uint64_t>> connections = core->ConnectionCounts();
+    return Response{200, "text/plain; version=0.0.4",
+                    metrics->Render(core->Desired(), by_owner,
+                                    connections.ok() ? &*connections : nullptr),
                     {}};
   };
   h["/healthz"] = [core](const HttpServer::Request&) {

@@ -19,6 +19,9 @@
 
 namespace fabric::agent {
 
+// The connections the kernel counted on mapping `m`'s elements.
+uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, uint64_t>& counts);
+
 // `frontends`: what the status page lists under Front-ends.
 std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
                                                             std::vector<std::string> frontends);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/core/convert.h"
+#include "agent/operator_http.h"
 #include "agent/owner_kind.h"
 #include "agent/version.h"
 
@@ -92,7 +93,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
   // Mappings, by id.
   absl::StrAppend(&h, "<h2>Mappings</h2><table id=mappings><tr><th>id</th><th>owner</th>"
                       "<th>owner id</th><th>proto</th><th>host</th><th>target</th>"
-                      "<th>expires</th><th>description</th></tr>");
+                      "<th>expires</th><th>connections</th><th>description</th></tr>");
   size_t shown = 0;
   for (const auto& [id, rec] : state.mappings.Sorted()) {
     if (shown == in.max_rows) break;
@@ -104,6 +105,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
                     Td(HostPort(m.host_ip(), m.host_port(), m.port_count())),
                     Td(HostPort(m.target_ip(), m.target_port(), m.port_count())),
                     Td(m.has_expires_at() ? When(FromTimestamp(m.expires_at()), in.now) : "-"),
+                    Td(in.connections ? absl::StrCat(ConnectionsOf(*rec, *in.connections)) : "-"),
                     Td(m.description()), "</tr>");
   }
   absl::StrAppend(&h, "</table>", More(shown, state.mappings.size(), "/api/v1/mappings"));

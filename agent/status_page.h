@@ -8,7 +8,9 @@
 // HTML-escaped: ids, descriptions and owner ids come from clients.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +28,9 @@ struct StatusPageInputs {
   std::vector<std::pair<absl::Time, std::string>> repairs;  // newest first
   std::vector<std::string> frontends;  // "NAT-PMP and PCP on udp 5351, LAN lan0"
   absl::Time now;
+  // Connections per DNAT element (Backend's element counters); empty: not
+  // read, and the column shows "-".
+  std::optional<std::map<nat::DnatElement, uint64_t>> connections;
   size_t max_rows = 1000;  // per table; the rest is counted, and in /api/v1
   int refresh_seconds = 5;
 };

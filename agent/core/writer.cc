@@ -70,6 +70,12 @@ absl::StatusOr<uint32_t> Writer::KernelGeneration() const {
   return options_.reader->Generation();
 }
 
+absl::StatusOr<std::map<std::string, uint64_t>> Writer::ConnectionCounts() const {
+  if (options_.reader == nullptr) return absl::UnimplementedError("no reader");
+  std::lock_guard<std::mutex> reading(read_mu_);
+  return options_.reader->ConnectionCounts();
+}
+
 void Writer::MarkKnownGood(uint32_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<uint32_t> now = backend_->Generation();

@@ -27,6 +27,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -88,6 +89,8 @@ class Writer {
   // the lock after a few tries.
   absl::StatusOr<std::pair<nat::KernelState, std::shared_ptr<const Snapshot>>>
   ReadKernelConsistent() const;
+  // The reader's Backend::ConnectionCounts (a rules-only read).
+  absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const;
 
   // Makes the kernel match the state again (the repair path). Counts a
   // repair when it changed anything.

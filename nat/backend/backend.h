@@ -56,8 +56,10 @@ struct KernelState {
   // The marker of the agent that made the table (Backend::SetOwner), if
   // the backend keeps one; empty otherwise.
   std::string owner;
-  // Packets each pinhole let through, where the backend counts them.
+  // Packets each pinhole let through, and connections each DNAT element
+  // translated, where the backend counts them.
   std::map<Pinhole, uint64_t> pinhole_packets;
+  std::map<DnatElement, uint64_t> dnat_connections;
 };
 
 class Backend {
@@ -99,6 +101,13 @@ class Backend {
   // into KernelState::owner, so that an agent can tell a table another
   // agent made. Backends without a place for it ignore it (iptables).
   virtual void SetOwner(const std::string& owner) {}
+
+  // Connections our NAT rules translated since they were made, by kind
+  // ("dnat", "hairpin", "masquerade", "localhost"): a rules-only read, cheap
+  // at any number of mappings. kUnimplemented where not counted.
+  virtual absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
+    return absl::UnimplementedError("this backend does not count connections");
+  }
 };
 
 // What Sync did.

@@ -28,6 +28,10 @@
 namespace fabric {
 namespace {
 
+// How nft lists the element of tcp 8080 -> 10.1.0.5:80 (with its counter).
+constexpr char kElement8080[] =
+    "tcp \\. 8080 counter packets [0-9]+ bytes [0-9]+ : 10\\.1\\.0\\.5 \\. 80";
+
 using ::fabric::testing::AgentProcess;
 using ::fabric::testing::IsOkAndHolds;
 using ::fabric::testing::Netns;
@@ -77,7 +81,7 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
                        ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
   for (const char* want :
        {"nat_rules{type=\"dnat\"} 2", "nat_port_mappings{owner=\"api\"} 2",
-        "nat_port_mappings{owner=\"cni\"} 0",
+        "nat_port_mappings{owner=\"cni\"} 0", "nat_connections_total{type=\"dnat\"} 0",
         "nat_operations_total{op=\"create_mapping\"} 3",
         "nat_operation_errors_total{op=\"create_mapping\"} 1",
         "nat_operation_duration_seconds_count 3", "nat_operation_duration_seconds_bucket{le=\"+Inf\"} 3"}) {
@@ -261,13 +265,13 @@ TEST_F(AgentTest, StopLeavesRulesAndRestartRestoresState) {
   agent_->Stop();
   EXPECT_THAT(agent_->LogText(), HasSubstr("kernel rules left in place"));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
-              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+              IsOkAndHolds(::testing::ContainsRegex(kElement8080)));
   // A flush while the agent is down is healed at start.
   ASSERT_OK(ns_->Exec("nft flush ruleset"));
   StartAgent();
   EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("0.0.0.0:8080")));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
-              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+              IsOkAndHolds(::testing::ContainsRegex(kElement8080)));
 }
 
 TEST_F(AgentTest, StaleSocketIsReplacedLiveOneIsNot) {
@@ -308,7 +312,7 @@ TEST_F(AgentTest, CorruptStoreRefusesToStartAndLeavesKernelAlone) {
   EXPECT_THAT(std::string(broken.status().message()),
               HasSubstr("leaves the kernel rules as they are"));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
-              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+              IsOkAndHolds(::testing::ContainsRegex(kElement8080)));
 }
 
 // Issue 10, items 15 and 16: an error quoting a huge client value keeps its
@@ -340,7 +344,7 @@ TEST_F(AgentTest, EmptyOrMissingStoreRefusesToStartWhileTheKernelHoldsRules) {
   StartAgent();
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
   agent_->Stop();
-  const std::string kept = "tcp . 8080 : 10.1.0.5 . 80";
+  const std::string kept = kElement8080;
   // The database emptied to 0 bytes.
   ASSERT_OK(testing::Shell(absl::StrCat("rm -f ", dir_, "/state/state.db-wal ", dir_,
                                         "/state/state.db-shm; : > ", dir_, "/state/state.db")));
@@ -350,13 +354,13 @@ TEST_F(AgentTest, EmptyOrMissingStoreRefusesToStartWhileTheKernelHoldsRules) {
               HasSubstr("/state/state.db is new or empty, but the kernel's nftables table holds 1 "
                         "NAT entries"));
   EXPECT_THAT(std::string(emptied.status().message()), HasSubstr("--reset_state"));
-  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(HasSubstr(kept)));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(::testing::ContainsRegex(kept)));
   // A new, empty state dir (another --state_dir).
   testing::ScopedTempDir other("agent2");
   auto elsewhere = AgentProcess::Start(ns_.get(), other.path(), "--metrics_address=");
   ASSERT_FALSE(elsewhere.ok());
   EXPECT_THAT(std::string(elsewhere.status().message()), HasSubstr("is new or empty"));
-  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(HasSubstr(kept)));
+  EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"), IsOkAndHolds(::testing::ContainsRegex(kept)));
   // Said explicitly: start empty, and the kernel follows.
   ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(ns_.get(), dir_, "--reset_state"));
   EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("mappings:     0")));
@@ -378,7 +382,7 @@ TEST_F(AgentTest, AnotherStatesTableIsNotRewrittenWithoutResetState) {
   EXPECT_THAT(std::string(refused.status().message()),
               HasSubstr("the kernel's table belongs to another agent's state (fabric-nat-store-"));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
-              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+              IsOkAndHolds(::testing::ContainsRegex(kElement8080)));
   // Taken over explicitly: the table is the new state's, empty.
   {
     ASSERT_OK_AND_ASSIGN(auto taken, AgentProcess::Start(ns_.get(), other.path(),
@@ -411,7 +415,7 @@ TEST_F(AgentTest, ASecondAgentInTheSameNamespaceIsRefusedBeforeTouchingTheKernel
   EXPECT_THAT(std::string(second.status().message()),
               HasSubstr(absl::StrCat("state dir ", dir_, "/state, socket ", dir_, "/agent.sock")));
   EXPECT_THAT(ns_->Exec("nft list map inet fabric_nat dnat4_any"),
-              IsOkAndHolds(HasSubstr("tcp . 8080 : 10.1.0.5 . 80")));
+              IsOkAndHolds(::testing::ContainsRegex(kElement8080)));
   EXPECT_THAT(Ctl("list"), IsOkAndHolds(HasSubstr("1 mapping(s)")));
 }
 
@@ -468,7 +472,7 @@ TEST_F(AgentTest, ElementDeletedByHandIsRestoredAndOwnChangesCauseNoRepair) {
     if (CountElements(listing) == 2) break;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  EXPECT_THAT(listing, HasSubstr("tcp . 8080 : 10.1.0.5 . 80"));
+  EXPECT_THAT(listing, ::testing::ContainsRegex(kElement8080));
   EXPECT_THAT(agent_->LogText(), HasSubstr("restored 1 (dnat tcp 0.0.0.0:8080 -> 10.1.0.5:80)"));
   ASSERT_OK_AND_ASSIGN(std::string metrics, ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
   EXPECT_THAT(metrics, HasSubstr("nat_repairs_total 1"));
@@ -494,7 +498,9 @@ TEST_F(AgentTest, RestartWithNothingChangedMakesNoKernelChange) {
     absl::SleepFor(absl::Milliseconds(20));
     seen = *testing::Shell("cat " + events);
   }
-  EXPECT_THAT(seen, HasSubstr("create element inet fabric_nat dnat4_any { tcp . 8100 : 10.1.0.5 . 80 }"));
+  EXPECT_THAT(seen, ::testing::ContainsRegex(
+      "create element inet fabric_nat dnat4_any \\{ tcp \\. 8100 (counter packets 0 bytes 0 )?: "
+      "10\\.1\\.0\\.5 \\. 80 \\}"));
   // Elements the store does not know are removed at start.
   agent_->Stop();
   ASSERT_OK(ns_->Exec("nft add element inet fabric_nat dnat4_any '{ udp . 9999 : 10.9.9.9 . 99 }'"));
@@ -603,7 +609,7 @@ TEST_F(AgentTest, PeriodicCheckRepairsAndSweepsWithoutEvents) {
     absl::SleepFor(absl::Milliseconds(100));
     listing = *ns_->Exec("nft list map inet fabric_nat dnat4_any");
   }
-  EXPECT_THAT(listing, HasSubstr("tcp . 8080 : 10.1.0.5 . 80"));
+  EXPECT_THAT(listing, ::testing::ContainsRegex(kElement8080));
   EXPECT_THAT(agent_->LogText(), HasSubstr("repair after periodic check"));
   // The pod's namespace goes without a DEL.
   std::string pod_name = pod->name();
@@ -655,7 +661,7 @@ TEST_F(AgentTest, ColdStartWithTenThousandMappingsIsOneTransaction) {
   EXPECT_EQ(std::count(text.begin(), text.end() , '#'), 1)
       << "expected one transaction (one '# new generation' line)";
   EXPECT_THAT(text, HasSubstr("new generation"));
-  ASSERT_OK_AND_ASSIGN(std::string tcp, ns_->Exec("nft list map inet fabric_nat dnat4_any | grep -o 'tcp \\. [0-9]* :' | wc -l"));
+  ASSERT_OK_AND_ASSIGN(std::string tcp, ns_->Exec("nft list map inet fabric_nat dnat4_any | grep -o 'tcp \\. [0-9]* counter' | wc -l"));
   EXPECT_EQ(tcp, "5000\n");
   EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("mappings:     10000")));
 }

@@ -146,7 +146,7 @@ class CniEndToEndTest : public ::testing::TestWithParam<std::string> {
                                absl::StrCat("-p tcp -m tcp --dport ", port, " -j DNAT"));
     }
     return absl::StrContains(Nft("list map inet fabric_nat dnat4_any"),
-                             absl::StrCat("tcp . ", port, " :"));
+                             absl::StrCat("tcp . ", port, " counter"));
   }
   // Our DNAT, masquerade and hairpin rules or elements, both families.
   std::string OurNatEntries() {

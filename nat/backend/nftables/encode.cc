@@ -421,9 +421,29 @@ EncodedBatch EncodeDeleteTable(uint32_t first_seq) {
   return b.Take();
 }
 
+namespace {
+
+// The packets an element's counter (the set's per-element counter) saw.
+uint64_t ElementPackets(nftnl_set_elem* e) {
+  uint64_t n = 0;
+  nftnl_set_elem_expr_foreach(
+      e,
+      [](nftnl_expr* x, void* data) -> int {
+        if (std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_NAME), "counter") == 0) {
+          *static_cast<uint64_t*>(data) = nftnl_expr_get_u64(x, NFTNL_EXPR_CTR_PACKETS);
+        }
+        return 0;
+      },
+      &n);
+  return n;
+}
+
+}  // namespace
+
 absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                             std::set<std::string>* seen,
-                            std::map<Pinhole, uint64_t>* packets) {
+                            std::map<Pinhole, uint64_t>* packets,
+                            std::map<DnatElement, uint64_t>* connections) {
   std::string name = nftnl_set_get_str(set, NFTNL_SET_NAME);
   const DnatMap* map = nullptr;
   for (const DnatMap& m : kDnatMaps) {
@@ -492,6 +512,7 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
         std::memcpy(&port, data + alen, 2);
         d.target_port = ntohs(port);
       }
+      if (connections != nullptr) (*connections)[d] = ElementPackets(e);
       rules->dnat.insert(d);
     } else if (prefixes != nullptr) {
       if (key == nullptr || klen != AddrLen(prefixes->family)) {
@@ -528,17 +549,7 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
       rules->pinholes.insert(p);
       if (packets != nullptr) {
         // The counter the set puts on every element.
-        uint64_t n = 0;
-        nftnl_set_elem_expr_foreach(
-            e,
-            [](nftnl_expr* x, void* data) -> int {
-              if (std::strcmp(nftnl_expr_get_str(x, NFTNL_EXPR_NAME), "counter") == 0) {
-                *static_cast<uint64_t*>(data) = nftnl_expr_get_u64(x, NFTNL_EXPR_CTR_PACKETS);
-              }
-              return 0;
-            },
-            &n);
-        (*packets)[p] = n;
+        (*packets)[p] = ElementPackets(e);
       }
     }
   }

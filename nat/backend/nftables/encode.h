@@ -23,6 +23,9 @@
 //                                    accept, then new inbound IPv6 from a
 //                                    fw6 interface (not ICMPv6, not DNAT'd) drops
 //
+// Every DNAT map counts per element (the connections each mapping
+// translated), and every NAT rule counts too (connections by kind).
+//
 // Only the rules that can change a packet's fate are present: a rule that
 // looks up a set exists while that set has elements, and the jumps while
 // any DNAT map has elements (SetSizes below decides). No filter chain
@@ -101,10 +104,16 @@ std::vector<std::string> SetNames();
 // the elements already decoded from the same dump), kAborted when an
 // element comes twice: the kernel rehashed the set during the dump, which
 // then also missed as many elements, so the dump must be repeated.
-// With `packets`, each pinhole's packet counter goes there too.
+// With `packets`, each pinhole's packet counter goes there too, and with
+// `connections` each DNAT element's (the connections it translated).
 absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                             std::set<std::string>* seen = nullptr,
-                            std::map<Pinhole, uint64_t>* packets = nullptr);
+                            std::map<Pinhole, uint64_t>* packets = nullptr,
+                            std::map<DnatElement, uint64_t>* connections = nullptr);
+
+// Which kind of connection a NAT rule of ours counts ("dnat", "hairpin",
+// "masquerade", "localhost"), from the set it looks up; "" for other rules.
+std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets);
 
 // A printable signature of a rule's expressions, comparable between rules
 // built here and rules read back from the kernel.

@@ -128,6 +128,10 @@ nftnl_expr* Verdict(int verdict, const char* chain) {
 
 nftnl_expr* Masquerade() { return nftnl_expr_alloc("masq"); }
 
+// NAT chains see only a connection's first packet: a counter before the
+// NAT statement counts connections (nat_connections_total).
+nftnl_expr* Counter() { return nftnl_expr_alloc("counter"); }
+
 void NfprotoIs(nftnl_rule* r, Family f) {
   uint8_t proto = f == Family::kIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6;
   nftnl_rule_add_expr(r, Meta(NFT_META_NFPROTO, NFT_REG_1));
@@ -228,6 +232,7 @@ RulePtr DnatRule(const DnatMap& m) {
     flags |= NF_NAT_RANGE_PROTO_SPECIFIED;
   }
   nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FLAGS, flags);
+  nftnl_rule_add_expr(r.get(), Counter());
   nftnl_rule_add_expr(r.get(), nat);
   return r;
 }
@@ -329,6 +334,7 @@ RulePtr BuildRule(const RuleSpec& spec) {
       // destination outside them.
       nftnl_rule_add_expr(r.get(), Lookup(s.name, NFT_REG_1, -1,
                                           s.kind == PrefixKind::kMasquerade));
+      nftnl_rule_add_expr(r.get(), Counter());
       nftnl_rule_add_expr(r.get(), Masquerade());
       return r;
     }
@@ -341,6 +347,7 @@ RulePtr BuildRule(const RuleSpec& spec) {
       nftnl_rule_add_expr(r.get(), Payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 1, NFT_REG_1));
       uint8_t loopback = 127;
       nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, &loopback, 1));
+      nftnl_rule_add_expr(r.get(), Counter());
       nftnl_rule_add_expr(r.get(), Masquerade());
       return r;
     }
@@ -424,7 +431,8 @@ std::vector<SetSpec> LayoutSets() {
                    kTypeService;
       s.key_len += alen;
     }
-    s.flags = NFT_SET_MAP;
+    s.flags = NFT_SET_MAP | NFT_SET_EXPR;
+    s.counter = true;  // connections per mapping (the element)
     if (m.range) {
       s.flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
       s.data_type = addr_type;
@@ -507,10 +515,15 @@ std::string RuleSignature(nftnl_rule* rule) {
       rule,
       [](nftnl_expr* e, void* data) -> int {
         auto* out = static_cast<std::string*>(data);
+        const char* name = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+        // A counter's values change with traffic, not with the layout.
+        if (std::strcmp(name, "counter") == 0) {
+          absl::StrAppend(out, "[ counter ]");
+          return 0;
+        }
         char buf[512];
         nftnl_expr_snprintf(buf, sizeof(buf), e, NFTNL_OUTPUT_DEFAULT, 0);
-        absl::StrAppend(out, "[ ", nftnl_expr_get_str(e, NFTNL_EXPR_NAME), " ",
-                        buf, " ]");
+        absl::StrAppend(out, "[ ", name, " ", buf, " ]");
         return 0;
       },
       &sig);
@@ -562,6 +575,40 @@ std::string SetSignature(const nftnl_set* s) {
                           (flags & NFT_SET_MAP)
                               ? nftnl_set_get_u32(s, NFTNL_SET_DATA_LEN)
                               : 0);
+}
+
+std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets) {
+  struct Found {
+    std::string set;
+    bool counter = false;
+    uint64_t packets = 0;
+  } f;
+  nftnl_expr_foreach(
+      rule,
+      [](nftnl_expr* e, void* data) -> int {
+        auto* f = static_cast<Found*>(data);
+        const char* name = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+        if (std::strcmp(name, "lookup") == 0 && f->set.empty()) {
+          f->set = nftnl_expr_get_str(e, NFTNL_EXPR_LOOKUP_SET);
+        } else if (std::strcmp(name, "counter") == 0) {
+          f->counter = true;
+          f->packets = nftnl_expr_get_u64(e, NFTNL_EXPR_CTR_PACKETS);
+        }
+        return 0;
+      },
+      &f);
+  if (!f.counter) return "";
+  *packets = f.packets;
+  for (const internal::DnatMap& m : internal::kDnatMaps) {
+    if (f.set == m.name) return "dnat";
+  }
+  for (const internal::PrefixSet& p : internal::kPrefixSets) {
+    if (f.set == p.name) {
+      return p.kind == internal::PrefixKind::kHairpin ? "hairpin" : "masquerade";
+    }
+  }
+  if (f.set == internal::kLocalhostSet) return "localhost";
+  return "";
 }
 
 }  // namespace fabric::nat::nftables

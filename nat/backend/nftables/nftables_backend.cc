@@ -260,6 +260,36 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
       "could not read a consistent table: ", state.status().message()));
 }
 
+absl::StatusOr<std::map<std::string, uint64_t>> NftablesBackend::ConnectionCounts() const {
+  std::map<std::string, uint64_t> out = {
+      {"dnat", 0}, {"hairpin", 0}, {"masquerade", 0}, {"localhost", 0}};
+  absl::Status s = socket_->Request(
+      "list rules",
+      [](char* buf, uint32_t seq) {
+        nlmsghdr* nlh =
+            nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, NFPROTO_INET, NLM_F_DUMP, seq);
+        nftnl_rule* r = nftnl_rule_alloc();
+        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, kTableName);
+        nftnl_rule_nlmsg_build_payload(nlh, r);
+        nftnl_rule_free(r);
+        return nlh;
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_rule* r = nftnl_rule_alloc();
+        if (nftnl_rule_nlmsg_parse(nlh, r) == 0 &&
+            std::string(nftnl_rule_get_str(r, NFTNL_RULE_TABLE)) == kTableName) {
+          uint64_t packets = 0;
+          std::string kind = nftables::RuleCounterKind(r, &packets);
+          if (!kind.empty()) out[kind] += packets;
+        }
+        nftnl_rule_free(r);
+        return absl::OkStatus();
+      });
+  // No table (yet): nothing counted.
+  if (!s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+  return out;
+}
+
 absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
   KernelState state;
   netlink::NetlinkSocket& sock = *socket_;
@@ -401,7 +431,8 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
     std::set<std::string> seen;
     absl::Status decode =
         s.ok() && nftnl_set_is_set(all, NFTNL_SET_NAME)
-            ? nftables::DecodeElements(all, &state.rules, &seen, &state.pinhole_packets)
+            ? nftables::DecodeElements(all, &state.rules, &seen, &state.pinhole_packets,
+                                       &state.dnat_connections)
             : absl::OkStatus();
     nftnl_set_free(all);
     if (!s.ok()) return s;

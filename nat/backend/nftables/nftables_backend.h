@@ -33,6 +33,7 @@ class NftablesBackend : public Backend {
   absl::Status Apply(const Batch& batch) override;
   absl::Status Replace(const RuleSet& desired) override;
   absl::StatusOr<KernelState> Read() const override;
+  absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const override;
   absl::Status DeleteTable() override;
 
   // The ruleset generation after our last successful batch, so that event

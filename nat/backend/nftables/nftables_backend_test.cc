@@ -568,3 +568,30 @@ TEST_F(NftablesFirewallTest, Ipv6FirewallDropsNewInboundExceptPinholes) {
 
 }  // namespace
 }  // namespace fabric::nat
+
+namespace fabric::nat {
+namespace {
+
+TEST_F(NftablesBackendTest, CountsConnectionsPerRuleKindAndPerMapping) {
+  Serve("tcp", 80, "web");
+  DnatElement web = Dnat(Protocol::kTcp, std::nullopt, 8080, "10.99.0.2", 80);
+  DnatElement idle = Dnat(Protocol::kTcp, std::nullopt, 8081, "10.99.0.2", 80);
+  RuleSet rules;
+  rules.dnat = {web, idle};
+  ASSERT_OK(backend_->Replace(rules));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_THAT(Ask(*outside_, "tcp", "192.0.2.1", 8080), IsOkAndHolds(HasSubstr("web")));
+  }
+  ASSERT_OK_AND_ASSIGN(auto counts, backend_->ConnectionCounts());
+  // One count per connection (NAT sees first packets only), however many
+  // packets each carried.
+  EXPECT_EQ(counts["dnat"], 3u);
+  EXPECT_EQ(counts["masquerade"], 0u);
+  ASSERT_OK_AND_ASSIGN(KernelState k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_EQ(k.dnat_connections[web], 3u);
+  EXPECT_EQ(k.dnat_connections[idle], 0u);
+}
+
+}  // namespace
+}  // namespace fabric::nat
