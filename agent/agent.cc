@@ -358,7 +358,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   if (!config.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
         config.metrics_address,
-        OperatorHandlers(agent->core_.get(), &agent->metrics_, FrontendLines(config)));
+        OperatorHandlers(agent->core_.get(), &agent->metrics_, FrontendLines(config),
+                         config.metrics_per_mapping));
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }

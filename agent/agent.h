@@ -66,6 +66,8 @@ struct AgentConfig {
   // Drop new inbound IPv6 connections arriving on wan_interface unless a
   // pinhole (UPnP WANIPv6FirewallControl) or DNAT lets them in.
   bool ipv6_firewall = false;
+  // One nat_mapping_connections_total series per mapping on /metrics.
+  bool metrics_per_mapping = false;
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;

@@ -1,13 +1,14 @@
 // fabricctl: a command-line client of the agent's v1 API. Flags and wiring
 // only; the commands live in agent/ctl (see ctl.h for them and their exit
-// codes).
+// codes; offline.h for list, status and diagnose when the agent does not
+// answer).
 //
-//   fabricctl [--socket PATH] list [--json]
-//   fabricctl [--socket PATH] status [--json]
+//   fabricctl [--socket PATH] [--state_dir DIR] list [--json]
+//   fabricctl [--socket PATH] [--state_dir DIR] status [--json]
 //   fabricctl [--socket PATH] add PROTO HOSTPORT TARGETIP:PORT [--owner ID] [--host_ip IP]
 //   fabricctl [--socket PATH] remove ID
 //   fabricctl [--socket PATH] backup PATH
-//   fabricctl [--socket PATH] diagnose [--json]
+//   fabricctl [--socket PATH] [--state_dir DIR] diagnose [--json]
 //   fabricctl [--socket PATH] health [--ready]
 #include <iostream>
 #include <string>
@@ -23,6 +24,9 @@
 #include "agent/version.h"
 
 ABSL_FLAG(std::string, socket, "/run/fabric-nat/agent.sock", "agent socket");
+ABSL_FLAG(std::string, state_dir, "/var/lib/fabric-nat",
+          "the agent's state dir: list, status and diagnose read its store "
+          "(read-only) when the agent does not answer");
 ABSL_FLAG(bool, json, false, "print JSON instead of a table");
 ABSL_FLAG(std::string, owner, "fabricctl", "owner id for add");
 ABSL_FLAG(std::string, host_ip, "", "host address for add (default: any)");
@@ -43,6 +47,7 @@ int main(int argc, char** argv) {
 
   fabric::agent::ctl::Options options;
   options.socket = absl::GetFlag(FLAGS_socket);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.json = absl::GetFlag(FLAGS_json);
   options.owner = absl::GetFlag(FLAGS_owner);
   options.host_ip = absl::GetFlag(FLAGS_host_ip);

@@ -84,6 +84,9 @@ ABSL_FLAG(bool, ipv6_firewall, false,
           "drop new inbound IPv6 connections arriving on --wan_interface unless a UPnP pinhole "
           "(WANIPv6FirewallControl, offered with --upnp) or a DNAT mapping lets them in; "
           "ICMPv6 passes");
+ABSL_FLAG(bool, metrics_per_mapping, false,
+          "also export nat_mapping_connections_total, one series per mapping (costs a kernel "
+          "read per scrape; the status page and /api/v1/mappings show the counts anyway)");
 ABSL_FLAG(bool, upnp_same_port, false,
           "refuse (UPnP error 724) a mapping whose external and internal ports differ");
 ABSL_FLAG(std::string, tls_address, "",
@@ -247,6 +250,7 @@ int main(int argc, char** argv) {
   config.upnp_rate_limit = absl::GetFlag(FLAGS_upnp_rate_limit);
   config.upnp_same_port = absl::GetFlag(FLAGS_upnp_same_port);
   config.ipv6_firewall = absl::GetFlag(FLAGS_ipv6_firewall);
+  config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -83,7 +83,34 @@ Response Mappings(AgentCore* core, const HttpServer::Request& r) {
   return Json(out);
 }
 
+// A label value in the text exposition format: \\, \" and \n escaped.
+std::string Label(absl::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string PerMappingSeries(const Snapshot& snap,
+                             const std::map<nat::DnatElement, uint64_t>& counts) {
+  std::string out =
+      "# HELP nat_mapping_connections_total Connections each mapping translated (since its "
+      "rule was laid).\n# TYPE nat_mapping_connections_total counter\n";
+  for (const auto& [id, rec] : snap.state.mappings.Sorted()) {
+    absl::StrAppend(&out, "nat_mapping_connections_total{id=\"", Label(id), "\",owner=\"",
+                    OwnerKindName(rec->proto.owner().kind()), "\",owner_id=\"",
+                    Label(rec->proto.owner().id()), "\"} ", ConnectionsOf(*rec, counts), "\n");
+  }
+  return out;
+}
 
 uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, uint64_t>& counts) {
   uint64_t n = 0;
@@ -95,7 +122,8 @@ uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, 
 }
 
 std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
-                                                            std::vector<std::string> frontends) {
+                                                            std::vector<std::string> frontends,
+                                                            bool per_mapping) {
   std::map<std::string, HttpServer::Handler> h;
   h["/"] = [core, metrics, frontends](const HttpServer::Request&) {
     StatusPageInputs in;
@@ -118,7 +146,7 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Met
     r.headers.emplace_back("X-Content-Type-Options", "nosniff");
     return r;
   };
-  h["/metrics"] = [core, metrics](const HttpServer::Request&) {
+  h["/metrics"] = [core, metrics, per_mapping](const HttpServer::Request&) {
     std::shared_ptr<const Snapshot> snap = core->snapshot();
     std::map<v1::OwnerKind, size_t> counts;
     snap->state.mappings.ForEach(
@@ -126,10 +154,13 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Met
     std::vector<std::pair<std::string, size_t>> by_owner;
     for (v1::OwnerKind k : kOwnerKinds) by_owner.emplace_back(OwnerKindName(k), counts[k]);
     absl::StatusOr<std::map<std::string, uint64_t>> connections = core->ConnectionCounts();
-    return Response{200, "text/plain; version=0.0.4",
-                    metrics->Render(core->Desired(), by_owner,
-                                    connections.ok() ? &*connections : nullptr),
-                    {}};
+    std::string text = metrics->Render(core->Desired(), by_owner,
+                                       connections.ok() ? &*connections : nullptr);
+    if (per_mapping) {
+      absl::StatusOr<std::map<nat::DnatElement, uint64_t>> counts = core->MappingConnections();
+      if (counts.ok()) text += PerMappingSeries(*snap, *counts);
+    }
+    return Response{200, "text/plain; version=0.0.4", std::move(text), {}};
   };
   h["/healthz"] = [core](const HttpServer::Request&) {
     v1::GetStatusResponse st = core->Status();

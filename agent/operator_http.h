@@ -22,8 +22,16 @@ namespace fabric::agent {
 // The connections the kernel counted on mapping `m`'s elements.
 uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, uint64_t>& counts);
 
-// `frontends`: what the status page lists under Front-ends.
+// nat_mapping_connections_total, one series per mapping.
+std::string PerMappingSeries(const Snapshot& snap,
+                             const std::map<nat::DnatElement, uint64_t>& counts);
+
+// `frontends`: what the status page lists under Front-ends. With
+// `per_mapping` (--metrics_per_mapping), /metrics also has one
+// nat_mapping_connections_total series per mapping (a kernel read per
+// scrape).
 std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
-                                                            std::vector<std::string> frontends);
+                                                            std::vector<std::string> frontends,
+                                                            bool per_mapping = false);
 
 }  // namespace fabric::agent

@@ -5,9 +5,10 @@
 #include <chrono>
 #include <memory>
 
-#include "absl/strings/numbers.h"
-#include "agent/owner_kind.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "agent/ctl/offline.h"
+#include "agent/owner_kind.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -22,7 +23,7 @@ using google::protobuf::util::TimeUtil;
 namespace {
 
 constexpr char kUsage[] =
-    "fabricctl [--socket PATH] list|status|add|remove ...\n"
+    "fabricctl [--socket PATH] [--state_dir DIR] list|status|add|remove ...\n"
     "  list [--json]                      mappings of every owner\n"
     "  status [--json]                    agent health\n"
     "  add PROTO HOSTPORT TARGETIP:PORT   create an API mapping (HOSTPORT 0 allocates)\n"
@@ -31,7 +32,11 @@ constexpr char kUsage[] =
     "  health [--ready]                   exit 0 if the agent answers (--ready: and is\n"
     "                                     ready: kernel reconciled), else 1 (probes)\n"
     "  backup PATH                        snapshot the agent's state (start an\n"
-    "                                     agent from it: PATH as <state_dir>/state.db)";
+    "                                     agent from it: PATH as <state_dir>/state.db)\n"
+    "When the agent does not answer, list, status and diagnose read --state_dir's store\n"
+    "read-only (and diagnose this network namespace's kernel) instead.";
+
+constexpr char kHealthy[] = "healthy: the kernel holds exactly what the store asks for";
 
 // The fixed deadline of list, status and diagnose (health has --timeout).
 constexpr auto kCallDeadline = std::chrono::seconds(10);
@@ -81,13 +86,23 @@ std::string Ports(uint32_t first, uint32_t count) {
 
 const char* Usage() { return kUsage; }
 
-int List(v1::MappingService::StubInterface& stub, const Options& options,
-         std::ostream& out, std::ostream& err) {
+static grpc::Status FetchList(v1::MappingService::StubInterface& stub,
+                              v1::ListMappingsResponse* r) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  return stub.ListMappings(&ctx, v1::ListMappingsRequest(), r);
+}
+
+int List(v1::MappingService::StubInterface& stub, const Options& options,
+         std::ostream& out, std::ostream& err) {
   v1::ListMappingsResponse r;
-  grpc::Status s = stub.ListMappings(&ctx, v1::ListMappingsRequest(), &r);
+  grpc::Status s = FetchList(stub, &r);
   if (!s.ok()) return Fail("list", s, err);
+  return PrintList(r, options, out, err);
+}
+
+int PrintList(const v1::ListMappingsResponse& r, const Options& options, std::ostream& out,
+              std::ostream& err) {
   if (options.json) return PrintJson(r, out, err) ? kExitOk : kExitFailed;
   constexpr char kRow[] = "%-8s %-7s %-5s %-24s %-24s %-22s %s\n";
   out << absl::StrFormat(kRow, "ID", "OWNER", "PROTO", "HOST", "TARGET", "EXPIRES", "OWNER ID");
@@ -113,20 +128,34 @@ int List(v1::MappingService::StubInterface& stub, const Options& options,
   return kExitOk;
 }
 
-int Status(v1::AgentService::StubInterface& stub, const Options& options,
-           std::ostream& out, std::ostream& err) {
+static grpc::Status FetchStatus(v1::AgentService::StubInterface& stub,
+                                v1::GetStatusResponse* r) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  return stub.GetStatus(&ctx, v1::GetStatusRequest(), r);
+}
+
+int Status(v1::AgentService::StubInterface& stub, const Options& options,
+           std::ostream& out, std::ostream& err) {
   v1::GetStatusResponse r;
-  grpc::Status s = stub.GetStatus(&ctx, v1::GetStatusRequest(), &r);
+  grpc::Status s = FetchStatus(stub, &r);
   if (!s.ok()) return Fail("status", s, err);
-  const int code = r.ready() ? kExitOk : kExitUsage;
+  return PrintStatus(r, /*live=*/true, r.ready() ? kExitOk : kExitUsage, options, out, err);
+}
+
+int PrintStatus(const v1::GetStatusResponse& r, bool live, int code, const Options& options,
+                std::ostream& out, std::ostream& err) {
   if (options.json) return PrintJson(r, out, err) ? code : kExitFailed;
   out << "ready:        " << (r.ready() ? "yes" : absl::StrCat("no (", r.reason(), ")")) << "\n";
-  out << "backend:      " << r.backend() << "\n";
+  out << "backend:      " << (r.backend().empty() ? "-" : r.backend()) << "\n";
   out << "attachments:  " << r.attachments() << "\n";
   out << "mappings:     " << r.mappings() << "\n";
-  out << "started:      " << TimeUtil::ToString(r.started_at()) << "\n";
+  out << "started:      "
+      << (r.has_started_at() ? TimeUtil::ToString(r.started_at()) : std::string("-")) << "\n";
+  if (!live) {
+    out << "repairs:      - (counted by a running agent only)\n";
+    return code;
+  }
   out << "repairs:      " << r.repairs()
       << (r.has_last_repair_at()
               ? absl::StrCat(" (last ", TimeUtil::ToString(r.last_repair_at()), ")")
@@ -195,18 +224,26 @@ int Add(v1::MappingService::StubInterface& stub, const std::vector<std::string>&
   return kExitOk;
 }
 
-int Diagnose(v1::AgentService::StubInterface& stub, const Options& options,
-             std::ostream& out, std::ostream& err) {
+static grpc::Status FetchDiagnose(v1::AgentService::StubInterface& stub,
+                                  v1::DiagnoseResponse* r) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+  return stub.Diagnose(&ctx, v1::DiagnoseRequest(), r);
+}
+
+int Diagnose(v1::AgentService::StubInterface& stub, const Options& options,
+             std::ostream& out, std::ostream& err) {
   v1::DiagnoseResponse r;
-  grpc::Status s = stub.Diagnose(&ctx, v1::DiagnoseRequest(), &r);
+  grpc::Status s = FetchDiagnose(stub, &r);
   if (!s.ok()) return Fail("diagnose", s, err);
+  return PrintDiagnose(r, kHealthy, options, out, err);
+}
+
+int PrintDiagnose(const v1::DiagnoseResponse& r, const std::string& healthy_line,
+                  const Options& options, std::ostream& out, std::ostream& err) {
   const int code = r.healthy() ? kExitOk : kExitFailed;
   if (options.json) return PrintJson(r, out, err) ? code : kExitFailed;
-  out << (r.healthy() ? "healthy: the kernel holds exactly what the store asks for"
-                      : "NEEDS ATTENTION:")
-      << "\n";
+  out << (r.healthy() ? healthy_line : "NEEDS ATTENTION:") << "\n";
   for (const std::string& f : r.findings()) out << "  ! " << f << "\n";
   for (const std::string& f : r.facts()) out << "  - " << f << "\n";
   return code;
@@ -257,18 +294,47 @@ int Run(const std::vector<std::string>& args, const Options& options, std::ostre
     return kExitUsage;
   }
   const std::string& cmd = args[0];
+  const bool offline_capable = cmd == "list" || cmd == "status" || cmd == "diagnose";
   if (access(options.socket.c_str(), F_OK) != 0) {
-    err << "fabricctl: no agent socket at " << options.socket
-        << " (is fabric-agent running? --socket)\n";
+    Unreachable why{absl::StrCat("no agent socket at ", options.socket,
+                                 " (is fabric-agent running? --socket)"),
+                    absl::StrCat("no agent socket at ", options.socket)};
+    if (offline_capable) return RunOffline(cmd, why, options, out, err);
+    err << "fabricctl: " << why.error << "\n";
     return cmd == "health" ? kExitFailed : kExitAgentDown;
   }
   std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(
       absl::StrCat("unix:", options.socket), grpc::InsecureChannelCredentials());
-  if (cmd == "list") return List(*v1::MappingService::NewStub(channel), options, out, err);
-  if (cmd == "status") return Status(*v1::AgentService::NewStub(channel), options, out, err);
+  // list, status and diagnose: an agent that does not answer (UNAVAILABLE:
+  // a stale socket file, connection refused) is read offline.
+  auto offline = [&](const grpc::Status& s) {
+    return RunOffline(cmd,
+                      Unreachable{absl::StrCat(cmd, ": ", s.error_message()),
+                                  absl::StrCat("the agent socket ", options.socket,
+                                               " does not answer (", s.error_message(), ")")},
+                      options, out, err);
+  };
+  if (cmd == "list") {
+    v1::ListMappingsResponse r;
+    grpc::Status s = FetchList(*v1::MappingService::NewStub(channel), &r);
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return offline(s);
+    return s.ok() ? PrintList(r, options, out, err) : Fail("list", s, err);
+  }
+  if (cmd == "status") {
+    v1::GetStatusResponse r;
+    grpc::Status s = FetchStatus(*v1::AgentService::NewStub(channel), &r);
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return offline(s);
+    if (!s.ok()) return Fail("status", s, err);
+    return PrintStatus(r, /*live=*/true, r.ready() ? kExitOk : kExitUsage, options, out, err);
+  }
+  if (cmd == "diagnose") {
+    v1::DiagnoseResponse r;
+    grpc::Status s = FetchDiagnose(*v1::AgentService::NewStub(channel), &r);
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return offline(s);
+    return s.ok() ? PrintDiagnose(r, kHealthy, options, out, err) : Fail("diagnose", s, err);
+  }
   if (cmd == "add") return Add(*v1::MappingService::NewStub(channel), args, options, out, err);
   if (cmd == "health") return Health(*v1::AgentService::NewStub(channel), options, out, err);
-  if (cmd == "diagnose") return Diagnose(*v1::AgentService::NewStub(channel), options, out, err);
   if (cmd == "backup") return Backup(*v1::AgentService::NewStub(channel), args, out, err);
   if (cmd == "remove") return Remove(*v1::MappingService::NewStub(channel), args, out, err);
   err << "fabricctl: unknown command \"" << cmd << "\"\n" << kUsage << "\n";

@@ -13,11 +13,19 @@
 //   diagnose [--json]                  compare kernel and store
 //   health [--ready]                   for probes (--timeout)
 //
+// When the agent does not answer (no socket file, or the call is UNAVAILABLE:
+// connection refused), list, status and diagnose read the store instead
+// (offline.h): <--state_dir>/state.db read-only, and for diagnose this
+// network namespace's kernel, headed by a line saying the agent is not
+// running and when it last started and wrote its state.
+//
 // Exit codes (scripts, probes and the deploy manifests rely on them):
-//   0 done; 1 the agent refused or failed (health: it does not answer, or
-//   with --ready is not ready; diagnose: needs attention); 2 usage error, or
-//   status: the agent answers but is not ready; 3 the agent is down (no
-//   socket, or UNAVAILABLE).
+//   0 done (offline list and status included); 1 the agent refused or
+//   failed (health: it does not answer, or with --ready is not ready;
+//   diagnose, online or offline: needs attention); 2 usage error, or status:
+//   the agent answers but is not ready; 3 the agent is down (no socket, or
+//   UNAVAILABLE) and, for list, status and diagnose, there is no store to
+//   read instead either.
 //
 // --json output is the protobuf JSON mapping of the response
 // (google::protobuf::util::MessageToJsonString, proto field names,
@@ -27,13 +35,16 @@
 // may run concurrently with others on the same stubs.
 #pragma once
 
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
+#include "nat/backend/backend.h"
 
 namespace fabric::agent::ctl {
 
@@ -45,6 +56,8 @@ inline constexpr int kExitAgentDown = 3;
 // Everything the command line sets besides the positional arguments.
 struct Options {
   std::string socket = "/run/fabric-nat/agent.sock";
+  // The agent's state dir, read when it does not answer.
+  std::string state_dir = "/var/lib/fabric-nat";
   bool json = false;         // list, status, diagnose
   std::string owner = "fabricctl";  // add
   std::string host_ip;       // add; empty: any address
@@ -53,6 +66,9 @@ struct Options {
   absl::Duration timeout = absl::Seconds(10);  // health
   // The clock for list's "expires in" column (tests fix it).
   absl::Time (*now)() = absl::Now;
+  // Offline diagnose's read of the kernel; unset: the nftables backend's
+  // Read() in this network namespace (tests give their own).
+  std::function<absl::StatusOr<nat::KernelState>()> read_kernel;
 };
 
 // The usage text (fabricctl's program usage message; printed on a usage
@@ -83,5 +99,18 @@ int Diagnose(nat::v1::AgentService::StubInterface& stub, const Options& options,
              std::ostream& out, std::ostream& err);
 int Health(nat::v1::AgentService::StubInterface& stub, const Options& options,
            std::ostream& out, std::ostream& err);
+
+// The printing half of list, status and diagnose, shared by the commands
+// above and their offline forms (offline.h): text, or with options.json the
+// response as JSON. Return the exit code (status: `code`; kExitFailed when
+// JSON cannot be made). `live`: the response comes from a running agent
+// (offline, status shows no repair count: only a running agent keeps one).
+// `healthy_line`: what diagnose says when there are no findings.
+int PrintList(const nat::v1::ListMappingsResponse& r, const Options& options,
+              std::ostream& out, std::ostream& err);
+int PrintStatus(const nat::v1::GetStatusResponse& r, bool live, int code,
+                const Options& options, std::ostream& out, std::ostream& err);
+int PrintDiagnose(const nat::v1::DiagnoseResponse& r, const std::string& healthy_line,
+                  const Options& options, std::ostream& out, std::ostream& err);
 
 }  // namespace fabric::agent::ctl

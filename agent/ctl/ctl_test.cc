@@ -119,6 +119,9 @@ class CtlTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(dir), nullptr) << std::strerror(errno);
     dir_ = dir;
     options_.socket = dir_ + "/a.sock";
+    // No store there: when the agent does not answer, list, status and
+    // diagnose find nothing to read offline either (offline_test.cc reads).
+    options_.state_dir = dir_ + "/state";
     options_.now = FixedNow;
     grpc::ServerBuilder builder;
     builder.AddListeningPort("unix:" + options_.socket, grpc::InsecureServerCredentials());
@@ -366,7 +369,8 @@ TEST_F(CtlTest, UnavailableIsExitThree) {
   EXPECT_EQ(r.err, "fabricctl: add: shutting down\n");
   r = Ctl({"list"});
   EXPECT_EQ(r.code, 3);
-  EXPECT_EQ(r.err, "fabricctl: list: shutting down\n");
+  EXPECT_EQ(r.err, absl::StrCat("fabricctl: list: shutting down\nfabricctl: no store at ", dir_,
+                                "/state/state.db to read instead (--state_dir: the agent's)\n"));
 }
 
 TEST_F(CtlTest, Remove) {
@@ -465,10 +469,19 @@ TEST_F(CtlTest, AgentDownNamesTheSocket) {
   o.socket = dir_ + "/none.sock";
   const std::string said = absl::StrCat("fabricctl: no agent socket at ", o.socket,
                                         " (is fabric-agent running? --socket)\n");
-  for (const char* cmd : {"list", "status", "add", "remove", "backup", "diagnose"}) {
+  for (const char* cmd : {"add", "remove", "backup"}) {
     Result r = Ctl({cmd}, o);
     EXPECT_EQ(r.code, 3) << cmd;
     EXPECT_EQ(r.err, said) << cmd;
+    EXPECT_EQ(r.out, "") << cmd;
+  }
+  // These would read the store offline; there is none.
+  for (const char* cmd : {"list", "status", "diagnose"}) {
+    Result r = Ctl({cmd}, o);
+    EXPECT_EQ(r.code, 3) << cmd;
+    EXPECT_EQ(r.err, absl::StrCat(said, "fabricctl: no store at ", dir_,
+                                  "/state/state.db to read instead (--state_dir: the agent's)\n"))
+        << cmd;
     EXPECT_EQ(r.out, "") << cmd;
   }
   // Probes: not answering is 1.

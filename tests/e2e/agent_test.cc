@@ -51,9 +51,9 @@ class AgentTest : public ::testing::Test {
     agent_.reset();
   }
 
-  void StartAgent() {
+  void StartAgent(const std::string& extra = "") {
     ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(ns_.get(), dir_,
-                                                     "--metrics_address=127.0.0.1:19333"));
+                                                     "--metrics_address=127.0.0.1:19333 " + extra));
   }
   absl::StatusOr<std::string> Ctl(const std::string& args) {
     return testing::Fabricctl(dir_ + "/agent.sock", args);
@@ -93,6 +93,21 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
   EXPECT_THAT(ns_->Exec("curl -s http://127.0.0.1:19333/metrics | promtool check metrics 2>&1; "
                         "echo rc=$?"),
               IsOkAndHolds("rc=0\n"));
+}
+
+TEST_F(AgentTest, PerMappingSeriesOnlyWhenAskedAndTheyLint) {
+  StartAgent("--metrics_per_mapping");
+  ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner 'we\"b'").status());
+  ASSERT_OK_AND_ASSIGN(std::string metrics, ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
+  EXPECT_THAT(metrics,
+              HasSubstr("nat_mapping_connections_total{id=\"m-1\",owner=\"api\",owner_id=\"we\\\"b\"} 0"));
+  EXPECT_THAT(ns_->Exec("curl -s http://127.0.0.1:19333/metrics | promtool check metrics 2>&1; "
+                        "echo rc=$?"),
+              IsOkAndHolds("rc=0\n"));
+  agent_.reset();
+  StartAgent();
+  EXPECT_THAT(ns_->Exec("curl -s http://127.0.0.1:19333/metrics"),
+              IsOkAndHolds(Not(HasSubstr("nat_mapping_connections_total"))));
 }
 
 TEST_F(AgentTest, RestApiServesStatusMappingsAndLeases) {
