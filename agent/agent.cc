@@ -358,8 +358,14 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   if (!config.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
         config.metrics_address,
-        OperatorHandlers(agent->core_.get(), &agent->metrics_, FrontendLines(config),
-                         config.metrics_per_mapping));
+        OperatorHandlers(
+            agent->core_.get(), &agent->metrics_,
+            [a = agent.get(), lines = FrontendLines(config)] {
+              std::vector<std::string> out = lines;
+              if (a->forwards_) out.push_back(a->forwards_->StatusLine());
+              return out;
+            },
+            config.metrics_per_mapping));
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }
@@ -414,6 +420,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
                            config.wan_interface, ", device ", agent->upnp_->uuid()));
     }
   }
+  if (!config.forwards_file.empty()) {
+    absl::StatusOr<std::unique_ptr<ForwardsWatcher>> f =
+        ForwardsWatcher::Start(agent->core_.get(), &agent->metrics_, config.forwards_file);
+    if (!f.ok()) return f.status();
+    agent->forwards_ = std::move(*f);
+  }
   if (agent->monitor_) {
     agent->changes_ = std::make_unique<NftablesChanges>(agent->monitor_.get(),
                                                         agent->own_port_id_);
@@ -432,8 +444,17 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
   return agent;
 }
 
+void Agent::Reload() {
+  if (forwards_) {
+    forwards_->Reload("SIGHUP");
+  } else {
+    LogLine("SIGHUP: nothing to reload (no --forwards_file)");
+  }
+}
+
 Agent::~Agent() {
   if (repair_) repair_->Stop();
+  forwards_.reset();
   upnp_.reset();
   pmp_.reset();
   if (tls_server_) tls_server_->Shutdown(std::chrono::system_clock::now() +

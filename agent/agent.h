@@ -16,6 +16,7 @@
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
 #include "agent/upnp/frontend.h"
+#include "agent/forwards_watcher.h"
 #include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
 #include "agent/service.h"
@@ -68,6 +69,8 @@ struct AgentConfig {
   bool ipv6_firewall = false;
   // One nat_mapping_connections_total series per mapping on /metrics.
   bool metrics_per_mapping = false;
+  // Static forwards (agent/forwards.h); empty: none.
+  std::string forwards_file;
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;
@@ -86,6 +89,8 @@ class Agent {
   ~Agent();
 
   AgentCore& core() { return *core_; }
+  // SIGHUP: reads --forwards_file again (the only thing to reload).
+  void Reload();
   int metrics_port() const { return http_ ? http_->port() : 0; }
 
  private:
@@ -114,6 +119,7 @@ class Agent {
   std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;
   std::unique_ptr<upnp::UpnpFrontend> upnp_;
+  std::unique_ptr<ForwardsWatcher> forwards_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;
   // Repairs after foreign changes and on a period, expires leases.

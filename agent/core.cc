@@ -205,6 +205,17 @@ LeaseResult AgentCore::Lease(const LeaseRequest& request, const LeasePolicy& pol
   return {outcome, 0, 0, std::string(r.status().message())};
 }
 
+absl::StatusOr<StaticDiff> AgentCore::ApplyStaticForwards(
+    const std::vector<StaticForward>& forwards) {
+  return writer_.Mutate<StaticDiff>(absl::InfiniteFuture(),
+                                    [&](Txn& txn) -> absl::StatusOr<StaticDiff> {
+                                      absl::StatusOr<StaticDiff> d =
+                                          owners::ApplyStaticForwards(txn, forwards, conntrack_);
+                                      if (d.ok() && !txn.touches_store_or_kernel()) txn.Discard();
+                                      return d;
+                                    });
+}
+
 UpnpResult AgentCore::Upnp(const UpnpRequest& request, const LeasePolicy& policy) {
   absl::StatusOr<UpnpResult> r = writer_.Mutate<UpnpResult>(
       absl::InfiniteFuture(), [&](Txn& txn) -> absl::StatusOr<UpnpResult> {

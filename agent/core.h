@@ -33,6 +33,7 @@
 #include "agent/core/writer.h"
 #include "agent/owners/leases.h"
 #include "agent/owners/pinholes.h"
+#include "agent/owners/statics.h"
 #include "agent/owners/upnp.h"
 #include "agent/store.h"
 #include "fabric/nat/v1/nat.pb.h"
@@ -100,6 +101,9 @@ class AgentCore {
   // protocol). A refresh keeps the external port; deleting what does not
   // exist succeeds.
   LeaseResult Lease(const LeaseRequest& request, const LeasePolicy& policy);
+  // Makes the static forwards exactly `forwards` (agent/owners/statics.h),
+  // in one transaction, or changes nothing.
+  absl::StatusOr<StaticDiff> ApplyStaticForwards(const std::vector<StaticForward>& forwards);
   // UPnP IGD port mappings (agent/owners/upnp.h). Not ready: kNetworkFailure.
   UpnpResult Upnp(const UpnpRequest& request, const LeasePolicy& policy);
   // IPv6 pinholes (agent/owners/pinholes.h). Not ready: kActionFailed.

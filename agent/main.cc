@@ -87,6 +87,9 @@ ABSL_FLAG(bool, ipv6_firewall, false,
 ABSL_FLAG(bool, metrics_per_mapping, false,
           "also export nat_mapping_connections_total, one series per mapping (costs a kernel "
           "read per scrape; the status page and /api/v1/mappings show the counts anyway)");
+ABSL_FLAG(std::string, forwards_file, "",
+          "static port forwards (JSON, see README); applied at start, on SIGHUP and when the "
+          "file changes; an invalid file keeps the previous forwards");
 ABSL_FLAG(bool, upnp_same_port, false,
           "refuse (UPnP error 724) a mapping whose external and internal ports differ");
 ABSL_FLAG(std::string, tls_address, "",
@@ -197,6 +200,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Everything the agent writes (state, backups, locks) is its own.
@@ -251,6 +255,7 @@ int main(int argc, char** argv) {
   config.upnp_same_port = absl::GetFlag(FLAGS_upnp_same_port);
   config.ipv6_firewall = absl::GetFlag(FLAGS_ipv6_firewall);
   config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
+  config.forwards_file = absl::GetFlag(FLAGS_forwards_file);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);
@@ -268,7 +273,12 @@ int main(int argc, char** argv) {
     fabric::agent::LogLine(absl::StrCat("sd_notify: ", s.message()));
   }
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP reloads (it used to end the agent, exit 129, with nothing
+  // logged); SIGTERM and SIGINT stop.
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    fabric::agent::LogLine("SIGHUP: reloading");
+    (*agent)->Reload();
+  }
   (void)fabric::agent::NotifySystemd("STOPPING=1");
   fabric::agent::LogLine(absl::StrCat("signal ", sig, ": stopping"));
   agent->reset();

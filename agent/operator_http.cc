@@ -121,16 +121,16 @@ uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, 
   return n;
 }
 
-std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
-                                                            std::vector<std::string> frontends,
-                                                            bool per_mapping) {
+std::map<std::string, HttpServer::Handler> OperatorHandlers(
+    AgentCore* core, Metrics* metrics, std::function<std::vector<std::string>()> frontends,
+    bool per_mapping) {
   std::map<std::string, HttpServer::Handler> h;
   h["/"] = [core, metrics, frontends](const HttpServer::Request&) {
     StatusPageInputs in;
     in.status = core->Status();
     in.snapshot = core->snapshot();
     in.repairs = metrics->RecentRepairs();
-    in.frontends = frontends;
+    in.frontends = frontends();
     in.now = absl::Now();
     // Per-mapping counts cost a whole kernel read: only for tables a page
     // can show.

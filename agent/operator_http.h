@@ -9,6 +9,7 @@
 // snapshot and never waits for a write.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -30,8 +31,8 @@ std::string PerMappingSeries(const Snapshot& snap,
 // `per_mapping` (--metrics_per_mapping), /metrics also has one
 // nat_mapping_connections_total series per mapping (a kernel read per
 // scrape).
-std::map<std::string, HttpServer::Handler> OperatorHandlers(AgentCore* core, Metrics* metrics,
-                                                            std::vector<std::string> frontends,
-                                                            bool per_mapping = false);
+std::map<std::string, HttpServer::Handler> OperatorHandlers(
+    AgentCore* core, Metrics* metrics, std::function<std::vector<std::string>()> frontends,
+    bool per_mapping = false);
 
 }  // namespace fabric::agent

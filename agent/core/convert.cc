@@ -99,6 +99,8 @@ std::string MappingHolder(const v1::PortMapping& m) {
       return absl::StrCat("PCP lease of ", m.owner().id());
     case v1::OWNER_KIND_UPNP:
       return absl::StrCat("UPnP mapping of ", m.owner().id());
+    case v1::OWNER_KIND_STATIC:
+      return absl::StrCat("static forward ", m.owner().id());
     default:
       return absl::StrCat("mapping ", m.id(), " of ", m.owner().id());
   }

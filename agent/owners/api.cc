@@ -8,11 +8,11 @@ namespace fabric::agent::owners {
 
 absl::StatusOr<v1::PortMapping> CreateMapping(Txn& txn, const v1::PortMapping& request,
                                               nat::ConntrackCleaner* ct) {
-  if (request.owner().kind() != v1::OWNER_KIND_API &&
-      request.owner().kind() != v1::OWNER_KIND_UPNP) {
+  if (request.owner().kind() != v1::OWNER_KIND_API) {
     return absl::InvalidArgumentError(
-        "CreateMapping takes owner kind API (or UPNP); CNI mappings come with "
-        "attachments and NAT-PMP/PCP leases from their front-end");
+        "CreateMapping takes owner kind API; CNI mappings come with attachments, "
+        "NAT-PMP/PCP/UPnP leases from their front-ends and static forwards from "
+        "--forwards_file");
   }
   if (request.owner().id().empty() || request.owner().id().size() > kMaxIdLength ||
       request.description().size() > kMaxDescriptionLength) {
@@ -47,6 +47,11 @@ absl::Status DeleteMapping(Txn& txn, const std::string& id, nat::ConntrackCleane
     return absl::FailedPreconditionError(absl::StrCat(
         "mapping ", id, " belongs to container attachment ", m->proto.owner().id(),
         "; it goes when the container is deleted"));
+  }
+  if (m->proto.owner().kind() == v1::OWNER_KIND_STATIC) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "mapping ", id, " is static forward ", m->proto.owner().id(),
+        " from --forwards_file; remove it from the file"));
   }
   RemoveMapping(txn, id, ct);
   return absl::OkStatus();

@@ -1,0 +1,199 @@
+#include "agent/forwards.h"
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace fabric::agent {
+
+namespace {
+
+using json = nlohmann::json;
+
+// "lo-hi" or "p" (a JSON number or string) -> [lo, hi].
+absl::StatusOr<std::pair<uint16_t, uint16_t>> Ports(const json& v) {
+  std::string text;
+  if (v.is_number_unsigned()) {
+    text = std::to_string(v.get<uint64_t>());
+  } else if (v.is_string()) {
+    text = v.get<std::string>();
+  } else {
+    return absl::InvalidArgumentError("must be a port number or \"lo-hi\"");
+  }
+  size_t dash = text.find('-');
+  uint32_t lo = 0, hi = 0;
+  bool ok = dash == std::string::npos
+                ? absl::SimpleAtoi(text, &lo) && (hi = lo, true)
+                : absl::SimpleAtoi(text.substr(0, dash), &lo) &&
+                      absl::SimpleAtoi(text.substr(dash + 1), &hi);
+  if (!ok || lo < 1 || hi > 65535 || lo > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", text.substr(0, 32), "\" is not a port 1-65535 or a range lo-hi"));
+  }
+  return std::make_pair(static_cast<uint16_t>(lo), static_cast<uint16_t>(hi));
+}
+
+bool GoodName(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n) {
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::StatusOr<StaticForward> ParseOne(const json& f) {
+  auto field = [&](const char* name) -> const json* {
+    auto it = f.find(name);
+    return it == f.end() ? nullptr : &*it;
+  };
+  for (const auto& [key, value] : f.items()) {
+    if (key != "name" && key != "protocol" && key != "host_ip" && key != "host_port" &&
+        key != "target") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown field \"", key.substr(0, 64),
+          "\" (name, protocol, host_ip, host_port, target)"));
+    }
+  }
+  StaticForward out;
+  const json* name = field("name");
+  if (name == nullptr || !name->is_string() || !GoodName(name->get<std::string>())) {
+    return absl::InvalidArgumentError("name: 1-64 of A-Z a-z 0-9 . _ -, required");
+  }
+  out.name = name->get<std::string>();
+  nat::PortMapping& m = out.mapping;
+  const json* proto = field("protocol");
+  if (proto == nullptr || !proto->is_string()) {
+    return absl::InvalidArgumentError("protocol: tcp, udp or sctp, required");
+  }
+  absl::StatusOr<nat::Protocol> p = nat::ParseProtocol(proto->get<std::string>());
+  if (!p.ok()) return absl::InvalidArgumentError(absl::StrCat("protocol: ", p.status().message()));
+  m.protocol = *p;
+  const json* target = field("target");
+  if (target == nullptr || !target->is_string()) {
+    return absl::InvalidArgumentError("target: \"address:port\" or \"address:lo-hi\", required");
+  }
+  std::string t = target->get<std::string>();
+  size_t colon = t.rfind(':');
+  std::string addr = colon == std::string::npos ? t : t.substr(0, colon);
+  if (addr.size() >= 2 && addr.front() == '[' && addr.back() == ']') {
+    addr = addr.substr(1, addr.size() - 2);
+  }
+  absl::StatusOr<nat::IpAddress> ip = nat::IpAddress::Parse(addr);
+  if (colon == std::string::npos || !ip.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "target: \"", t.substr(0, 64), "\" is not address:port (IPv6 as [address]:port)"));
+  }
+  absl::StatusOr<std::pair<uint16_t, uint16_t>> tports = Ports(json(t.substr(colon + 1)));
+  if (!tports.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("target: ", tports.status().message()));
+  }
+  m.target_ip = *ip;
+  m.target_port = tports->first;
+  const json* host_port = field("host_port");
+  if (host_port == nullptr) return absl::InvalidArgumentError("host_port: required");
+  absl::StatusOr<std::pair<uint16_t, uint16_t>> hports = Ports(*host_port);
+  if (!hports.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("host_port: ", hports.status().message()));
+  }
+  m.host_port = hports->first;
+  m.port_count = static_cast<uint16_t>(hports->second - hports->first + 1);
+  if (tports->first != tports->second && tports->second - tports->first + 1 != m.port_count) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "target: ", tports->second - tports->first + 1, " ports for ", m.port_count,
+        " host ports"));
+  }
+  if (const json* host_ip = field("host_ip"); host_ip != nullptr) {
+    if (!host_ip->is_string()) return absl::InvalidArgumentError("host_ip: must be a string");
+    std::string h = host_ip->get<std::string>();
+    if (h == "0.0.0.0" || h == "::") {
+      if ((h == "::") == m.target_ip.is_v4()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "host_ip: \"", h, "\" is of the other family than the target; an IPv6 host for "
+            "an IPv4 target needs the in-agent proxy, which is not served yet"));
+      }
+    } else if (!h.empty()) {
+      absl::StatusOr<nat::IpAddress> hip = nat::IpAddress::Parse(h);
+      if (!hip.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("host_ip: \"", h.substr(0, 64), "\" is not an address"));
+      }
+      if (hip->family() != m.target_ip.family()) {
+        return absl::InvalidArgumentError(
+            "host_ip: an IPv6 host for an IPv4 target (or the reverse) needs the in-agent "
+            "proxy, which is not served yet");
+      }
+      m.host_ip = *hip;
+    }
+  }
+  if (absl::Status s = m.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(std::string(s.message()));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<StaticForward>> ParseForwards(absl::string_view text,
+                                                         const std::string& path) {
+  auto fail = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
+  };
+  if (text.size() > kMaxForwardsFile) {
+    return fail(absl::StrCat("larger than ", kMaxForwardsFile, " bytes"));
+  }
+  json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) return fail("not JSON");
+  if (!doc.is_object()) return fail("must be an object {\"forwards\": [...]}");
+  for (const auto& [key, value] : doc.items()) {
+    if (key == "snat") {
+      if (!value.is_array() || !value.empty()) {
+        return fail("snat: fixed-address SNAT is not served yet; remove the entries");
+      }
+    } else if (key != "forwards") {
+      return fail(absl::StrCat("unknown key \"", key.substr(0, 64), "\" (forwards)"));
+    }
+  }
+  auto list = doc.find("forwards");
+  if (list == doc.end()) return std::vector<StaticForward>{};
+  if (!list->is_array()) return fail("forwards: must be an array");
+  if (list->size() > kMaxForwards) {
+    return fail(absl::StrCat("forwards: ", list->size(), " entries; at most ", kMaxForwards));
+  }
+  std::vector<StaticForward> out;
+  std::set<std::string> names;
+  for (size_t i = 0; i < list->size(); ++i) {
+    const json& f = (*list)[i];
+    std::string where = absl::StrCat("forwards[", i, "]");
+    if (f.is_object()) {
+      auto n = f.find("name");
+      if (n != f.end() && n->is_string()) {
+        absl::StrAppend(&where, " (\"", n->get<std::string>().substr(0, 64), "\")");
+      }
+    }
+    if (!f.is_object()) return fail(absl::StrCat(where, ": must be an object"));
+    absl::StatusOr<StaticForward> one = ParseOne(f);
+    if (!one.ok()) return fail(absl::StrCat(where, ": ", one.status().message()));
+    if (!names.insert(one->name).second) {
+      return fail(absl::StrCat(where, ": name: \"", one->name, "\" is used twice"));
+    }
+    out.push_back(*std::move(one));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<StaticForward>> LoadForwardsFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::string text(kMaxForwardsFile + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return ParseForwards(text, path);
+}
+
+}  // namespace fabric::agent

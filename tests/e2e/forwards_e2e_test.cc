@@ -1,0 +1,128 @@
+// Static forwards from --forwards_file, end to end: a router namespace's
+// agent forwards outside traffic to a LAN host as the file says, follows
+// the file when it is rewritten (by rename, as editors do) and on SIGHUP,
+// keeps the previous forwards when the file is invalid or conflicts, and
+// will not let the API delete them.
+//
+//   LAN host 192.168.77.10 --- lan0 192.168.77.1 [router: agent] wan0 203.0.113.1 --- outside 203.0.113.2
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "testing/cni_runtime.h"
+#include "testing/netns.h"
+#include "testing/status_matchers.h"
+
+namespace fabric {
+namespace {
+
+using ::fabric::testing::AgentProcess;
+using ::fabric::testing::IsOkAndHolds;
+using ::fabric::testing::Netns;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class ForwardsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(geteuid(), 0u);
+    dir_ = tmp_.path();
+    ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
+    ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
+    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
+    ASSERT_OK(testing::Link(*router_, "lan0", "192.168.77.1/24", *lan_, "eth0",
+                            "192.168.77.10/24"));
+    ASSERT_OK(testing::Link(*router_, "wan0", "203.0.113.1/24", *outside_, "eth0",
+                            "203.0.113.2/24"));
+    ASSERT_OK(lan_->Exec("ip route add default via 192.168.77.1"));
+    ASSERT_OK(router_->Exec("sysctl -qw net.ipv4.ip_forward=1"));
+    ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "web"));
+    ASSERT_OK(testing::Serve(*lan_, "udp", 27015, "game"));
+    file_ = dir_ + "/conf/forwards.json";
+    ASSERT_OK(testing::Shell("mkdir -p " + dir_ + "/conf"));
+    Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":8080,
+                          "target":"192.168.77.10:80"}]})");
+    ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                     "--forwards_file=" + file_));
+  }
+
+  // As an editor saves: a new file renamed over the old one.
+  void Write(const std::string& text) {
+    ASSERT_OK(testing::Shell(absl::StrCat("printf '%s' ", testing::ShellQuote(text), " > ",
+                                          file_, ".tmp && mv ", file_, ".tmp ", file_)));
+  }
+  // Waits (up to 3 s) for `text` in the agent's log.
+  bool LogShows(const std::string& text) {
+    for (int i = 0; i < 60; ++i) {
+      if (agent_->LogText().find(text) != std::string::npos) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+  absl::StatusOr<std::string> Ctl(const std::string& args) {
+    return testing::Fabricctl(agent_->socket(), args);
+  }
+
+  testing::ScopedTempDir tmp_{"fwd"};
+  std::string dir_, file_;
+  std::unique_ptr<Netns> router_, lan_, outside_;
+  std::unique_ptr<AgentProcess> agent_;
+};
+
+TEST_F(ForwardsTest, TheFileIsAppliedFollowedAndGuarded) {
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds("web 203.0.113.2\n"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("(start): 1 forward(s): added 1, removed 0, kept 0"));
+  ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
+  EXPECT_THAT(list, HasSubstr("static  tcp   0.0.0.0:8080"));
+  EXPECT_THAT(list, HasSubstr("192.168.77.10:80"));
+
+  // Rewritten by rename: web moves to 8081, a UDP range appears.
+  Write(R"({"forwards":[
+    {"name":"web","protocol":"tcp","host_port":8081,"target":"192.168.77.10:80"},
+    {"name":"games","protocol":"udp","host_port":"27015-27016","target":"192.168.77.10:27015-27016"}]})");
+  ASSERT_TRUE(LogShows("(the file changed): 2 forward(s): added 2, removed 1, kept 0"))
+      << agent_->LogText();
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.5).ok());
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8081), IsOkAndHolds("web 203.0.113.2\n"));
+  EXPECT_THAT(testing::Ask(*outside_, "udp", "203.0.113.1", 27015), IsOkAndHolds("game 203.0.113.2\n"));
+
+  // An invalid file: the exact error, and the forwards stay.
+  Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":"80808","target":"192.168.77.10:80"}]})");
+  ASSERT_TRUE(LogShows("forwards[0] (\"web\"): host_port: \"80808\" is not a port 1-65535"))
+      << agent_->LogText();
+  EXPECT_TRUE(LogShows("; keeping the previous 2 forward(s)"));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8081), IsOkAndHolds("web 203.0.113.2\n"));
+
+  // A port another owner holds: named, nothing changes.
+  ASSERT_OK(Ctl("add tcp 9090 192.168.77.10:80 --owner api-web").status());
+  Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":9090,"target":"192.168.77.10:80"}]})");
+  ASSERT_TRUE(LogShows("forward \"web\": host port 9090/tcp on 0.0.0.0 is held by mapping m-"))
+      << agent_->LogText();
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8081), IsOkAndHolds("web 203.0.113.2\n"));
+
+  // The API cannot delete a static forward.
+  ASSERT_OK_AND_ASSIGN(list, Ctl("list --json"));
+  size_t at = list.find("\"OWNER_KIND_STATIC\"");
+  ASSERT_NE(at, std::string::npos) << list;
+  size_t id = list.rfind("\"id\": \"m-", at);
+  ASSERT_NE(id, std::string::npos);
+  std::string mid = list.substr(id + 7, list.find('"', id + 7) - id - 7);
+  EXPECT_FALSE(Ctl("remove " + mid).ok());
+  EXPECT_TRUE(LogShows("from --forwards_file; remove it from the file"));
+
+  // SIGHUP reloads (it used to end the agent) and the agent stays up.
+  Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":8082,"target":"192.168.77.10:80"}]})");
+  ASSERT_TRUE(LogShows("1 forward(s): added 1, removed 2"));
+  ASSERT_EQ(kill(agent_->pid(), SIGHUP), 0);
+  ASSERT_TRUE(LogShows("(SIGHUP): 1 forward(s): added 0, removed 0, kept 1")) << agent_->LogText();
+  EXPECT_THAT(Ctl("status"), IsOkAndHolds(HasSubstr("ready")));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8082), IsOkAndHolds("web 203.0.113.2\n"));
+}
+
+}  // namespace
+}  // namespace fabric
