@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -223,6 +224,26 @@ absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,
                                 double timeout) {
   return ns.Exec(absl::StrCat("/usr/bin/python3 ", NetTool(), " ask ", proto,
                               " ", host, " ", port, " --timeout ", timeout));
+}
+
+absl::StatusOr<RouterLayout> MakeRouterLayout(const std::string& wan) {
+  RouterLayout l;
+  for (auto [slot, tag] : {std::pair<std::unique_ptr<Netns>*, const char*>{&l.router, "router"},
+                           {&l.lan, "lan"},
+                           {&l.outside, "out"}}) {
+    absl::StatusOr<std::unique_ptr<Netns>> ns = Netns::Create(tag);
+    if (!ns.ok()) return ns.status();
+    *slot = *std::move(ns);
+  }
+  absl::Status s = Link(*l.router, "lan0", "192.168.77.1/24", *l.lan, "eth0", "192.168.77.10/24");
+  if (s.ok()) {
+    s = Link(*l.router, "wan0", absl::StrCat(wan, ".1/24"), *l.outside, "eth0",
+             absl::StrCat(wan, ".2/24"));
+  }
+  if (s.ok()) s = l.lan->Exec("ip route add default via 192.168.77.1").status();
+  if (s.ok()) s = l.router->Exec("sysctl -qw net.ipv4.ip_forward=1").status();
+  if (!s.ok()) return s;
+  return l;
 }
 
 }  // namespace fabric::testing

@@ -97,4 +97,16 @@ absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,
                                 const std::string& host, int port,
                                 double timeout = 2.0);
 
+// The router layout the LAN front-end tests share (NAT-PMP, UPnP, static
+// forwards):
+//   lan  eth0 192.168.77.10/24 (default via the router)
+//    |
+//   router  lan0 192.168.77.1/24, wan0 <wan>.1/24 (forwards IPv4)
+//    |
+//   outside  eth0 <wan>.2/24
+struct RouterLayout {
+  std::unique_ptr<Netns> router, lan, outside;
+};
+absl::StatusOr<RouterLayout> MakeRouterLayout(const std::string& wan = "203.0.113");
+
 }  // namespace fabric::testing

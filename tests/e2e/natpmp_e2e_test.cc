@@ -40,15 +40,10 @@ class NatPmpTest : public ::testing::Test {
 
     dir_ = tmp_.path();
     ASSERT_FALSE(dir_.empty());
-    ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
-    ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
-    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
-    ASSERT_OK(testing::Link(*router_, "lan0", "192.168.77.1/24", *lan_, "eth0",
-                            "192.168.77.10/24"));
-    ASSERT_OK(testing::Link(*router_, "wan0", "203.0.113.1/24", *outside_, "eth0",
-                            "203.0.113.2/24"));
-    ASSERT_OK(lan_->Exec("ip route add default via 192.168.77.1"));
-    ASSERT_OK(router_->Exec("sysctl -qw net.ipv4.ip_forward=1"));
+    ASSERT_OK_AND_ASSIGN(testing::RouterLayout l, testing::MakeRouterLayout());
+    router_ = std::move(l.router);
+    lan_ = std::move(l.lan);
+    outside_ = std::move(l.outside);
     StartAgent();
   }
   void TearDown() override {

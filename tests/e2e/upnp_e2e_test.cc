@@ -40,22 +40,17 @@ class UpnpTest : public ::testing::Test {
     ASSERT_EQ(geteuid(), 0u);
     dir_ = tmp_.path();
     ASSERT_FALSE(dir_.empty());
-    ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
-    ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
+    ASSERT_OK_AND_ASSIGN(testing::RouterLayout l, testing::MakeRouterLayout("11.77.0"));
+    router_ = std::move(l.router);
+    lan_ = std::move(l.lan);
+    outside_ = std::move(l.outside);
     ASSERT_OK_AND_ASSIGN(lan2_, Netns::Create("lan2"));
-    ASSERT_OK_AND_ASSIGN(outside_, Netns::Create("out"));
-    ASSERT_OK(testing::Link(*router_, "lan0", "192.168.77.1/24", *lan_, "eth0",
-                            "192.168.77.10/24"));
     ASSERT_OK(testing::Link(*router_, "lan1", "192.168.78.1/24", *lan2_, "eth0",
                             "192.168.78.10/24"));
-    ASSERT_OK(testing::Link(*router_, "wan0", "11.77.0.1/24", *outside_, "eth0",
-                            "11.77.0.2/24"));
-    ASSERT_OK(lan_->Exec("ip route add default via 192.168.77.1"));
     ASSERT_OK(lan2_->Exec("ip route add default via 192.168.78.1"));
     // The outside host can route to the LAN side too: what it sends there
     // must still be refused.
     ASSERT_OK(outside_->Exec("ip route add 192.168.0.0/16 via 11.77.0.1"));
-    ASSERT_OK(router_->Exec("sysctl -qw net.ipv4.ip_forward=1"));
     StartAgent();
   }
   void TearDown() override { agent_.reset(); }
