@@ -138,6 +138,26 @@ absl::StatusOr<LeasePolicy> LanPolicy(const AgentConfig& config,
   return policy;
 }
 
+// Sets sysctl `path` (under /proc/sys) to 1 unless it is; logs what it did.
+void TurnOn(const std::string& path, const std::string& name, const std::string& flag) {
+  std::string value;
+  {
+    std::ifstream in(path);
+    std::getline(in, value);
+  }
+  if (value == "1") return;
+  std::ofstream out(path);
+  out << "1\n";
+  out.close();
+  if (out.fail()) {
+    LogLine(absl::StrCat("cannot set ", name, "=1 (", flag, "): ", std::strerror(errno),
+                         "; forwarded traffic will not flow"));
+    return;
+  }
+  LogLine(absl::StrCat("set ", name, "=1 (it was ", value.empty() ? "unreadable" : value, "; ",
+                       flag, ")"));
+}
+
 // What the status page lists as front-ends.
 std::vector<std::string> FrontendLines(const AgentConfig& config) {
   std::vector<std::string> out;
@@ -419,6 +439,13 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
                            absl::StrJoin(config.lan_interfaces, ","), ", WAN ",
                            config.wan_interface, ", device ", agent->upnp_->uuid()));
     }
+  }
+  if (config.ip_forward) {
+    TurnOn("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward", "--ip_forward");
+  }
+  if (config.ip6_forward) {
+    TurnOn("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding",
+           "--ip6_forward");
   }
   if (!config.forwards_file.empty()) {
     absl::StatusOr<std::unique_ptr<ForwardsWatcher>> f =

@@ -71,6 +71,11 @@ struct AgentConfig {
   bool metrics_per_mapping = false;
   // Static forwards (agent/forwards.h); empty: none.
   std::string forwards_file;
+  // Turn on IPv4 forwarding at start when it is off (DNAT to another host
+  // needs it); IPv6 forwarding only when asked, since it changes how the
+  // kernel treats router advertisements.
+  bool ip_forward = true;
+  bool ip6_forward = false;
   // Optional TCP listener for orchestrators: TLS with client certificates.
   std::string tls_address;
   std::string tls_cert;

@@ -87,6 +87,11 @@ ABSL_FLAG(bool, ipv6_firewall, false,
 ABSL_FLAG(bool, metrics_per_mapping, false,
           "also export nat_mapping_connections_total, one series per mapping (costs a kernel "
           "read per scrape; the status page and /api/v1/mappings show the counts anyway)");
+ABSL_FLAG(bool, ip_forward, true,
+          "set net.ipv4.ip_forward=1 at start when it is 0 (logged)");
+ABSL_FLAG(bool, ip6_forward, false,
+          "set net.ipv6.conf.all.forwarding=1 at start (off by default: it changes how the "
+          "kernel treats router advertisements)");
 ABSL_FLAG(std::string, forwards_file, "",
           "static port forwards (JSON, see README); applied at start, on SIGHUP and when the "
           "file changes; an invalid file keeps the previous forwards");
@@ -256,6 +261,8 @@ int main(int argc, char** argv) {
   config.ipv6_firewall = absl::GetFlag(FLAGS_ipv6_firewall);
   config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
   config.forwards_file = absl::GetFlag(FLAGS_forwards_file);
+  config.ip_forward = absl::GetFlag(FLAGS_ip_forward);
+  config.ip6_forward = absl::GetFlag(FLAGS_ip6_forward);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);
   config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   config.tls_key = absl::GetFlag(FLAGS_tls_key);

@@ -95,6 +95,25 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
               IsOkAndHolds("rc=0\n"));
 }
 
+TEST_F(AgentTest, TurnsOnIpForwardingUnlessToldNot) {
+  ASSERT_OK(ns_->Exec("sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0"));
+  StartAgent("--ip_forward=false");
+  EXPECT_THAT(ns_->Exec("cat /proc/sys/net/ipv4/ip_forward"), IsOkAndHolds("0\n"));
+  agent_.reset();
+  StartAgent("--ip6_forward");
+  EXPECT_THAT(ns_->Exec("cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv6/conf/all/forwarding"),
+              IsOkAndHolds("1\n1\n"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("set net.ipv4.ip_forward=1 (it was 0; --ip_forward)"));
+  EXPECT_THAT(agent_->LogText(),
+              HasSubstr("set net.ipv6.conf.all.forwarding=1 (it was 0; --ip6_forward)"));
+  // Already on: nothing to say (the log goes on across restarts: only this
+  // start's part).
+  agent_.reset();
+  StartAgent();
+  std::string log = agent_->LogText();
+  EXPECT_THAT(log.substr(log.rfind(" started: ")), Not(HasSubstr("ip_forward")));
+}
+
 TEST_F(AgentTest, PerMappingSeriesOnlyWhenAskedAndTheyLint) {
   StartAgent("--metrics_per_mapping");
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner 'we\"b'").status());
