@@ -424,6 +424,13 @@ v1::DiagnoseResponse AgentCore::Diagnose() const {
     r.add_facts(absl::StrCat("kernel table inet fabric_nat: ", state.rules.size(), " entries, ",
                              desired.size(), " expected"));
   }
+  if (absl::StatusOr<std::vector<std::string>> drops = writer_.ForwardDropChains(); drops.ok()) {
+    for (const std::string& chain : *drops) {
+      r.add_findings(absl::StrCat(
+          "forward chain ", chain, " drops DNAT'd connections (published ports, leases, "
+          "forwards) that it does not accept: add `ct status dnat accept` at its top"));
+    }
+  }
   r.add_facts(absl::StrCat(snap->state.attachments.size(), " attachment(s), ",
                            snap->state.mappings.size(), " mapping(s), ", snap->leases,
                            " NAT-PMP/PCP lease(s)"));

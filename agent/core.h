@@ -116,6 +116,11 @@ class AgentCore {
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
     return writer_.ConnectionCounts();
   }
+  // Other tables' forward chains that drop DNAT'd connections
+  // (Backend::ForwardDropChains).
+  absl::StatusOr<std::vector<std::string>> ForwardDropChains() const {
+    return writer_.ForwardDropChains();
+  }
   // Connections each DNAT element translated (a full kernel read, outside
   // the writer's lock).
   absl::StatusOr<std::map<nat::DnatElement, uint64_t>> MappingConnections() const;

@@ -131,6 +131,7 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     in.snapshot = core->snapshot();
     in.repairs = metrics->RecentRepairs();
     in.frontends = frontends();
+    if (auto drops = core->ForwardDropChains(); drops.ok()) in.forward_drops = *std::move(drops);
     in.now = absl::Now();
     // Per-mapping counts cost a whole kernel read: only for tables a page
     // can show.
@@ -156,6 +157,14 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     absl::StatusOr<std::map<std::string, uint64_t>> connections = core->ConnectionCounts();
     std::string text = metrics->Render(core->Desired(), by_owner,
                                        connections.ok() ? &*connections : nullptr);
+    if (absl::StatusOr<std::vector<std::string>> drops = core->ForwardDropChains(); drops.ok()) {
+      absl::StrAppend(&text,
+                      "# HELP nat_forward_drop_chains Other tables' forward chains that drop "
+                      "DNAT'd connections (see fabricctl diagnose).\n"
+                      "# TYPE nat_forward_drop_chains gauge\n"
+                      "nat_forward_drop_chains ",
+                      drops->size(), "\n");
+    }
     if (per_mapping) {
       absl::StatusOr<std::map<nat::DnatElement, uint64_t>> counts = core->MappingConnections();
       if (counts.ok()) text += PerMappingSeries(*snap, *counts);

@@ -85,6 +85,16 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
       "<tr><th>IPv6 pinholes</th>", Td(absl::StrCat(state.pinholes.size())), "</tr>",
       "<tr><th>repairs</th>", Td(absl::StrCat(st.repairs())), "</tr></table>");
 
+  if (!in.forward_drops.empty()) {
+    absl::StrAppend(&h, "<h2 class=bad>Forward chains that drop DNAT'd connections</h2>"
+                        "<ul id=forward_drops>");
+    for (const std::string& c : in.forward_drops) {
+      absl::StrAppend(&h, "<li class=bad>", HtmlEscape(c),
+                      ": published ports do not work through it; add <code>ct status dnat "
+                      "accept</code> at its top</li>");
+    }
+    absl::StrAppend(&h, "</ul>");
+  }
   absl::StrAppend(&h, "<h2>Front-ends</h2><ul id=frontends>");
   for (const std::string& f : in.frontends) absl::StrAppend(&h, "<li>", HtmlEscape(f), "</li>");
   if (in.frontends.empty()) absl::StrAppend(&h, "<li>the CNI plugin and the API only</li>");

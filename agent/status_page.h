@@ -27,6 +27,8 @@ struct StatusPageInputs {
   std::shared_ptr<const Snapshot> snapshot;
   std::vector<std::pair<absl::Time, std::string>> repairs;  // newest first
   std::vector<std::string> frontends;  // "NAT-PMP and PCP on udp 5351, LAN lan0"
+  // Other tables' forward chains that drop DNAT'd connections.
+  std::vector<std::string> forward_drops;
   absl::Time now;
   // Connections per DNAT element (Backend's element counters); empty: not
   // read, and the column shows "-".

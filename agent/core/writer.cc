@@ -76,6 +76,12 @@ absl::StatusOr<std::map<std::string, uint64_t>> Writer::ConnectionCounts() const
   return options_.reader->ConnectionCounts();
 }
 
+absl::StatusOr<std::vector<std::string>> Writer::ForwardDropChains() const {
+  if (options_.reader == nullptr) return absl::UnimplementedError("no reader");
+  std::lock_guard<std::mutex> reading(read_mu_);
+  return options_.reader->ForwardDropChains();
+}
+
 void Writer::MarkKnownGood(uint32_t generation) {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<uint32_t> now = backend_->Generation();

@@ -89,8 +89,10 @@ class Writer {
   // the lock after a few tries.
   absl::StatusOr<std::pair<nat::KernelState, std::shared_ptr<const Snapshot>>>
   ReadKernelConsistent() const;
-  // The reader's Backend::ConnectionCounts (a rules-only read).
+  // The reader's Backend::ConnectionCounts (a rules-only read) and
+  // Backend::ForwardDropChains.
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const;
+  absl::StatusOr<std::vector<std::string>> ForwardDropChains() const;
 
   // Makes the kernel match the state again (the repair path). Counts a
   // repair when it changed anything.

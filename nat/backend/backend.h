@@ -14,6 +14,7 @@
 #include <optional>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -107,6 +108,14 @@ class Backend {
   // at any number of mappings. kUnimplemented where not counted.
   virtual absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
     return absl::UnimplementedError("this backend does not count connections");
+  }
+
+  // Other tables' base chains at the forward hook that drop what they do
+  // not accept (policy drop, or a last rule that drops), as
+  // "inet/filter/forward (policy drop)": there, DNAT'd connections die
+  // whatever our table does. kUnimplemented where not looked at.
+  virtual absl::StatusOr<std::vector<std::string>> ForwardDropChains() const {
+    return absl::UnimplementedError("this backend does not look at other tables");
   }
 };
 

@@ -119,5 +119,48 @@ TEST_F(ForwardsTest, TheFileIsAppliedFollowedAndGuarded) {
   EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8082), IsOkAndHolds("web 203.0.113.2\n"));
 }
 
+// A router whose own firewall's forward chain has policy drop: DNAT'd
+// flows die there whatever our table does. The agent says so (diagnose,
+// metric, status page) until the chain accepts them.
+TEST_F(ForwardsTest, ForwardChainThatDropsIsReportedUntilItAcceptsDnat) {
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                   "--forwards_file=" + file_ +
+                                                       " --metrics_address=127.0.0.1:19335"));
+  const std::string rules = dir_ + "/router.nft";
+  ASSERT_OK(testing::Shell("printf '%s\\n' 'table inet filter {' "
+                           "'  chain forward { type filter hook forward priority 0; policy drop; }' "
+                           "'}' > " + rules));
+  ASSERT_OK(router_->Exec("nft -f " + rules));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.5).ok());
+  auto diagnose = [&] {
+    return testing::RunCommand(absl::StrCat("ip netns exec ", router_->name(), " ",
+                                            testing::Runfile("agent/fabricctl"), " --socket ",
+                                            agent_->socket(), " diagnose"));
+  };
+  ASSERT_OK_AND_ASSIGN(testing::CommandResult d, diagnose());
+  EXPECT_NE(d.exit_code, 0);
+  EXPECT_THAT(d.out, HasSubstr("forward chain inet/filter/forward (policy drop) drops DNAT'd "
+                               "connections"));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19335/metrics"),
+              IsOkAndHolds(HasSubstr("nat_forward_drop_chains 1\n")));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19335/"),
+              IsOkAndHolds(HasSubstr("inet/filter/forward (policy drop): published ports do not "
+                                     "work through it")));
+  // The fix the finding names: the flows pass, and nothing is reported.
+  ASSERT_OK(router_->Exec("nft insert rule inet filter forward ct status dnat accept"));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds("web 203.0.113.2\n"));
+  ASSERT_OK_AND_ASSIGN(d, diagnose());
+  EXPECT_EQ(d.exit_code, 0) << d.out;
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19335/metrics"),
+              IsOkAndHolds(HasSubstr("nat_forward_drop_chains 0\n")));
+  // A chain that ends with a bare drop rule counts too.
+  ASSERT_OK(router_->Exec("nft flush chain inet filter forward && "
+                          "nft chain inet filter forward '{ policy accept; }' && "
+                          "nft add rule inet filter forward drop"));
+  ASSERT_OK_AND_ASSIGN(d, diagnose());
+  EXPECT_THAT(d.out, HasSubstr("inet/filter/forward (ends with a drop rule)"));
+}
+
 }  // namespace
 }  // namespace fabric

@@ -1,6 +1,7 @@
 #include "nat/backend/nftables/nftables_backend.h"
 
 #include <libnftnl/chain.h>
+#include <libnftnl/expr.h>
 #include <libnftnl/common.h>
 #include <libnftnl/gen.h>
 #include <libnftnl/rule.h>
@@ -287,6 +288,97 @@ absl::StatusOr<std::map<std::string, uint64_t>> NftablesBackend::ConnectionCount
       });
   // No table (yet): nothing counted.
   if (!s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> NftablesBackend::ForwardDropChains() const {
+  struct Chain {
+    uint32_t family;
+    std::string table, name;
+    bool policy_drop;
+  };
+  std::vector<Chain> chains;
+  absl::Status s = socket_->Request(
+      "list chains of every table",
+      [](char* buf, uint32_t seq) {
+        return nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETCHAIN, NFPROTO_UNSPEC, NLM_F_DUMP, seq);
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_chain* c = nftnl_chain_alloc();
+        if (nftnl_chain_nlmsg_parse(nlh, c) == 0 && nftnl_chain_is_set(c, NFTNL_CHAIN_HOOKNUM) &&
+            nftnl_chain_get_u32(c, NFTNL_CHAIN_HOOKNUM) == NF_INET_FORWARD &&
+            std::string(nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE)) != kTableName) {
+          uint32_t family = nftnl_chain_get_u32(c, NFTNL_CHAIN_FAMILY);
+          if (family == NFPROTO_INET || family == NFPROTO_IPV4 || family == NFPROTO_IPV6) {
+            chains.push_back({family, nftnl_chain_get_str(c, NFTNL_CHAIN_TABLE),
+                              nftnl_chain_get_str(c, NFTNL_CHAIN_NAME),
+                              nftnl_chain_is_set(c, NFTNL_CHAIN_POLICY) &&
+                                  nftnl_chain_get_u32(c, NFTNL_CHAIN_POLICY) == NF_DROP});
+          }
+        }
+        nftnl_chain_free(c);
+        return absl::OkStatus();
+      });
+  if (!s.ok()) return s;
+  std::vector<std::string> out;
+  for (const Chain& c : chains) {
+    const char* family = c.family == NFPROTO_INET ? "inet" : c.family == NFPROTO_IPV4 ? "ip" : "ip6";
+    std::string name = absl::StrCat(family, "/", c.table, "/", c.name);
+    // A bare "drop" as the last rule drops what the rules before it did not
+    // accept. A rule that accepts by ct status (`ct status dnat accept`)
+    // lets our flows through: then the chain is no trouble.
+    bool trailing_drop = false, accepts_dnat = false;
+    absl::Status r = socket_->Request(
+        absl::StrCat("list rules of ", name),
+        [&](char* buf, uint32_t seq) {
+          nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, c.family, NLM_F_DUMP, seq);
+          nftnl_rule* rule = nftnl_rule_alloc();
+          nftnl_rule_set_str(rule, NFTNL_RULE_TABLE, c.table.c_str());
+          nftnl_rule_set_str(rule, NFTNL_RULE_CHAIN, c.name.c_str());
+          nftnl_rule_nlmsg_build_payload(nlh, rule);
+          nftnl_rule_free(rule);
+          return nlh;
+        },
+        [&](const nlmsghdr* nlh) {
+          nftnl_rule* rule = nftnl_rule_alloc();
+          if (nftnl_rule_nlmsg_parse(nlh, rule) == 0 &&
+              c.name == nftnl_rule_get_str(rule, NFTNL_RULE_CHAIN)) {
+            struct Seen {
+              int exprs = 0;
+              bool drop = false, ct_status = false, accept = false;
+            } seen;
+            nftnl_expr_foreach(
+                rule,
+                [](nftnl_expr* e, void* data) -> int {
+                  auto* v = static_cast<Seen*>(data);
+                  const char* n = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+                  if (std::strcmp(n, "counter") == 0) return 0;  // counts, decides nothing
+                  ++v->exprs;
+                  bool verdict = std::strcmp(n, "immediate") == 0 &&
+                                 nftnl_expr_is_set(e, NFTNL_EXPR_IMM_VERDICT);
+                  v->drop = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_DROP;
+                  v->accept = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_ACCEPT;
+                  if (std::strcmp(n, "ct") == 0 &&
+                      nftnl_expr_get_u32(e, NFTNL_EXPR_CT_KEY) == NFT_CT_STATUS) {
+                    v->ct_status = true;
+                  }
+                  return 0;
+                },
+                &seen);
+            // The last rule wins: a bare drop there drops the rest.
+            trailing_drop = seen.exprs == 1 && seen.drop;
+            if (seen.ct_status && seen.accept) accepts_dnat = true;
+          }
+          nftnl_rule_free(rule);
+          return absl::OkStatus();
+        });
+    if (!r.ok() || accepts_dnat) continue;
+    if (c.policy_drop) {
+      out.push_back(absl::StrCat(name, " (policy drop)"));
+    } else if (trailing_drop) {
+      out.push_back(absl::StrCat(name, " (ends with a drop rule)"));
+    }
+  }
   return out;
 }
 

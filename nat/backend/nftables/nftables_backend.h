@@ -34,6 +34,7 @@ class NftablesBackend : public Backend {
   absl::Status Replace(const RuleSet& desired) override;
   absl::StatusOr<KernelState> Read() const override;
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const override;
+  absl::StatusOr<std::vector<std::string>> ForwardDropChains() const override;
   absl::Status DeleteTable() override;
 
   // The ruleset generation after our last successful batch, so that event
