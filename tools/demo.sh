@@ -13,7 +13,8 @@
 # second with containerd's spelling of the port mappings), shows a
 # request from outside reaching a published port, a hairpin request, a LAN
 # host mapping a port for itself with NAT-PMP (Debian's natpmpc), PCP and
-# UPnP IGD (Debian's upnpc, finding the gateway by SSDP),
+# UPnP IGD (Debian's upnpc, finding the gateway by SSDP), a router's static
+# forward from a file and its own drop-policy firewall found by diagnose,
 # what fabricctl and the kernel hold, a firewall flush healing itself, and
 # removes everything.
 #
@@ -111,9 +112,14 @@ mkdir -p "$CNI_BIN"
 ln -s /usr/lib/cni/bridge /usr/lib/cni/host-local "$CNI_BIN/"
 ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
 
+# A router's static forward, kept by the agent from a file.
+cat > "$WORK/forwards.json" <<'JSON'
+{"forwards": [{"name": "lan-web", "protocol": "tcp", "host_port": 8090, "target": "192.168.77.10:80"}]}
+JSON
+
 say "Starting fabric-agent in $HOST"
 in_ns "$HOST" "$BIN/agent/fabric-agent" --socket "$SOCK" --state_dir "$WORK/state" --run_dir "$WORK/run" \
-  --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 --upnp \
+  --metrics_address 127.0.0.1:9333 --lan_interfaces=lan0 --wan_interface=wan0 --upnp --forwards_file "$WORK/forwards.json" \
   > "$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
@@ -175,6 +181,18 @@ say "From $OUT: curl http://192.0.2.1:8089/ (DNAT to the LAN host, by UPnP)"
 run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8089/
 say "upnpc -l: the gateway's mappings as UPnP lists them (NAT-PMP, PCP and UPnP leases)"
 in_ns "$LAN" upnpc -i -l 2>&1 | grep -E "^ *[0-9]+ (TCP|UDP)"
+say "Router: a static forward from $WORK/forwards.json (public 8090 -> the LAN host's port 80)"
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8090/
+say "Router: its own firewall loaded with nft -f, forward policy drop: DNAT'd flows die there"
+printf '%s\n' 'table inet filter {' '  chain forward { type filter hook forward priority 0; policy drop; }' '}' > "$WORK/router.nft"
+in_ns "$HOST" nft -f "$WORK/router.nft"
+echo "from $OUT: $(in_ns "$OUT" curl -s --max-time 1 http://192.0.2.1:8090/ || echo 'no answer')"
+echo "$ fabricctl diagnose"; "$BIN/agent/fabricctl" --socket "$SOCK" diagnose 2>&1 | grep "forward chain" || true
+say "Router: the fix diagnose names (ct status dnat accept at the chain's top)"
+in_ns "$HOST" nft insert rule inet filter forward ct status dnat accept
+run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8090/
+in_ns "$HOST" nft delete table inet filter
+
 say "A request from the WAN side gets no answer"
 run in_ns "$OUT" python3 testing/pmp.py 192.0.2.1 addr || true
 

@@ -73,6 +73,14 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
 
 namespace {
 
+// Whether `m`'s target counts as another owner's (State::mapping_targets):
+// containers' and API mappings do; leases are the LAN host's own, and a
+// static forward the router's admin points at a LAN host leaves that host
+// free to ask for its other ports itself.
+bool CountsAsTarget(const v1::PortMapping& m) {
+  return !IsLease(m) && m.owner().kind() != v1::OWNER_KIND_STATIC;
+}
+
 // The canonical text of a target address (as nat::IpAddress prints it).
 std::string TargetKey(const v1::PortMapping& m) {
   absl::StatusOr<nat::IpAddress> a = nat::IpAddress::Parse(m.target_ip());
@@ -82,14 +90,14 @@ std::string TargetKey(const v1::PortMapping& m) {
 }  // namespace
 
 void IndexTarget(State& state, const v1::PortMapping& m) {
-  if (IsLease(m)) return;
+  if (!CountsAsTarget(m)) return;
   std::string key = TargetKey(m);
   const int* n = state.mapping_targets.Find(key);
   state.mapping_targets.Put(key, (n == nullptr ? 0 : *n) + 1);
 }
 
 void UnindexTarget(State& state, const v1::PortMapping& m) {
-  if (IsLease(m)) return;
+  if (!CountsAsTarget(m)) return;
   std::string key = TargetKey(m);
   const int* n = state.mapping_targets.Find(key);
   if (n == nullptr) return;

@@ -30,7 +30,7 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
 
 // The index of other owners' targets (State::mapping_targets) that
 // NAT-PMP/PCP consult; PutMapping and RemoveMapping keep it, start-up
-// fills it. Leases are not indexed.
+// fills it. Leases and static forwards are not indexed.
 void IndexTarget(State& state, const v1::PortMapping& m);
 void UnindexTarget(State& state, const v1::PortMapping& m);
 

@@ -43,6 +43,7 @@ class ForwardsTest : public ::testing::Test {
     Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":8080,
                           "target":"192.168.77.10:80"}]})");
     ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                     "--lan_interfaces=lan0 --wan_interface=wan0 "
                                                      "--forwards_file=" + file_));
   }
 
@@ -75,6 +76,10 @@ TEST_F(ForwardsTest, TheFileIsAppliedFollowedAndGuarded) {
   ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
   EXPECT_THAT(list, HasSubstr("static  tcp   0.0.0.0:8080"));
   EXPECT_THAT(list, HasSubstr("192.168.77.10:80"));
+
+  // The forward's target may still ask for its own other ports (NAT-PMP).
+  EXPECT_THAT(lan_->Exec("natpmpc -g 192.168.77.1 -a 8088 80 tcp 60"),
+              IsOkAndHolds(HasSubstr("Mapped public port 8088 protocol TCP to local port 80")));
 
   // Rewritten by rename: web moves to 8081, a UDP range appears.
   Write(R"({"forwards":[
