@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -138,6 +139,26 @@ absl::StatusOr<LeasePolicy> LanPolicy(const AgentConfig& config,
   return policy;
 }
 
+// The interface of the one IPv4 default route (/proc/net/route), or "" with
+// `why` saying what was found instead.
+std::string DefaultRouteInterface(std::string* why) {
+  std::ifstream in("/proc/net/route");
+  std::string line;
+  std::getline(in, line);  // the header
+  std::set<std::string> found;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string iface, dest, gateway, flags, refcnt, use, metric, mask;
+    if (!(f >> iface >> dest >> gateway >> flags >> refcnt >> use >> metric >> mask)) continue;
+    unsigned long fl = std::strtoul(flags.c_str(), nullptr, 16);
+    if (dest == "00000000" && mask == "00000000" && (fl & 1)) found.insert(iface);
+  }
+  if (found.size() == 1) return *found.begin();
+  *why = found.empty() ? "no IPv4 default route"
+                       : absl::StrCat("default routes via ", absl::StrJoin(found, ", "));
+  return "";
+}
+
 // Sets sysctl `path` (under /proc/sys) to 1 unless it is; logs what it did.
 void TurnOn(const std::string& path, const std::string& name, const std::string& flag) {
   std::string value;
@@ -179,7 +200,16 @@ std::vector<std::string> FrontendLines(const AgentConfig& config) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config) {
+absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
+  AgentConfig config = given;
+  if (config.wan_interface.empty() && !config.lan_interfaces.empty()) {
+    std::string why;
+    config.wan_interface = DefaultRouteInterface(&why);
+    LogLine(config.wan_interface.empty()
+                ? absl::StrCat("no --wan_interface, and ", why, " to take one from")
+                : absl::StrCat("WAN interface ", config.wan_interface,
+                               ": the default route's (no --wan_interface)"));
+  }
   std::unique_ptr<Agent> agent(new Agent());
   absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
       nat::ParsePortRange(config.port_range);

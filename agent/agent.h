@@ -89,6 +89,8 @@ class Agent {
  public:
   // Opens the store (refusing to start, and leaving the kernel alone, when
   // it is unreadable), makes the kernel match it, and starts serving.
+  // Without wan_interface but with LAN front-ends, the interface of the one
+  // IPv4 default route is taken (at start; logged).
   static absl::StatusOr<std::unique_ptr<Agent>> Start(const AgentConfig& config);
   // Stops serving. Kernel rules stay: running containers keep working.
   ~Agent();

@@ -122,6 +122,23 @@ TEST_F(NatPmpTest, UdpMappingAndDeleteAllOfAProtocol) {
   EXPECT_THAT(list, HasSubstr("tcp"));
 }
 
+// Without --wan_interface the default route's interface is the WAN.
+TEST_F(NatPmpTest, TheDefaultRoutesInterfaceIsTheWanWhenNoneIsGiven) {
+  agent_.reset();
+  ASSERT_OK(router_->Exec("ip route add default via 203.0.113.2 dev wan0"));
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_, "--lan_interfaces=lan0"));
+  EXPECT_THAT(agent_->LogText(), HasSubstr("WAN interface wan0: the default route's"));
+  EXPECT_THAT(Natpmpc(""), IsOkAndHolds(HasSubstr("Public IP address : 203.0.113.1")));
+  // None: the agent says why and will not serve NAT-PMP without a WAN.
+  agent_.reset();
+  ASSERT_OK(router_->Exec("ip route del default"));
+  auto refused = AgentProcess::Start(router_.get(), dir_, "--lan_interfaces=lan0");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::AllOf(HasSubstr("no --wan_interface, and no IPv4 default route"),
+                               HasSubstr("NAT-PMP/PCP needs --wan_interface")));
+}
+
 TEST_F(NatPmpTest, QuotaPerClient) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_THAT(Pmp(*lan_, absl::StrCat("192.168.77.1 map tcp ", 80 + i, " 0 600")),
