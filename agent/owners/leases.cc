@@ -217,6 +217,19 @@ void HoldCompanionAtStart(State& state, nat::PortAllocator& allocator, const Map
   }
 }
 
+void FreeOwnCompanion(Txn& txn, const std::string& client, nat::Protocol protocol,
+                      uint16_t port) {
+  std::string freed;
+  txn.state().companions.ForEach([&](const std::string& id, const PortScope& comp) {
+    if (!freed.empty() || comp.protocol != protocol) return;
+    const MappingRecord* other = txn.state().mappings.Find(id);
+    if (other != nullptr && other->proto.target_ip() == client && other->nat.host_port == port) {
+      freed = id;
+    }
+  });
+  if (!freed.empty()) ReleaseCompanion(txn, *txn.state().mappings.Find(freed));
+}
+
 void ReleaseCompanion(Txn& txn, const MappingRecord& m) {
   const PortScope* scope = txn.state().companions.Find(m.proto.id());
   if (scope == nullptr) return;
@@ -286,18 +299,7 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   // transaction undoes the release).
   uint16_t suggested = r.suggested_port;
   std::vector<Segment> allowed = AllowedPorts(policy, txn.allocator());
-  if (suggested != 0) {
-    std::string freed;
-    st.companions.ForEach([&](const std::string& id, const PortScope& comp) {
-      if (!freed.empty()) return;
-      const MappingRecord* other = st.mappings.Find(id);
-      if (other != nullptr && other->proto.target_ip() == client &&
-          other->nat.host_port == suggested && comp.protocol == r.protocol) {
-        freed = id;
-      }
-    });
-    if (!freed.empty()) ReleaseCompanion(txn, *st.mappings.Find(freed));
-  }
+  if (suggested != 0) FreeOwnCompanion(txn, client, r.protocol, suggested);
   if (r.prefer_failure && suggested != 0 &&
       (!Allowed(allowed, suggested) || txn.allocator().ConflictingHolder(scope, suggested).has_value())) {
     std::optional<std::string> holder_of = txn.allocator().ConflictingHolder(scope, suggested);

@@ -122,6 +122,11 @@ void UnindexLease(State& state, const v1::PortMapping& m);
 void HoldCompanion(Txn& txn, const MappingRecord& m);
 void HoldCompanionAtStart(State& state, nat::PortAllocator& allocator, const MappingRecord& m);
 void ReleaseCompanion(Txn& txn, const MappingRecord& m);
+// Releases the companion hold `client`'s own lease has on `port` in
+// `protocol`, if any, so a new lease of the client can take the port (the
+// transaction undoes it if the request fails).
+void FreeOwnCompanion(Txn& txn, const std::string& client, nat::Protocol protocol,
+                      uint16_t port);
 
 }  // namespace owners
 }  // namespace fabric::agent

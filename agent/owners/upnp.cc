@@ -33,22 +33,6 @@ const MappingRecord* LeaseAt(const State& st, nat::Protocol protocol, uint16_t p
   return id == nullptr ? nullptr : st.mappings.Find(*id);
 }
 
-// A companion hold (RFC 6886 3.3) of the client's own NAT-PMP lease on the
-// port is no obstacle: the port becomes a UPnP lease (the transaction
-// undoes the release if the request fails).
-void FreeOwnCompanion(Txn& txn, const std::string& client, const PortScope& scope,
-                      uint16_t port) {
-  std::string freed;
-  txn.state().companions.ForEach([&](const std::string& id, const PortScope& comp) {
-    if (!freed.empty() || comp.protocol != scope.protocol) return;
-    const MappingRecord* other = txn.state().mappings.Find(id);
-    if (other != nullptr && other->proto.target_ip() == client && other->nat.host_port == port) {
-      freed = id;
-    }
-  });
-  if (!freed.empty()) ReleaseCompanion(txn, *txn.state().mappings.Find(freed));
-}
-
 UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
                nat::ConntrackCleaner* ct) {
   State& st = txn.state();
@@ -115,7 +99,8 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
           RoomForLease(st, client, policy)) {
     return Refuse(txn, UpnpOutcome::kNoPortMaps, full->second);
   }
-  FreeOwnCompanion(txn, client, scope, want);
+  // The client's own NAT-PMP companion hold on the port is no obstacle.
+  FreeOwnCompanion(txn, client, r.protocol, want);
 
   v1::PortMapping proto;
   proto.set_id(txn.NewMappingId());  // first: the allocator names the holder by it
