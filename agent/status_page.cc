@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/core/convert.h"
+#include "agent/markup.h"
 #include "agent/operator_http.h"
 #include "agent/owner_kind.h"
 #include "agent/version.h"
@@ -20,7 +21,7 @@ constexpr char kStyle[] =
     "text-align:left;font-family:monospace;white-space:nowrap}th{background:#eee}"
     ".ok{color:#070}.bad{color:#b00}.note{color:#666}";
 
-std::string Td(absl::string_view text) { return absl::StrCat("<td>", HtmlEscape(text), "</td>"); }
+std::string Td(absl::string_view text) { return absl::StrCat("<td>", MarkupEscape(text), "</td>"); }
 
 std::string When(absl::Time t, absl::Time now) {
   return absl::StrCat(absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", t, absl::UTCTimeZone()), " (",
@@ -37,29 +38,11 @@ std::string HostPort(const std::string& ip, uint32_t port, uint32_t count) {
 // "… and N more" under a table that was cut.
 std::string More(size_t shown, size_t total, absl::string_view api) {
   if (total <= shown) return "";
-  return absl::StrCat("<p class=note>… and ", total - shown, " more: ", HtmlEscape(api),
+  return absl::StrCat("<p class=note>… and ", total - shown, " more: ", MarkupEscape(api),
                       "</p>");
 }
 
 }  // namespace
-
-std::string HtmlEscape(absl::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20 && c != '\t') break;
-        out += c;
-    }
-  }
-  return out;
-}
 
 std::string RenderStatusPage(const StatusPageInputs& in) {
   const v1::GetStatusResponse& st = in.status;
@@ -68,13 +51,13 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
       "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
       "<meta http-equiv=refresh content=",
       in.refresh_seconds, "><title>fabric-agent status</title><style>", kStyle,
-      "</style></head><body><h1>fabric-agent ", HtmlEscape(kVersion), "</h1>");
+      "</style></head><body><h1>fabric-agent ", MarkupEscape(kVersion), "</h1>");
 
   absl::Time started = FromTimestamp(st.started_at());
   absl::StrAppend(
       &h, "<table id=summary>",
       "<tr><th>ready</th><td class=", st.ready() ? "ok>yes" : "bad>no: ",
-      st.ready() ? "" : HtmlEscape(st.reason()), "</td></tr>",
+      st.ready() ? "" : MarkupEscape(st.reason()), "</td></tr>",
       "<tr><th>backend</th>", Td(st.backend()), "</tr>",
       "<tr><th>uptime</th>", Td(absl::FormatDuration(absl::Trunc(in.now - started, absl::Seconds(1)))),
       "</tr><tr><th>WAN address</th>",
@@ -89,14 +72,14 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
     absl::StrAppend(&h, "<h2 class=bad>Forward chains that drop DNAT'd connections</h2>"
                         "<ul id=forward_drops>");
     for (const std::string& c : in.forward_drops) {
-      absl::StrAppend(&h, "<li class=bad>", HtmlEscape(c),
+      absl::StrAppend(&h, "<li class=bad>", MarkupEscape(c),
                       ": published ports do not work through it; add <code>ct status dnat "
                       "accept</code> at its top</li>");
     }
     absl::StrAppend(&h, "</ul>");
   }
   absl::StrAppend(&h, "<h2>Front-ends</h2><ul id=frontends>");
-  for (const std::string& f : in.frontends) absl::StrAppend(&h, "<li>", HtmlEscape(f), "</li>");
+  for (const std::string& f : in.frontends) absl::StrAppend(&h, "<li>", MarkupEscape(f), "</li>");
   if (in.frontends.empty()) absl::StrAppend(&h, "<li>the CNI plugin and the API only</li>");
   absl::StrAppend(&h, "</ul>");
 
@@ -136,7 +119,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
   absl::StrAppend(&h, "</table>", More(shown, state.attachments.size(), "fabricctl list"));
 
   if (!state.firewall6_interface.empty()) {
-    absl::StrAppend(&h, "<h2>IPv6 pinholes (firewall on ", HtmlEscape(state.firewall6_interface),
+    absl::StrAppend(&h, "<h2>IPv6 pinholes (firewall on ", MarkupEscape(state.firewall6_interface),
                     ")</h2><table id=pinholes><tr><th>id</th><th>internal</th><th>proto</th>"
                     "<th>remote</th><th>expires</th></tr>");
     for (const auto& [id, rec] : state.pinholes.Sorted()) {

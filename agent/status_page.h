@@ -5,7 +5,8 @@
 // counts, the mappings (owner, protocol, host address and port, target,
 // expiry, description), the attachments, the IPv6 pinholes, the recent
 // repairs and what they restored, and the front-ends. Every string is
-// HTML-escaped: ids, descriptions and owner ids come from clients.
+// escaped (agent/markup.h): ids, descriptions and owner ids come from
+// clients.
 #pragma once
 
 #include <map>
@@ -38,8 +39,5 @@ struct StatusPageInputs {
 };
 
 std::string RenderStatusPage(const StatusPageInputs& in);
-
-// `text` with & < > " ' as entities and control characters dropped.
-std::string HtmlEscape(absl::string_view text);
 
 }  // namespace fabric::agent

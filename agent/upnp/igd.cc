@@ -9,28 +9,15 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "agent/markup.h"
 #include "agent/owners/upnp.h"
 #include "agent/upnp/description.h"
+#include "agent/upnp/igd_reply.h"
 
 namespace fabric::agent::upnp {
 
-namespace {
+namespace internal {
 
-using Out = std::vector<std::pair<std::string, std::string>>;
-using Reply = IgdControl::Reply;
-
-constexpr size_t kMaxDescription = 256;
-constexpr int kDefaultListSize = 1000;
-
-Reply Ok(const SoapCall& call, const Out& out = {}) {
-  return {200, SoapResponse(call, out), 0, ""};
-}
-
-Reply Fault(int code, std::string detail) {
-  return {500, SoapFault(code, UpnpErrorName(code)), code, std::move(detail)};
-}
-
-// An argument the action requires; 402 when missing.
 absl::StatusOr<std::string> Required(const SoapCall& call, absl::string_view name) {
   const std::string* v = call.Argument(name);
   if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, " is missing"));
@@ -49,6 +36,20 @@ absl::StatusOr<uint32_t> Unsigned(const SoapCall& call, absl::string_view name, 
   }
   return n;
 }
+
+}  // namespace internal
+
+namespace {
+
+using internal::Fault;
+using internal::Ok;
+using internal::Out;
+using internal::Required;
+using internal::Unsigned;
+using Reply = IgdControl::Reply;
+
+constexpr size_t kMaxDescription = 256;
+constexpr int kDefaultListSize = 1000;
 
 absl::StatusOr<uint16_t> Port(const SoapCall& call, absl::string_view name) {
   absl::StatusOr<uint32_t> n = Unsigned(call, name, 65535);
@@ -335,7 +336,7 @@ Reply IgdControl::ListMappings(const SoapCall& call, const nat::IpAddress& clien
                     "<p:NewInternalPort>", e.internal_port, "</p:NewInternalPort>",
                     "<p:NewInternalClient>", e.internal_client, "</p:NewInternalClient>",
                     "<p:NewEnabled>1</p:NewEnabled><p:NewDescription>",
-                    XmlEscape(e.description), "</p:NewDescription><p:NewLeaseTime>",
+                    MarkupEscape(e.description), "</p:NewDescription><p:NewLeaseTime>",
                     e.lease_remaining, "</p:NewLeaseTime></p:PortMappingEntry>");
     ++n;
   }

@@ -13,32 +13,16 @@
 #include "absl/strings/str_cat.h"
 #include "agent/owners/pinholes.h"
 #include "agent/upnp/igd.h"
+#include "agent/upnp/igd_reply.h"
 
 namespace fabric::agent::upnp {
 
 namespace {
 
-using Out = std::vector<std::pair<std::string, std::string>>;
+using internal::Fault;
+using internal::Ok;
+using internal::Unsigned;
 using Reply = IgdControl::Reply;
-
-Reply Ok(const SoapCall& call, const Out& out = {}) {
-  return {200, SoapResponse(call, out), 0, ""};
-}
-Reply Fault(int code, std::string detail) {
-  return {500, SoapFault(code, UpnpErrorName(code)), code, std::move(detail)};
-}
-
-absl::StatusOr<uint32_t> Number(const SoapCall& call, absl::string_view name, uint32_t max) {
-  const std::string* v = call.Argument(name);
-  if (v == nullptr) return absl::InvalidArgumentError(absl::StrCat(name, " is missing"));
-  absl::string_view t = absl::StripAsciiWhitespace(*v);
-  uint32_t n = 0;
-  if (t.empty() || t.size() > 10 || t.find_first_not_of("0123456789") != absl::string_view::npos ||
-      !absl::SimpleAtoi(t, &n) || n > max) {
-    return absl::InvalidArgumentError(absl::StrCat(name, " is not a number 0-", max));
-  }
-  return n;
-}
 
 Reply FromOutcome(const PinholeResult& r) {
   switch (r.outcome) {
@@ -73,7 +57,7 @@ Reply IgdControl::Ipv6Firewall(const SoapCall& call, const nat::IpAddress& clien
     return Fault(606, "pinholes are for the requester's own IPv6 address: ask over IPv6");
   }
   if (a == "GetOutboundPinholeTimeout") {
-    absl::StatusOr<uint32_t> protocol = Number(call, "Protocol", 65535);
+    absl::StatusOr<uint32_t> protocol = Unsigned(call, "Protocol", 65535);
     if (!protocol.ok()) return Fault(402, std::string(protocol.status().message()));
     return Ok(call, {{"OutboundPinholeTimeout", absl::StrCat(OutboundTimeout(*protocol))}});
   }
@@ -82,10 +66,10 @@ Reply IgdControl::Ipv6Firewall(const SoapCall& call, const nat::IpAddress& clien
   if (a == "AddPinhole") {
     const std::string* remote = call.Argument("RemoteHost");
     const std::string* internal = call.Argument("InternalClient");
-    absl::StatusOr<uint32_t> remote_port = Number(call, "RemotePort", 65535);
-    absl::StatusOr<uint32_t> port = Number(call, "InternalPort", 65535);
-    absl::StatusOr<uint32_t> protocol = Number(call, "Protocol", 65535);
-    absl::StatusOr<uint32_t> lease = Number(call, "LeaseTime", UINT32_MAX);
+    absl::StatusOr<uint32_t> remote_port = Unsigned(call, "RemotePort", 65535);
+    absl::StatusOr<uint32_t> port = Unsigned(call, "InternalPort", 65535);
+    absl::StatusOr<uint32_t> protocol = Unsigned(call, "Protocol", 65535);
+    absl::StatusOr<uint32_t> lease = Unsigned(call, "LeaseTime", UINT32_MAX);
     for (const absl::Status& s :
          {remote_port.status(), port.status(), protocol.status(), lease.status()}) {
       if (!s.ok()) return Fault(402, std::string(s.message()));
@@ -132,12 +116,12 @@ Reply IgdControl::Ipv6Firewall(const SoapCall& call, const nat::IpAddress& clien
     ok.detail = result.detail;
     return ok;
   }
-  absl::StatusOr<uint32_t> id = Number(call, "UniqueID", 65535);
+  absl::StatusOr<uint32_t> id = Unsigned(call, "UniqueID", 65535);
   if (!id.ok()) return Fault(402, std::string(id.status().message()));
   r.unique_id = *id;
   if (a == "UpdatePinhole" || a == "DeletePinhole") {
     if (a == "UpdatePinhole") {
-      absl::StatusOr<uint32_t> lease = Number(call, "NewLeaseTime", UINT32_MAX);
+      absl::StatusOr<uint32_t> lease = Unsigned(call, "NewLeaseTime", UINT32_MAX);
       if (!lease.ok()) return Fault(402, std::string(lease.status().message()));
       if (*lease < 1 || *lease > kMaxPinholeLease) {
         return Fault(402, absl::StrCat("NewLeaseTime must be 1-", kMaxPinholeLease));

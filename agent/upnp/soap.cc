@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "agent/markup.h"
 
 namespace fabric::agent::upnp {
 
@@ -191,24 +192,6 @@ absl::StatusOr<SoapCall> ParseSoapCall(absl::string_view soap_action, absl::stri
   return call;
 }
 
-std::string XmlEscape(absl::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n') break;
-        out += c;
-    }
-  }
-  return out;
-}
-
 namespace {
 
 constexpr absl::string_view kEnvelopeStart =
@@ -223,10 +206,10 @@ std::string SoapResponse(const SoapCall& call,
                          const std::vector<std::pair<std::string, std::string>>& out,
                          const std::vector<std::pair<std::string, std::string>>& cdata) {
   std::string body(kEnvelopeStart);
-  absl::StrAppend(&body, "<u:", call.action, "Response xmlns:u=\"", XmlEscape(call.service_type),
+  absl::StrAppend(&body, "<u:", call.action, "Response xmlns:u=\"", MarkupEscape(call.service_type),
                   "\">");
   for (const auto& [name, value] : out) {
-    absl::StrAppend(&body, "<", name, ">", XmlEscape(value), "</", name, ">");
+    absl::StrAppend(&body, "<", name, ">", MarkupEscape(value), "</", name, ">");
   }
   for (const auto& [name, value] : cdata) {
     // "]]>" inside the value ends one section and starts the next.
@@ -241,7 +224,7 @@ std::string SoapFault(int code, absl::string_view description) {
   return absl::StrCat(kEnvelopeStart,
                       "<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError</faultstring>"
                       "<detail><UPnPError xmlns=\"urn:schemas-upnp-org:control-1-0\"><errorCode>",
-                      code, "</errorCode><errorDescription>", XmlEscape(description),
+                      code, "</errorCode><errorDescription>", MarkupEscape(description),
                       "</errorDescription></UPnPError></detail></s:Fault>", kEnvelopeEnd);
 }
 

@@ -57,8 +57,4 @@ std::string SoapFault(int code, absl::string_view description);
 // for 718), or "Action Failed" for one it does not know.
 absl::string_view UpnpErrorName(int code);
 
-// `text` escaped for XML character data and attribute values; control
-// characters other than tab and newline are dropped.
-std::string XmlEscape(absl::string_view text);
-
 }  // namespace fabric::agent::upnp
