@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -28,6 +29,33 @@ namespace fabric::nat {
 using nftables::kTableName;
 
 namespace {
+
+// Dumps the rules of `table` in `family` (only `chain`'s, when given) and
+// calls `each` with every rule of that table and chain the kernel sends.
+absl::Status DumpRules(netlink::NetlinkSocket& sock, const std::string& what, uint32_t family,
+                       const std::string& table, const std::string& chain,
+                       const std::function<void(nftnl_rule*)>& each) {
+  return sock.Request(
+      what,
+      [&](char* buf, uint32_t seq) {
+        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, family, NLM_F_DUMP, seq);
+        nftnl_rule* r = nftnl_rule_alloc();
+        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, table.c_str());
+        if (!chain.empty()) nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, chain.c_str());
+        nftnl_rule_nlmsg_build_payload(nlh, r);
+        nftnl_rule_free(r);
+        return nlh;
+      },
+      [&](const nlmsghdr* nlh) {
+        nftnl_rule* r = nftnl_rule_alloc();
+        if (nftnl_rule_nlmsg_parse(nlh, r) == 0 && table == nftnl_rule_get_str(r, NFTNL_RULE_TABLE) &&
+            (chain.empty() || chain == nftnl_rule_get_str(r, NFTNL_RULE_CHAIN))) {
+          each(r);
+        }
+        nftnl_rule_free(r);
+        return absl::OkStatus();
+      });
+}
 
 // What route_localnet was on each interface before the agent turned it on,
 // so that turning it off restores it rather than forcing 0. Kept in memory
@@ -264,27 +292,11 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
 absl::StatusOr<std::map<std::string, uint64_t>> NftablesBackend::ConnectionCounts() const {
   std::map<std::string, uint64_t> out = {
       {"dnat", 0}, {"hairpin", 0}, {"masquerade", 0}, {"localhost", 0}};
-  absl::Status s = socket_->Request(
-      "list rules",
-      [](char* buf, uint32_t seq) {
-        nlmsghdr* nlh =
-            nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, NFPROTO_INET, NLM_F_DUMP, seq);
-        nftnl_rule* r = nftnl_rule_alloc();
-        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, kTableName);
-        nftnl_rule_nlmsg_build_payload(nlh, r);
-        nftnl_rule_free(r);
-        return nlh;
-      },
-      [&](const nlmsghdr* nlh) {
-        nftnl_rule* r = nftnl_rule_alloc();
-        if (nftnl_rule_nlmsg_parse(nlh, r) == 0 &&
-            std::string(nftnl_rule_get_str(r, NFTNL_RULE_TABLE)) == kTableName) {
-          uint64_t packets = 0;
-          std::string kind = nftables::RuleCounterKind(r, &packets);
-          if (!kind.empty()) out[kind] += packets;
-        }
-        nftnl_rule_free(r);
-        return absl::OkStatus();
+  absl::Status s =
+      DumpRules(*socket_, "list rules", NFPROTO_INET, kTableName, "", [&](nftnl_rule* r) {
+        uint64_t packets = 0;
+        std::string kind = nftables::RuleCounterKind(r, &packets);
+        if (!kind.empty()) out[kind] += packets;
       });
   // No table (yet): nothing counted.
   if (!s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
@@ -328,49 +340,34 @@ absl::StatusOr<std::vector<std::string>> NftablesBackend::ForwardDropChains() co
     // accept. A rule that accepts by ct status (`ct status dnat accept`)
     // lets our flows through: then the chain is no trouble.
     bool trailing_drop = false, accepts_dnat = false;
-    absl::Status r = socket_->Request(
-        absl::StrCat("list rules of ", name),
-        [&](char* buf, uint32_t seq) {
-          nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE, c.family, NLM_F_DUMP, seq);
-          nftnl_rule* rule = nftnl_rule_alloc();
-          nftnl_rule_set_str(rule, NFTNL_RULE_TABLE, c.table.c_str());
-          nftnl_rule_set_str(rule, NFTNL_RULE_CHAIN, c.name.c_str());
-          nftnl_rule_nlmsg_build_payload(nlh, rule);
-          nftnl_rule_free(rule);
-          return nlh;
-        },
-        [&](const nlmsghdr* nlh) {
-          nftnl_rule* rule = nftnl_rule_alloc();
-          if (nftnl_rule_nlmsg_parse(nlh, rule) == 0 &&
-              c.name == nftnl_rule_get_str(rule, NFTNL_RULE_CHAIN)) {
-            struct Seen {
-              int exprs = 0;
-              bool drop = false, ct_status = false, accept = false;
-            } seen;
-            nftnl_expr_foreach(
-                rule,
-                [](nftnl_expr* e, void* data) -> int {
-                  auto* v = static_cast<Seen*>(data);
-                  const char* n = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
-                  if (std::strcmp(n, "counter") == 0) return 0;  // counts, decides nothing
-                  ++v->exprs;
-                  bool verdict = std::strcmp(n, "immediate") == 0 &&
-                                 nftnl_expr_is_set(e, NFTNL_EXPR_IMM_VERDICT);
-                  v->drop = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_DROP;
-                  v->accept = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_ACCEPT;
-                  if (std::strcmp(n, "ct") == 0 &&
-                      nftnl_expr_get_u32(e, NFTNL_EXPR_CT_KEY) == NFT_CT_STATUS) {
-                    v->ct_status = true;
-                  }
-                  return 0;
-                },
-                &seen);
-            // The last rule wins: a bare drop there drops the rest.
-            trailing_drop = seen.exprs == 1 && seen.drop;
-            if (seen.ct_status && seen.accept) accepts_dnat = true;
-          }
-          nftnl_rule_free(rule);
-          return absl::OkStatus();
+    absl::Status r = DumpRules(
+        *socket_, absl::StrCat("list rules of ", name), c.family, c.table, c.name,
+        [&](nftnl_rule* rule) {
+          struct Seen {
+            int exprs = 0;
+            bool drop = false, ct_status = false, accept = false;
+          } seen;
+          nftnl_expr_foreach(
+              rule,
+              [](nftnl_expr* e, void* data) -> int {
+                auto* v = static_cast<Seen*>(data);
+                const char* n = nftnl_expr_get_str(e, NFTNL_EXPR_NAME);
+                if (std::strcmp(n, "counter") == 0) return 0;  // counts, decides nothing
+                ++v->exprs;
+                bool verdict = std::strcmp(n, "immediate") == 0 &&
+                               nftnl_expr_is_set(e, NFTNL_EXPR_IMM_VERDICT);
+                v->drop = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_DROP;
+                v->accept = verdict && nftnl_expr_get_u32(e, NFTNL_EXPR_IMM_VERDICT) == NF_ACCEPT;
+                if (std::strcmp(n, "ct") == 0 &&
+                    nftnl_expr_get_u32(e, NFTNL_EXPR_CT_KEY) == NFT_CT_STATUS) {
+                  v->ct_status = true;
+                }
+                return 0;
+              },
+              &seen);
+          // The last rule wins: a bare drop there drops the rest.
+          trailing_drop = seen.exprs == 1 && seen.drop;
+          if (seen.ct_status && seen.accept) accepts_dnat = true;
         });
     if (!r.ok() || accepts_dnat) continue;
     if (c.policy_drop) {
@@ -474,27 +471,9 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
 
   // Rules.
   std::map<std::string, std::vector<std::string>> rules;
-  s = sock.Request(
-      "list rules",
-      [](char* buf, uint32_t seq) {
-        nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETRULE,
-                                              NFPROTO_INET, NLM_F_DUMP, seq);
-        nftnl_rule* r = nftnl_rule_alloc();
-        nftnl_rule_set_str(r, NFTNL_RULE_TABLE, kTableName);
-        nftnl_rule_nlmsg_build_payload(nlh, r);
-        nftnl_rule_free(r);
-        return nlh;
-      },
-      [&](const nlmsghdr* nlh) {
-        nftnl_rule* r = nftnl_rule_alloc();
-        if (nftnl_rule_nlmsg_parse(nlh, r) == 0 &&
-            std::string(nftnl_rule_get_str(r, NFTNL_RULE_TABLE)) == kTableName) {
-          rules[nftnl_rule_get_str(r, NFTNL_RULE_CHAIN)].push_back(
-              nftables::RuleSignature(r));
-        }
-        nftnl_rule_free(r);
-        return absl::OkStatus();
-      });
+  s = DumpRules(sock, "list rules", NFPROTO_INET, kTableName, "", [&](nftnl_rule* r) {
+    rules[nftnl_rule_get_str(r, NFTNL_RULE_CHAIN)].push_back(nftables::RuleSignature(r));
+  });
   if (!s.ok()) return s;
 
   // Elements of every set we know and found.
