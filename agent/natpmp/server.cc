@@ -300,24 +300,7 @@ void PmpServer::Receive() {
   }
   if (reply.empty()) return;
   // Answer from the address the client asked.
-  char out_control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
-  iovec out_iov{reply.data(), reply.size()};
-  msghdr out{};
-  out.msg_name = &from;
-  out.msg_namelen = sizeof(from);
-  out.msg_iov = &out_iov;
-  out.msg_iovlen = 1;
-  out.msg_control = out_control;
-  out.msg_controllen = sizeof(out_control);
-  cmsghdr* c = CMSG_FIRSTHDR(&out);
-  c->cmsg_level = IPPROTO_IP;
-  c->cmsg_type = IP_PKTINFO;
-  c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
-  in_pktinfo reply_info{};
-  reply_info.ipi_spec_dst = info.ipi_addr;
-  reply_info.ipi_ifindex = info.ipi_ifindex;
-  std::memcpy(CMSG_DATA(c), &reply_info, sizeof(reply_info));
-  sendmsg(udp_, &out, 0);
+  SendWithInfo(udp_, reply.data(), reply.size(), from, info.ipi_ifindex, info.ipi_addr);
 }
 
 void PmpServer::Log(const std::string& op, const nat::IpAddress& client,

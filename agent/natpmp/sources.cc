@@ -160,4 +160,26 @@ std::optional<Datagram> ReceiveWithInfo(int fd, void* buf, size_t capacity) {
   return d;
 }
 
+bool SendWithInfo(int fd, const void* data, size_t len, const sockaddr_in& to, int ifindex,
+                  in_addr from, int flags) {
+  char control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+  iovec iov{const_cast<void*>(data), len};
+  msghdr msg{};
+  msg.msg_name = const_cast<sockaddr_in*>(&to);
+  msg.msg_namelen = sizeof(to);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = IPPROTO_IP;
+  c->cmsg_type = IP_PKTINFO;
+  c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+  in_pktinfo info{};
+  info.ipi_ifindex = ifindex;
+  info.ipi_spec_dst = from;
+  std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+  return sendmsg(fd, &msg, flags) == static_cast<ssize_t>(len);
+}
+
 }  // namespace fabric::agent::natpmp

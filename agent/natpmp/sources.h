@@ -62,6 +62,11 @@ struct Datagram {
 // info (which is consumed).
 std::optional<Datagram> ReceiveWithInfo(int fd, void* buf, size_t capacity);
 
+// Sends `len` bytes to `to` from local address `from` on interface
+// `ifindex` (IP_PKTINFO), with sendmsg `flags`. True when all was sent.
+bool SendWithInfo(int fd, const void* data, size_t len, const sockaddr_in& to, int ifindex,
+                  in_addr from, int flags = 0);
+
 // An rtnetlink socket subscribed to IPv4 address and link changes: poll
 // fd() for POLLIN, then Drain(), which says whether anything changed (or
 // messages were lost) so the addresses must be read again.

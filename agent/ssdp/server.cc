@@ -441,24 +441,10 @@ bool SsdpServer::SendTo(const std::string& datagram, uint32_t to_addr, uint16_t 
   to.sin_family = AF_INET;
   to.sin_addr.s_addr = to_addr;
   to.sin_port = htons(to_port);
-  char control[CMSG_SPACE(sizeof(in_pktinfo))] = {};
-  iovec iov{const_cast<char*>(datagram.data()), datagram.size()};
-  msghdr msg{};
-  msg.msg_name = &to;
-  msg.msg_namelen = sizeof(to);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = IPPROTO_IP;
-  c->cmsg_type = IP_PKTINFO;
-  c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
-  in_pktinfo info{};
-  info.ipi_ifindex = ifindex;
-  info.ipi_spec_dst.s_addr = from_addr;
-  std::memcpy(CMSG_DATA(c), &info, sizeof(info));
-  return sendmsg(udp_, &msg, MSG_DONTWAIT) == static_cast<ssize_t>(datagram.size());
+  in_addr from{};
+  from.s_addr = from_addr;
+  return natpmp::SendWithInfo(udp_, datagram.data(), datagram.size(), to, ifindex, from,
+                              MSG_DONTWAIT);
 }
 
 void SsdpServer::LogMalformed(const std::string& why) {

@@ -32,13 +32,10 @@ class StatusPageTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u);
     dir_ = tmp_.path();
-    ASSERT_OK_AND_ASSIGN(router_, Netns::Create("router"));
-    ASSERT_OK_AND_ASSIGN(lan_, Netns::Create("lan"));
-    ASSERT_OK(testing::Link(*router_, "lan0", "192.168.77.1/24", *lan_, "eth0",
-                            "192.168.77.10/24"));
-    ASSERT_OK(router_->Exec("ip link add wan0 type veth peer name wan1 && "
-                            "ip addr add 11.77.0.1/24 dev wan0 && ip link set wan0 up && "
-                            "ip link set wan1 up"));
+    ASSERT_OK_AND_ASSIGN(testing::RouterLayout l, testing::MakeRouterLayout("11.77.0"));
+    router_ = std::move(l.router);
+    lan_ = std::move(l.lan);
+    outside_ = std::move(l.outside);
     ASSERT_OK_AND_ASSIGN(
         agent_, AgentProcess::Start(router_.get(), dir_,
                                     "--lan_interfaces=lan0 --wan_interface=wan0 --upnp "
@@ -57,7 +54,7 @@ class StatusPageTest : public ::testing::Test {
 
   testing::ScopedTempDir tmp_{"page"};
   std::string dir_;
-  std::unique_ptr<Netns> router_, lan_;
+  std::unique_ptr<Netns> router_, lan_, outside_;
   std::unique_ptr<AgentProcess> agent_;
 };
 
