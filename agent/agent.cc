@@ -160,7 +160,9 @@ std::string DefaultRouteInterface(std::string* why) {
 }
 
 // Sets sysctl `path` (under /proc/sys) to 1 unless it is; logs what it did.
-void TurnOn(const std::string& path, const std::string& name, const std::string& flag) {
+// `without`: what does not work while it is off.
+void TurnOn(const std::string& path, const std::string& name, const std::string& flag,
+            const std::string& without = "forwarded traffic will not flow") {
   std::string value;
   {
     std::ifstream in(path);
@@ -171,8 +173,8 @@ void TurnOn(const std::string& path, const std::string& name, const std::string&
   out << "1\n";
   out.close();
   if (out.fail()) {
-    LogLine(absl::StrCat("cannot set ", name, "=1 (", flag, "): ", std::strerror(errno),
-                         "; forwarded traffic will not flow"));
+    LogLine(absl::StrCat("cannot set ", name, "=1 (", flag, "): ", std::strerror(errno), "; ",
+                         without));
     return;
   }
   LogLine(absl::StrCat("set ", name, "=1 (it was ", value.empty() ? "unreadable" : value, "; ",
@@ -405,6 +407,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   }
   chmod(config.socket.c_str(), 0600);
 
+  if (!config.metrics_address.empty() && config.conntrack_accounting) {
+    // Per-mapping bytes: conntrack's accounting extension, for connections
+    // created from now on, and its destroy events for those that end.
+    TurnOn("/proc/sys/net/netfilter/nf_conntrack_acct", "net.netfilter.nf_conntrack_acct",
+           "--conntrack_accounting", "mappings will show no bytes");
+    absl::StatusOr<std::unique_ptr<nat::TrafficAccounting>> t = nat::TrafficAccounting::Start();
+    if (t.ok()) {
+      agent->traffic_ = *std::move(t);
+    } else {
+      LogLine(absl::StrCat("no per-mapping byte counts: ", t.status().message()));
+    }
+  }
   if (!config.metrics_address.empty()) {
     absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
         config.metrics_address,
@@ -415,7 +429,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
               if (a->forwards_) out.push_back(a->forwards_->StatusLine());
               return out;
             },
-            config.metrics_per_mapping));
+            config.metrics_per_mapping, agent->traffic_.get()));
     if (!http.ok()) return http.status();
     agent->http_ = std::move(*http);
   }

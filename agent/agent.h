@@ -21,6 +21,7 @@
 #include "agent/repair_loop.h"
 #include "agent/service.h"
 #include "nat/backend/nftables/monitor.h"
+#include "nat/conntrack/traffic.h"
 
 namespace fabric::agent {
 
@@ -67,8 +68,13 @@ struct AgentConfig {
   // Drop new inbound IPv6 connections arriving on wan_interface unless a
   // pinhole (UPnP WANIPv6FirewallControl) or DNAT lets them in.
   bool ipv6_firewall = false;
-  // One nat_mapping_connections_total series per mapping on /metrics.
+  // One nat_mapping_connections_total (and nat_mapping_bytes_total)
+  // series per mapping on /metrics.
   bool metrics_per_mapping = false;
+  // Per-mapping bytes and packets on the status page and /api/v1/mappings:
+  // sets net.netfilter.nf_conntrack_acct=1 at start (logged) and listens to
+  // conntrack destroy events. Only with metrics_address.
+  bool conntrack_accounting = true;
   // Static forwards (agent/forwards.h); empty: none.
   std::string forwards_file;
   // Turn on IPv4 forwarding at start when it is off (DNAT to another host
@@ -122,6 +128,7 @@ class Agent {
   // Mappings and read-only status for orchestrators (--tls_address).
   std::unique_ptr<AgentServiceImpl> tls_status_;
   std::unique_ptr<grpc::Server> tls_server_;
+  std::unique_ptr<nat::TrafficAccounting> traffic_;  // outlives http_
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;

@@ -87,6 +87,9 @@ ABSL_FLAG(bool, ipv6_firewall, false,
 ABSL_FLAG(bool, metrics_per_mapping, false,
           "also export nat_mapping_connections_total, one series per mapping (costs a kernel "
           "read per scrape; the status page and /api/v1/mappings show the counts anyway)");
+ABSL_FLAG(bool, conntrack_accounting, true,
+          "per-mapping bytes and packets on the status page and /api/v1/mappings (sets "
+          "net.netfilter.nf_conntrack_acct=1 at start, logged; needs --metrics_address)");
 ABSL_FLAG(bool, ip_forward, true,
           "set net.ipv4.ip_forward=1 at start when it is 0 (logged)");
 ABSL_FLAG(bool, ip6_forward, false,
@@ -261,6 +264,7 @@ int main(int argc, char** argv) {
   config.ipv6_firewall = absl::GetFlag(FLAGS_ipv6_firewall);
   config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
   config.forwards_file = absl::GetFlag(FLAGS_forwards_file);
+  config.conntrack_accounting = absl::GetFlag(FLAGS_conntrack_accounting);
   config.ip_forward = absl::GetFlag(FLAGS_ip_forward);
   config.ip6_forward = absl::GetFlag(FLAGS_ip6_forward);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);

@@ -1,5 +1,6 @@
 #include "agent/operator_http.h"
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -50,7 +51,8 @@ bool ParseKind(const std::string& text, v1::OwnerKind* kind) {
   return false;
 }
 
-Response Mappings(AgentCore* core, const HttpServer::Request& r) {
+Response Mappings(AgentCore* core, nat::TrafficAccounting* accounting,
+                  const HttpServer::Request& r) {
   v1::OwnerKind kind = v1::OWNER_KIND_UNSPECIFIED;
   std::string owner_id;
   for (const auto& [name, value] : r.query) {
@@ -72,10 +74,20 @@ Response Mappings(AgentCore* core, const HttpServer::Request& r) {
   v1::ListMappingsResponse out;
   absl::StatusOr<std::map<nat::DnatElement, uint64_t>> counts = core->MappingConnections();
   std::shared_ptr<const Snapshot> snap = core->snapshot();
+  std::optional<MappingTraffic> traffic;
+  if (accounting != nullptr) {
+    if (absl::StatusOr<MappingTraffic> t = ReadTraffic(accounting, *snap); t.ok()) {
+      traffic = *std::move(t);
+    }
+  }
   for (v1::PortMapping& m : core->ListMappings(kind, owner_id)) {
-    if (counts.ok()) {
-      if (const MappingRecord* rec = snap->state.mappings.Find(m.id())) {
-        m.set_connections(ConnectionsOf(*rec, *counts));
+    if (const MappingRecord* rec = snap->state.mappings.Find(m.id())) {
+      if (counts.ok()) m.set_connections(ConnectionsOf(*rec, *counts));
+      if (traffic.has_value()) {
+        nat::Traffic t = traffic->Of(*rec);
+        m.set_bytes(t.bytes);
+        m.set_packets(t.packets);
+        m.set_open_connections(t.open);
       }
     }
     *out.add_mappings() = std::move(m);
@@ -100,16 +112,69 @@ std::string Label(absl::string_view v) {
 }  // namespace
 
 std::string PerMappingSeries(const Snapshot& snap,
-                             const std::map<nat::DnatElement, uint64_t>& counts) {
+                             const std::map<nat::DnatElement, uint64_t>& counts,
+                             const MappingTraffic* traffic) {
+  auto sorted = snap.state.mappings.Sorted();
+  auto labels = [](const std::string& id, const MappingRecord& rec) {
+    return absl::StrCat("{id=\"", Label(id), "\",owner=\"", OwnerKindName(rec.proto.owner().kind()),
+                        "\",owner_id=\"", Label(rec.proto.owner().id()), "\"} ");
+  };
   std::string out =
       "# HELP nat_mapping_connections_total Connections each mapping translated (since its "
       "rule was laid).\n# TYPE nat_mapping_connections_total counter\n";
-  for (const auto& [id, rec] : snap.state.mappings.Sorted()) {
-    absl::StrAppend(&out, "nat_mapping_connections_total{id=\"", Label(id), "\",owner=\"",
-                    OwnerKindName(rec->proto.owner().kind()), "\",owner_id=\"",
-                    Label(rec->proto.owner().id()), "\"} ", ConnectionsOf(*rec, counts), "\n");
+  for (const auto& [id, rec] : sorted) {
+    absl::StrAppend(&out, "nat_mapping_connections_total", labels(id, *rec),
+                    ConnectionsOf(*rec, counts), "\n");
+  }
+  if (traffic != nullptr) {
+    absl::StrAppend(&out,
+                    "# HELP nat_mapping_bytes_total Bytes (both directions) of each mapping's "
+                    "connections, open or ended since the agent started (conntrack "
+                    "accounting).\n# TYPE nat_mapping_bytes_total counter\n");
+    for (const auto& [id, rec] : sorted) {
+      absl::StrAppend(&out, "nat_mapping_bytes_total", labels(id, *rec),
+                      traffic->Of(*rec).bytes, "\n");
+    }
   }
   return out;
+}
+
+nat::Traffic TrafficOf(const MappingRecord& m, const nat::TrafficTable& table,
+                       std::set<nat::FlowKey>* used) {
+  nat::Traffic sum;
+  const uint8_t proto = static_cast<uint8_t>(m.nat.protocol);
+  for (const nat::DnatElement& e : m.nat.ToElements()) {
+    for (uint32_t p = e.port_lo; p <= e.port_hi; ++p) {
+      const uint16_t target_port = e.is_range() ? static_cast<uint16_t>(p) : e.target_port;
+      // Keys are ordered by family, protocol and port first; the default
+      // address sorts before every other.
+      for (auto it = table.lower_bound({e.family, proto, static_cast<uint16_t>(p), {}, {}, 0});
+           it != table.end() && it->first.family == e.family && it->first.l4proto == proto &&
+           it->first.dst_port == p;
+           ++it) {
+        const nat::FlowKey& k = it->first;
+        if (k.target != e.target_ip || k.target_port != target_port) continue;
+        if (e.host_ip.has_value() && k.dst != *e.host_ip) continue;
+        sum += it->second;
+        if (used != nullptr) used->insert(k);
+      }
+    }
+  }
+  return sum;
+}
+
+absl::StatusOr<MappingTraffic> ReadTraffic(nat::TrafficAccounting* accounting,
+                                           const Snapshot& snap) {
+  absl::StatusOr<nat::TrafficTable> table = accounting->Read();
+  if (!table.ok()) return table.status();
+  std::set<nat::FlowKey> used;
+  snap.state.mappings.ForEach(
+      [&](const std::string&, const MappingRecord& m) { TrafficOf(m, *table, &used); });
+  // Keys this read saw that no mapping covers belong to mappings that
+  // went; keys that arrived since the read are left for the next one.
+  accounting->Retain(
+      [&](const nat::FlowKey& k) { return used.count(k) > 0 || table->count(k) == 0; });
+  return MappingTraffic{*std::move(table)};
 }
 
 uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, uint64_t>& counts) {
@@ -123,9 +188,9 @@ uint64_t ConnectionsOf(const MappingRecord& m, const std::map<nat::DnatElement, 
 
 std::map<std::string, HttpServer::Handler> OperatorHandlers(
     AgentCore* core, Metrics* metrics, std::function<std::vector<std::string>()> frontends,
-    bool per_mapping) {
+    bool per_mapping, nat::TrafficAccounting* traffic) {
   std::map<std::string, HttpServer::Handler> h;
-  h["/"] = [core, metrics, frontends](const HttpServer::Request&) {
+  h["/"] = [core, metrics, frontends, traffic](const HttpServer::Request&) {
     StatusPageInputs in;
     in.status = core->Status();
     in.snapshot = core->snapshot();
@@ -138,6 +203,11 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     if (in.snapshot->state.mappings.size() <= in.max_rows) {
       absl::StatusOr<std::map<nat::DnatElement, uint64_t>> c = core->MappingConnections();
       if (c.ok()) in.connections = *std::move(c);
+      if (traffic != nullptr) {
+        if (absl::StatusOr<MappingTraffic> t = ReadTraffic(traffic, *in.snapshot); t.ok()) {
+          in.traffic = std::move(t->table);
+        }
+      }
     }
     Response r{200, "text/html; charset=utf-8", RenderStatusPage(in), {}};
     // Nothing on the page may run or load: ids and descriptions come from
@@ -147,7 +217,7 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     r.headers.emplace_back("X-Content-Type-Options", "nosniff");
     return r;
   };
-  h["/metrics"] = [core, metrics, per_mapping](const HttpServer::Request&) {
+  h["/metrics"] = [core, metrics, per_mapping, traffic](const HttpServer::Request&) {
     std::shared_ptr<const Snapshot> snap = core->snapshot();
     std::map<v1::OwnerKind, size_t> counts;
     snap->state.mappings.ForEach(
@@ -165,9 +235,23 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
                       "nat_forward_drop_chains ",
                       drops->size(), "\n");
     }
+    if (traffic != nullptr) {
+      absl::StrAppend(&text,
+                      "# HELP nat_conntrack_events_lost_total Conntrack destroy-event overruns "
+                      "(bytes of the connections they carried are missing from the per-mapping "
+                      "counts).\n# TYPE nat_conntrack_events_lost_total counter\n"
+                      "nat_conntrack_events_lost_total ",
+                      traffic->lost_events(), "\n");
+    }
     if (per_mapping) {
       absl::StatusOr<std::map<nat::DnatElement, uint64_t>> counts = core->MappingConnections();
-      if (counts.ok()) text += PerMappingSeries(*snap, *counts);
+      std::optional<MappingTraffic> t;
+      if (traffic != nullptr) {
+        if (absl::StatusOr<MappingTraffic> r = ReadTraffic(traffic, *snap); r.ok()) {
+          t = *std::move(r);
+        }
+      }
+      if (counts.ok()) text += PerMappingSeries(*snap, *counts, t.has_value() ? &*t : nullptr);
     }
     return Response{200, "text/plain; version=0.0.4", std::move(text), {}};
   };
@@ -177,7 +261,9 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
                       : Response{503, "text/plain", absl::StrCat(st.reason(), "\n"), {}};
   };
   h["/api/v1/status"] = [core](const HttpServer::Request&) { return Json(core->Status()); };
-  h["/api/v1/mappings"] = [core](const HttpServer::Request& r) { return Mappings(core, r); };
+  h["/api/v1/mappings"] = [core, traffic](const HttpServer::Request& r) {
+    return Mappings(core, traffic, r);
+  };
   h["/api/v1/leases"] = [core](const HttpServer::Request& r) {
     if (!r.query.empty()) return JsonError(400, "/api/v1/leases takes no parameters");
     v1::ListMappingsResponse out;

@@ -1,6 +1,7 @@
 #include "agent/status_page.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -33,6 +34,21 @@ std::string HostPort(const std::string& ip, uint32_t port, uint32_t count) {
   std::string host = ip.empty() ? "*" : v6 ? absl::StrCat("[", ip, "]") : ip;
   return count > 1 ? absl::StrCat(host, ":", port, "-", port + count - 1)
                    : absl::StrCat(host, ":", port);
+}
+
+// "999 B", "1.5 KiB", "12.0 MiB".
+std::string Bytes(uint64_t n) {
+  if (n < 1024) return absl::StrCat(n, " B");
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(n) / 1024;
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f %s", v, units[u]);
+  return buf;
 }
 
 // "… and N more" under a table that was cut.
@@ -86,7 +102,8 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
   // Mappings, by id.
   absl::StrAppend(&h, "<h2>Mappings</h2><table id=mappings><tr><th>id</th><th>owner</th>"
                       "<th>owner id</th><th>proto</th><th>host</th><th>target</th>"
-                      "<th>expires</th><th>connections</th><th>description</th></tr>");
+                      "<th>expires</th><th>connections</th><th>open</th><th>bytes</th>"
+                      "<th>description</th></tr>");
   size_t shown = 0;
   for (const auto& [id, rec] : state.mappings.Sorted()) {
     if (shown == in.max_rows) break;
@@ -98,8 +115,14 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
                     Td(HostPort(m.host_ip(), m.host_port(), m.port_count())),
                     Td(HostPort(m.target_ip(), m.target_port(), m.port_count())),
                     Td(m.has_expires_at() ? When(FromTimestamp(m.expires_at()), in.now) : "-"),
-                    Td(in.connections ? absl::StrCat(ConnectionsOf(*rec, *in.connections)) : "-"),
-                    Td(m.description()), "</tr>");
+                    Td(in.connections ? absl::StrCat(ConnectionsOf(*rec, *in.connections)) : "-"));
+    if (in.traffic.has_value()) {
+      nat::Traffic t = TrafficOf(*rec, *in.traffic);
+      absl::StrAppend(&h, Td(absl::StrCat(t.open)), Td(Bytes(t.bytes)));
+    } else {
+      absl::StrAppend(&h, Td("-"), Td("-"));
+    }
+    absl::StrAppend(&h, Td(m.description()), "</tr>");
   }
   absl::StrAppend(&h, "</table>", More(shown, state.mappings.size(), "/api/v1/mappings"));
 

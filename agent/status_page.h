@@ -3,7 +3,7 @@
 // allows neither), refreshed by the browser every few seconds, rendered from
 // one snapshot of the core: readiness, backend, uptime, WAN address and
 // counts, the mappings (owner, protocol, host address and port, target,
-// expiry, description), the attachments, the IPv6 pinholes, the recent
+// expiry, connections, bytes, description), the attachments, the IPv6 pinholes, the recent
 // repairs and what they restored, and the front-ends. Every string is
 // escaped (agent/markup.h): ids, descriptions and owner ids come from
 // clients.
@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "agent/core/snapshot.h"
+#include "nat/conntrack/traffic.h"
 #include "fabric/nat/v1/nat.pb.h"
 
 namespace fabric::agent {
@@ -34,6 +35,9 @@ struct StatusPageInputs {
   // Connections per DNAT element (Backend's element counters); empty: not
   // read, and the column shows "-".
   std::optional<std::map<nat::DnatElement, uint64_t>> connections;
+  // Conntrack accounting's table (operator_http.h: TrafficOf); empty: off,
+  // and the bytes column shows "-".
+  std::optional<nat::TrafficTable> traffic;
   size_t max_rows = 1000;  // per table; the rest is counted, and in /api/v1
   int refresh_seconds = 5;
 };

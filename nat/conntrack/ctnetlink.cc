@@ -6,6 +6,8 @@
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <sys/socket.h>
 
+#include <endian.h>
+
 #include <cstring>
 
 namespace fabric::nat::ctnetlink {
@@ -134,6 +136,82 @@ std::optional<Entry> ParseEntry(const nlmsghdr* nlh) {
   if (HasLen(top.at[CTA_ID], 4)) e.id = mnl_attr_get_u32(top.at[CTA_ID]);
   if (HasLen(top.at[CTA_ZONE], 2)) e.zone = mnl_attr_get_u16(top.at[CTA_ZONE]);
   return e;
+}
+
+namespace {
+
+// A tuple's destination (or source) address and port.
+bool ParseTupleEnd(const nlattr* tuple_attr, Family family, bool source, IpAddress* addr,
+                   uint16_t* port, uint8_t* l4proto) {
+  Attrs<CTA_TUPLE_MAX> tuple;
+  if (tuple_attr == nullptr || !ParseNested(tuple_attr, &tuple) ||
+      tuple.at[CTA_TUPLE_IP] == nullptr || tuple.at[CTA_TUPLE_PROTO] == nullptr) {
+    return false;
+  }
+  Attrs<CTA_IP_MAX> ip;
+  Attrs<CTA_PROTO_MAX> proto;
+  if (!ParseNested(tuple.at[CTA_TUPLE_IP], &ip) ||
+      !ParseNested(tuple.at[CTA_TUPLE_PROTO], &proto) || !HasLen(proto.at[CTA_PROTO_NUM], 1)) {
+    return false;
+  }
+  bool v4 = family == Family::kIPv4;
+  const nlattr* a = source ? ip.at[v4 ? CTA_IP_V4_SRC : CTA_IP_V6_SRC]
+                           : ip.at[v4 ? CTA_IP_V4_DST : CTA_IP_V6_DST];
+  if (!HasLen(a, v4 ? 4 : 16)) return false;
+  *addr = IpAddress::FromBytes(family, static_cast<const uint8_t*>(mnl_attr_get_payload(a)));
+  *l4proto = mnl_attr_get_u8(proto.at[CTA_PROTO_NUM]);
+  const nlattr* p = proto.at[source ? CTA_PROTO_SRC_PORT : CTA_PROTO_DST_PORT];
+  *port = HasLen(p, 2) ? ntohs(mnl_attr_get_u16(p)) : 0;
+  return true;
+}
+
+// CTA_COUNTERS_ORIG or _REPLY: packets and bytes, big-endian u64 each.
+void AddCounters(const nlattr* counters, uint64_t* packets, uint64_t* bytes) {
+  Attrs<CTA_COUNTERS_MAX> c;
+  if (counters == nullptr || !ParseNested(counters, &c)) return;
+  if (HasLen(c.at[CTA_COUNTERS_PACKETS], 8)) {
+    *packets += be64toh(mnl_attr_get_u64(c.at[CTA_COUNTERS_PACKETS]));
+  }
+  if (HasLen(c.at[CTA_COUNTERS_BYTES], 8)) {
+    *bytes += be64toh(mnl_attr_get_u64(c.at[CTA_COUNTERS_BYTES]));
+  }
+}
+
+}  // namespace
+
+std::optional<Flow> ParseFlow(const nlmsghdr* nlh) {
+  const uint16_t type = nlh->nlmsg_type;
+  if ((type != ((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW) &&
+       type != ((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE)) ||
+      nlh->nlmsg_len < MNL_NLMSG_HDRLEN + MNL_ALIGN(sizeof(nfgenmsg))) {
+    return std::nullopt;
+  }
+  const auto* nfg = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(nlh));
+  Flow f;
+  if (nfg->nfgen_family == AF_INET) {
+    f.family = Family::kIPv4;
+  } else if (nfg->nfgen_family == AF_INET6) {
+    f.family = Family::kIPv6;
+  } else {
+    return std::nullopt;
+  }
+  Attrs<CTA_MAX> top;
+  if (mnl_attr_parse(nlh, sizeof(nfgenmsg), CollectAttr<CTA_MAX>, &top) != MNL_CB_OK) {
+    return std::nullopt;
+  }
+  uint8_t reply_proto = 0;
+  if (!ParseTupleEnd(top.at[CTA_TUPLE_ORIG], f.family, /*source=*/false, &f.dst, &f.dst_port,
+                     &f.l4proto) ||
+      !ParseTupleEnd(top.at[CTA_TUPLE_REPLY], f.family, /*source=*/true, &f.reply_src,
+                     &f.reply_src_port, &reply_proto) ||
+      reply_proto != f.l4proto) {
+    return std::nullopt;
+  }
+  if (HasLen(top.at[CTA_STATUS], 4)) f.status = ntohl(mnl_attr_get_u32(top.at[CTA_STATUS]));
+  f.destroyed = type == ((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE);
+  AddCounters(top.at[CTA_COUNTERS_ORIG], &f.packets, &f.bytes);
+  AddCounters(top.at[CTA_COUNTERS_REPLY], &f.packets, &f.bytes);
+  return f;
 }
 
 bool Matches(const Entry& e, const HostPortQuery& q) {

@@ -92,6 +92,30 @@ bool Matches(const Entry& e, const HostPortQuery& q);
 bool KernelIgnoredFilter(const Entry& e, const HostPortQuery& q, uint32_t filter_flags,
                          uint16_t port);
 
+// One connection as traffic accounting sees it (a dump reply or a destroy
+// event): its original destination, the reply's source (where DNAT sent
+// it), its NAT status and its counters (both directions; zero unless
+// net.netfilter.nf_conntrack_acct was on when it was created).
+struct Flow {
+  Family family = Family::kIPv4;
+  uint8_t l4proto = 0;
+  IpAddress dst;            // original direction's destination
+  uint16_t dst_port = 0;    // host order; 0 for protocols without ports
+  IpAddress reply_src;      // reply direction's source: the DNAT target
+  uint16_t reply_src_port = 0;
+  uint32_t status = 0;      // IPS_* bits (host order)
+  bool destroyed = false;   // an IPCTNL_MSG_CT_DELETE (destroy event)
+  uint64_t packets = 0, bytes = 0;  // both directions
+
+  // The kernel's IPS_DST_NAT: a DNAT rule translated it.
+  bool dnat() const { return (status & (1u << 5)) != 0; }
+};
+
+// Parses an IPCTNL_MSG_CT_NEW (dump reply, new event) or
+// IPCTNL_MSG_CT_DELETE (destroy event) message. nullopt: another type, or
+// no parsable original and reply tuples.
+std::optional<Flow> ParseFlow(const nlmsghdr* nlh);
+
 // Builds, at `buf` (kMaxRequestSize bytes), IPCTNL_MSG_CT_DELETE of `e` with
 // NLM_F_ACK: its original tuple, zone and id (so that a new entry that took
 // the same tuple meanwhile stays).

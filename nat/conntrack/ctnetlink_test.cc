@@ -4,6 +4,7 @@
 #include "nat/conntrack/ctnetlink.h"
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <libmnl/libmnl.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
@@ -194,6 +195,57 @@ TEST(ParseEntryTest, RejectsOtherMessagesAndTruncatedTuples) {
   nlh = KernelMessage(buf.data(), k);
   static_cast<nfgenmsg*>(mnl_nlmsg_get_payload(nlh))->nfgen_family = AF_INET6;
   EXPECT_FALSE(ParseEntry(nlh).has_value());
+}
+
+void PutCounters(nlmsghdr* nlh, int type, uint64_t packets, uint64_t bytes) {
+  nlattr* c = mnl_attr_nest_start(nlh, type);
+  mnl_attr_put_u64(nlh, CTA_COUNTERS_PACKETS, htobe64(packets));
+  mnl_attr_put_u64(nlh, CTA_COUNTERS_BYTES, htobe64(bytes));
+  mnl_attr_nest_end(nlh, c);
+}
+
+TEST(ParseFlowTest, DestroyEventWithNatStatusAndCounters) {
+  std::vector<char> buf(1024);
+  KernelEntry k;
+  k.dst = "192.0.2.1";
+  k.dport = 8080;
+  nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
+  nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+  auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+  nfg->nfgen_family = AF_INET;
+  PutTuple(nlh, CTA_TUPLE_ORIG, k, false);
+  // The reply comes from the DNAT target, 10.22.0.5:80.
+  KernelEntry target = k;
+  target.dst = "10.22.0.5";
+  target.dport = 80;
+  PutTuple(nlh, CTA_TUPLE_REPLY, target, true);
+  mnl_attr_put_u32(nlh, CTA_STATUS, htonl(0x20 | 0x8));
+  PutCounters(nlh, CTA_COUNTERS_ORIG, 3, 1000);
+  PutCounters(nlh, CTA_COUNTERS_REPLY, 2, 500);
+  std::optional<Flow> f = ParseFlow(nlh);
+  ASSERT_TRUE(f.has_value());
+  EXPECT_TRUE(f->destroyed);
+  EXPECT_TRUE(f->dnat());
+  EXPECT_EQ(f->dst, Ip("192.0.2.1"));
+  EXPECT_EQ(f->dst_port, 8080);
+  EXPECT_EQ(f->reply_src, Ip("10.22.0.5"));
+  EXPECT_EQ(f->reply_src_port, 80);
+  EXPECT_EQ(f->packets, 5u);
+  EXPECT_EQ(f->bytes, 1500u);
+}
+
+TEST(ParseFlowTest, DumpReplyWithoutNatOrCounters) {
+  std::vector<char> buf(1024);
+  std::optional<Flow> f = ParseFlow(KernelMessage(buf.data(), KernelEntry{}));
+  ASSERT_TRUE(f.has_value());
+  EXPECT_FALSE(f->destroyed);
+  EXPECT_FALSE(f->dnat());  // status 8: seen reply only
+  EXPECT_EQ(f->reply_src, Ip("192.0.2.1"));
+  EXPECT_EQ(f->bytes, 0u);
+
+  nlmsghdr* nlh = KernelMessage(buf.data(), KernelEntry{});
+  nlh->nlmsg_type = NLMSG_DONE;
+  EXPECT_FALSE(ParseFlow(nlh).has_value());
 }
 
 TEST(DeleteTest, EchoesTupleZoneAndId) {

@@ -2,7 +2,8 @@
 // from a live agent in a router namespace that holds an API mapping (whose
 // description is an HTML injection attempt) and a NAT-PMP lease a LAN host
 // got with natpmpc; the rendered DOM must list both, show the description
-// as text, and run nothing. A screenshot goes to the test's outputs
+// as text, and run nothing. Real traffic through the lease shows up as its
+// connections and bytes on the page, in /api/v1/mappings and on /metrics. A screenshot goes to the test's outputs
 // (bazel-testlogs/tests/e2e/status_page_test/test.outputs/status.png).
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,7 +40,7 @@ class StatusPageTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(
         agent_, AgentProcess::Start(router_.get(), dir_,
                                     "--lan_interfaces=lan0 --wan_interface=wan0 --upnp "
-                                    "--metrics_address=127.0.0.1:19334"));
+                                    "--metrics_address=127.0.0.1:19334 --metrics_per_mapping"));
   }
 
   // Chromium, headless, in the router namespace (where the page is on
@@ -64,6 +65,38 @@ TEST_F(StatusPageTest, ChromiumRendersMappingsAndLeasesAndRunsNothing) {
                                "--description '<script>document.title=\"pwned\"</script><b>x</b>'")
                 .status());
   ASSERT_OK(lan_->Exec("natpmpc -g 192.168.77.1 -a 8088 80 tcp 3600").status());
+  // Real traffic through the lease: 200,000 bytes from outside to a LAN
+  // server that answers with the count it got.
+  ASSERT_OK(lan_->Spawn(
+      "exec python3 -c 'import socket\n"
+      "l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+      "l.bind((\"0.0.0.0\",80)); l.listen(8)\n"
+      "while True:\n"
+      "  c,_=l.accept(); n=0\n"
+      "  while True:\n"
+      "    d=c.recv(65536)\n"
+      "    if not d: break\n"
+      "    n+=len(d)\n"
+      "  c.sendall(str(n).encode()); c.close()'"));
+  ASSERT_OK(lan_->Exec("for i in $(seq 100); do ss -ltn | grep -q ':80 ' && exit 0; "
+                       "sleep 0.05; done; exit 1"));
+  EXPECT_THAT(outside_->Exec("python3 -c 'import socket\n"
+                             "s=socket.create_connection((\"11.77.0.1\",8088))\n"
+                             "s.sendall(b\"x\"*200000); s.shutdown(socket.SHUT_WR)\n"
+                             "print(s.recv(100).decode())'"),
+              IsOkAndHolds("200000\n"));
+  // Its bytes, from conntrack accounting, in the REST view and on /metrics
+  // (the connection is closed but still tracked, in TIME_WAIT).
+  ASSERT_OK_AND_ASSIGN(std::string json,
+                       router_->Exec("curl -s 'http://127.0.0.1:19334/api/v1/mappings?"
+                                     "owner_kind=natpmp'"));
+  EXPECT_THAT(json, ::testing::ContainsRegex("\"bytes\": ?\"2[01][0-9]{4}\""));
+  EXPECT_THAT(json, ::testing::ContainsRegex("\"open_connections\": ?\"1\""));
+  EXPECT_THAT(json, ::testing::ContainsRegex("\"connections\": ?\"1\""));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19334/metrics"),
+              IsOkAndHolds(::testing::ContainsRegex(
+                  "nat_mapping_bytes_total\\{id=\"[^\"]+\",owner=\"natpmp\",owner_id=\""
+                  "192.168.77.10\"\\} 2[01][0-9]{4}\n")));
 
   ASSERT_OK_AND_ASSIGN(std::string dom, Chromium("--dump-dom"));
   EXPECT_THAT(dom, HasSubstr("<title>fabric-agent status</title>"));  // no script ran
@@ -73,6 +106,9 @@ TEST_F(StatusPageTest, ChromiumRendersMappingsAndLeasesAndRunsNothing) {
                              "<td>10.1.0.5:80</td>"));
   EXPECT_THAT(dom, HasSubstr("<td>natpmp</td><td>192.168.77.10</td><td>tcp</td>"
                              "<td>11.77.0.1:8088</td><td>192.168.77.10:80</td>"));
+  // Its connections, open ones and bytes (about 196 KiB with headers).
+  EXPECT_THAT(dom, ::testing::ContainsRegex("<td>192.168.77.10:80</td><td>[^<]+</td>"
+                                            "<td>1</td><td>1</td><td>19[0-9]\\.[0-9] KiB</td>"));
   // The description as text: escaped in the DOM, no element made of it.
   EXPECT_THAT(dom, HasSubstr("&lt;script&gt;document.title=\"pwned\"&lt;/script&gt;"
                              "&lt;b&gt;x&lt;/b&gt;"));
