@@ -219,6 +219,16 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port_range: ", range.status().message()));
   }
+  std::set<nat::nftables::ChainRef> forward_accept;
+  for (const std::string& text : config.forward_accept) {
+    absl::StatusOr<nat::nftables::ChainRef> c = nat::nftables::ChainRef::Parse(text);
+    if (!c.ok()) return c.status();
+    forward_accept.insert(*c);
+  }
+  if (!forward_accept.empty() && config.backend != "nftables") {
+    return absl::InvalidArgumentError(
+        "--forward_accept needs --backend=nftables (it inserts into nftables chains)");
+  }
   // Before anything touches the kernel: no other agent on this state dir
   // or in this network namespace.
   if (absl::Status s = MakeDirs(config.state_dir, 0700); !s.ok()) return s;
@@ -427,6 +437,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
             [a = agent.get(), lines = FrontendLines(config)] {
               std::vector<std::string> out = lines;
               if (a->forwards_) out.push_back(a->forwards_->StatusLine());
+              if (a->forward_accept_) out.push_back(a->forward_accept_->StatusLine());
               return out;
             },
             config.metrics_per_mapping, agent->traffic_.get()));
@@ -497,6 +508,16 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     if (!f.ok()) return f.status();
     agent->forwards_ = std::move(*f);
   }
+  if (config.backend == "nftables") {
+    // Also without the flag: a chain it no longer names loses our rule.
+    ForwardAcceptKeeper::Options o;
+    o.period = config.reconcile_interval > absl::ZeroDuration() ? config.reconcile_interval
+                                                                 : absl::Seconds(30);
+    absl::StatusOr<std::unique_ptr<ForwardAcceptKeeper>> k =
+        ForwardAcceptKeeper::Start(forward_accept, &agent->metrics_, o);
+    if (!k.ok()) return k.status();
+    if (!forward_accept.empty()) agent->forward_accept_ = std::move(*k);
+  }
   if (agent->monitor_) {
     agent->changes_ = std::make_unique<NftablesChanges>(agent->monitor_.get(),
                                                         agent->own_port_id_);
@@ -515,6 +536,34 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   return agent;
 }
 
+absl::StatusOr<std::string> RemoveKernelRules(const AgentConfig& config) {
+  absl::StatusOr<std::unique_ptr<InstanceLock>> lock =
+      InstanceLock::Acquire(config.state_dir, config.run_dir, config.socket);
+  if (!lock.ok()) return lock.status();
+  std::vector<std::string> done;
+  if (config.backend == "nftables") {
+    absl::StatusOr<std::unique_ptr<nat::nftables::ForwardAccept>> fa =
+        nat::nftables::ForwardAccept::Open();
+    if (!fa.ok()) return fa.status();
+    absl::StatusOr<nat::nftables::ForwardAccept::Result> r = (*fa)->Ensure({});
+    if (!r.ok()) return r.status();
+    if (r->changed()) done.push_back(absl::StrCat("forward accept rules ", r->ToString()));
+    absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b = nat::NftablesBackend::Create();
+    if (!b.ok()) return b.status();
+    if (absl::Status s = (*b)->DeleteTable(); !s.ok()) return s;
+    done.push_back("table inet fabric_nat deleted");
+  } else if (config.backend == "iptables") {
+    absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> b = nat::IptablesBackend::Create();
+    if (!b.ok()) return b.status();
+    if (absl::Status s = (*b)->DeleteTable(); !s.ok()) return s;
+    done.push_back("iptables FABRIC-* chains deleted");
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--backend must be nftables or iptables, not ", config.backend));
+  }
+  return absl::StrJoin(done, "; ");
+}
+
 void Agent::Reload() {
   if (forwards_) {
     forwards_->Reload("SIGHUP");
@@ -525,6 +574,7 @@ void Agent::Reload() {
 
 Agent::~Agent() {
   if (repair_) repair_->Stop();
+  forward_accept_.reset();
   forwards_.reset();
   upnp_.reset();
   pmp_.reset();

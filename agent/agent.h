@@ -16,6 +16,7 @@
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
 #include "agent/upnp/frontend.h"
+#include "agent/forward_accept_keeper.h"
 #include "agent/forwards_watcher.h"
 #include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
@@ -75,6 +76,11 @@ struct AgentConfig {
   // sets net.netfilter.nf_conntrack_acct=1 at start (logged) and listens to
   // conntrack destroy events. Only with metrics_address.
   bool conntrack_accounting = true;
+  // Chains of other tables ("inet/filter/forward") that get our
+  // `ct status dnat accept` rule at their top, kept there
+  // (agent/forward_accept_keeper.h). nftables only. Chains no longer named
+  // lose it.
+  std::vector<std::string> forward_accept;
   // Static forwards (agent/forwards.h); empty: none.
   std::string forwards_file;
   // Turn on IPv4 forwarding at start when it is off (DNAT to another host
@@ -90,6 +96,13 @@ struct AgentConfig {
   // Besides the state dir, where `fabricctl backup` may write.
   std::string backup_dir;
 };
+
+// `fabric-agent remove-rules` (uninstall): with no agent running on
+// config's state dir and namespace (the instance lock is taken), removes
+// our table (inet fabric_nat, or the iptables FABRIC-* chains) and our
+// forward-accept rules from every other table. The store is left as is.
+// Returns what it removed. kFailedPrecondition naming a running agent.
+absl::StatusOr<std::string> RemoveKernelRules(const AgentConfig& config);
 
 class Agent {
  public:
@@ -134,6 +147,7 @@ class Agent {
   std::unique_ptr<natpmp::PmpServer> pmp_;
   std::unique_ptr<upnp::UpnpFrontend> upnp_;
   std::unique_ptr<ForwardsWatcher> forwards_;
+  std::unique_ptr<ForwardAcceptKeeper> forward_accept_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;
   // Repairs after foreign changes and on a period, expires leases.

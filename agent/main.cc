@@ -18,6 +18,8 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "agent/agent.h"
@@ -87,6 +89,10 @@ ABSL_FLAG(bool, ipv6_firewall, false,
 ABSL_FLAG(bool, metrics_per_mapping, false,
           "also export nat_mapping_connections_total, one series per mapping (costs a kernel "
           "read per scrape; the status page and /api/v1/mappings show the counts anyway)");
+ABSL_FLAG(std::vector<std::string>, forward_accept, {},
+          "FAMILY/TABLE/CHAIN of another table's forward chain (e.g. inet/filter/forward) that "
+          "gets `ct status dnat accept` at its top, kept there when the table is reloaded; "
+          "comma-separated or repeated; chains no longer named lose it (nftables only)");
 ABSL_FLAG(bool, conntrack_accounting, true,
           "per-mapping bytes and packets on the status page and /api/v1/mappings (sets "
           "net.netfilter.nf_conntrack_acct=1 at start, logged; needs --metrics_address)");
@@ -201,6 +207,23 @@ int main(int argc, char** argv) {
   absl::FlagsUsageConfig usage;
   usage.version_string = [] { return absl::StrCat("fabric-agent ", fabric::kVersion, "\n"); };
   absl::SetFlagsUsageConfig(usage);
+  // --forward_accept may be given more than once on the command line; absl
+  // keeps only the last, so every occurrence is gathered here first.
+  std::vector<std::string> repeated_forward_accept;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    std::string value;
+    if (absl::ConsumePrefix(&a, "--forward_accept=")) {
+      value = std::string(a);
+    } else if (a == "--forward_accept" && i + 1 < argc) {
+      value = argv[i + 1];
+    } else {
+      continue;
+    }
+    for (absl::string_view v : absl::StrSplit(value, ',', absl::SkipEmpty())) {
+      repeated_forward_accept.emplace_back(v);
+    }
+  }
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   // Signals are taken synchronously by this thread; block them before any
   // other thread starts.
@@ -220,7 +243,23 @@ int main(int argc, char** argv) {
 
   if (args.size() > 1) {
     if (std::string(args[1]) == "install-cni" && args.size() == 2) return InstallCni(signals);
-    std::fprintf(stderr, "fabric-agent: unknown command \"%s\" (commands: install-cni)\n",
+    if (std::string(args[1]) == "remove-rules" && args.size() == 2) {
+      fabric::agent::AgentConfig c;
+      c.socket = absl::GetFlag(FLAGS_socket);
+      c.state_dir = absl::GetFlag(FLAGS_state_dir);
+      c.run_dir = absl::GetFlag(FLAGS_run_dir);
+      c.backend = absl::GetFlag(FLAGS_backend);
+      absl::StatusOr<std::string> done = fabric::agent::RemoveKernelRules(c);
+      if (!done.ok()) {
+        std::fprintf(stderr, "fabric-agent remove-rules: %s\n",
+                     std::string(done.status().message()).c_str());
+        return 1;
+      }
+      std::printf("fabric-agent remove-rules: %s\n", done->c_str());
+      return 0;
+    }
+    std::fprintf(stderr,
+                 "fabric-agent: unknown command \"%s\" (commands: install-cni, remove-rules)\n",
                  args[1]);
     return 2;
   }
@@ -265,6 +304,8 @@ int main(int argc, char** argv) {
   config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
   config.forwards_file = absl::GetFlag(FLAGS_forwards_file);
   config.conntrack_accounting = absl::GetFlag(FLAGS_conntrack_accounting);
+  config.forward_accept = repeated_forward_accept.empty() ? absl::GetFlag(FLAGS_forward_accept)
+                                                          : repeated_forward_accept;
   config.ip_forward = absl::GetFlag(FLAGS_ip_forward);
   config.ip6_forward = absl::GetFlag(FLAGS_ip6_forward);
   config.tls_address = absl::GetFlag(FLAGS_tls_address);

@@ -167,5 +167,78 @@ TEST_F(ForwardsTest, ForwardChainThatDropsIsReportedUntilItAcceptsDnat) {
   EXPECT_THAT(d.out, HasSubstr("inet/filter/forward (ends with a drop rule)"));
 }
 
+// --forward_accept on the same firewall: our accept goes to the top of
+// its forward chain, the DNAT'd flows pass, and a reload of the firewall
+// from its file (`flush ruleset`, as /etc/nftables.conf does) is healed
+// within moments, our own table with it. Dropped from the flags, the rule
+// goes; `fabric-agent remove-rules` removes everything of ours.
+TEST_F(ForwardsTest, ForwardAcceptKeepsDnatFlowsPassingAPolicyDropFirewall) {
+  agent_.reset();
+  const std::string rules = dir_ + "/router.nft";
+  ASSERT_OK(testing::Shell("printf '%s\\n' 'flush ruleset' 'table inet filter {' "
+                           "'  chain forward { type filter hook forward priority 0; policy drop; "
+                           "iifname \"lan0\" accept; }' "
+                           "'}' > " + rules));
+  ASSERT_OK(router_->Exec("nft -f " + rules));
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                   "--forwards_file=" + file_ +
+                                                       " --forward_accept=inet/filter/forward"
+                                                       " --metrics_address=127.0.0.1:19336"));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds("web 203.0.113.2\n"));
+  auto chain = [&] { return router_->Exec("nft list chain inet filter forward"); };
+  // First, counting what it let through, and the rest as it was.
+  EXPECT_THAT(chain(), IsOkAndHolds(::testing::ContainsRegex(
+                           "policy drop;\n\t\tct status dnat counter packets [1-9][0-9]* bytes "
+                           "[0-9]+ accept comment \"fabric-nat: DNAT'd flows pass "
+                           "\\(--forward_accept\\)\"\n\t\tiifname \"lan0\" accept\n")));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19336/metrics"),
+              IsOkAndHolds(HasSubstr("nat_forward_drop_chains 0\n")));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19336/"),
+              IsOkAndHolds(HasSubstr("forward accept (ct status dnat accept) in "
+                                     "inet/filter/forward: inserted at the top of "
+                                     "inet/filter/forward")));
+
+  // The firewall reloaded from its file: both tables come back by events.
+  ASSERT_OK(router_->Exec("nft -f " + rules));
+  bool healed = false;
+  for (int i = 0; i < 40 && !healed; ++i) {
+    healed = testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.25).ok();
+  }
+  EXPECT_TRUE(healed) << agent_->LogText();
+  EXPECT_THAT(agent_->LogText(),
+              HasSubstr("forward_accept: inserted at the top of inet/filter/forward (after "));
+  EXPECT_THAT(chain(), IsOkAndHolds(HasSubstr("accept comment \"fabric-nat: DNAT'd flows pass")));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19336/"),
+              IsOkAndHolds(HasSubstr("forward accept: inserted at the top of inet/filter/forward")));
+
+  // Without the flag the rule goes, and the firewall drops again.
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_, "--forwards_file=" + file_));
+  EXPECT_THAT(chain(), IsOkAndHolds(Not(HasSubstr("fabric-nat"))));
+  EXPECT_THAT(chain(), IsOkAndHolds(HasSubstr("iifname \"lan0\" accept")));
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080, 0.5).ok());
+
+  // Uninstall: refused while the agent runs, then everything of ours goes.
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                   "--forwards_file=" + file_ +
+                                                       " --forward_accept=inet/filter/forward"));
+  const std::string remove = absl::StrCat(
+      "ip netns exec ", router_->name(), " ", testing::Runfile("agent/fabric-agent"),
+      " remove-rules --state_dir=", dir_, "/state --run_dir=", dir_, "/run --socket=",
+      agent_->socket());
+  ASSERT_OK_AND_ASSIGN(testing::CommandResult busy, testing::RunCommand(remove));
+  EXPECT_EQ(busy.exit_code, 1);
+  EXPECT_THAT(busy.err, HasSubstr("fabric-agent remove-rules: "));
+  EXPECT_THAT(chain(), IsOkAndHolds(HasSubstr("fabric-nat")));
+  agent_.reset();
+  ASSERT_OK_AND_ASSIGN(testing::CommandResult done, testing::RunCommand(remove));
+  EXPECT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_THAT(done.out, HasSubstr("forward accept rules removed from inet/filter/forward; table "
+                                  "inet fabric_nat deleted"));
+  EXPECT_THAT(router_->Exec("nft list ruleset"), IsOkAndHolds(Not(HasSubstr("fabric"))));
+  EXPECT_THAT(chain(), IsOkAndHolds(HasSubstr("iifname \"lan0\" accept")));
+}
+
 }  // namespace
 }  // namespace fabric

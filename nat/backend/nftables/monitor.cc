@@ -51,6 +51,10 @@ std::string TableOf(const nlmsghdr* nlh) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ChangeMonitor>> ChangeMonitor::Open() {
+  return Open({{NFPROTO_INET, nftables::kTableName}});
+}
+
+absl::StatusOr<std::unique_ptr<ChangeMonitor>> ChangeMonitor::Open(std::set<Table> tables) {
   mnl_socket* s = mnl_socket_open(NETLINK_NETFILTER);
   if (s == nullptr) {
     return absl::PermissionDeniedError(
@@ -64,11 +68,11 @@ absl::StatusOr<std::unique_ptr<ChangeMonitor>> ChangeMonitor::Open() {
   }
   int size = 8 << 20;
   setsockopt(mnl_socket_get_fd(s), SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size));
-  return std::unique_ptr<ChangeMonitor>(new ChangeMonitor(s));
+  return std::unique_ptr<ChangeMonitor>(new ChangeMonitor(s, std::move(tables)));
 }
 
-ChangeMonitor::ChangeMonitor(mnl_socket* socket)
-    : socket_(socket), buffer_(1 << 20, '\0') {}
+ChangeMonitor::ChangeMonitor(mnl_socket* socket, std::set<Table> tables)
+    : socket_(socket), buffer_(1 << 20, '\0'), tables_(std::move(tables)) {}
 
 ChangeMonitor::~ChangeMonitor() { mnl_socket_close(socket_); }
 
@@ -114,12 +118,15 @@ absl::StatusOr<bool> ChangeMonitor::Read(uint32_t own_port_id, int timeout_ms,
       if (type == NFT_MSG_NEWGEN) continue;
       if (nlh->nlmsg_pid == own_port_id && own_port_id != 0) continue;
       const auto* gen = static_cast<const nfgenmsg*>(mnl_nlmsg_get_payload(nlh));
-      if (gen->nfgen_family != NFPROTO_INET) continue;
-      if (TableOf(nlh) != nftables::kTableName) continue;
+      std::string table = TableOf(nlh);
+      if (tables_.count({gen->nfgen_family, table}) == 0) continue;
       if (!foreign && what->empty()) {
-        *what = absl::StrCat(MessageName(type), " in table inet ",
-                             nftables::kTableName, " by netlink port ",
-                             nlh->nlmsg_pid);
+        const char* family = gen->nfgen_family == NFPROTO_INET   ? "inet"
+                             : gen->nfgen_family == NFPROTO_IPV4 ? "ip"
+                             : gen->nfgen_family == NFPROTO_IPV6 ? "ip6"
+                                                                 : "?";
+        *what = absl::StrCat(MessageName(type), " in table ", family, " ", table,
+                             " by netlink port ", nlh->nlmsg_pid);
       }
       foreign = true;
     }

@@ -3,13 +3,17 @@
 // the ruleset, a firewall reload, an element deleted by hand. The agent's
 // own changes are recognized by the netlink port id of its backend's socket
 // (the kernel stamps every event with the port id of the socket that made
-// the change) and ignored, so repairs never trigger repairs.
+// the change) and ignored, so repairs never trigger repairs. It can watch
+// other tables instead.
 //
 // Thread-compatible: one reconciler thread owns it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -20,8 +24,15 @@ namespace fabric::nat {
 
 class ChangeMonitor {
  public:
-  // kPermissionDenied without CAP_NET_ADMIN.
+  // A table an event may concern: NFPROTO_* family and name.
+  using Table = std::pair<uint32_t, std::string>;
+
+  // Watches our table `inet fabric_nat`. kPermissionDenied without
+  // CAP_NET_ADMIN.
   static absl::StatusOr<std::unique_ptr<ChangeMonitor>> Open();
+  // Watches `tables` instead (agent/forward_accept_keeper.h watches the
+  // tables whose forward chains hold its rule).
+  static absl::StatusOr<std::unique_ptr<ChangeMonitor>> Open(std::set<Table> tables);
   ~ChangeMonitor();
 
   // Waits up to `timeout` for events. True when someone other than
@@ -36,12 +47,13 @@ class ChangeMonitor {
   absl::StatusOr<bool> Drain(uint32_t own_port_id, std::string* what);
 
  private:
-  explicit ChangeMonitor(mnl_socket* socket);
+  ChangeMonitor(mnl_socket* socket, std::set<Table> tables);
   absl::StatusOr<bool> Read(uint32_t own_port_id, int timeout_ms,
                             std::string* what);
 
   mnl_socket* socket_;
   std::string buffer_;
+  const std::set<Table> tables_;
 };
 
 }  // namespace fabric::nat
