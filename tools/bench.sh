@@ -7,7 +7,7 @@ bash tools/setup.sh
 bazel build -c opt //tests/bench:all
 # The opt tree itself: bazel-bin follows whichever configuration built last.
 BIN=$(bazel info -c opt bazel-bin 2>/dev/null)
-for b in nat_bench packet_path_bench cni_bench heal_bench natpmp_bench upnp_bench conntrack_bench; do
+for b in nat_bench packet_path_bench cni_bench heal_bench natpmp_bench upnp_bench conntrack_bench proxy_bench; do
   echo
   (cd "$BIN/tests/bench/$b.runfiles/fabric_nat" && TEST_SRCDIR=.. TEST_WORKSPACE=fabric_nat ../../$b "$@")
 done
