@@ -504,7 +504,8 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   }
   if (!config.forwards_file.empty()) {
     absl::StatusOr<std::unique_ptr<ForwardsWatcher>> f =
-        ForwardsWatcher::Start(agent->core_.get(), &agent->metrics_, config.forwards_file);
+        ForwardsWatcher::Start(agent->core_.get(), &agent->metrics_, config.forwards_file,
+                               ForwardsOptions{config.wan_interface});
     if (!f.ok()) return f.status();
     agent->forwards_ = std::move(*f);
   }

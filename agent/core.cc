@@ -205,15 +205,18 @@ LeaseResult AgentCore::Lease(const LeaseRequest& request, const LeasePolicy& pol
   return {outcome, 0, 0, std::string(r.status().message())};
 }
 
-absl::StatusOr<StaticDiff> AgentCore::ApplyStaticForwards(
-    const std::vector<StaticForward>& forwards) {
-  return writer_.Mutate<StaticDiff>(absl::InfiniteFuture(),
-                                    [&](Txn& txn) -> absl::StatusOr<StaticDiff> {
-                                      absl::StatusOr<StaticDiff> d =
-                                          owners::ApplyStaticForwards(txn, forwards, conntrack_);
-                                      if (d.ok() && !txn.touches_store_or_kernel()) txn.Discard();
-                                      return d;
-                                    });
+absl::StatusOr<StaticDiff> AgentCore::ApplyStaticForwards(const StaticConfig& config) {
+  return writer_.Mutate<StaticDiff>(
+      absl::InfiniteFuture(), [&](Txn& txn) -> absl::StatusOr<StaticDiff> {
+        absl::StatusOr<StaticDiff> d = owners::ApplyStaticForwards(txn, config, conntrack_);
+        // A SNAT rule a CNI network already asks for changes no kernel
+        // state, but the state must still record it.
+        if (d.ok() && !txn.touches_store_or_kernel() && d->snat_added == 0 &&
+            d->snat_removed == 0) {
+          txn.Discard();
+        }
+        return d;
+      });
 }
 
 UpnpResult AgentCore::Upnp(const UpnpRequest& request, const LeasePolicy& policy) {
@@ -408,6 +411,7 @@ v1::DiagnoseResponse AgentCore::Diagnose() const {
         items.push_back(e.ToString());
       }
       for (const auto& p : rs.masquerade) items.push_back("masquerade " + p.ToString());
+      for (const auto& x : rs.snat) items.push_back("snat " + x.ToString());
       for (const auto& p : rs.hairpin) items.push_back("hairpin " + p.ToString());
       for (const auto& i : rs.localhost_interfaces) items.push_back("localhost " + i);
       if (items.size() > 3) items.resize(3), items.push_back("...");

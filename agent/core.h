@@ -101,9 +101,9 @@ class AgentCore {
   // protocol). A refresh keeps the external port; deleting what does not
   // exist succeeds.
   LeaseResult Lease(const LeaseRequest& request, const LeasePolicy& policy);
-  // Makes the static forwards exactly `forwards` (agent/owners/statics.h),
-  // in one transaction, or changes nothing.
-  absl::StatusOr<StaticDiff> ApplyStaticForwards(const std::vector<StaticForward>& forwards);
+  // Makes the static forwards and SNAT rules exactly `config`'s
+  // (agent/owners/statics.h), in one transaction, or changes nothing.
+  absl::StatusOr<StaticDiff> ApplyStaticForwards(const StaticConfig& config);
   // UPnP IGD port mappings (agent/owners/upnp.h). Not ready: kNetworkFailure.
   UpnpResult Upnp(const UpnpRequest& request, const LeasePolicy& policy);
   // IPv6 pinholes (agent/owners/pinholes.h). Not ready: kActionFailed.

@@ -287,6 +287,81 @@ TEST_F(CoreTest, SharedNetworkRulesStayUntilLastContainerGoes) {
   EXPECT_TRUE(backend_.rules().masquerade.empty());
 }
 
+TEST_F(CoreTest, SnatAddressReplacesMasqueradeAndSurvivesRestart) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", -1, 0);
+  a.add_container_addresses("fd00::5/64");
+  a.mutable_options()->set_masquerade(true);
+  a.mutable_options()->set_snat_address("203.0.113.5");
+  ASSERT_OK(core_->Attach(a).status());
+  const nat::SnatRule rule{*nat::Prefix::Parse("10.22.0.0/16"),
+                           *nat::IpAddress::Parse("203.0.113.5"), ""};
+  EXPECT_EQ(backend_.rules().snat, std::set<nat::SnatRule>{rule});
+  // The other family keeps masquerade.
+  ASSERT_EQ(backend_.rules().masquerade.size(), 1u);
+  EXPECT_EQ(backend_.rules().masquerade.begin()->ToString(), "fd00::/64");
+  ASSERT_OK(core_->Check(a.key()));
+  Restart();  // the option is stored with the attachment
+  EXPECT_EQ(core_->Desired().snat, std::set<nat::SnatRule>{rule});
+  EXPECT_EQ(backend_.rules().snat, std::set<nat::SnatRule>{rule});
+  backend_.mutable_rules().snat.clear();
+  EXPECT_THAT(core_->Check(a.key()),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("snat 10.22.0.0/16 -> 203.0.113.5 via any")));
+  ASSERT_OK_AND_ASSIGN(bool existed, core_->Detach(a.key()));
+  EXPECT_TRUE(existed);
+  EXPECT_TRUE(core_->Desired().snat.empty());
+}
+
+TEST_F(CoreTest, BadSnatAddressesAreRefused) {
+  v1::Attachment a = Container("c1", "10.22.0.5/16", -1, 0);
+  for (const char* bad : {"wan0", "127.0.0.1", "224.0.0.1"}) {
+    a.mutable_options()->set_snat_address(bad);
+    EXPECT_THAT(core_->Attach(a), StatusIs(absl::StatusCode::kInvalidArgument,
+                                           HasSubstr("snat")))
+        << bad;
+  }
+  a.mutable_options()->set_snat_address("2001:db8::5");
+  EXPECT_THAT(core_->Attach(a),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("snat address 2001:db8::5 is ipv6 but the container has no "
+                                 "address of that family")));
+  EXPECT_TRUE(backend_.rules().empty());
+}
+
+TEST_F(CoreTest, StaticSnatRulesFollowTheFileAndShareRulesWithCni) {
+  const nat::SnatRule lan{*nat::Prefix::Parse("192.168.1.0/24"),
+                          *nat::IpAddress::Parse("203.0.113.5"), "wan0"};
+  const nat::SnatRule cni{*nat::Prefix::Parse("10.22.0.0/16"),
+                          *nat::IpAddress::Parse("203.0.113.6"), ""};
+  StaticConfig file;
+  file.snat = {lan, cni};
+  ASSERT_OK_AND_ASSIGN(StaticDiff d, core_->ApplyStaticForwards(file));
+  EXPECT_EQ(d.snat_added, 2);
+  EXPECT_EQ(backend_.rules().snat, (std::set<nat::SnatRule>{lan, cni}));
+  // A container network asking for the same rule: one kernel rule, kept
+  // while either wants it.
+  v1::Attachment a = Container("c1", "10.22.0.5/16", -1, 0);
+  a.mutable_options()->set_snat_address("203.0.113.6");
+  ASSERT_OK(core_->Attach(a).status());
+  file.snat = {lan};
+  ASSERT_OK_AND_ASSIGN(d, core_->ApplyStaticForwards(file));
+  EXPECT_EQ(d.snat_removed, 1);
+  EXPECT_EQ(backend_.rules().snat, (std::set<nat::SnatRule>{lan, cni}));
+  ASSERT_OK(core_->Detach(a.key()).status());
+  EXPECT_EQ(backend_.rules().snat, std::set<nat::SnatRule>{lan});
+  // The same file again changes nothing; an invalid rule changes nothing.
+  ASSERT_OK_AND_ASSIGN(d, core_->ApplyStaticForwards(file));
+  EXPECT_EQ(d.snat_added + d.snat_removed, 0);
+  StaticConfig bad = file;
+  bad.snat.push_back(nat::SnatRule{*nat::Prefix::Parse("10.9.0.0/16"),
+                                   *nat::IpAddress::Parse("127.0.0.1"), ""});
+  EXPECT_THAT(core_->ApplyStaticForwards(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(backend_.rules().snat, std::set<nat::SnatRule>{lan});
+  // Not stored: the file is applied again at start.
+  Restart();
+  EXPECT_TRUE(core_->Desired().snat.empty());
+}
+
 TEST_F(CoreTest, CheckFindsMissingRules) {
   v1::Attachment a = Container("c1", "10.22.0.5/16", 8080, 80);
   ASSERT_OK(core_->Attach(a).status());

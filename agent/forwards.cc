@@ -1,6 +1,7 @@
 #include "agent/forwards.h"
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -137,10 +138,77 @@ absl::StatusOr<StaticForward> ParseOne(const json& f) {
   return out;
 }
 
+// One "snat" entry.
+absl::StatusOr<nat::SnatRule> ParseSnat(const json& f, const ForwardsOptions& options) {
+  for (const auto& [key, value] : f.items()) {
+    if (key != "source" && key != "to" && key != "out_interface") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown field \"", key.substr(0, 64), "\" (source, to, out_interface)"));
+    }
+  }
+  nat::SnatRule out;
+  auto source = f.find("source");
+  if (source == f.end() || !source->is_string()) {
+    return absl::InvalidArgumentError("source: a network \"address/length\", required");
+  }
+  std::string src = source->get<std::string>();
+  absl::StatusOr<nat::Prefix> prefix = nat::Prefix::Parse(src);
+  if (!prefix.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("source: \"", src.substr(0, 64),
+                                                   "\" is not a network address/length"));
+  }
+  if (prefix->length == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "source: \"", src, "\" would translate every host's traffic; name the network"));
+  }
+  if (!(prefix->Network() == *prefix)) {
+    return absl::InvalidArgumentError(absl::StrCat("source: \"", src,
+                                                   "\" has host bits set; the network is ",
+                                                   prefix->Network().ToString()));
+  }
+  out.source = *prefix;
+  auto to = f.find("to");
+  if (to == f.end() || !to->is_string()) {
+    return absl::InvalidArgumentError("to: an address, required");
+  }
+  std::string t = to->get<std::string>();
+  absl::StatusOr<nat::IpAddress> ip = nat::IpAddress::Parse(t);
+  if (!ip.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("to: \"", t.substr(0, 64), "\" is not an address"));
+  }
+  if (ip->family() != out.source.family()) {
+    return absl::InvalidArgumentError(absl::StrCat("to: ", t, " is ", nat::FamilyName(ip->family()),
+                                                   " but source ", src, " is ",
+                                                   nat::FamilyName(out.source.family())));
+  }
+  if (ip->IsUnspecified() || ip->IsLoopback() || ip->IsMulticast() || ip->IsLimitedBroadcast()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "to: ", t, " must be a unicast address (not unspecified, loopback, multicast or "
+        "broadcast)"));
+  }
+  out.to = *ip;
+  auto iface = f.find("out_interface");
+  if (iface == f.end()) {
+    out.out_interface = options.default_out_interface;
+  } else if (!iface->is_string()) {
+    return absl::InvalidArgumentError("out_interface: must be an interface name (\"\": any)");
+  } else {
+    out.out_interface = iface->get<std::string>();
+  }
+  if (absl::Status s = out.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        iface == f.end() ? "out_interface (from --wan_interface): " : "out_interface: ",
+        "\"", out.out_interface.substr(0, 64),
+        "\" must be 1-15 printable bytes without '/', ':' or spaces (\"\": any)"));
+  }
+  return out;
+}
+
 }  // namespace
 
-absl::StatusOr<std::vector<StaticForward>> ParseForwards(absl::string_view text,
-                                                         const std::string& path) {
+absl::StatusOr<StaticConfig> ParseForwards(absl::string_view text, const std::string& path,
+                                           const ForwardsOptions& options) {
   auto fail = [&](const std::string& what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
   };
@@ -151,21 +219,45 @@ absl::StatusOr<std::vector<StaticForward>> ParseForwards(absl::string_view text,
   if (doc.is_discarded()) return fail("not JSON");
   if (!doc.is_object()) return fail("must be an object {\"forwards\": [...]}");
   for (const auto& [key, value] : doc.items()) {
-    if (key == "snat") {
-      if (!value.is_array() || !value.empty()) {
-        return fail("snat: fixed-address SNAT is not served yet; remove the entries");
+    if (key != "forwards" && key != "snat") {
+      return fail(absl::StrCat("unknown key \"", key.substr(0, 64), "\" (forwards, snat)"));
+    }
+  }
+  StaticConfig config;
+  if (auto snat = doc.find("snat"); snat != doc.end()) {
+    if (!snat->is_array()) return fail("snat: must be an array");
+    if (snat->size() > nat::kMaxSnatRules) {
+      return fail(absl::StrCat("snat: ", snat->size(), " entries; at most ", nat::kMaxSnatRules));
+    }
+    std::map<std::pair<nat::Prefix, std::string>, size_t> seen;
+    for (size_t i = 0; i < snat->size(); ++i) {
+      const json& f = (*snat)[i];
+      std::string where = absl::StrCat("snat[", i, "]");
+      if (f.is_object()) {
+        auto src = f.find("source");
+        if (src != f.end() && src->is_string()) {
+          absl::StrAppend(&where, " (\"", src->get<std::string>().substr(0, 64), "\")");
+        }
       }
-    } else if (key != "forwards") {
-      return fail(absl::StrCat("unknown key \"", key.substr(0, 64), "\" (forwards)"));
+      if (!f.is_object()) return fail(absl::StrCat(where, ": must be an object"));
+      absl::StatusOr<nat::SnatRule> one = ParseSnat(f, options);
+      if (!one.ok()) return fail(absl::StrCat(where, ": ", one.status().message()));
+      auto [it, fresh] = seen.emplace(std::make_pair(one->source, one->out_interface), i);
+      if (!fresh) {
+        return fail(absl::StrCat(where, ": source ", one->source.ToString(), " via ",
+                                 one->out_interface.empty() ? "any interface" : one->out_interface,
+                                 " is already translated by snat[", it->second, "]"));
+      }
+      config.snat.push_back(*std::move(one));
     }
   }
   auto list = doc.find("forwards");
-  if (list == doc.end()) return std::vector<StaticForward>{};
+  if (list == doc.end()) return config;
   if (!list->is_array()) return fail("forwards: must be an array");
   if (list->size() > kMaxForwards) {
     return fail(absl::StrCat("forwards: ", list->size(), " entries; at most ", kMaxForwards));
   }
-  std::vector<StaticForward> out;
+  std::vector<StaticForward>& out = config.forwards;
   std::set<std::string> names;
   for (size_t i = 0; i < list->size(); ++i) {
     const json& f = (*list)[i];
@@ -184,16 +276,17 @@ absl::StatusOr<std::vector<StaticForward>> ParseForwards(absl::string_view text,
     }
     out.push_back(*std::move(one));
   }
-  return out;
+  return config;
 }
 
-absl::StatusOr<std::vector<StaticForward>> LoadForwardsFile(const std::string& path) {
+absl::StatusOr<StaticConfig> LoadForwardsFile(const std::string& path,
+                                              const ForwardsOptions& options) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::string text(kMaxForwardsFile + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<size_t>(in.gcount()));
-  return ParseForwards(text, path);
+  return ParseForwards(text, path, options);
 }
 
 }  // namespace fabric::agent

@@ -10,8 +10,17 @@
 // range, must be as many. At most 4,096 forwards and 1 MiB. Parsing is all
 // or nothing: an error names the file, the entry and the field.
 //
-// (SNAT entries and IPv6-to-IPv4 forwards are not served yet: a file that
-// asks for them is refused, saying so.)
+// Fixed-address SNAT, beside "forwards":
+//   "snat": [{"source": "10.20.0.0/24", "to": "203.0.113.5", "out_interface": "wan0"}]
+// New connections from `source` (a network, host bits clear, not /0)
+// leaving through `out_interface` to a destination outside `source` get
+// source address `to` (a unicast address of the source's family), before
+// any masquerade. out_interface absent: the agent's --wan_interface when it
+// has one, else any interface; "" says any interface explicitly. At most
+// 256 entries (nat::kMaxSnatRules); one source and interface at most once.
+//
+// (IPv6-to-IPv4 forwards are not served yet: a file that asks for them is
+// refused, saying so.)
 #pragma once
 
 #include <string>
@@ -26,11 +35,18 @@ namespace fabric::agent {
 inline constexpr size_t kMaxForwardsFile = 1 << 20;
 inline constexpr size_t kMaxForwards = 4096;
 
+struct ForwardsOptions {
+  // The out_interface of a SNAT entry that names none (--wan_interface);
+  // empty: any interface.
+  std::string default_out_interface;
+};
+
 // `text` as the file at `path` (for messages). kInvalidArgument naming the
 // entry and field.
-absl::StatusOr<std::vector<StaticForward>> ParseForwards(absl::string_view text,
-                                                         const std::string& path);
+absl::StatusOr<StaticConfig> ParseForwards(absl::string_view text, const std::string& path,
+                                           const ForwardsOptions& options = {});
 // Reads and parses `path`. kNotFound when it does not exist.
-absl::StatusOr<std::vector<StaticForward>> LoadForwardsFile(const std::string& path);
+absl::StatusOr<StaticConfig> LoadForwardsFile(const std::string& path,
+                                              const ForwardsOptions& options = {});
 
 }  // namespace fabric::agent

@@ -29,9 +29,8 @@ std::string Base(const std::string& path) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ForwardsWatcher>> ForwardsWatcher::Start(AgentCore* core,
-                                                                        Metrics* metrics,
-                                                                        std::string path) {
+absl::StatusOr<std::unique_ptr<ForwardsWatcher>> ForwardsWatcher::Start(
+    AgentCore* core, Metrics* metrics, std::string path, ForwardsOptions options) {
   int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (in < 0) return absl::UnavailableError(absl::StrCat("inotify: ", strerror(errno)));
   if (inotify_add_watch(in, Dir(path).c_str(),
@@ -47,15 +46,21 @@ absl::StatusOr<std::unique_ptr<ForwardsWatcher>> ForwardsWatcher::Start(AgentCor
     close(in);
     return absl::UnavailableError(absl::StrCat("eventfd: ", strerror(errno)));
   }
-  std::unique_ptr<ForwardsWatcher> w(new ForwardsWatcher(core, metrics, std::move(path), in, wake));
+  std::unique_ptr<ForwardsWatcher> w(
+      new ForwardsWatcher(core, metrics, std::move(path), std::move(options), in, wake));
   w->Reload("start");
   w->thread_ = std::thread([p = w.get()] { p->Run(); });
   return w;
 }
 
-ForwardsWatcher::ForwardsWatcher(AgentCore* core, Metrics* metrics, std::string path, int inotify,
-                                 int wake)
-    : core_(core), metrics_(metrics), path_(std::move(path)), inotify_(inotify), wake_(wake) {}
+ForwardsWatcher::ForwardsWatcher(AgentCore* core, Metrics* metrics, std::string path,
+                                 ForwardsOptions options, int inotify, int wake)
+    : core_(core),
+      metrics_(metrics),
+      path_(std::move(path)),
+      options_(std::move(options)),
+      inotify_(inotify),
+      wake_(wake) {}
 
 ForwardsWatcher::~ForwardsWatcher() {
   stopping_ = true;
@@ -95,7 +100,7 @@ void ForwardsWatcher::Run() {
 void ForwardsWatcher::Reload(const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   absl::Time start = absl::Now();
-  absl::StatusOr<std::vector<StaticForward>> forwards = LoadForwardsFile(path_);
+  absl::StatusOr<StaticConfig> forwards = LoadForwardsFile(path_, options_);
   absl::StatusOr<StaticDiff> diff =
       forwards.ok() ? core_->ApplyStaticForwards(*forwards) : forwards.status();
   metrics_->RecordOperation("forwards_reload", diff.ok(), absl::Now() - start);
@@ -105,23 +110,29 @@ void ForwardsWatcher::Reload(const std::string& why) {
     core_->snapshot()->state.mappings.ForEach([&](const std::string&, const MappingRecord& m) {
       if (m.proto.owner().kind() == v1::OWNER_KIND_STATIC) ++applied_;
     });
+    snat_applied_ = core_->snapshot()->state.static_snat.size();
     LogLine(absl::StrCat("forwards file ", path_, " (", why, "): ", EscapeForLog(last_error_),
-                         "; keeping the previous ", applied_, " forward(s)"));
+                         "; keeping the previous ", applied_, " forward(s) and ", snat_applied_,
+                         " SNAT rule(s)"));
     return;
   }
   last_error_.clear();
-  applied_ = forwards->size();
+  applied_ = forwards->forwards.size();
+  snat_applied_ = forwards->snat.size();
   LogLine(absl::StrCat("forwards file ", path_, " (", why, "): ", applied_, " forward(s): added ",
-                       diff->added, ", removed ", diff->removed, ", kept ", diff->kept));
+                       diff->added, ", removed ", diff->removed, ", kept ", diff->kept, "; ",
+                       snat_applied_, " SNAT rule(s): added ", diff->snat_added, ", removed ",
+                       diff->snat_removed));
 }
 
 std::string ForwardsWatcher::StatusLine() const {
   std::lock_guard<std::mutex> lock(mu_);
   if (last_error_.empty()) {
-    return absl::StrCat("static forwards from ", path_, ": ", applied_, " applied");
+    return absl::StrCat("static forwards from ", path_, ": ", applied_, " applied, ",
+                        snat_applied_, " SNAT rule(s)");
   }
   return absl::StrCat("static forwards from ", path_, ": ERROR ", last_error_, "; ", applied_,
-                      " kept");
+                      " kept, ", snat_applied_, " SNAT rule(s)");
 }
 
 }  // namespace fabric::agent

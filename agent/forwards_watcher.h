@@ -17,14 +17,17 @@
 
 #include "absl/status/statusor.h"
 #include "agent/core.h"
+#include "agent/forwards.h"
 #include "agent/metrics.h"
 
 namespace fabric::agent {
 
 class ForwardsWatcher {
  public:
-  static absl::StatusOr<std::unique_ptr<ForwardsWatcher>> Start(AgentCore* core, Metrics* metrics,
-                                                                std::string path);
+  // `options`: how the file is read (ForwardsOptions: the SNAT entries'
+  // default interface, the agent's --wan_interface).
+  static absl::StatusOr<std::unique_ptr<ForwardsWatcher>> Start(
+      AgentCore* core, Metrics* metrics, std::string path, ForwardsOptions options = {});
   ~ForwardsWatcher();
 
   // Reads and applies the file now; `why` goes into the log line.
@@ -33,12 +36,14 @@ class ForwardsWatcher {
   std::string StatusLine() const;
 
  private:
-  ForwardsWatcher(AgentCore* core, Metrics* metrics, std::string path, int inotify, int wake);
+  ForwardsWatcher(AgentCore* core, Metrics* metrics, std::string path, ForwardsOptions options,
+                  int inotify, int wake);
   void Run();
 
   AgentCore* const core_;
   Metrics* const metrics_;
   const std::string path_;
+  const ForwardsOptions options_;
   const int inotify_;
   const int wake_;  // eventfd: stop
   std::atomic<bool> stopping_{false};
@@ -46,6 +51,7 @@ class ForwardsWatcher {
   mutable std::mutex mu_;  // serializes Reload; guards the two below
   std::string last_error_;
   size_t applied_ = 0;
+  size_t snat_applied_ = 0;
 };
 
 }  // namespace fabric::agent

@@ -49,6 +49,7 @@ std::string Metrics::Render(const nat::RuleSet& desired,
       "nat_rules{type=\"dnat\"} ", dnat, "\n",
       "nat_rules{type=\"dnat_range\"} ", ranges, "\n",
       "nat_rules{type=\"masquerade\"} ", desired.masquerade.size(), "\n",
+      "nat_rules{type=\"snat\"} ", desired.snat.size(), "\n",
       "nat_rules{type=\"hairpin\"} ", desired.hairpin.size(), "\n",
       "nat_rules{type=\"localhost\"} ", desired.localhost_interfaces.size(), "\n",
       "# HELP nat_port_mappings Port mappings held, by owner kind.\n"

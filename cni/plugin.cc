@@ -1,5 +1,7 @@
 #include "cni/plugin.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <optional>
 #include <variant>
@@ -49,6 +51,10 @@ struct Config {
   bool masquerade = false;
   bool hairpin = true;
   bool localhost = false;
+  // "snatAddress": fixed-address SNAT instead of masquerade for the
+  // container's networks of its family; 4 or 6 (0: none).
+  std::string snat_address;
+  int snat_family = 0;
   json port_mappings = json::array();
   std::optional<json> prev_result;
   json raw;
@@ -64,6 +70,25 @@ std::optional<CniError> ReadBool(const json& j, const char* key, bool* out) {
   }
   *out = j[key].get<bool>();
   return std::nullopt;
+}
+
+// The family (4 or 6) of a unicast address literal; 0 for anything else
+// (not an address; unspecified, loopback, multicast or broadcast).
+int UnicastFamily(const std::string& text) {
+  unsigned char b[16] = {};
+  if (inet_pton(AF_INET, text.c_str(), b) == 1) {
+    bool all_ones = b[0] == 255 && b[1] == 255 && b[2] == 255 && b[3] == 255;
+    bool zero = b[0] == 0 && b[1] == 0 && b[2] == 0 && b[3] == 0;
+    if (zero || b[0] == 127 || (b[0] & 0xf0) == 0xe0 || all_ones) return 0;
+    return 4;
+  }
+  if (inet_pton(AF_INET6, text.c_str(), b) == 1) {
+    bool zero = true;
+    for (int i = 0; i < 15; ++i) zero = zero && b[i] == 0;
+    if ((zero && (b[15] == 0 || b[15] == 1)) || b[0] == 0xff) return 0;
+    return 6;
+  }
+  return 0;
 }
 
 // Bounds on what a runtime may hand the plugin: a network configuration
@@ -158,6 +183,16 @@ std::variant<Config, CniError> ParseConfig(const std::string& data) {
                           {"hairpin", &c.hairpin},
                           {"localhost", &c.localhost}}) {
     if (auto e = ReadBool(j, key, out)) return error(*e);
+  }
+  if (j.contains("snatAddress") && !j["snatAddress"].is_null()) {
+    const json& v = j["snatAddress"];
+    if (!v.is_string() || (c.snat_family = UnicastFamily(v.get<std::string>())) == 0) {
+      return error(CniError{7, "invalid network config: \"snatAddress\" must be a unicast IPv4 "
+                               "or IPv6 address (not unspecified, loopback, multicast or "
+                               "broadcast)",
+                            v.dump().substr(0, 256)});
+    }
+    c.snat_address = v.get<std::string>();
   }
   // runtimeConfig and its entries come from runtimes that build them from
   // Go structs (containerd's go-cni sends "HostPort"): keys match as Go's
@@ -530,6 +565,21 @@ Outcome RunPluginUnchecked(const Invocation& in, const ClientFactory& make_clien
   a.mutable_options()->set_masquerade(c.masquerade);
   a.mutable_options()->set_hairpin(c.hairpin);
   a.mutable_options()->set_localhost(c.localhost);
+  if (!c.snat_address.empty()) {
+    bool family_found = false;
+    for (const std::string& addr : addrs.container) {
+      family_found = family_found ||
+                     (addr.find(':') != std::string::npos ? 6 : 4) == c.snat_family;
+    }
+    if (!family_found) {
+      return fail({7, absl::StrCat("invalid network config: \"snatAddress\" ", c.snat_address,
+                                   " is IPv", c.snat_family,
+                                   " but prevResult names no IPv", c.snat_family,
+                                   " address for the container interface"),
+                   ""});
+    }
+    a.mutable_options()->set_snat_address(c.snat_address);
+  }
   if (auto e = ParsePortMappings(c.port_mappings, &a)) return fail(*e);
   if (a.port_mappings_size() > 0 && a.container_addresses_size() == 0) {
     return fail({7, "invalid network config: prevResult names no IP address "

@@ -191,6 +191,38 @@ TEST_F(PluginTest, AddSendsTheAttachmentAndEchoesPrevResult) {
   EXPECT_EQ(out, PrevResult("1.0.0"));
 }
 
+TEST_F(PluginTest, SnatAddressGoesToTheAgentAndIsChecked) {
+  json config = Config("1.0.0");
+  config["snatAddress"] = "203.0.113.5";
+  Outcome o = Run("ADD", config);
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  EXPECT_EQ(agent_.attached[0].options().snat_address(), "203.0.113.5");
+  // Absent: none.
+  o = Run("ADD", Config("1.0.0"));
+  ASSERT_EQ(o.exit_code, 0) << o.stdout_data;
+  EXPECT_EQ(agent_.attached[1].options().snat_address(), "");
+  // A wrong type or value is a config error naming the key; nothing is asked.
+  for (json bad : {json(5), json("wan0"), json("0.0.0.0"), json("127.0.0.1"), json("224.0.0.1"),
+                   json("ff02::1"), json("::1"), json(true)}) {
+    config["snatAddress"] = bad;
+    o = Run("ADD", config);
+    json e = json::parse(o.stdout_data);
+    EXPECT_EQ(e["code"], 7) << bad;
+    EXPECT_THAT(e["msg"].get<std::string>(), HasSubstr("\"snatAddress\" must be a unicast"));
+  }
+  // Of a family the container has no address of.
+  config["snatAddress"] = "2001:db8::5";
+  config["prevResult"]["ips"] = json::array({config["prevResult"]["ips"][0]});
+  o = Run("ADD", config);
+  json e = json::parse(o.stdout_data);
+  EXPECT_EQ(e["code"], 7);
+  EXPECT_THAT(e["msg"].get<std::string>(),
+              HasSubstr("\"snatAddress\" 2001:db8::5 is IPv6 but prevResult names no IPv6 "
+                        "address for the container interface"));
+  EXPECT_EQ(agent_.attached.size(), 2u);
+}
+
 TEST_F(PluginTest, ResultIsConvertedToTheConfigVersion) {
   json config = Config("0.3.1");
   config["prevResult"] = PrevResult("1.0.0");  // a runtime sent 1.0 layout

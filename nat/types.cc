@@ -181,12 +181,52 @@ std::string Pinhole::ToString() const {
                       remote ? remote->ToString() : "any");
 }
 
+absl::Status SnatRule::Validate() const {
+  auto fail = [this](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("snat ", ToString(), ": ", why));
+  };
+  if (source.length == 0) {
+    return fail("a /0 source would translate every host's traffic; name the network");
+  }
+  if (!(source.Network() == source)) {
+    return fail(absl::StrCat("source has host bits set (the network is ",
+                             source.Network().ToString(), ")"));
+  }
+  if (to.family() != source.family()) {
+    return fail(absl::StrCat("to-address is ", FamilyName(to.family()), " but the source is ",
+                             FamilyName(source.family())));
+  }
+  if (to.IsUnspecified() || to.IsLoopback() || to.IsMulticast() || to.IsLimitedBroadcast()) {
+    return fail("to-address must be a unicast address (not unspecified, loopback, multicast "
+                "or broadcast)");
+  }
+  if (!out_interface.empty()) {
+    if (out_interface.size() > 15 || out_interface == "." || out_interface == "..") {
+      return fail("interface name must be 1-15 bytes and not \".\" or \"..\"");
+    }
+    for (char c : out_interface) {
+      auto u = static_cast<unsigned char>(c);
+      if (c == '/' || c == ':' || u <= 0x20 || u >= 0x7f) {
+        return fail("interface name may hold only printable characters other than '/', ':' "
+                    "and space");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string SnatRule::ToString() const {
+  return absl::StrCat(source.ToString(), " -> ", to.ToString(), " via ",
+                      out_interface.empty() ? "any" : out_interface);
+}
+
 std::string RuleSet::DebugString() const {
   std::string out;
   for (const auto& e : dnat) absl::StrAppend(&out, "dnat ", e.ToString(), "\n");
   for (const auto& p : masquerade) {
     absl::StrAppend(&out, "masquerade ", p.ToString(), "\n");
   }
+  for (const auto& r : snat) absl::StrAppend(&out, "snat ", r.ToString(), "\n");
   for (const auto& p : hairpin) {
     absl::StrAppend(&out, "hairpin ", p.ToString(), "\n");
   }

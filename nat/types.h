@@ -147,12 +147,43 @@ struct Pinhole {
   friend bool operator<(const Pinhole& a, const Pinhole& b) { return a.tie() < b.tie(); }
 };
 
+// Fixed-address SNAT (a router's static public address, or a CNI network's
+// snatAddress): new connections from `source` leaving through
+// `out_interface` (empty: any interface) to a destination outside `source`
+// get source address `to`. Evaluated before masquerade, so it wins for the
+// same source.
+struct SnatRule {
+  Prefix source;  // network form (host bits clear)
+  IpAddress to;
+  std::string out_interface;  // empty: any
+
+  // kInvalidArgument naming the rule and the cause: a source with host bits
+  // set or of length 0, `to` of the other family or not a unicast address
+  // (unspecified, loopback, multicast, broadcast), an interface name that
+  // is not 1-15 bytes of printable characters without '/', ':' or spaces.
+  absl::Status Validate() const;
+  // "10.20.0.0/24 -> 203.0.113.5 via wan0", "... via any".
+  std::string ToString() const;
+
+  auto tie() const { return std::tie(source, to, out_interface); }
+  friend bool operator==(const SnatRule& a, const SnatRule& b) { return a.tie() == b.tie(); }
+  friend bool operator!=(const SnatRule& a, const SnatRule& b) { return !(a == b); }
+  friend bool operator<(const SnatRule& a, const SnatRule& b) { return a.tie() < b.tie(); }
+};
+
+// At most this many SNAT rules in the kernel: each is a rule of its own on
+// every new outbound connection's path (they are for routers and a few
+// networks, not per container).
+inline constexpr size_t kMaxSnatRules = 256;
+
 // What the agent wants the kernel to hold (or what a backend read back).
 struct RuleSet {
   std::set<DnatElement> dnat;
   // Container networks whose traffic to anywhere outside them is
   // masqueraded.
   std::set<Prefix> masquerade;
+  // Fixed-address SNAT, evaluated before masquerade.
+  std::set<SnatRule> snat;
   // Container networks among which DNAT'd traffic is masqueraded, so that a
   // container can reach a published port through the host's address.
   std::set<Prefix> hairpin;
@@ -165,15 +196,15 @@ struct RuleSet {
   std::set<Pinhole> pinholes;
 
   bool empty() const {
-    return dnat.empty() && masquerade.empty() && hairpin.empty() &&
+    return dnat.empty() && masquerade.empty() && snat.empty() && hairpin.empty() &&
            localhost_interfaces.empty() && firewall6_interfaces.empty() && pinholes.empty();
   }
   size_t size() const {
-    return dnat.size() + masquerade.size() + hairpin.size() +
+    return dnat.size() + masquerade.size() + snat.size() + hairpin.size() +
            localhost_interfaces.size() + firewall6_interfaces.size() + pinholes.size();
   }
   friend bool operator==(const RuleSet& a, const RuleSet& b) {
-    return a.dnat == b.dnat && a.masquerade == b.masquerade &&
+    return a.dnat == b.dnat && a.masquerade == b.masquerade && a.snat == b.snat &&
            a.hairpin == b.hairpin &&
            a.localhost_interfaces == b.localhost_interfaces &&
            a.firewall6_interfaces == b.firewall6_interfaces && a.pinholes == b.pinholes;

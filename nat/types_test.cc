@@ -8,6 +8,7 @@ namespace fabric::nat {
 namespace {
 
 using ::fabric::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
@@ -123,6 +124,53 @@ TEST(PortMappingTest, ValidateNamesTheProblem) {
   PortMapping loop = Mapping(8080, 1, 80);
   loop.target_ip = Ip("127.0.0.1");
   EXPECT_THAT(loop.Validate(), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+SnatRule Snat(const char* source, const char* to, const char* iface = "") {
+  return SnatRule{*Prefix::Parse(source), Ip(to), iface};
+}
+
+TEST(SnatRuleTest, ValidRulesPass) {
+  EXPECT_OK(Snat("10.20.0.0/24", "203.0.113.5", "wan0").Validate());
+  EXPECT_OK(Snat("10.20.0.7/32", "203.0.113.5").Validate());
+  EXPECT_OK(Snat("fd00:20::/64", "2001:db8::5", "ppp0").Validate());
+  EXPECT_EQ(Snat("10.20.0.0/24", "203.0.113.5", "wan0").ToString(),
+            "10.20.0.0/24 -> 203.0.113.5 via wan0");
+  EXPECT_EQ(Snat("10.20.0.0/24", "203.0.113.5").ToString(), "10.20.0.0/24 -> 203.0.113.5 via any");
+}
+
+TEST(SnatRuleTest, ValidateNamesTheProblem) {
+  auto invalid = [](const SnatRule& r, const char* why) {
+    EXPECT_THAT(r.Validate(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                       AllOf(HasSubstr(r.ToString()), HasSubstr(why))))
+        << r.ToString();
+  };
+  invalid(Snat("0.0.0.0/0", "203.0.113.5"), "a /0 source");
+  invalid(Snat("::/0", "2001:db8::5"), "a /0 source");
+  invalid(Snat("10.20.0.5/24", "203.0.113.5"), "host bits set (the network is 10.20.0.0/24)");
+  invalid(Snat("10.20.0.0/24", "2001:db8::5"), "to-address is ipv6 but the source is ipv4");
+  invalid(Snat("10.20.0.0/24", "0.0.0.0"), "unicast");
+  invalid(Snat("10.20.0.0/24", "127.0.0.1"), "unicast");
+  invalid(Snat("10.20.0.0/24", "224.0.0.1"), "unicast");
+  invalid(Snat("10.20.0.0/24", "255.255.255.255"), "unicast");
+  invalid(Snat("fd00::/64", "::1"), "unicast");
+  invalid(Snat("fd00::/64", "ff02::1"), "unicast");
+  invalid(Snat("10.20.0.0/24", "203.0.113.5", "a-name-of-16-chr"), "1-15 bytes");
+  invalid(Snat("10.20.0.0/24", "203.0.113.5", ".."), "1-15 bytes");
+  invalid(Snat("10.20.0.0/24", "203.0.113.5", "wan 0"), "printable");
+  invalid(Snat("10.20.0.0/24", "203.0.113.5", "wan/0"), "printable");
+  invalid(Snat("10.20.0.0/24", "203.0.113.5", "wan:0"), "printable");
+}
+
+TEST(SnatRuleTest, RuleSetCountsAndComparesSnat) {
+  RuleSet a, b;
+  a.snat = {Snat("10.20.0.0/24", "203.0.113.5", "wan0")};
+  EXPECT_FALSE(a.empty());
+  EXPECT_EQ(a.size(), 1u);
+  EXPECT_NE(a, b);
+  b.snat = {Snat("10.20.0.0/24", "203.0.113.6", "wan0")};
+  EXPECT_NE(a, b);
+  EXPECT_THAT(a.DebugString(), HasSubstr("snat 10.20.0.0/24 -> 203.0.113.5 via wan0"));
 }
 
 TEST(PortRangeTest, Parses) {

@@ -12,14 +12,30 @@ void NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
     if ((map[key] += delta) <= 0) map.erase(key);
   };
   const v1::AttachmentOptions& o = rec.proto.options();
+  // Validated by owners::Attach; a stored one that no longer parses is
+  // taken as absent.
+  std::optional<nat::IpAddress> snat_to;
+  if (!o.snat_address().empty()) {
+    if (absl::StatusOr<nat::IpAddress> a = nat::IpAddress::Parse(o.snat_address()); a.ok()) {
+      snat_to = *a;
+    }
+  }
   for (const nat::Prefix& p : rec.networks) {
     bump(containers, p);
-    if (o.masquerade()) bump(masquerade, p);
+    if (snat_to.has_value() && snat_to->family() == p.family()) {
+      bump(snat, nat::SnatRule{p.Network(), *snat_to, ""});
+    } else if (o.masquerade()) {
+      bump(masquerade, p);
+    }
     if (o.hairpin()) bump(hairpin, p);
   }
   if (o.localhost() && !rec.proto.host_interface().empty()) {
     bump(interfaces, rec.proto.host_interface());
   }
+}
+
+void NetworkRefs::CountSnat(const nat::SnatRule& rule, int delta) {
+  if ((snat[rule] += delta) <= 0) snat.erase(rule);
 }
 
 void NetworkRefs::Fill(nat::RuleSet* rules) const {
@@ -28,6 +44,8 @@ void NetworkRefs::Fill(nat::RuleSet* rules) const {
   for (const auto& [p, n] : hairpin) h.insert(p);
   rules->masquerade = nat::CoalescePrefixes(m);
   rules->hairpin = nat::CoalescePrefixes(h);
+  rules->snat.clear();
+  for (const auto& [r, n] : snat) rules->snat.insert(r);
   rules->localhost_interfaces.clear();
   for (const auto& [i, n] : interfaces) rules->localhost_interfaces.insert(i);
 }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,11 @@ struct AttachmentRecord {
 // the same with 10 or 10,000 attachments.
 struct NetworkRefs {
   std::map<nat::Prefix, int> masquerade;
+  // Fixed-address SNAT: attachments with snat_address (one rule per
+  // network of that family, any interface) and the static file's rules
+  // (State::static_snat), counted together so that one rule asked for by
+  // both stays while either wants it.
+  std::map<nat::SnatRule, int> snat;
   std::map<nat::Prefix, int> hairpin;
   std::map<std::string, int> interfaces;
   // Every container network, whatever its options: NAT-PMP/PCP refuse a
@@ -50,6 +56,8 @@ struct NetworkRefs {
   std::map<nat::Prefix, int> containers;
   // Adds (delta 1) or removes (delta -1) one attachment's needs.
   void Count(const AttachmentRecord& rec, int delta);
+  // The same for one static SNAT rule.
+  void CountSnat(const nat::SnatRule& rule, int delta);
   // The network part of the desired kernel state.
   void Fill(nat::RuleSet* rules) const;
 };
@@ -71,6 +79,9 @@ struct State {
   // Target address -> how many mappings of other owners (CNI, API) send
   // traffic there: NAT-PMP/PCP/UPnP refuse such an address as a client.
   PersistentTable<int> mapping_targets;
+  // The static forwards file's SNAT rules (--forwards_file "snat"), as last
+  // applied; not stored: the file is their truth, applied again at start.
+  std::set<nat::SnatRule> static_snat;
   // Lease id -> the companion port scope it holds (RFC 6886 3.3).
   PersistentTable<nat::PortScope> companions;
   // IPv6 pinholes by unique id (decimal), and the WAN interface the IPv6

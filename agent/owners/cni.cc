@@ -129,6 +129,24 @@ absl::StatusOr<v1::AttachResponse> Attach(Txn& txn, const v1::Attachment& attach
     addresses.push_back(p->address);
     rec.networks.push_back(p->Network());
   }
+  if (const std::string& text = attachment.options().snat_address(); !text.empty()) {
+    absl::StatusOr<IpAddress> to = IpAddress::Parse(text);
+    if (!to.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("snat address: ", to.status().message()));
+    }
+    bool family_found = false;
+    for (const Prefix& net : rec.networks) {
+      if (net.family() != to->family()) continue;
+      family_found = true;
+      if (absl::Status s = nat::SnatRule{net, *to, ""}.Validate(); !s.ok()) return s;
+    }
+    if (!family_found) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "snat address ", text, " is ", nat::FamilyName(to->family()),
+          " but the container has no address of that family"));
+    }
+  }
   if (attachment.options().localhost() && attachment.host_interface().empty()) {
     return absl::InvalidArgumentError(
         "localhost access needs the host-side interface (host_interface)");
@@ -251,9 +269,14 @@ absl::Status CheckAttachment(const State& state, const nat::KernelState& kernel,
   nat::RuleSet networks;
   state.network.Fill(&networks);
   const v1::AttachmentOptions& o = rec->proto.options();
+  absl::StatusOr<IpAddress> snat_to = IpAddress::Parse(o.snat_address());
   for (const Prefix& p : rec->networks) {
-    for (const Prefix& q : networks.masquerade) {
-      if (o.masquerade() && q.Contains(p.address)) needed.masquerade.insert(q);
+    if (!o.snat_address().empty() && snat_to.ok() && snat_to->family() == p.family()) {
+      needed.snat.insert(nat::SnatRule{p.Network(), *snat_to, ""});
+    } else {
+      for (const Prefix& q : networks.masquerade) {
+        if (o.masquerade() && q.Contains(p.address)) needed.masquerade.insert(q);
+      }
     }
     for (const Prefix& q : networks.hairpin) {
       if (o.hairpin() && q.Contains(p.address)) needed.hairpin.insert(q);
@@ -270,6 +293,7 @@ absl::Status CheckAttachment(const State& state, const nat::KernelState& kernel,
   for (const auto& p : diff.add.masquerade) {
     missing.push_back(absl::StrCat("masquerade ", p.ToString()));
   }
+  for (const auto& r : diff.add.snat) missing.push_back(absl::StrCat("snat ", r.ToString()));
   for (const auto& p : diff.add.hairpin) missing.push_back(absl::StrCat("hairpin ", p.ToString()));
   for (const auto& i : diff.add.localhost_interfaces) {
     missing.push_back(absl::StrCat("localhost access on ", i));

@@ -1,6 +1,7 @@
 #include "agent/owners/statics.h"
 
 #include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "agent/core/convert.h"
@@ -18,11 +19,39 @@ bool Same(const nat::PortMapping& a, const nat::PortMapping& b) {
 
 }  // namespace
 
-absl::StatusOr<StaticDiff> ApplyStaticForwards(Txn& txn, const std::vector<StaticForward>& wanted,
+absl::StatusOr<StaticDiff> ApplyStaticForwards(Txn& txn, const StaticConfig& config,
                                                nat::ConntrackCleaner* ct) {
+  const std::vector<StaticForward>& wanted = config.forwards;
   std::map<std::string, const StaticForward*> by_name;
   for (const StaticForward& f : wanted) by_name[f.name] = &f;
   StaticDiff diff;
+  // SNAT rules: counted with the CNI networks' (NetworkRefs::snat), so a
+  // rule both want stays while either does; the kernel change is the
+  // difference of the network rules before and after.
+  std::set<nat::SnatRule> snat_wanted(config.snat.begin(), config.snat.end());
+  if (snat_wanted != txn.state().static_snat) {
+    for (const nat::SnatRule& r : snat_wanted) {
+      if (absl::Status s = r.Validate(); !s.ok()) return s;
+    }
+    nat::RuleSet before, after;
+    NetworkRefs& refs = txn.state().network;
+    refs.Fill(&before);
+    for (const nat::SnatRule& r : txn.state().static_snat) {
+      if (snat_wanted.count(r) == 0) {
+        refs.CountSnat(r, -1);
+        ++diff.snat_removed;
+      }
+    }
+    for (const nat::SnatRule& r : snat_wanted) {
+      if (txn.state().static_snat.count(r) == 0) {
+        refs.CountSnat(r, 1);
+        ++diff.snat_added;
+      }
+    }
+    refs.Fill(&after);
+    nat::Merge(&txn.batch(), nat::Diff(before, after));
+    txn.state().static_snat = std::move(snat_wanted);
+  }
   // Existing static mappings: keep the unchanged, remove the rest first (so
   // a forward moved to another port, or two swapping ports, works).
   std::vector<std::string> remove;

@@ -4,7 +4,7 @@
 // the truth: ApplyStaticForwards makes the static mappings exactly the
 // file's in one transaction (unchanged forwards are kept as they are, with
 // their ids; changed ones are replaced; the rest removed), or changes
-// nothing.
+// nothing. The file's SNAT rules go with them (StaticConfig).
 #pragma once
 
 #include <string>
@@ -22,13 +22,24 @@ struct StaticForward {
   nat::PortMapping mapping;  // host_ip nullopt: every local address
 };
 
+// Everything the file asks for: port forwards, and fixed-address SNAT
+// rules (a router's static public address for its LAN networks).
+struct StaticConfig {
+  std::vector<StaticForward> forwards;
+  std::vector<nat::SnatRule> snat;
+};
+
 struct StaticDiff {
   int added = 0, removed = 0, kept = 0;
+  int snat_added = 0, snat_removed = 0;
 };
 
 namespace owners {
 
-absl::StatusOr<StaticDiff> ApplyStaticForwards(Txn& txn, const std::vector<StaticForward>& wanted,
+// The static SNAT rules become exactly `wanted.snat` in the same
+// transaction. They are kernel state only, not stored: the file is their
+// truth, and the agent applies it again at every start (State::static_snat).
+absl::StatusOr<StaticDiff> ApplyStaticForwards(Txn& txn, const StaticConfig& wanted,
                                                nat::ConntrackCleaner* conntrack);
 
 }  // namespace owners

@@ -20,6 +20,7 @@ RuleSet Minus(const RuleSet& a, const RuleSet& b) {
   RuleSet out;
   out.dnat = Minus(a.dnat, b.dnat);
   out.masquerade = Minus(a.masquerade, b.masquerade);
+  out.snat = Minus(a.snat, b.snat);
   out.hairpin = Minus(a.hairpin, b.hairpin);
   out.localhost_interfaces =
       Minus(a.localhost_interfaces, b.localhost_interfaces);
@@ -41,6 +42,7 @@ std::string Describe(const DnatElement& e) { return e.ToString(); }
 std::string Describe(const Prefix& p) { return p.ToString(); }
 std::string Describe(const std::string& s) { return s; }
 std::string Describe(const Pinhole& p) { return p.ToString(); }
+std::string Describe(const SnatRule& r) { return "snat " + r.ToString(); }
 
 template <typename T>
 absl::Status RemoveAll(std::set<T>& have, const std::set<T>& remove) {
@@ -68,12 +70,14 @@ absl::Status ApplyBatch(const Batch& batch, RuleSet* rules) {
   RuleSet next = *rules;
   absl::Status s = RemoveAll(next.dnat, batch.remove.dnat);
   if (s.ok()) s = RemoveAll(next.masquerade, batch.remove.masquerade);
+  if (s.ok()) s = RemoveAll(next.snat, batch.remove.snat);
   if (s.ok()) s = RemoveAll(next.hairpin, batch.remove.hairpin);
   if (s.ok()) s = RemoveAll(next.localhost_interfaces, batch.remove.localhost_interfaces);
   if (s.ok()) s = RemoveAll(next.firewall6_interfaces, batch.remove.firewall6_interfaces);
   if (s.ok()) s = RemoveAll(next.pinholes, batch.remove.pinholes);
   if (s.ok()) s = AddAll(next.dnat, batch.add.dnat);
   if (s.ok()) s = AddAll(next.masquerade, batch.add.masquerade);
+  if (s.ok()) s = AddAll(next.snat, batch.add.snat);
   if (s.ok()) s = AddAll(next.hairpin, batch.add.hairpin);
   if (s.ok()) s = AddAll(next.localhost_interfaces, batch.add.localhost_interfaces);
   if (s.ok()) s = AddAll(next.firewall6_interfaces, batch.add.firewall6_interfaces);
@@ -87,6 +91,7 @@ void Merge(Batch* into, const Batch& more) {
                           {&into->add, &more.add}}) {
     to->dnat.insert(from->dnat.begin(), from->dnat.end());
     to->masquerade.insert(from->masquerade.begin(), from->masquerade.end());
+    to->snat.insert(from->snat.begin(), from->snat.end());
     to->hairpin.insert(from->hairpin.begin(), from->hairpin.end());
     to->localhost_interfaces.insert(from->localhost_interfaces.begin(),
                                     from->localhost_interfaces.end());
@@ -106,6 +111,7 @@ std::string Sample(const RuleSet& r) {
   std::vector<std::string> items;
   for (const auto& e : r.dnat) items.push_back("dnat " + e.ToString());
   for (const auto& p : r.masquerade) items.push_back("masquerade " + p.ToString());
+  for (const auto& x : r.snat) items.push_back("snat " + x.ToString());
   for (const auto& p : r.hairpin) items.push_back("hairpin " + p.ToString());
   for (const auto& i : r.localhost_interfaces) items.push_back("localhost " + i);
   for (const auto& i : r.firewall6_interfaces) items.push_back("firewall6 " + i);

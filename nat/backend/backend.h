@@ -104,7 +104,7 @@ class Backend {
   virtual void SetOwner(const std::string& owner) {}
 
   // Connections our NAT rules translated since they were made, by kind
-  // ("dnat", "hairpin", "masquerade", "localhost"): a rules-only read, cheap
+  // ("dnat", "hairpin", "masquerade", "localhost", "snat"): a rules-only read, cheap
   // at any number of mappings. kUnimplemented where not counted.
   virtual absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
     return absl::UnimplementedError("this backend does not count connections");

@@ -158,6 +158,57 @@ TEST_P(ConformanceTest, MasqueradeAndHairpin) {
   ExpectReadBack(rules);
 }
 
+// Fixed-address SNAT: the outside sees the `to` address for the SNAT
+// sources, the host's (masquerade) for the others of the same network.
+TEST_P(ConformanceTest, SnatToAFixedAddressWinsOverMasquerade) {
+  Serve(*outside_, "tcp", 9999, "outside");
+  // A second source in the container; a second IPv6 address on the host
+  // for the outside to answer to.
+  ASSERT_OK(container_->Exec("ip addr add 10.99.0.3/24 dev eth0 && "
+                             "ip addr add fd00:99::3/64 dev eth0 nodad"));
+  // Deprecated, so that masquerade keeps choosing 2001:db8::1.
+  ASSERT_OK(host_->Exec("ip addr add 2001:db8::10/128 dev wan0 nodad preferred_lft 0"));
+  auto ask_from = [&](const char* source, const char* host) {
+    return container_->Exec(absl::StrCat("/usr/bin/python3 ", testing::NetTool(), " ask tcp ",
+                                         host, " 9999 --timeout 2 --source ", source));
+  };
+  RuleSet rules;
+  rules.masquerade = {*Prefix::Parse("10.99.0.0/24"), *Prefix::Parse("fd00:99::/64")};
+  rules.snat = {SnatRule{*Prefix::Parse("10.99.0.2/32"), Ip("192.0.2.10"), "wan0"},
+                SnatRule{*Prefix::Parse("fd00:99::2/128"), Ip("2001:db8::10"), ""}};
+  ASSERT_OK(backend_->Replace(rules));
+  EXPECT_THAT(ask_from("10.99.0.2", "192.0.2.2"), IsOkAndHolds("outside 192.0.2.10\n"));
+  EXPECT_THAT(ask_from("10.99.0.3", "192.0.2.2"), IsOkAndHolds("outside 192.0.2.1\n"));
+  EXPECT_THAT(ask_from("fd00:99::2", "2001:db8::2"), IsOkAndHolds("outside 2001:db8::10\n"));
+  EXPECT_THAT(ask_from("fd00:99::3", "2001:db8::2"), IsOkAndHolds("outside 2001:db8::1\n"));
+  ExpectReadBack(rules);
+
+  // Removed by a batch: that source is masqueraded again.
+  Batch off;
+  off.remove.snat = {SnatRule{*Prefix::Parse("10.99.0.2/32"), Ip("192.0.2.10"), "wan0"}};
+  ASSERT_OK(backend_->Apply(off));
+  ASSERT_OK(ApplyBatch(off, &rules));
+  EXPECT_THAT(ask_from("10.99.0.2", "192.0.2.2"), IsOkAndHolds("outside 192.0.2.1\n"));
+  ExpectReadBack(rules);
+  // On another interface than the one the traffic leaves by: no SNAT.
+  Batch elsewhere;
+  elsewhere.add.snat = {SnatRule{*Prefix::Parse("10.99.0.2/32"), Ip("192.0.2.10"), "ctr0"}};
+  ASSERT_OK(backend_->Apply(elsewhere));
+  ASSERT_OK(ApplyBatch(elsewhere, &rules));
+  EXPECT_THAT(ask_from("10.99.0.2", "192.0.2.2"), IsOkAndHolds("outside 192.0.2.1\n"));
+  ExpectReadBack(rules);
+  // Adding what is there is refused and changes nothing.
+  EXPECT_THAT(backend_->Apply(elsewhere), StatusIs(absl::StatusCode::kAlreadyExists));
+  ExpectReadBack(rules);
+
+  // Wiped behind the backend's back: Sync lays the SNAT rules down again.
+  ASSERT_OK(host_->Exec(GetParam().wipe));
+  ASSERT_OK_AND_ASSIGN(SyncReport report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kReplaced);
+  EXPECT_THAT(ask_from("fd00:99::2", "2001:db8::2"), IsOkAndHolds("outside 2001:db8::10\n"));
+  ExpectReadBack(rules);
+}
+
 TEST_P(ConformanceTest, LocalhostAccess) {
   Serve(*container_, "tcp", 80, "web");
   RuleSet rules;

@@ -34,6 +34,27 @@ TEST(DiffTest, RemovesExtraAndAddsMissing) {
   EXPECT_TRUE(Diff(Desired(), Desired()).empty());
 }
 
+TEST(DiffTest, SnatRulesAreDiffedAppliedAndMerged) {
+  SnatRule a{*Prefix::Parse("10.20.0.0/24"), *IpAddress::Parse("203.0.113.5"), "wan0"};
+  SnatRule b{*Prefix::Parse("10.20.0.0/24"), *IpAddress::Parse("203.0.113.6"), "wan0"};
+  RuleSet current, desired;
+  current.snat = {a};
+  desired.snat = {b};
+  Batch d = Diff(current, desired);
+  EXPECT_EQ(d.remove.snat, std::set<SnatRule>{a});
+  EXPECT_EQ(d.add.snat, std::set<SnatRule>{b});
+  RuleSet applied = current;
+  ASSERT_OK(ApplyBatch(d, &applied));
+  EXPECT_EQ(applied, desired);
+  EXPECT_THAT(ApplyBatch(d, &applied),
+              StatusIs(absl::StatusCode::kNotFound,
+                       ::testing::HasSubstr("remove snat 10.20.0.0/24 -> 203.0.113.5 via wan0")));
+  Batch merged;
+  Merge(&merged, d);
+  EXPECT_EQ(merged.add.snat, d.add.snat);
+  EXPECT_EQ(merged.remove.snat, d.remove.snat);
+}
+
 TEST(SyncTest, MissingTableIsReplaced) {
   FakeBackend backend;
   ASSERT_OK_AND_ASSIGN(SyncReport r, Sync(backend, Desired()));

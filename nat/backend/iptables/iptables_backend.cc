@@ -235,6 +235,7 @@ absl::Status OpenInto(Txn* txn, Family family, const char* table) {
 void FamiliesOf(const RuleSet& rules, std::set<Family>* out) {
   for (const DnatElement& e : rules.dnat) out->insert(e.family);
   for (const Prefix& p : rules.masquerade) out->insert(p.family());
+  for (const SnatRule& r : rules.snat) out->insert(r.source.family());
   for (const Prefix& p : rules.hairpin) out->insert(p.family());
   if (!rules.localhost_interfaces.empty()) out->insert(Family::kIPv4);
 }
@@ -316,10 +317,25 @@ absl::Status RefuseFirewall(const RuleSet& r) {
   return absl::UnimplementedError(
       "the IPv6 firewall and its pinholes need the nftables backend (--backend=nftables)");
 }
+
+// SNAT rules as the nftables backend takes them: each valid, at most
+// kMaxSnatRules in all.
+absl::Status CheckSnat(const std::set<SnatRule>& rules) {
+  if (rules.size() > kMaxSnatRules) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        rules.size(), " SNAT rules asked for; at most ", kMaxSnatRules,
+        " (one rule each): nothing changed"));
+  }
+  for (const SnatRule& r : rules) {
+    if (absl::Status s = r.Validate(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
 absl::Status IptablesBackend::Replace(const RuleSet& desired) {
   if (absl::Status s = RefuseFirewall(desired); !s.ok()) return s;
+  if (absl::Status s = CheckSnat(desired.snat); !s.ok()) return s;
   for (const std::string& i : desired.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
@@ -342,6 +358,8 @@ absl::Status IptablesBackend::Apply(const Batch& batch) {
   std::set<Family> families;
   FamiliesOf(batch.remove, &families);
   FamiliesOf(batch.add, &families);
+  // New SNAT rules are counted against the cap across both families.
+  if (!batch.add.snat.empty()) families = {Family::kIPv4, Family::kIPv6};
   absl::StatusOr<std::unique_ptr<XtablesLock>> lock =
       XtablesLock::Acquire(options_.lock_path, options_.lock_timeout);
   if (!lock.ok()) return lock.status();
@@ -360,6 +378,9 @@ absl::Status IptablesBackend::Apply(const Batch& batch) {
   RuleSet next = state.rules;
   if (absl::Status s = ApplyBatch(batch, &next); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("iptables: ", s.message(), "; nothing changed"));
+  }
+  if (!batch.add.snat.empty()) {
+    if (absl::Status s = CheckSnat(next.snat); !s.ok()) return s;
   }
   for (const std::string& i : batch.add.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;

@@ -13,6 +13,7 @@
 #include <linux/netfilter/xt_tcpudp.h>
 // clang-format on
 
+#include <algorithm>
 #include <set>
 #include <vector>
 
@@ -83,6 +84,27 @@ void SetNatTarget(EntryBuilder<F>& b, const char* name, const DnatElement* e) {
   }
 }
 
+// SNAT revision 2 (nf_nat_range2), as DNAT: the one revision both
+// families have and iptables-save shows for both.
+template <typename F>
+void SetSnatTarget(EntryBuilder<F>& b, const IpAddress& to) {
+  auto* r = b.template SetTarget<nf_nat_range2>("SNAT", 2);
+  r->flags = NF_NAT_RANGE_MAP_IPS;
+  std::memcpy(&r->min_addr, to.bytes(), to.size());
+  std::memcpy(&r->max_addr, to.bytes(), to.size());
+}
+
+// The SNAT rules in the order the nftables backend gives them: the most
+// specific source first, a named interface before "any".
+std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules) {
+  std::vector<SnatRule> out(rules.begin(), rules.end());
+  std::stable_sort(out.begin(), out.end(), [](const SnatRule& a, const SnatRule& b) {
+    if (a.source.length != b.source.length) return a.source.length > b.source.length;
+    return a.out_interface.empty() < b.out_interface.empty();
+  });
+  return out;
+}
+
 }  // namespace
 
 template <typename F>
@@ -97,6 +119,17 @@ Plan<F> PlanFor(const RuleSet& rules) {
     AddPortMatch(b, e.protocol, e.port_lo, e.port_hi);
     SetNatTarget(b, "DNAT", &e);
     plan.nat.emplace_back(kHostports, std::move(b));
+  }
+  // -A FABRIC-POSTROUTING [-o IF] -s SRC ! -d SRC -j SNAT --to-source TO,
+  // before masquerade so that it wins for the same source.
+  for (const SnatRule& r : SnatOrder(rules.snat)) {
+    if (r.source.family() != F::kFamily) continue;
+    EntryBuilder<F> b;
+    F::Src(b.entry(), r.source);
+    F::Dst(b.entry(), r.source, /*invert=*/true);
+    if (!r.out_interface.empty()) F::OutIface(b.entry(), r.out_interface);
+    SetSnatTarget(b, r.to);
+    plan.nat.emplace_back(kPostrouting, std::move(b));
   }
   for (const Prefix& p : rules.masquerade) {
     if (p.family() != F::kFamily) continue;
@@ -219,6 +252,33 @@ void ReadTable(xtc_handle* h, const char* table, KernelState* state,
       std::optional<Prefix> src = F::GetSrc(e).value_or(Prefix{IpAddress::AnyOf(F::kFamily), 0});
       std::string oif = F::GetOutIface(e);
       bool has_match = e->target_offset > sizeof(typename F::Entry);
+      if (std::strcmp(F::Target(e, h), "SNAT") == 0) {
+        const auto* t = reinterpret_cast<const xt_entry_target*>(
+            reinterpret_cast<const uint8_t*>(e) + e->target_offset);
+        std::optional<Prefix> dst = F::GetDst(e);
+        // Only what PlanFor writes: revision 2, one address, -s SRC ! -d SRC.
+        if (has_match || t->u.user.revision != 2 ||
+            t->u.target_size < XT_ALIGN(sizeof(xt_entry_target)) + sizeof(nf_nat_range2) ||
+            !F::DstInverted(e) || !dst.has_value() || !(*dst == *src)) {
+          problems->push_back("foreign SNAT rule in FABRIC-POSTROUTING");
+          continue;
+        }
+        const auto* r = reinterpret_cast<const nf_nat_range2*>(t->data);
+        IpAddress to =
+            IpAddress::FromBytes(F::kFamily, reinterpret_cast<const uint8_t*>(&r->min_addr));
+        IpAddress max =
+            IpAddress::FromBytes(F::kFamily, reinterpret_cast<const uint8_t*>(&r->max_addr));
+        if (r->flags != NF_NAT_RANGE_MAP_IPS || !(to == max)) {
+          problems->push_back("foreign SNAT rule in FABRIC-POSTROUTING");
+          continue;
+        }
+        SnatRule snat{*src, to, oif};
+        if (!state->rules.snat.insert(snat).second) {
+          problems->push_back(
+              absl::StrCat("duplicate rule in FABRIC-POSTROUTING: snat ", snat.ToString()));
+        }
+        continue;
+      }
       if (std::strcmp(F::Target(e, h), "MASQUERADE") != 0) {
         problems->push_back("foreign rule in FABRIC-POSTROUTING");
       } else if (!oif.empty()) {

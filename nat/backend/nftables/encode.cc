@@ -258,6 +258,8 @@ std::string RuleWhat(const RuleSpec& spec) {
       return absl::StrCat(what, "jump to hostports");
     case RuleKind::kDnat:
       return absl::StrCat(what, "dnat through map ", spec.map->name);
+    case RuleKind::kSnat:
+      return absl::StrCat(what, "snat ", spec.snat.ToString());
     case RuleKind::kPrefix:
       return absl::StrCat(what,
                           spec.set->kind == PrefixKind::kHairpin ? "hairpin"
@@ -303,6 +305,7 @@ SetSizes SizesOf(const RuleSet& rules) {
     sizes[kFirewall6Set] = rules.firewall6_interfaces.size();
   }
   for (const Pinhole& p : rules.pinholes) ++sizes[p.remote ? kPinholeFromSet : kPinholeSet];
+  sizes.snat = rules.snat;
   return sizes;
 }
 
@@ -316,6 +319,8 @@ SetSizes SizesAfter(SetSizes before, const Batch& batch) {
   for (auto it = before.begin(); it != before.end();) {
     it = it->second == 0 ? before.erase(it) : std::next(it);
   }
+  for (const SnatRule& r : batch.remove.snat) before.snat.erase(r);
+  before.snat.insert(batch.add.snat.begin(), batch.add.snat.end());
   return before;
 }
 
@@ -332,7 +337,7 @@ EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
   // something else.
   SetSizes after = SizesAfter(before, batch);
   for (const ChainSpec& chain : kChains) {
-    std::vector<const RuleSpec*> want = NeededIn(chain.name, after);
+    std::vector<RuleSpec> want = NeededIn(chain.name, after);
     if (want == NeededIn(chain.name, before)) continue;
     const bool existed = ChainExists(chain, before), exists = ChainExists(chain, after);
     ChainPtr c = NewChain(chain);
@@ -355,7 +360,7 @@ EncodedBatch EncodeApply(const Batch& batch, const SetSizes& before,
       b.Done();
       continue;
     }
-    for (const RuleSpec* spec : want) EncodeRule(b, *spec);
+    for (const RuleSpec& spec : want) EncodeRule(b, spec);
   }
   b.End();
   return b.Take();
@@ -403,7 +408,7 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
         s.get());
     b.Done();
   }
-  for (const RuleSpec* spec : LayoutRules(sizes)) EncodeRule(b, *spec);
+  for (const RuleSpec& spec : LayoutRules(sizes)) EncodeRule(b, spec);
   EncodeElements(b, /*add=*/true, desired);
   b.End();
   return b.Take();

@@ -18,7 +18,9 @@
 //   chain prerouting (nat, dstnat)   fib daddr type local jump hostports
 //   chain output (nat, -100)         fib daddr type local jump hostports
 //   chain hostports                  one dnat-through-map rule per map
-//   chain postrouting (nat, srcnat)  hairpin, outbound and localhost masquerade
+//   chain postrouting (nat, srcnat)  one rule per fixed-address SNAT (tagged
+//                                    with a comment that names it), then
+//                                    outbound, hairpin and localhost masquerade
 //   chain forward (filter, 0)        only with the IPv6 firewall: pinholes
 //                                    accept, then new inbound IPv6 from a
 //                                    fw6 interface (not ICMPv6, not DNAT'd) drops
@@ -39,6 +41,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -68,9 +71,21 @@ struct EncodedBatch {
 };
 
 // How many elements each map and set of the layout holds, by set name
-// (prefix sets count prefixes); a set that is not named holds none. It
-// decides which rules the table holds.
-using SetSizes = std::map<std::string, size_t>;
+// (prefix sets count prefixes; a set that is not named holds none), and
+// the fixed-address SNAT rules, which are rules of their own rather than
+// set elements (a few per router: one rule each costs less than a map
+// lookup and keeps `nft list` readable). Together they decide which rules
+// the table holds.
+struct SetSizes : std::map<std::string, size_t> {
+  using std::map<std::string, size_t>::map;
+  std::set<SnatRule> snat;
+
+  friend bool operator==(const SetSizes& a, const SetSizes& b) {
+    return static_cast<const std::map<std::string, size_t>&>(a) ==
+               static_cast<const std::map<std::string, size_t>&>(b) &&
+           a.snat == b.snat;
+  }
+};
 
 // The sizes of the sets that hold `rules`.
 SetSizes SizesOf(const RuleSet& rules);
@@ -112,12 +127,20 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                             std::map<DnatElement, uint64_t>* connections = nullptr);
 
 // Which kind of connection a NAT rule of ours counts ("dnat", "hairpin",
-// "masquerade", "localhost"), from the set it looks up; "" for other rules.
+// "masquerade", "localhost", "snat"), from the set it looks up or its snat
+// statement; "" for other rules.
 std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets);
 
 // A printable signature of a rule's expressions, comparable between rules
 // built here and rules read back from the kernel.
 std::string RuleSignature(nftnl_rule* rule);
+
+// The SNAT rule a rule of ours stands for, from the comment it carries
+// ("fabric-nat snat 10.20.0.0/24 to 203.0.113.5 [oif wan0]"): nullopt for
+// a rule without one (every other rule of the layout), kDataLoss for a
+// comment of ours that does not parse. The caller still compares the
+// rule's signature with the one this SNAT rule calls for.
+absl::StatusOr<std::optional<SnatRule>> SnatRuleOf(nftnl_rule* rule);
 
 // The rules that sets of `sizes` call for, by chain (every chain of the
 // layout, an empty list where none), as signatures in order.

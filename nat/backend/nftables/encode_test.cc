@@ -3,7 +3,9 @@
 #include "nat/backend/nftables/encode.h"
 
 #include <libmnl/libmnl.h>
+#include <libnftnl/rule.h>
 #include <libnftnl/set.h>
+#include <libnftnl/udata.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nf_tables.h>
 
@@ -15,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nat/backend/nftables/internal/layout.h"
 #include "testing/status_matchers.h"
 
 namespace fabric::nat::nftables {
@@ -56,6 +59,8 @@ RuleSet Sample() {
   r.masquerade = {*Prefix::Parse("10.22.0.0/16"), *Prefix::Parse("fd00::/64")};
   r.hairpin = {*Prefix::Parse("10.22.0.0/16"), *Prefix::Parse("10.23.0.0/16")};
   r.localhost_interfaces = {"cni0", "br-lab"};
+  r.snat = {SnatRule{*Prefix::Parse("10.20.0.0/24"), Ip("203.0.113.5"), "wan0"},
+            SnatRule{*Prefix::Parse("fd00:20::/64"), Ip("2001:db8::5"), ""}};
   return r;
 }
 
@@ -189,10 +194,12 @@ TEST(EncodeTest, LastElementTakesItsRulesAway) {
 
 TEST(EncodeTest, SizesCountElementsPerSet) {
   SetSizes s = SizesOf(Sample());
-  EXPECT_EQ(s, (SetSizes{{"dnat4", 1}, {"dnat4_any", 1}, {"dnat6_any", 1},
-                         {"range4_any", 1}, {"range6", 1}, {"masq4", 1},
-                         {"masq6", 1}, {"hairpin4", 2},
-                         {"localhost_ifaces", 2}}));
+  SetSizes want{{"dnat4", 1}, {"dnat4_any", 1}, {"dnat6_any", 1},
+                {"range4_any", 1}, {"range6", 1}, {"masq4", 1},
+                {"masq6", 1}, {"hairpin4", 2},
+                {"localhost_ifaces", 2}};
+  want.snat = Sample().snat;
+  EXPECT_EQ(s, want);
   Batch b;
   b.remove.hairpin = {*Prefix::Parse("10.22.0.0/16")};
   b.add.localhost_interfaces = {"eth9"};
@@ -224,7 +231,18 @@ RuleSet DecodeBatch(const EncodedBatch& b) {
   std::map<std::string, nftnl_set*> sets;
   const auto* nlh = reinterpret_cast<const nlmsghdr*>(b.bytes.data());
   int len = static_cast<int>(b.bytes.size());
+  RuleSet out;
   for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+    if ((nlh->nlmsg_type & 0xff) == NFT_MSG_NEWRULE) {
+      // SNAT rules are rules, named by their comment (as Read() finds them).
+      nftnl_rule* r = nftnl_rule_alloc();
+      EXPECT_EQ(nftnl_rule_nlmsg_parse(nlh, r), 0);
+      absl::StatusOr<std::optional<SnatRule>> snat = SnatRuleOf(r);
+      EXPECT_OK(snat.status());
+      if (snat.ok() && snat->has_value()) out.snat.insert(**snat);
+      nftnl_rule_free(r);
+      continue;
+    }
     if ((nlh->nlmsg_type & 0xff) != NFT_MSG_NEWSETELEM) continue;
     nftnl_set* one = nftnl_set_alloc();
     EXPECT_EQ(nftnl_set_elems_nlmsg_parse(nlh, one), 0);
@@ -234,7 +252,6 @@ RuleSet DecodeBatch(const EncodedBatch& b) {
     if (all == nullptr) all = nftnl_set_alloc();
     EXPECT_EQ(nftnl_set_elems_nlmsg_parse(nlh, all), 0);
   }
-  RuleSet out;
   for (auto& [name, set] : sets) {
     EXPECT_OK(DecodeElements(set, &out)) << name;
     nftnl_set_free(set);
@@ -318,6 +335,104 @@ TEST(EncodeTest, RulesFollowWhatTheSetsHold) {
   EXPECT_EQ(some["output"].size(), 1u);
   ASSERT_EQ(some["postrouting"].size(), 1u);
   EXPECT_THAT(some["postrouting"][0], HasSubstr("set hairpin6"));
+}
+
+SnatRule Snat(const char* source, const char* to, const char* iface) {
+  return SnatRule{*Prefix::Parse(source), Ip(to), iface};
+}
+
+// The rules of postrouting that EncodeReplace lays down, parsed back.
+std::vector<nftnl_rule*> PostroutingRules(const EncodedBatch& b) {
+  std::vector<nftnl_rule*> out;
+  const auto* nlh = reinterpret_cast<const nlmsghdr*>(b.bytes.data());
+  int len = static_cast<int>(b.bytes.size());
+  for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+    if ((nlh->nlmsg_type & 0xff) != NFT_MSG_NEWRULE) continue;
+    nftnl_rule* r = nftnl_rule_alloc();
+    EXPECT_EQ(nftnl_rule_nlmsg_parse(nlh, r), 0);
+    if (std::string(nftnl_rule_get_str(r, NFTNL_RULE_CHAIN)) == "postrouting") {
+      out.push_back(r);
+    } else {
+      nftnl_rule_free(r);
+    }
+  }
+  return out;
+}
+
+TEST(EncodeTest, SnatRulesComeFirstInPostroutingAndReadBackFromTheirComment) {
+  RuleSet want;
+  want.masquerade = {*Prefix::Parse("10.20.0.0/16")};
+  want.snat = {Snat("10.20.0.0/16", "203.0.113.5", ""), Snat("10.20.1.0/24", "203.0.113.6", "wan0"),
+               Snat("10.20.1.0/24", "203.0.113.7", ""), Snat("fd00:20::/64", "2001:db8::5", "")};
+  std::vector<nftnl_rule*> rules = PostroutingRules(EncodeReplace(want, 1));
+  ASSERT_EQ(rules.size(), 5u);
+  std::vector<SnatRule> order;
+  for (nftnl_rule* r : rules) {
+    absl::StatusOr<std::optional<SnatRule>> snat = SnatRuleOf(r);
+    ASSERT_OK(snat.status());
+    if (snat->has_value()) order.push_back(**snat);
+  }
+  // The most specific first; for the same source a named interface first;
+  // the masquerade rule (no comment) last.
+  EXPECT_THAT(order, ElementsAre(Snat("fd00:20::/64", "2001:db8::5", ""),
+                                 Snat("10.20.1.0/24", "203.0.113.6", "wan0"),
+                                 Snat("10.20.1.0/24", "203.0.113.7", ""),
+                                 Snat("10.20.0.0/16", "203.0.113.5", "")));
+  ASSERT_OK_AND_ASSIGN(std::optional<SnatRule> last, SnatRuleOf(rules.back()));
+  EXPECT_FALSE(last.has_value());
+  // What Read() compares: the signatures of what was laid down equal those
+  // the contents call for.
+  std::vector<std::string> sigs;
+  for (nftnl_rule* r : rules) sigs.push_back(RuleSignature(r));
+  EXPECT_EQ(sigs, ExpectedRuleSignatures(SizesOf(want))["postrouting"]);
+  EXPECT_THAT(sigs[1], HasSubstr("oifname"));
+  EXPECT_THAT(sigs[1], HasSubstr("nat snat ip addr_min reg 1"));
+  uint64_t packets = 7;
+  EXPECT_EQ(RuleCounterKind(rules[0], &packets), "snat");
+  EXPECT_EQ(RuleCounterKind(rules.back(), &packets), "masquerade");
+  for (nftnl_rule* r : rules) nftnl_rule_free(r);
+}
+
+TEST(EncodeTest, AForeignCommentIsNoSnatRuleAndABrokenOneIsDataLoss) {
+  internal::RulePtr plain = internal::NewRule("postrouting");
+  EXPECT_THAT(SnatRuleOf(plain.get()), fabric::testing::IsOkAndHolds(std::nullopt));
+  auto with_comment = [](const std::string& text) {
+    internal::RulePtr r = internal::NewRule("postrouting");
+    nftnl_udata_buf* u = nftnl_udata_buf_alloc(256);
+    nftnl_udata_put_strz(u, NFTNL_UDATA_RULE_COMMENT, text.c_str());
+    nftnl_rule_set_data(r.get(), NFTNL_RULE_USERDATA, nftnl_udata_buf_data(u),
+                        nftnl_udata_buf_len(u));
+    nftnl_udata_buf_free(u);
+    return r;
+  };
+  EXPECT_THAT(SnatRuleOf(with_comment("someone's rule").get()),
+              fabric::testing::IsOkAndHolds(std::nullopt));
+  EXPECT_THAT(SnatRuleOf(with_comment("fabric-nat snat 10.0.0.0/8 to").get()),
+              fabric::testing::StatusIs(absl::StatusCode::kDataLoss, HasSubstr("no SNAT rule")));
+  EXPECT_THAT(SnatRuleOf(with_comment("fabric-nat snat 10.0.0.0/8 to 2001:db8::1").get()),
+              fabric::testing::StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(SnatRuleOf(with_comment("fabric-nat snat 10.0.0.0/8 to 192.0.2.1 oif wan0").get()),
+              fabric::testing::IsOkAndHolds(Snat("10.0.0.0/8", "192.0.2.1", "wan0")));
+}
+
+TEST(EncodeTest, ASnatChangeRewritesPostroutingInTheSameBatch) {
+  RuleSet present;
+  present.masquerade = {*Prefix::Parse("10.22.0.0/16")};
+  Batch add;
+  add.add.snat = {Snat("10.20.0.0/24", "203.0.113.5", "wan0")};
+  EncodedBatch e = EncodeApply(add, SizesOf(present), 1);
+  EXPECT_THAT(RuleMessages(e), ElementsAre("flush chain postrouting", "add rule to chain postrouting",
+                                           "add rule to chain postrouting"));
+  EXPECT_EQ(std::next(e.what.begin(), 1)->second,
+            "add rule to chain postrouting: snat 10.20.0.0/24 -> 203.0.113.5 via wan0");
+  SetSizes after = SizesAfter(SizesOf(present), add);
+  EXPECT_EQ(after.snat, add.add.snat);
+  // Removing it: postrouting again, with the masquerade rule alone.
+  Batch remove;
+  remove.remove.snat = add.add.snat;
+  EXPECT_THAT(RuleMessages(EncodeApply(remove, after, 1)),
+              ElementsAre("flush chain postrouting", "add rule to chain postrouting"));
+  EXPECT_TRUE(SizesAfter(after, remove).snat.empty());
 }
 
 }  // namespace

@@ -14,14 +14,18 @@
 #include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_nat.h>
 #include <linux/netfilter/nf_tables.h>
+#include <libnftnl/udata.h>
 #include <net/if.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 
 namespace fabric::nat::nftables {
 
@@ -237,6 +241,73 @@ RulePtr DnatRule(const DnatMap& m) {
   return r;
 }
 
+// <addr at offset> & mask(len) (==|!=) network, loaded into reg 1.
+void AddressIn(nftnl_rule* r, uint32_t offset, const Prefix& net, bool negate) {
+  const uint32_t alen = AddrLen(net.family());
+  nftnl_rule_add_expr(r, Payload(NFT_PAYLOAD_NETWORK_HEADER, offset, alen, NFT_REG_1));
+  if (net.length < static_cast<int>(alen * 8)) {
+    uint8_t mask[16] = {}, zero[16] = {};
+    for (int i = 0; i < net.length; ++i) mask[i / 8] |= static_cast<uint8_t>(0x80 >> (i % 8));
+    nftnl_expr* bw = nftnl_expr_alloc("bitwise");
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
+    nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_LEN, alen);
+    nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_MASK, mask, alen);
+    nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_XOR, zero, alen);
+    nftnl_rule_add_expr(r, bw);
+  }
+  nftnl_rule_add_expr(r, Cmp(NFT_REG_1, negate ? NFT_CMP_NEQ : NFT_CMP_EQ,
+                             net.address.bytes(), alen));
+}
+
+// [oifname "IF"] meta nfproto F <f> saddr SRC <f> daddr != SRC counter
+//   snat <f> to TO, with a comment naming the rule (how Read() finds it).
+RulePtr SnatRuleOfSpec(const SnatRule& rule) {
+  RulePtr r = NewRule("postrouting");
+  const Family f = rule.source.family();
+  if (!rule.out_interface.empty()) {
+    char name[IFNAMSIZ] = {};
+    std::memcpy(name, rule.out_interface.data(),
+                std::min<size_t>(rule.out_interface.size(), IFNAMSIZ - 1));
+    nftnl_rule_add_expr(r.get(), Meta(NFT_META_OIFNAME, NFT_REG_1));
+    nftnl_rule_add_expr(r.get(), Cmp(NFT_REG_1, NFT_CMP_EQ, name, IFNAMSIZ));
+  }
+  NfprotoIs(r.get(), f);
+  AddressIn(r.get(), SaddrOffset(f), rule.source, /*negate=*/false);
+  AddressIn(r.get(), DaddrOffset(f), rule.source, /*negate=*/true);
+  nftnl_rule_add_expr(r.get(), Counter());
+  nftnl_expr* to = nftnl_expr_alloc("immediate");
+  nftnl_expr_set_u32(to, NFTNL_EXPR_IMM_DREG, NFT_REG_1);
+  nftnl_expr_set(to, NFTNL_EXPR_IMM_DATA, rule.to.bytes(), AddrLen(f));
+  nftnl_rule_add_expr(r.get(), to);
+  nftnl_expr* nat = nftnl_expr_alloc("nat");
+  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_TYPE, NFT_NAT_SNAT);
+  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FAMILY, f == Family::kIPv4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
+  // Explicit, as the kernel reports them back (see DnatRule).
+  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1);
+  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1);
+  nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS);
+  nftnl_rule_add_expr(r.get(), nat);
+  nftnl_udata_buf* udata = nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN);
+  nftnl_udata_put_strz(udata, NFTNL_UDATA_RULE_COMMENT, SnatComment(rule).c_str());
+  nftnl_rule_set_data(r.get(), NFTNL_RULE_USERDATA, nftnl_udata_buf_data(udata),
+                      nftnl_udata_buf_len(udata));
+  nftnl_udata_buf_free(udata);
+  return r;
+}
+
+// The order of the SNAT rules: the most specific source first, and for the
+// same source a named interface before "any", so that an entry for a
+// subnet of another entry's network still applies.
+std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules) {
+  std::vector<SnatRule> out(rules.begin(), rules.end());
+  std::stable_sort(out.begin(), out.end(), [](const SnatRule& a, const SnatRule& b) {
+    if (a.source.length != b.source.length) return a.source.length > b.source.length;
+    return a.out_interface.empty() < b.out_interface.empty();
+  });
+  return out;
+}
+
 const DnatMap& DnatMapNamed(const char* name) {
   for (const DnatMap& m : kDnatMaps) {
     if (std::strcmp(m.name, name) == 0) return m;
@@ -282,6 +353,8 @@ bool Needed(const RuleSpec& spec, const SetSizes& sizes) {
       return false;
     case RuleKind::kDnat:
       return SizeOf(sizes, spec.map->name) > 0;
+    case RuleKind::kSnat:
+      return false;  // not in AllRules: NeededIn lays them down
     case RuleKind::kPrefix:
       return SizeOf(sizes, spec.set->name) > 0;
     case RuleKind::kLocalhost:
@@ -298,13 +371,25 @@ bool Needed(const RuleSpec& spec, const SetSizes& sizes) {
 
 }  // namespace
 
-std::vector<const RuleSpec*> NeededIn(const char* chain, const SetSizes& sizes) {
-  std::vector<const RuleSpec*> out;
-  for (const RuleSpec& spec : AllRules()) {
-    if (std::strcmp(spec.chain, chain) == 0 && Needed(spec, sizes)) {
-      out.push_back(&spec);
+std::vector<RuleSpec> NeededIn(const char* chain, const SetSizes& sizes) {
+  std::vector<RuleSpec> out;
+  if (std::strcmp(chain, "postrouting") == 0) {
+    for (const SnatRule& rule : SnatOrder(sizes.snat)) {
+      out.push_back({"postrouting", RuleKind::kSnat, nullptr, nullptr, rule});
     }
   }
+  for (const RuleSpec& spec : AllRules()) {
+    if (std::strcmp(spec.chain, chain) == 0 && Needed(spec, sizes)) {
+      out.push_back(spec);
+    }
+  }
+  return out;
+}
+
+std::string SnatComment(const SnatRule& rule) {
+  std::string out = absl::StrCat("fabric-nat snat ", rule.source.ToString(), " to ",
+                                 rule.to.ToString());
+  if (!rule.out_interface.empty()) absl::StrAppend(&out, " oif ", rule.out_interface);
   return out;
 }
 
@@ -319,6 +404,8 @@ RulePtr BuildRule(const RuleSpec& spec) {
     }
     case RuleKind::kDnat:
       return DnatRule(*spec.map);
+    case RuleKind::kSnat:
+      return SnatRuleOfSpec(spec.snat);
     case RuleKind::kPrefix: {
       const PrefixSet& s = *spec.set;
       RulePtr r = NewRule("postrouting");
@@ -392,10 +479,18 @@ RulePtr BuildRule(const RuleSpec& spec) {
   return nullptr;
 }
 
-std::vector<const RuleSpec*> LayoutRules(const SetSizes& sizes) {
-  std::vector<const RuleSpec*> rules;
+std::vector<RuleSpec> LayoutRules(const SetSizes& sizes) {
+  std::vector<RuleSpec> rules;
+  bool snat_done = false;
   for (const RuleSpec& spec : AllRules()) {
-    if (Needed(spec, sizes)) rules.push_back(&spec);
+    if (!snat_done && std::strcmp(spec.chain, "postrouting") == 0) {
+      // The SNAT rules come first in postrouting (NeededIn).
+      for (const SnatRule& rule : SnatOrder(sizes.snat)) {
+        rules.push_back({"postrouting", RuleKind::kSnat, nullptr, nullptr, rule});
+      }
+      snat_done = true;
+    }
+    if (Needed(spec, sizes)) rules.push_back(spec);
   }
   return rules;
 }
@@ -536,8 +631,8 @@ std::map<std::string, std::vector<std::string>> ExpectedRuleSignatures(
   for (const ChainSpec& spec : kChains) {
     if (internal::ChainExists(spec, sizes)) out[spec.name];
   }
-  for (const RuleSpec* spec : LayoutRules(sizes)) {
-    out[spec->chain].push_back(RuleSignature(BuildRule(*spec).get()));
+  for (const RuleSpec& spec : LayoutRules(sizes)) {
+    out[spec.chain].push_back(RuleSignature(BuildRule(spec).get()));
   }
   return out;
 }
@@ -580,7 +675,7 @@ std::string SetSignature(const nftnl_set* s) {
 std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets) {
   struct Found {
     std::string set;
-    bool counter = false;
+    bool counter = false, snat = false;
     uint64_t packets = 0;
   } f;
   nftnl_expr_foreach(
@@ -593,6 +688,9 @@ std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets) {
         } else if (std::strcmp(name, "counter") == 0) {
           f->counter = true;
           f->packets = nftnl_expr_get_u64(e, NFTNL_EXPR_CTR_PACKETS);
+        } else if (std::strcmp(name, "nat") == 0 &&
+                   nftnl_expr_get_u32(e, NFTNL_EXPR_NAT_TYPE) == NFT_NAT_SNAT) {
+          f->snat = true;
         }
         return 0;
       },
@@ -608,7 +706,42 @@ std::string RuleCounterKind(nftnl_rule* rule, uint64_t* packets) {
     }
   }
   if (f.set == internal::kLocalhostSet) return "localhost";
+  if (f.set.empty() && f.snat) return "snat";
   return "";
+}
+
+absl::StatusOr<std::optional<SnatRule>> SnatRuleOf(nftnl_rule* rule) {
+  if (!nftnl_rule_is_set(rule, NFTNL_RULE_USERDATA)) return std::nullopt;
+  uint32_t len = 0;
+  const void* data = nftnl_rule_get_data(rule, NFTNL_RULE_USERDATA, &len);
+  std::string comment;
+  nftnl_udata_parse(
+      data, len,
+      [](const nftnl_udata* attr, void* out) -> int {
+        if (nftnl_udata_type(attr) == NFTNL_UDATA_RULE_COMMENT) {
+          const char* text = static_cast<const char*>(nftnl_udata_get(attr));
+          static_cast<std::string*>(out)->assign(text, strnlen(text, nftnl_udata_len(attr)));
+        }
+        return 0;
+      },
+      &comment);
+  if (!absl::StartsWith(comment, "fabric-nat snat ")) return std::nullopt;
+  // "fabric-nat snat SRC to TO [oif IF]"
+  std::vector<std::string> words = absl::StrSplit(comment, ' ');
+  auto bad = [&comment] {
+    return absl::DataLossError(absl::StrCat("postrouting rule with comment \"",
+                                            comment.substr(0, 128), "\" is no SNAT rule of ours"));
+  };
+  if ((words.size() != 5 && words.size() != 7) || words[3] != "to" ||
+      (words.size() == 7 && words[5] != "oif")) {
+    return bad();
+  }
+  absl::StatusOr<Prefix> source = Prefix::Parse(words[2]);
+  absl::StatusOr<IpAddress> to = IpAddress::Parse(words[4]);
+  if (!source.ok() || !to.ok()) return bad();
+  SnatRule out{*source, *to, words.size() == 7 ? words[6] : ""};
+  if (!out.Validate().ok()) return bad();
+  return out;
 }
 
 }  // namespace fabric::nat::nftables

@@ -102,6 +102,21 @@ absl::StatusOr<char> ReadSysctl(const std::string& path) {
   return c;
 }
 
+// The SNAT rules `rules` would leave in the kernel, checked: each valid,
+// and no more than kMaxSnatRules (each is a rule on every new outbound
+// connection's path).
+absl::Status CheckSnat(const std::set<SnatRule>& rules) {
+  if (rules.size() > kMaxSnatRules) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        rules.size(), " SNAT rules asked for; at most ", kMaxSnatRules,
+        " (one kernel rule each): nothing changed"));
+  }
+  for (const SnatRule& r : rules) {
+    if (absl::Status s = r.Validate(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void SetRouteLocalnetMemory(const std::string& path) {
@@ -233,6 +248,26 @@ absl::Status NftablesBackend::Apply(const Batch& batch) {
           "batch: the kernel has no table inet fabric_nat");
     }
   }
+  // SNAT rules are rules, which a batch rewrites whole (no element for the
+  // kernel to refuse): what is removed must be there and what is added
+  // must not, as for elements.
+  for (const SnatRule& r : batch.remove.snat) {
+    if (sizes_->snat.count(r) == 0) {
+      return absl::NotFoundError(absl::StrCat("netlink: remove snat ", r.ToString(),
+                                              ": not in the table; batch rolled back, nothing "
+                                              "changed"));
+    }
+  }
+  for (const SnatRule& r : batch.add.snat) {
+    if (sizes_->snat.count(r) > 0 && batch.remove.snat.count(r) == 0) {
+      return absl::AlreadyExistsError(absl::StrCat("netlink: add snat ", r.ToString(),
+                                                   ": already in the table; batch rolled back, "
+                                                   "nothing changed"));
+    }
+  }
+  if (!batch.add.snat.empty()) {
+    if (absl::Status s = CheckSnat(nftables::SizesAfter(*sizes_, batch).snat); !s.ok()) return s;
+  }
   uint32_t first = socket_->ReserveSeq(0);
   nftables::EncodedBatch encoded = nftables::EncodeApply(batch, *sizes_, first);
   socket_->ReserveSeq(encoded.next_seq - first);
@@ -245,6 +280,7 @@ absl::Status NftablesBackend::Apply(const Batch& batch) {
 }
 
 absl::Status NftablesBackend::Replace(const RuleSet& desired) {
+  if (absl::Status s = CheckSnat(desired.snat); !s.ok()) return s;
   for (const std::string& i : desired.localhost_interfaces) {
     if (absl::Status s = SetRouteLocalnet(i, true); !s.ok()) return s;
   }
@@ -291,7 +327,7 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
 
 absl::StatusOr<std::map<std::string, uint64_t>> NftablesBackend::ConnectionCounts() const {
   std::map<std::string, uint64_t> out = {
-      {"dnat", 0}, {"hairpin", 0}, {"masquerade", 0}, {"localhost", 0}};
+      {"dnat", 0}, {"hairpin", 0}, {"masquerade", 0}, {"localhost", 0}, {"snat", 0}};
   absl::Status s =
       DumpRules(*socket_, "list rules", NFPROTO_INET, kTableName, "", [&](nftnl_rule* r) {
         uint64_t packets = 0;
@@ -472,7 +508,17 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
   // Rules.
   std::map<std::string, std::vector<std::string>> rules;
   s = DumpRules(sock, "list rules", NFPROTO_INET, kTableName, "", [&](nftnl_rule* r) {
-    rules[nftnl_rule_get_str(r, NFTNL_RULE_CHAIN)].push_back(nftables::RuleSignature(r));
+    std::string chain = nftnl_rule_get_str(r, NFTNL_RULE_CHAIN);
+    rules[chain].push_back(nftables::RuleSignature(r));
+    // SNAT rules are contents, named by their comment; the signature
+    // check below finds one whose expressions differ from its comment.
+    if (chain != "postrouting") return;
+    absl::StatusOr<std::optional<SnatRule>> snat = nftables::SnatRuleOf(r);
+    if (!snat.ok()) {
+      problems.push_back(std::string(snat.status().message()));
+    } else if (snat->has_value() && !state.rules.snat.insert(**snat).second) {
+      problems.push_back(absl::StrCat("SNAT rule ", (*snat)->ToString(), " is there twice"));
+    }
   });
   if (!s.ok()) return s;
 

@@ -593,5 +593,83 @@ TEST_F(NftablesBackendTest, CountsConnectionsPerRuleKindAndPerMapping) {
   EXPECT_EQ(k.dnat_connections[idle], 0u);
 }
 
+// Fixed-address SNAT: one tagged rule per entry before the masquerade
+// rules, read back from its comment, healed like the rest.
+TEST_F(NftablesBackendTest, SnatRulesTranslateReadBackAndHeal) {
+  ASSERT_OK(testing::Serve(*outside_, "tcp", 9999, "outside"));
+  SnatRule snat{*Prefix::Parse("10.99.0.0/24"), Ip("192.0.2.10"), "wan0"};
+  RuleSet rules;
+  rules.masquerade = {*Prefix::Parse("10.99.0.0/24"), *Prefix::Parse("fd00:99::/64")};
+  rules.snat = {snat};
+  ASSERT_OK(backend_->Replace(rules));
+  // SNAT wins over masquerade for the same source; IPv6 is masqueraded.
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.2", 9999), IsOkAndHolds("outside 192.0.2.10\n"));
+  EXPECT_THAT(Ask(*container_, "tcp", "2001:db8::2", 9999),
+              IsOkAndHolds("outside 2001:db8::1\n"));
+  ASSERT_OK_AND_ASSIGN(std::string listing, host_->Exec("nft list chain inet fabric_nat postrouting"));
+  EXPECT_THAT(listing, HasSubstr("oifname \"wan0\" ip saddr 10.99.0.0/24 ip daddr != 10.99.0.0/24 "
+                                 "counter packets 1"));
+  EXPECT_THAT(listing, HasSubstr("snat ip to 192.0.2.10 comment "
+                                 "\"fabric-nat snat 10.99.0.0/24 to 192.0.2.10 oif wan0\""));
+  ASSERT_OK_AND_ASSIGN(KernelState k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_EQ(k.rules, rules) << k.rules.DebugString();
+  ASSERT_OK_AND_ASSIGN(auto counts, backend_->ConnectionCounts());
+  EXPECT_EQ(counts["snat"], 1u);
+  EXPECT_EQ(counts["masquerade"], 1u);  // the IPv6 connection
+
+  // Removed in a batch: masquerade takes over.
+  Batch off;
+  off.remove.snat = {snat};
+  ASSERT_OK(backend_->Apply(off));
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.2", 9999), IsOkAndHolds("outside 192.0.2.1\n"));
+  Batch on;
+  on.add.snat = {snat};
+  ASSERT_OK(backend_->Apply(on));
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.2", 9999), IsOkAndHolds("outside 192.0.2.10\n"));
+  ASSERT_OK_AND_ASSIGN(k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_EQ(k.rules, rules);
+
+  // The rule rewritten to another address under its own comment: damaged.
+  ASSERT_OK(host_->Exec(
+      "h=$(nft -a list chain inet fabric_nat postrouting | grep 'fabric-nat snat' | "
+      "sed 's/.*# handle //') && nft replace rule inet fabric_nat postrouting handle $h "
+      "oifname wan0 meta nfproto ipv4 ip saddr 10.99.0.0/24 ip daddr != 10.99.0.0/24 counter "
+      "snat ip to 192.0.2.1 comment '\"fabric-nat snat 10.99.0.0/24 to 192.0.2.10 oif wan0\"'"));
+  ASSERT_OK_AND_ASSIGN(k, backend_->Read());
+  EXPECT_FALSE(k.layout_intact);
+  EXPECT_THAT(k.problem, HasSubstr("chain postrouting"));
+  ASSERT_OK_AND_ASSIGN(SyncReport report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kReplaced);
+
+  // `nft flush ruleset`: Sync lays it down again.
+  ASSERT_OK(host_->Exec("nft flush ruleset"));
+  ASSERT_OK_AND_ASSIGN(report, Sync(*backend_, rules));
+  EXPECT_EQ(report.action, SyncReport::Action::kReplaced);
+  EXPECT_EQ(report.changes.add.snat, rules.snat);
+  EXPECT_THAT(Ask(*container_, "tcp", "192.0.2.2", 9999), IsOkAndHolds("outside 192.0.2.10\n"));
+  ASSERT_OK_AND_ASSIGN(k, backend_->Read());
+  EXPECT_TRUE(k.layout_intact) << k.problem;
+  EXPECT_EQ(k.rules, rules);
+}
+
+TEST_F(NftablesBackendTest, SnatRulesAreCappedAndValidated) {
+  RuleSet many;
+  for (int i = 0; i <= static_cast<int>(kMaxSnatRules); ++i) {
+    many.snat.insert(SnatRule{*Prefix::Parse(absl::StrCat("10.", i / 256, ".", i % 256, ".0/24")),
+                              Ip("192.0.2.10"), ""});
+  }
+  EXPECT_THAT(backend_->Replace(many),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("at most 256")));
+  ASSERT_OK(backend_->Replace(RuleSet{}));
+  Batch bad;
+  bad.add.snat = {SnatRule{*Prefix::Parse("10.99.0.0/24"), Ip("127.0.0.1"), ""}};
+  EXPECT_THAT(backend_->Apply(bad), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             HasSubstr("unicast")));
+  ASSERT_OK_AND_ASSIGN(KernelState k, backend_->Read());
+  EXPECT_TRUE(k.rules.empty());
+}
+
 }  // namespace
 }  // namespace fabric::nat

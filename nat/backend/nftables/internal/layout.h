@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -104,25 +105,39 @@ SetPtr SetRef(const char* name);
 // set and exists only while that set has elements (Needed): a lookup in an
 // empty set changes no packet's fate, and every new connection would pay
 // for it. The jumps to hostports exist while any DNAT map has elements.
-enum class RuleKind { kJump, kDnat, kPrefix, kLocalhost, kPinhole, kPinholeFrom, kFirewall6 };
+// SNAT rules (kSnat) are the exception: one per SnatRule in the sizes,
+// first in postrouting, so that they win over masquerade.
+enum class RuleKind {
+  kJump, kDnat, kSnat, kPrefix, kLocalhost, kPinhole, kPinholeFrom, kFirewall6
+};
 struct RuleSpec {
   const char* chain;
   RuleKind kind;
   const DnatMap* map = nullptr;     // kDnat
   const PrefixSet* set = nullptr;   // kPrefix
+  SnatRule snat;                    // kSnat
+
+  friend bool operator==(const RuleSpec& a, const RuleSpec& b) {
+    return std::strcmp(a.chain, b.chain) == 0 && a.kind == b.kind && a.map == b.map &&
+           a.set == b.set && a.snat == b.snat;
+  }
+  friend bool operator!=(const RuleSpec& a, const RuleSpec& b) { return !(a == b); }
 };
+
+// The comment a SNAT rule carries, which Read() decodes it from.
+std::string SnatComment(const SnatRule& rule);
 
 // An empty rule of our table in `chain`.
 RulePtr NewRule(const char* chain);
 
 // The rules `sizes` calls for in `chain`, in order.
-std::vector<const RuleSpec*> NeededIn(const char* chain, const SetSizes& sizes);
+std::vector<RuleSpec> NeededIn(const char* chain, const SetSizes& sizes);
 
 // The rule `spec` describes, built as the kernel reports it back.
 RulePtr BuildRule(const RuleSpec& spec);
 
 // Every rule `sizes` calls for, in chain order.
-std::vector<const RuleSpec*> LayoutRules(const SetSizes& sizes);
+std::vector<RuleSpec> LayoutRules(const SetSizes& sizes);
 
 // ---------------------------------------------------------------------------
 // Chains and sets.
