@@ -141,24 +141,6 @@ absl::StatusOr<LeasePolicy> LanPolicy(const AgentConfig& config,
 
 // The interface of the one IPv4 default route (/proc/net/route), or "" with
 // `why` saying what was found instead.
-std::string DefaultRouteInterface(std::string* why) {
-  std::ifstream in("/proc/net/route");
-  std::string line;
-  std::getline(in, line);  // the header
-  std::set<std::string> found;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string iface, dest, gateway, flags, refcnt, use, metric, mask;
-    if (!(f >> iface >> dest >> gateway >> flags >> refcnt >> use >> metric >> mask)) continue;
-    unsigned long fl = std::strtoul(flags.c_str(), nullptr, 16);
-    if (dest == "00000000" && mask == "00000000" && (fl & 1)) found.insert(iface);
-  }
-  if (found.size() == 1) return *found.begin();
-  *why = found.empty() ? "no IPv4 default route"
-                       : absl::StrCat("default routes via ", absl::StrJoin(found, ", "));
-  return "";
-}
-
 // Sets sysctl `path` (under /proc/sys) to 1 unless it is; logs what it did.
 // `without`: what does not work while it is off.
 void TurnOn(const std::string& path, const std::string& name, const std::string& flag,
@@ -204,13 +186,17 @@ std::vector<std::string> FrontendLines(const AgentConfig& config) {
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   AgentConfig config = given;
-  if (config.wan_interface.empty() && !config.lan_interfaces.empty()) {
+  // Without --wan_interface the WAN is the default route's interface, and
+  // follows the route when it moves (the address watcher below).
+  const bool follow_route = config.wan_interface.empty() && !config.lan_interfaces.empty();
+  if (follow_route) {
     std::string why;
-    config.wan_interface = DefaultRouteInterface(&why);
+    config.wan_interface = wan::DefaultRouteInterface(&why);
     LogLine(config.wan_interface.empty()
                 ? absl::StrCat("no --wan_interface, and ", why, " to take one from")
                 : absl::StrCat("WAN interface ", config.wan_interface,
-                               ": the default route's (no --wan_interface)"));
+                               ": the default route's (no --wan_interface; followed when the "
+                               "route moves)"));
   }
   std::unique_ptr<Agent> agent(new Agent());
   absl::StatusOr<std::pair<uint16_t, uint16_t>> range =
@@ -451,7 +437,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     // first, then the front-ends.
     if (!config.wan_interface.empty()) {
       absl::StatusOr<std::unique_ptr<wan::AddressWatcher>> w =
-          wan::AddressWatcher::Start(config.wan_interface);
+          follow_route ? wan::AddressWatcher::FollowDefaultRoute(
+                             [](const std::string& line) { LogLine(line); })
+                       : wan::AddressWatcher::Start(config.wan_interface);
       if (!w.ok()) return w.status();
       agent->wan_ = std::move(*w);
       AgentCore* core = agent->core_.get();
@@ -481,6 +469,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
       u.server.igd.policy = *policy;
       u.server.igd.policy.max_lifetime = kUpnpMaxLease;
       u.server.igd.wan_interface = config.wan_interface;
+      if (agent->wan_) {
+        u.server.igd.wan_interface_now = [w = agent->wan_.get()] { return w->interface(); };
+      }
       u.server.igd.same_port = config.upnp_same_port;
       u.server.igd.ipv6_firewall = config.ipv6_firewall;
       u.server.rate_per_second = config.upnp_rate_limit;

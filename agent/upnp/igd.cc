@@ -349,9 +349,14 @@ Reply IgdControl::ListMappings(const SoapCall& call, const nat::IpAddress& clien
   return ok;
 }
 
+std::string IgdControl::Wan() const {
+  return config_.wan_interface_now ? config_.wan_interface_now() : config_.wan_interface;
+}
+
 uint64_t IgdControl::WanValue(const std::string& name) const {
-  if (config_.wan_interface.empty()) return 0;
-  std::ifstream in(absl::StrCat(config_.sys_class_net, "/", config_.wan_interface, "/", name));
+  const std::string wan = Wan();
+  if (wan.empty()) return 0;
+  std::ifstream in(absl::StrCat(config_.sys_class_net, "/", wan, "/", name));
   int64_t v = 0;
   if (!(in >> v) || v < 0) return 0;
   return static_cast<uint64_t>(v);
@@ -367,9 +372,8 @@ Reply IgdControl::CommonInterface(const SoapCall& call) const {
     uint64_t mbps = WanValue("speed");
     std::string bits = absl::StrCat(std::min<uint64_t>(mbps * 1000000, 0xFFFFFFFFu));
     std::string state;
-    if (!config_.wan_interface.empty()) {
-      std::ifstream in(
-          absl::StrCat(config_.sys_class_net, "/", config_.wan_interface, "/operstate"));
+    if (const std::string wan = Wan(); !wan.empty()) {
+      std::ifstream in(absl::StrCat(config_.sys_class_net, "/", wan, "/operstate"));
       in >> state;
     }
     bool up = state == "up" || (state == "unknown" && WanValue("carrier") == 1);

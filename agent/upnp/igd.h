@@ -37,6 +37,9 @@ struct IgdConfig {
   // Where GetCommonLinkProperties and the byte/packet counters come from
   // (/sys/class/net/<wan>/); empty: zeros and "Down".
   std::string wan_interface;
+  // When set, the WAN interface now (it follows the default route), used
+  // instead of wan_interface.
+  std::function<std::string()> wan_interface_now;
   // Refuse (724) a mapping whose internal and external ports differ.
   bool same_port = false;
   // Serve WANIPv6FirewallControl:1 (igd_pinholes.cc): the agent's IPv6
@@ -73,6 +76,8 @@ class IgdControl {
   Reply GenericEntry(const SoapCall& call) const;
   Reply ListMappings(const SoapCall& call, const nat::IpAddress& client) const;
   // A /sys/class/net/<wan>/<name> value, or 0.
+  // The WAN interface now.
+  std::string Wan() const;
   uint64_t WanValue(const std::string& name) const;
 
   AgentCore* const core_;

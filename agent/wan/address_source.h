@@ -38,7 +38,9 @@ class AddressSource {
   AddressSource(const AddressSource&) = delete;
   AddressSource& operator=(const AddressSource&) = delete;
 
-  const std::string& interface() const { return interface_; }
+  // The WAN interface now (it changes when a watcher follows the default
+  // route).
+  std::string interface() const;
   // The address now (the first IPv4 address of the interface); nullopt
   // when it has none or does not exist.
   std::optional<nat::IpAddress> address() const;
@@ -53,9 +55,11 @@ class AddressSource {
   // listener, on the calling thread. Implementations call it from one
   // thread at a time.
   void Publish(std::optional<nat::IpAddress> now);
+  // The same, for `now` on `interface`, which becomes the interface.
+  void Publish(std::optional<nat::IpAddress> now, const std::string& interface);
 
  private:
-  const std::string interface_;
+  std::string interface_;  // guarded by address_mu_
   // Held while listeners run: orders Subscribe, Unsubscribe and changes.
   std::mutex listeners_mu_;
   std::map<int, Listener> listeners_;  // guarded by listeners_mu_

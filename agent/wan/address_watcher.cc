@@ -11,9 +11,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace fabric::agent::wan {
 
@@ -33,35 +38,107 @@ std::optional<nat::IpAddress> InterfaceIPv4Address(const std::string& interface)
   return found;
 }
 
+std::string DefaultRouteInterface(std::string* why) {
+  // thread-self: the namespace of the calling thread (a test enters one
+  // with setns on its own thread only).
+  std::ifstream in("/proc/thread-self/net/route");
+  std::string line;
+  std::getline(in, line);  // the header
+  std::set<std::string> found;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string iface, dest, gateway, flags, refcnt, use, metric, mask;
+    if (!(f >> iface >> dest >> gateway >> flags >> refcnt >> use >> metric >> mask)) continue;
+    unsigned long fl = std::strtoul(flags.c_str(), nullptr, 16);
+    if (dest == "00000000" && mask == "00000000" && (fl & 1)) found.insert(iface);
+  }
+  if (found.size() == 1) return *found.begin();
+  *why = found.empty() ? "no IPv4 default route"
+                       : absl::StrCat("default routes via ", absl::StrJoin(found, ", "));
+  return "";
+}
+
+namespace {
+
+// The rtnetlink socket and the eventfd of a watcher.
+absl::Status Open(uint32_t groups, const std::string& what, int* rtnl, int* wake) {
+  *rtnl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  sockaddr_nl nl{};
+  nl.nl_family = AF_NETLINK;
+  nl.nl_groups = groups;
+  if (*rtnl < 0 || bind(*rtnl, reinterpret_cast<sockaddr*>(&nl), sizeof(nl)) != 0) {
+    int e = errno;
+    if (*rtnl >= 0) close(*rtnl);
+    return absl::UnavailableError(
+        absl::StrCat("cannot watch ", what, " (rtnetlink): ", std::strerror(e)));
+  }
+  *wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (*wake < 0) {
+    int e = errno;
+    close(*rtnl);
+    return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(e)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<AddressWatcher>> AddressWatcher::Start(std::string interface) {
   if (interface.empty() || interface.size() >= IF_NAMESIZE) {
     return absl::InvalidArgumentError(
         absl::StrCat("WAN interface name \"", interface, "\" is empty or too long"));
   }
-  int rtnl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-  sockaddr_nl nl{};
-  nl.nl_family = AF_NETLINK;
-  nl.nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_LINK;
-  if (rtnl < 0 || bind(rtnl, reinterpret_cast<sockaddr*>(&nl), sizeof(nl)) != 0) {
-    int e = errno;
-    if (rtnl >= 0) close(rtnl);
-    return absl::UnavailableError(absl::StrCat(
-        "cannot watch the address of ", interface, " (rtnetlink): ", std::strerror(e)));
+  int rtnl, wake;
+  if (absl::Status s = Open(RTMGRP_IPV4_IFADDR | RTMGRP_LINK,
+                            absl::StrCat("the address of ", interface), &rtnl, &wake);
+      !s.ok()) {
+    return s;
   }
-  int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake < 0) {
-    int e = errno;
-    close(rtnl);
-    return absl::UnavailableError(absl::StrCat("eventfd: ", std::strerror(e)));
-  }
-  return std::unique_ptr<AddressWatcher>(new AddressWatcher(std::move(interface), rtnl, wake));
+  return std::unique_ptr<AddressWatcher>(
+      new AddressWatcher(std::move(interface), rtnl, wake, false, nullptr));
 }
 
-AddressWatcher::AddressWatcher(std::string interface, int rtnl, int wake)
-    : AddressSource(std::move(interface)), rtnl_(rtnl), wake_(wake) {
+absl::StatusOr<std::unique_ptr<AddressWatcher>> AddressWatcher::FollowDefaultRoute(
+    std::function<void(const std::string&)> log) {
+  int rtnl, wake;
+  if (absl::Status s = Open(RTMGRP_IPV4_IFADDR | RTMGRP_LINK | RTMGRP_IPV4_ROUTE,
+                            "the default route", &rtnl, &wake);
+      !s.ok()) {
+    return s;
+  }
+  // Subscribed before reading: a route change after this read is an event.
+  std::string why;
+  std::string interface = DefaultRouteInterface(&why);
+  if (interface.empty()) {
+    close(rtnl);
+    close(wake);
+    return absl::FailedPreconditionError(
+        absl::StrCat("no WAN interface to follow: ", why, " (name one with --wan_interface)"));
+  }
+  return std::unique_ptr<AddressWatcher>(
+      new AddressWatcher(std::move(interface), rtnl, wake, true, std::move(log)));
+}
+
+AddressWatcher::AddressWatcher(std::string interface, int rtnl, int wake, bool follow_route,
+                               std::function<void(const std::string&)> log)
+    : AddressSource(std::move(interface)),
+      follow_route_(follow_route),
+      log_(std::move(log)),
+      rtnl_(rtnl),
+      wake_(wake) {
   // Subscribed before reading: a change after this read is an event.
   Publish(InterfaceIPv4Address(this->interface()));
   thread_ = std::thread([this] { Run(); });
+}
+
+std::string AddressWatcher::Current() {
+  std::string was = interface();
+  if (!follow_route_) return was;
+  std::string why;
+  std::string now = DefaultRouteInterface(&why);
+  if (now.empty() || now == was) return was;
+  if (log_) log_(absl::StrCat("WAN interface ", now, ": the default route moved from ", was));
+  return now;
 }
 
 AddressWatcher::~AddressWatcher() {
@@ -85,7 +162,8 @@ void AddressWatcher::Run() {
       char buf[16384];
       while (recv(rtnl_, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
       }
-      Publish(InterfaceIPv4Address(interface()));
+      std::string interface = Current();
+      Publish(InterfaceIPv4Address(interface), interface);
     }
   }
 }

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -159,6 +160,53 @@ TEST_F(AddressWatcherTest, InterfaceCreatedLaterAndUnsubscribe) {
   Ip("link del wan0");
   EXPECT_THAT(b.WaitFor(2), ::testing::ElementsAre("none -> 192.0.2.9", "192.0.2.9 -> none"));
   EXPECT_EQ(a.WaitFor(1).size(), 1u);
+}
+
+// Without a named interface: the default route's, followed when it moves
+// (a router failing over from one uplink to another).
+TEST_F(AddressWatcherTest, FollowsTheDefaultRouteToAnotherInterface) {
+  AddWan0();
+  Ip("link add wan1 type veth peer name wan1p");
+  Ip("addr add 203.0.113.1/24 dev wan0");
+  Ip("addr add 198.51.100.1/24 dev wan1");
+  Ip("link set wan0 up");
+  Ip("link set wan0p up");
+  Ip("link set wan1 up");
+  Ip("link set wan1p up");
+  Ip("route add default via 203.0.113.254 dev wan0 onlink");
+  std::mutex mu;
+  std::vector<std::string> logs, calls;
+  std::unique_ptr<AddressWatcher> w;
+  {
+    ASSERT_OK_AND_ASSIGN(auto in, ScopedNetns::Enter(*ns_));
+    ASSERT_OK_AND_ASSIGN(w, AddressWatcher::FollowDefaultRoute([&](const std::string& line) {
+                           std::lock_guard<std::mutex> l(mu);
+                           logs.push_back(line);
+                         }));
+  }
+  EXPECT_EQ(w->interface(), "wan0");
+  EXPECT_EQ(Str(w->address()), "203.0.113.1");
+  w->Subscribe([&](const AddressChange& c) {
+    std::lock_guard<std::mutex> l(mu);
+    calls.push_back(absl::StrCat(c.interface, " ", Str(c.previous), " -> ", Str(c.address)));
+  });
+  Ip("route replace default via 198.51.100.254 dev wan1 onlink");
+  for (int i = 0; i < 250 && w->interface() != "wan1"; ++i) absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(w->interface(), "wan1");
+  EXPECT_EQ(Str(w->address()), "198.51.100.1");
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_THAT(calls, ::testing::ElementsAre("wan0 none -> 203.0.113.1",
+                                            "wan1 203.0.113.1 -> 198.51.100.1"));
+  EXPECT_THAT(logs, ::testing::ElementsAre("WAN interface wan1: the default route moved from wan0"));
+}
+
+TEST_F(AddressWatcherTest, FollowingNeedsOneDefaultRoute) {
+  ASSERT_OK_AND_ASSIGN(auto in, ScopedNetns::Enter(*ns_));
+  EXPECT_THAT(AddressWatcher::FollowDefaultRoute(nullptr),
+              testing::StatusIs(absl::StatusCode::kFailedPrecondition,
+                                ::testing::HasSubstr("no WAN interface to follow: no IPv4 "
+                                                     "default route (name one with "
+                                                     "--wan_interface)")));
 }
 
 TEST(AddressWatcherStartTest, RejectsBadNames) {

@@ -11,6 +11,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/cni_runtime.h"
@@ -122,13 +123,31 @@ TEST_F(NatPmpTest, UdpMappingAndDeleteAllOfAProtocol) {
   EXPECT_THAT(list, HasSubstr("tcp"));
 }
 
-// Without --wan_interface the default route's interface is the WAN.
+// Without --wan_interface the default route's interface is the WAN, and
+// it follows the route when it moves.
 TEST_F(NatPmpTest, TheDefaultRoutesInterfaceIsTheWanWhenNoneIsGiven) {
   agent_.reset();
   ASSERT_OK(router_->Exec("ip route add default via 203.0.113.2 dev wan0"));
   ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_, "--lan_interfaces=lan0"));
   EXPECT_THAT(agent_->LogText(), HasSubstr("WAN interface wan0: the default route's"));
   EXPECT_THAT(Natpmpc(""), IsOkAndHolds(HasSubstr("Public IP address : 203.0.113.1")));
+  // A second uplink, and the default route fails over to it: the WAN, its
+  // address and the leases on it follow.
+  ASSERT_OK(testing::Serve(*lan_, "tcp", 80, "lanhost"));
+  ASSERT_OK(Natpmpc("-a 8080 80 tcp 3600").status());
+  ASSERT_OK(testing::Link(*router_, "wan1", "198.51.100.1/24", *outside_, "eth1",
+                          "198.51.100.2/24"));
+  ASSERT_OK(router_->Exec("ip route replace default via 198.51.100.2 dev wan1"));
+  bool moved = false;
+  for (int i = 0; i < 60 && !moved; ++i) {
+    moved = Ctl("list").value_or("").find("198.51.100.1:8080") != std::string::npos;
+    if (!moved) absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_TRUE(moved) << agent_->LogText();
+  EXPECT_THAT(agent_->LogText(), HasSubstr("WAN interface wan1: the default route moved from wan0"));
+  EXPECT_THAT(Natpmpc(""), IsOkAndHolds(HasSubstr("Public IP address : 198.51.100.1")));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "198.51.100.1", 8080),
+              IsOkAndHolds("lanhost 198.51.100.2\n"));
   // None: the agent says why and will not serve NAT-PMP without a WAN.
   agent_.reset();
   ASSERT_OK(router_->Exec("ip route del default"));
