@@ -494,6 +494,18 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
            "--ip6_forward");
   }
   if (!config.forwards_file.empty()) {
+    // The IPv6-to-IPv4 proxy, for the file's forwards from an IPv6 host
+    // address to an IPv4 target: one thread, idle without such forwards.
+    absl::StatusOr<std::unique_ptr<proxy::Proxy>> p = proxy::Proxy::Start();
+    if (!p.ok()) return p.status();
+    agent->proxy_ = *std::move(p);
+    // Six descriptors per proxied TCP connection, at the proxy's limits.
+    if (absl::Status s = proxy::RaiseOpenFileLimit(6 * proxy::ProxyOptions().max_connections + 4096);
+        !s.ok()) {
+      LogLine(absl::StrCat("IPv6-to-IPv4 proxy: ", s.message(),
+                           "; proxied connections may run out of descriptors before its limits"));
+    }
+    agent->core_->SetProxy(agent->proxy_.get());
     absl::StatusOr<std::unique_ptr<ForwardsWatcher>> f =
         ForwardsWatcher::Start(agent->core_.get(), &agent->metrics_, config.forwards_file,
                                ForwardsOptions{config.wan_interface});
@@ -575,6 +587,10 @@ Agent::~Agent() {
   if (server_) server_->Shutdown(std::chrono::system_clock::now() +
                                  std::chrono::seconds(2));
   http_.reset();
+  if (proxy_) {
+    core_->SetProxy(nullptr);
+    proxy_.reset();  // its listeners and connections close with it
+  }
   LogLine("stopped; kernel rules left in place");
 }
 

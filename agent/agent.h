@@ -15,6 +15,7 @@
 #include "agent/instance_lock.h"
 #include "agent/metrics.h"
 #include "agent/natpmp/server.h"
+#include "agent/proxy/proxy.h"
 #include "agent/upnp/frontend.h"
 #include "agent/forward_accept_keeper.h"
 #include "agent/forwards_watcher.h"
@@ -146,6 +147,7 @@ class Agent {
   std::unique_ptr<wan::AddressWatcher> wan_;  // before pmp_: outlives it
   std::unique_ptr<natpmp::PmpServer> pmp_;
   std::unique_ptr<upnp::UpnpFrontend> upnp_;
+  std::unique_ptr<proxy::Proxy> proxy_;  // before forwards_: outlives it
   std::unique_ptr<ForwardsWatcher> forwards_;
   std::unique_ptr<ForwardAcceptKeeper> forward_accept_;
   RealClock clock_;

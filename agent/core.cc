@@ -208,15 +208,25 @@ LeaseResult AgentCore::Lease(const LeaseRequest& request, const LeasePolicy& pol
 absl::StatusOr<StaticDiff> AgentCore::ApplyStaticForwards(const StaticConfig& config) {
   return writer_.Mutate<StaticDiff>(
       absl::InfiniteFuture(), [&](Txn& txn) -> absl::StatusOr<StaticDiff> {
-        absl::StatusOr<StaticDiff> d = owners::ApplyStaticForwards(txn, config, conntrack_);
+        absl::StatusOr<StaticDiff> d =
+            owners::ApplyStaticForwards(txn, config, conntrack_, proxy_);
         // A SNAT rule a CNI network already asks for changes no kernel
-        // state, but the state must still record it.
+        // state, and proxied forwards none at all, but the state must
+        // still record them.
         if (d.ok() && !txn.touches_store_or_kernel() && d->snat_added == 0 &&
-            d->snat_removed == 0) {
+            d->snat_removed == 0 && !d->proxy_changed) {
           txn.Discard();
         }
         return d;
       });
+}
+
+absl::StatusOr<std::map<std::string, uint64_t>> AgentCore::ConnectionCounts() const {
+  absl::StatusOr<std::map<std::string, uint64_t>> counts = writer_.ConnectionCounts();
+  if (counts.ok() && proxy_ != nullptr) {
+    (*counts)["proxy"] = proxy_->counters().connections_accepted;
+  }
+  return counts;
 }
 
 UpnpResult AgentCore::Upnp(const UpnpRequest& request, const LeasePolicy& policy) {

@@ -113,9 +113,14 @@ class AgentCore {
   absl::StatusOr<std::map<nat::Pinhole, uint64_t>> PinholePackets() const;
   // Connections the kernel's NAT rules translated, by kind (outside the
   // writer's lock); kUnimplemented on a backend that does not count them.
-  absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const {
-    return writer_.ConnectionCounts();
-  }
+  // Backend::ConnectionCounts, plus "proxy": the connections the
+  // IPv6-to-IPv4 proxy accepted.
+  absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const;
+  // The proxy that serves IPv6-to-IPv4 static forwards (owned by the
+  // agent, outliving the core's use of it); null: none. Set before the
+  // forwards file is applied.
+  void SetProxy(proxy::Proxy* proxy) { proxy_ = proxy; }
+  proxy::Proxy* proxy() const { return proxy_; }
   // Other tables' forward chains that drop DNAT'd connections
   // (Backend::ForwardDropChains).
   absl::StatusOr<std::vector<std::string>> ForwardDropChains() const {
@@ -161,6 +166,7 @@ class AgentCore {
 
  private:
   const CoreOptions options_;
+  proxy::Proxy* proxy_ = nullptr;
   nat::ConntrackCleaner* const conntrack_;
   const absl::Time started_at_;
   Writer writer_;

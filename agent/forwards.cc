@@ -112,25 +112,54 @@ absl::StatusOr<StaticForward> ParseOne(const json& f) {
   if (const json* host_ip = field("host_ip"); host_ip != nullptr) {
     if (!host_ip->is_string()) return absl::InvalidArgumentError("host_ip: must be a string");
     std::string h = host_ip->get<std::string>();
-    if (h == "0.0.0.0" || h == "::") {
-      if ((h == "::") == m.target_ip.is_v4()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "host_ip: \"", h, "\" is of the other family than the target; an IPv6 host for "
-            "an IPv4 target needs the in-agent proxy, which is not served yet"));
-      }
-    } else if (!h.empty()) {
+    if (h == "0.0.0.0" && !m.target_ip.is_v4()) {
+      return absl::InvalidArgumentError(
+          "host_ip: \"0.0.0.0\" is IPv4 and the target IPv6; IPv4 clients to IPv6 hosts "
+          "are not served (the proxy serves IPv6 clients to IPv4 hosts)");
+    }
+    if (h == "::" && !m.target_ip.is_v4()) {
+      // Every IPv6 address for an IPv6 target: plain DNAT, as empty.
+    } else if (!h.empty() && h != "0.0.0.0") {
       absl::StatusOr<nat::IpAddress> hip = nat::IpAddress::Parse(h);
       if (!hip.ok()) {
         return absl::InvalidArgumentError(
             absl::StrCat("host_ip: \"", h.substr(0, 64), "\" is not an address"));
       }
       if (hip->family() != m.target_ip.family()) {
-        return absl::InvalidArgumentError(
-            "host_ip: an IPv6 host for an IPv4 target (or the reverse) needs the in-agent "
-            "proxy, which is not served yet");
+        if (hip->is_v4()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "host_ip: \"", h, "\" is IPv4 and the target IPv6; IPv4 clients to IPv6 hosts "
+              "are not served (the proxy serves IPv6 clients to IPv4 hosts)"));
+        }
+        // IPv6 clients to an IPv4 host: the kernel cannot NAT between
+        // families, the in-agent proxy serves it (TCP and UDP).
+        if (m.protocol == nat::Protocol::kSctp) {
+          return absl::InvalidArgumentError(
+              "protocol: sctp cannot go through the IPv6-to-IPv4 proxy (tcp or udp)");
+        }
+        if (hip->IsMulticast() || hip->IsLoopback()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "host_ip: \"", h, "\" must be a unicast address of this host, or \"::\""));
+        }
+        out.proxy = true;
       }
       m.host_ip = *hip;
     }
+  }
+  if (out.proxy) {
+    // Validate() wants the host of the target's family: check the target
+    // with an IPv4 stand-in host, the IPv6 side was checked above.
+    const nat::IpAddress& t = m.target_ip;
+    if (t.IsUnspecified() || t.IsLoopback() || t.IsMulticast() || t.IsLimitedBroadcast()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("target: ", t.ToString(), " must be a routable unicast address"));
+    }
+    nat::PortMapping check = m;
+    check.host_ip.reset();
+    if (absl::Status s = check.Validate(); !s.ok()) {
+      return absl::InvalidArgumentError(std::string(s.message()));
+    }
+    return out;
   }
   if (absl::Status s = m.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(std::string(s.message()));

@@ -6,7 +6,7 @@
 //       "target": "192.168.1.50:27015-27020"}]}
 // name: 1-64 of [A-Za-z0-9._-], unique. protocol: tcp, udp or sctp.
 // host_ip: empty or absent for every local address, else an address of the
-// target's family. host_port: a port or "lo-hi"; the target's ports, when a
+// target's family (or IPv6 for an IPv4 target, below). host_port: a port or "lo-hi"; the target's ports, when a
 // range, must be as many. At most 4,096 forwards and 1 MiB. Parsing is all
 // or nothing: an error names the file, the entry and the field.
 //
@@ -19,8 +19,11 @@
 // has one, else any interface; "" says any interface explicitly. At most
 // 256 entries (nat::kMaxSnatRules); one source and interface at most once.
 //
-// (IPv6-to-IPv4 forwards are not served yet: a file that asks for them is
-// refused, saying so.)
+// IPv6 clients to IPv4 hosts: an IPv6 host_ip ("2001:db8::1", or "::" for
+// every IPv6 address) with an IPv4 target, TCP or UDP, is served by the
+// in-agent proxy (StaticForward::proxy; agent/proxy), since the kernel
+// cannot NAT between families. The reverse (IPv4 host, IPv6 target) is
+// refused.
 #pragma once
 
 #include <string>

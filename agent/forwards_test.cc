@@ -72,8 +72,16 @@ TEST(ForwardsTest, ErrorsNameTheFileTheEntryAndTheField) {
             "/etc/fwd.json: forwards[1] (\"a\"): name: \"a\" is used twice");
   EXPECT_THAT(err(R"({"forwards":[{"name":"x y","protocol":"tcp","host_port":80,"target":"10.0.0.1:80"}]})"),
               HasSubstr("forwards[0] (\"x y\"): name: 1-64 of"));
-  EXPECT_THAT(err(R"({"forwards":[{"name":"a","protocol":"tcp","host_ip":"2001:db8::1","host_port":80,"target":"10.0.0.1:80"}]})"),
-              HasSubstr("needs the in-agent proxy, which is not served yet"));
+  EXPECT_EQ(err(R"({"forwards":[{"name":"a","protocol":"tcp","host_ip":"192.0.2.1","host_port":80,"target":"[2001:db8::5]:80"}]})"),
+            "/etc/fwd.json: forwards[0] (\"a\"): host_ip: \"192.0.2.1\" is IPv4 and the target "
+            "IPv6; IPv4 clients to IPv6 hosts are not served (the proxy serves IPv6 clients to "
+            "IPv4 hosts)");
+  EXPECT_THAT(err(R"({"forwards":[{"name":"a","protocol":"sctp","host_ip":"::","host_port":80,"target":"10.0.0.1:80"}]})"),
+              HasSubstr("protocol: sctp cannot go through the IPv6-to-IPv4 proxy"));
+  EXPECT_THAT(err(R"({"forwards":[{"name":"a","protocol":"tcp","host_ip":"::1","host_port":80,"target":"10.0.0.1:80"}]})"),
+              HasSubstr("host_ip: \"::1\" must be a unicast address of this host"));
+  EXPECT_THAT(err(R"({"forwards":[{"name":"a","protocol":"tcp","host_ip":"::","host_port":80,"target":"127.0.0.1:80"}]})"),
+              HasSubstr("forwards[0] (\"a\"): target: 127.0.0.1 must be a routable unicast address"));
   EXPECT_THAT(err(R"({"forwards":[{"name":"a","protocol":"tcp","host_port":80,"target":"10.0.0.1:80","extra":1}]})"),
               HasSubstr("unknown field \"extra\""));
   // SNAT entries.
@@ -121,6 +129,26 @@ TEST(ForwardsTest, ErrorsNameTheFileTheEntryAndTheField) {
   EXPECT_EQ(err(many + "]}"), "/etc/fwd.json: snat: 257 entries; at most 256");
   EXPECT_THAT(err(std::string(kMaxForwardsFile + 1, ' ')), HasSubstr("larger than 1048576 bytes"));
   EXPECT_THAT(LoadForwardsFile("/nonexistent/fwd.json"), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(ForwardsTest, AnIpv6HostForAnIpv4TargetGoesThroughTheProxy) {
+  ASSERT_OK_AND_ASSIGN(
+      std::vector<StaticForward> f,
+      Parse(R"({"forwards":[
+        {"name":"web6","protocol":"tcp","host_ip":"2001:db8::1","host_port":8080,"target":"192.168.1.100:80"},
+        {"name":"dns6","protocol":"udp","host_ip":"::","host_port":"5300-5301","target":"192.168.1.53:5300-5301"},
+        {"name":"web","protocol":"tcp","host_ip":"::","host_port":8081,"target":"[2001:db8::5]:80"}]})"));
+  ASSERT_EQ(f.size(), 3u);
+  EXPECT_TRUE(f[0].proxy);
+  EXPECT_EQ(f[0].mapping.host_ip->ToString(), "2001:db8::1");
+  EXPECT_EQ(f[0].mapping.target_ip.ToString(), "192.168.1.100");
+  EXPECT_EQ(f[0].mapping.target_port, 80);
+  EXPECT_TRUE(f[1].proxy);
+  EXPECT_TRUE(f[1].mapping.host_ip->IsUnspecified());
+  EXPECT_EQ(f[1].mapping.port_count, 2);
+  // "::" for an IPv6 target is plain DNAT on every IPv6 address.
+  EXPECT_FALSE(f[2].proxy);
+  EXPECT_FALSE(f[2].mapping.host_ip.has_value());
 }
 
 TEST(ForwardsTest, ParsesSnatEntriesWithTheWanInterfaceAsDefault) {

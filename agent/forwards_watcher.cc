@@ -118,6 +118,7 @@ void ForwardsWatcher::Reload(const std::string& why) {
   }
   last_error_.clear();
   applied_ = forwards->forwards.size();
+  proxied_ = diff->proxied;
   snat_applied_ = forwards->snat.size();
   LogLine(absl::StrCat("forwards file ", path_, " (", why, "): ", applied_, " forward(s): added ",
                        diff->added, ", removed ", diff->removed, ", kept ", diff->kept, "; ",
@@ -128,7 +129,19 @@ void ForwardsWatcher::Reload(const std::string& why) {
 std::string ForwardsWatcher::StatusLine() const {
   std::lock_guard<std::mutex> lock(mu_);
   if (last_error_.empty()) {
-    return absl::StrCat("static forwards from ", path_, ": ", applied_, " applied, ",
+    std::string proxied;
+    if (proxied_ > 0) {
+      proxied = absl::StrCat(" (", proxied_, " through the IPv6-to-IPv4 proxy");
+      if (proxy::Proxy* p = core_->proxy(); p != nullptr) {
+        proxy::ProxyCounters c = p->counters();
+        absl::StrAppend(&proxied, ": ", c.active_connections, " connection(s) and ",
+                        c.active_udp_flows, " UDP flow(s) open, ", c.connections_accepted,
+                        " accepted, ", c.connections_refused + c.udp_flows_refused,
+                        " refused by its limits");
+      }
+      proxied += ")";
+    }
+    return absl::StrCat("static forwards from ", path_, ": ", applied_, " applied", proxied, ", ",
                         snat_applied_, " SNAT rule(s)");
   }
   return absl::StrCat("static forwards from ", path_, ": ERROR ", last_error_, "; ", applied_,

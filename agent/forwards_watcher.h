@@ -52,6 +52,7 @@ class ForwardsWatcher {
   std::string last_error_;
   size_t applied_ = 0;
   size_t snat_applied_ = 0;
+  int proxied_ = 0;                  // guarded by mu_: of applied_, through the proxy
 };
 
 }  // namespace fabric::agent

@@ -82,6 +82,9 @@ struct State {
   // The static forwards file's SNAT rules (--forwards_file "snat"), as last
   // applied; not stored: the file is their truth, applied again at start.
   std::set<nat::SnatRule> static_snat;
+  // The file's IPv6-to-IPv4 forwards the proxy serves, by name (host_ip
+  // the IPv6 listen address, :: for any; target IPv4); not stored either.
+  std::map<std::string, nat::PortMapping> static_proxies;
   // Lease id -> the companion port scope it holds (RFC 6886 3.3).
   PersistentTable<nat::PortScope> companions;
   // IPv6 pinholes by unique id (decimal), and the WAN interface the IPv6

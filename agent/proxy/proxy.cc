@@ -110,8 +110,14 @@ absl::Status RaiseOpenFileLimit(uint64_t want) {
   }
   if (l.rlim_cur >= want) return absl::OkStatus();
   if (l.rlim_max < want) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "open-file limit: ", want, " wanted, hard limit ", l.rlim_max, " (raise LimitNOFILE)"));
+    // As far as the hard limit allows, and say so.
+    if (l.rlim_cur < l.rlim_max) {
+      l.rlim_cur = l.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &l);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("open-file limit: ", want, " wanted, raised to the hard limit ", l.rlim_max,
+                     " (raise LimitNOFILE)"));
   }
   l.rlim_cur = want;
   if (setrlimit(RLIMIT_NOFILE, &l) != 0) {

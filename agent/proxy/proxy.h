@@ -127,7 +127,8 @@ struct ProxyCounters {
 
 // Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard
 // limit); each TCP connection holds six descriptors (two sockets, two
-// pipes). kFailedPrecondition when the hard limit is lower. For the owner's
+// pipes). kFailedPrecondition when the hard limit is lower (the soft limit
+// is then raised to the hard one). For the owner's
 // wiring; the proxy never changes process limits itself.
 absl::Status RaiseOpenFileLimit(uint64_t want);
 

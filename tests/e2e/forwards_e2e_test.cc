@@ -167,6 +167,65 @@ TEST_F(ForwardsTest, ForwardChainThatDropsIsReportedUntilItAcceptsDnat) {
   EXPECT_THAT(d.out, HasSubstr("inet/filter/forward (ends with a drop rule)"));
 }
 
+// IPv6 clients to an IPv4-only LAN host: forwards from the router's IPv6
+// address (or every one) to the host's IPv4 address go through the
+// in-agent proxy, TCP and UDP, share the allocator with everything else,
+// refuse a port another process holds without changing anything, and
+// close when the file drops them.
+TEST_F(ForwardsTest, Ipv6ClientsReachAnIpv4OnlyHostThroughTheProxy) {
+  ASSERT_OK(router_->Exec("ip -6 addr add 2001:db8:1::1/64 dev wan0 nodad"));
+  ASSERT_OK(outside_->Exec("ip -6 addr add 2001:db8:1::2/64 dev eth0 nodad"));
+  agent_.reset();
+  Write(R"({"forwards":[
+    {"name":"web","protocol":"tcp","host_port":8080,"target":"192.168.77.10:80"},
+    {"name":"web6","protocol":"tcp","host_ip":"2001:db8:1::1","host_port":8086,"target":"192.168.77.10:80"},
+    {"name":"game6","protocol":"udp","host_ip":"::","host_port":27016,"target":"192.168.77.10:27015"}]})");
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                   "--lan_interfaces=lan0 --wan_interface=wan0 "
+                                                   "--forwards_file=" + file_ +
+                                                       " --metrics_address=127.0.0.1:19338"));
+  // web was kept from the first start (it is stored); the proxied two are
+  // applied at every start.
+  ASSERT_TRUE(LogShows("(start): 3 forward(s): added 2, removed 0, kept 1")) << agent_->LogText();
+  // The LAN host, IPv4 only, sees the router's LAN address.
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:1::1", 8086),
+              IsOkAndHolds("web 192.168.77.1\n"));
+  EXPECT_THAT(testing::Ask(*outside_, "udp", "2001:db8:1::1", 27016),
+              IsOkAndHolds("game 192.168.77.1\n"));
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds("web 203.0.113.2\n"));
+  ASSERT_OK_AND_ASSIGN(std::string metrics,
+                       router_->Exec("curl -s http://127.0.0.1:19338/metrics"));
+  EXPECT_THAT(metrics, HasSubstr("nat_connections_total{type=\"proxy\"} 1\n"));
+  EXPECT_THAT(router_->Exec("curl -s http://127.0.0.1:19338/"),
+              IsOkAndHolds(HasSubstr("3 applied (2 through the IPv6-to-IPv4 proxy: 0 connection(s) "
+                                     "and 1 UDP flow(s) open, 1 accepted")));
+
+  // The allocator knows the proxy's ports: an API mapping on them is refused.
+  EXPECT_THAT(Ctl("add tcp 8086 [2001:db8:1::9]:80 --owner v6web"),
+              testing::StatusIs(absl::StatusCode::kInternal,
+                                HasSubstr("static forward web6 (IPv6-to-IPv4 proxy)")));
+
+  // A port another process listens on: the reload fails, naming it, and
+  // every forward stays.
+  ASSERT_OK(router_->Spawn("exec python3 -c 'import socket,time\n"
+                           "s=socket.socket(socket.AF_INET6); s.bind((\"::\",8090)); s.listen(1)\n"
+                           "time.sleep(600)'"));
+  ASSERT_OK(router_->Exec("for i in $(seq 100); do ss -ltn | grep -q ':8090 ' && exit 0; "
+                          "sleep 0.05; done; exit 1"));
+  Write(R"({"forwards":[
+    {"name":"web6","protocol":"tcp","host_ip":"::","host_port":8090,"target":"192.168.77.10:80"}]})");
+  ASSERT_TRUE(LogShows("forward \"web6\": tcp [::]:8090 is in use by another socket (EADDRINUSE)"))
+      << agent_->LogText();
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "2001:db8:1::1", 8086),
+              IsOkAndHolds("web 192.168.77.1\n"));
+
+  // Dropped from the file: the proxy's port closes.
+  Write(R"({"forwards":[{"name":"web","protocol":"tcp","host_port":8080,"target":"192.168.77.10:80"}]})");
+  ASSERT_TRUE(LogShows("1 forward(s): added 0, removed 2, kept 1")) << agent_->LogText();
+  EXPECT_FALSE(testing::Ask(*outside_, "tcp", "2001:db8:1::1", 8086, 0.5).ok());
+  EXPECT_THAT(testing::Ask(*outside_, "tcp", "203.0.113.1", 8080), IsOkAndHolds("web 203.0.113.2\n"));
+}
+
 // --forward_accept on the same firewall: our accept goes to the top of
 // its forward chain, the DNAT'd flows pass, and a reload of the firewall
 // from its file (`flush ruleset`, as /etc/nftables.conf does) is healed
