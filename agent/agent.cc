@@ -316,6 +316,13 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     if (absl::Status s = agent->backend_->DeleteTable(); !s.ok()) return s;
   }
   CoreOptions core_options;
+  if (!config.forwards_file.empty()) {
+    // The file's SNAT rules go into the first batch (the watcher applies
+    // the whole file right after; an unreadable file is reported there).
+    absl::StatusOr<StaticConfig> file =
+        LoadForwardsFile(config.forwards_file, ForwardsOptions{config.wan_interface});
+    if (file.ok()) core_options.static_snat = file->snat;
+  }
   core_options.dynamic_lo = range->first;
   core_options.dynamic_hi = range->second;
   core_options.reader = agent->reader_.get();

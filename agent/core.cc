@@ -101,9 +101,16 @@ AgentCore::AgentCore(std::unique_ptr<Store> store, nat::Backend* backend,
 absl::Status AgentCore::Start() {
   absl::Time now = options_.now();
   const std::string firewall = options_.firewall6_interface;
-  return writer_.Start([now, firewall](const StoreContents& contents, State* state,
-                                       nat::PortAllocator* allocator, StoreWrite* cleanup) {
-    return BuildState(contents, now, firewall, state, allocator, cleanup);
+  const std::vector<nat::SnatRule> snat = options_.static_snat;
+  return writer_.Start([now, firewall, snat](const StoreContents& contents, State* state,
+                                             nat::PortAllocator* allocator, StoreWrite* cleanup) {
+    absl::Status s = BuildState(contents, now, firewall, state, allocator, cleanup);
+    if (!s.ok()) return s;
+    for (const nat::SnatRule& r : snat) {
+      if (!r.Validate().ok() || !state->static_snat.insert(r).second) continue;
+      state->network.CountSnat(r, 1);
+    }
+    return absl::OkStatus();
   });
 }
 

@@ -58,6 +58,10 @@ struct CoreOptions {
   // The WAN interface the IPv6 firewall guards (--ipv6_firewall); empty:
   // no firewall, and no pinholes (stored ones are dropped at start).
   std::string firewall6_interface;
+  // The forwards file's SNAT rules as the file says at start: in the first
+  // kernel batch already, so that a restart never leaves a moment without
+  // them (they are not stored; the file is their truth).
+  std::vector<nat::SnatRule> static_snat;
 };
 
 class AgentCore {
