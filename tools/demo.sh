@@ -14,7 +14,9 @@
 # request from outside reaching a published port, a hairpin request, a LAN
 # host mapping a port for itself with NAT-PMP (Debian's natpmpc), PCP and
 # UPnP IGD (Debian's upnpc, finding the gateway by SSDP), a router's static
-# forward from a file and its own drop-policy firewall healed by --forward_accept,
+# forward from a file (also for IPv6 clients to the IPv4-only LAN host, through
+# the agent's proxy), its LAN's fixed SNAT address, its own drop-policy
+# firewall healed by --forward_accept,
 # what fabricctl and the kernel hold, a firewall flush healing itself, and
 # removes everything.
 #
@@ -107,14 +109,24 @@ ip -n "$HOST" link set "$TAG-c" name lan0; ip -n "$LAN" link set "$TAG-d" name e
 ip -n "$HOST" addr add 192.168.77.1/24 dev lan0; ip -n "$HOST" link set lan0 up
 ip -n "$LAN" addr add 192.168.77.10/24 dev eth0; ip -n "$LAN" link set eth0 up
 ip -n "$LAN" route add default via 192.168.77.1
+# IPv6 on the WAN link (the LAN stays IPv4 only), and the router's second
+# public address, its LAN's fixed SNAT address.
+ip -n "$HOST" -6 addr add 2001:db8:77::1/64 dev wan0 nodad
+ip -n "$OUT" -6 addr add 2001:db8:77::2/64 dev eth0 nodad
+ip -n "$HOST" addr add 192.0.2.5/32 dev wan0
 in_ns "$HOST" sysctl -qw net.ipv4.ip_forward=1
 mkdir -p "$CNI_BIN"
 ln -s /usr/lib/cni/bridge /usr/lib/cni/host-local "$CNI_BIN/"
 ln -s "$BIN/cni/fabric-nat" "$CNI_BIN/fabric-nat"
 
-# A router's static forward, kept by the agent from a file.
+# A router's static forwards (one for IPv6 clients to the IPv4-only LAN
+# host, through the agent's proxy) and its LAN's fixed SNAT address, kept by
+# the agent from a file.
 cat > "$WORK/forwards.json" <<'JSON'
-{"forwards": [{"name": "lan-web", "protocol": "tcp", "host_port": 8090, "target": "192.168.77.10:80"}]}
+{"forwards": [{"name": "lan-web", "protocol": "tcp", "host_port": 8090, "target": "192.168.77.10:80"},
+              {"name": "lan-web6", "protocol": "tcp", "host_ip": "2001:db8:77::1", "host_port": 8091,
+               "target": "192.168.77.10:80"}],
+ "snat": [{"source": "192.168.77.0/24", "to": "192.0.2.5"}]}
 JSON
 
 say "Starting fabric-agent in $HOST"
@@ -183,6 +195,15 @@ say "upnpc -l: the gateway's mappings as UPnP lists them (NAT-PMP, PCP and UPnP 
 in_ns "$LAN" upnpc -i -l 2>&1 | grep -E "^ *[0-9]+ (TCP|UDP)"
 say "Router: a static forward from $WORK/forwards.json (public 8090 -> the LAN host's port 80)"
 run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8090/
+say "Router: an IPv6 client reaches the IPv4-only LAN host ([2001:db8:77::1]:8091, the agent's IPv6-to-IPv4 proxy)"
+run in_ns "$OUT" curl -s -g --max-time 3 "http://[2001:db8:77::1]:8091/"
+say "Router: the LAN leaves with its fixed SNAT address 192.0.2.5 (the file's snat entry)"
+( ip netns exec "$OUT" python3 -c '
+import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9998)); s.listen(1); c, a = s.accept(); c.sendall(("you are " + a[0] + "\n").encode())' & disown )
+sleep 0.3
+run in_ns "$LAN" python3 -c 'import socket; s=socket.create_connection(("192.0.2.2", 9998), 3); print(s.recv(100).decode().strip())'
+grep -o "static forwards from [^<]*" <(in_ns "$HOST" curl -s http://127.0.0.1:9333/) | head -1
 say "Router: its own firewall loaded with nft -f, forward policy drop (which would drop every DNAT'd flow)"
 printf '%s\n' 'table inet filter {' '  chain forward { type filter hook forward priority 0; policy drop; }' '}' > "$WORK/router.nft"
 in_ns "$HOST" nft -f "$WORK/router.nft"
