@@ -518,6 +518,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
                                ForwardsOptions{config.wan_interface});
     if (!f.ok()) return f.status();
     agent->forwards_ = std::move(*f);
+    if (follow_route && agent->wan_) {
+      // SNAT entries without an out_interface follow the WAN.
+      ForwardsWatcher* w = agent->forwards_.get();
+      agent->forwards_wan_listener_ = agent->wan_->Subscribe(
+          [w](const wan::AddressChange& c) { w->SetWanInterface(c.interface); });
+    }
   }
   if (config.backend == "nftables") {
     // Also without the flag: a chain it no longer names loses our rule.
@@ -586,6 +592,7 @@ void Agent::Reload() {
 Agent::~Agent() {
   if (repair_) repair_->Stop();
   forward_accept_.reset();
+  if (forwards_wan_listener_ != 0) wan_->Unsubscribe(forwards_wan_listener_);
   forwards_.reset();
   upnp_.reset();
   pmp_.reset();

@@ -149,6 +149,7 @@ class Agent {
   std::unique_ptr<upnp::UpnpFrontend> upnp_;
   std::unique_ptr<proxy::Proxy> proxy_;  // before forwards_: outlives it
   std::unique_ptr<ForwardsWatcher> forwards_;
+  int forwards_wan_listener_ = 0;  // wan_'s listener that tells forwards_
   std::unique_ptr<ForwardAcceptKeeper> forward_accept_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;

@@ -97,6 +97,15 @@ void ForwardsWatcher::Run() {
   }
 }
 
+void ForwardsWatcher::SetWanInterface(const std::string& interface) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (options_.default_out_interface == interface) return;
+    options_.default_out_interface = interface;
+  }
+  Reload(absl::StrCat("the WAN interface is now ", interface));
+}
+
 void ForwardsWatcher::Reload(const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   absl::Time start = absl::Now();

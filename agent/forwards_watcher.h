@@ -32,6 +32,10 @@ class ForwardsWatcher {
 
   // Reads and applies the file now; `why` goes into the log line.
   void Reload(const std::string& why);
+  // The WAN interface moved (the agent follows the default route): SNAT
+  // entries without an out_interface now leave through `interface`; the
+  // file is applied again when it differs.
+  void SetWanInterface(const std::string& interface);
   // "static forwards from F: 3 applied" or "...: <error>; 3 kept".
   std::string StatusLine() const;
 
@@ -43,7 +47,7 @@ class ForwardsWatcher {
   AgentCore* const core_;
   Metrics* const metrics_;
   const std::string path_;
-  const ForwardsOptions options_;
+  ForwardsOptions options_;  // guarded by mu_ (wan_interface changes)
   const int inotify_;
   const int wake_;  // eventfd: stop
   std::atomic<bool> stopping_{false};

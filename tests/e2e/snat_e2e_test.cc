@@ -169,5 +169,29 @@ TEST_F(SnatTest, OneHostsFixedAddressWinsOverTheNetworksTranslation) {
               IsOkAndHolds("outside 203.0.113.5\n"));
 }
 
+// Without --wan_interface the WAN follows the default route, and so do the
+// SNAT entries that name no out_interface: the router's uplink fails over
+// and the LAN leaves through the new one, still with its fixed address.
+TEST_F(SnatTest, EntriesWithoutAnInterfaceFollowTheDefaultRoute) {
+  ASSERT_OK(router_->Exec("ip route add default via 203.0.113.2 dev wan0"));
+  Write(R"({"snat":[{"source":"192.168.77.0/24","to":"203.0.113.5"}]})");
+  ASSERT_OK_AND_ASSIGN(agent_, AgentProcess::Start(router_.get(), dir_,
+                                                   "--lan_interfaces=lan0 --forwards_file=" + file_));
+  EXPECT_EQ(OutsideSees("outside 203.0.113.5\n"), "outside 203.0.113.5\n");
+  EXPECT_THAT(router_->Exec("nft list chain inet fabric_nat postrouting"),
+              IsOkAndHolds(HasSubstr("oifname \"wan0\" ip saddr 192.168.77.0/24")));
+  // A second uplink to the same outside host; the default route moves.
+  ASSERT_OK(testing::Link(*router_, "wan1", "198.51.100.1/24", *outside_, "eth1",
+                          "198.51.100.2/24"));
+  ASSERT_OK(router_->Exec("ip route del 203.0.113.0/24 dev wan0 && "
+                          "ip route replace default via 198.51.100.2 dev wan1 && "
+                          "ip route add 203.0.113.0/24 via 198.51.100.2 dev wan1"));
+  ASSERT_OK(outside_->Exec("ip route add 203.0.113.5/32 dev eth1"));
+  ASSERT_TRUE(LogShows("(the WAN interface is now wan1): 0 forward(s)")) << agent_->LogText();
+  EXPECT_THAT(router_->Exec("nft list chain inet fabric_nat postrouting"),
+              IsOkAndHolds(HasSubstr("oifname \"wan1\" ip saddr 192.168.77.0/24")));
+  EXPECT_EQ(OutsideSees("outside 203.0.113.5\n"), "outside 203.0.113.5\n");
+}
+
 }  // namespace
 }  // namespace fabric
