@@ -236,6 +236,23 @@ absl::StatusOr<nat::SnatRule> ParseSnat(const json& f, const ForwardsOptions& op
 
 }  // namespace
 
+namespace {
+
+// "forwards[2] (\"web\")": entry `i` of array `list`, named by its `key`
+// field when it has a string one (for error messages).
+std::string Where(const char* list, size_t i, const json& entry, const char* key) {
+  std::string where = absl::StrCat(list, "[", i, "]");
+  if (entry.is_object()) {
+    auto k = entry.find(key);
+    if (k != entry.end() && k->is_string()) {
+      absl::StrAppend(&where, " (\"", k->get<std::string>().substr(0, 64), "\")");
+    }
+  }
+  return where;
+}
+
+}  // namespace
+
 absl::StatusOr<StaticConfig> ParseForwards(absl::string_view text, const std::string& path,
                                            const ForwardsOptions& options) {
   auto fail = [&](const std::string& what) {
@@ -261,13 +278,7 @@ absl::StatusOr<StaticConfig> ParseForwards(absl::string_view text, const std::st
     std::map<std::pair<nat::Prefix, std::string>, size_t> seen;
     for (size_t i = 0; i < snat->size(); ++i) {
       const json& f = (*snat)[i];
-      std::string where = absl::StrCat("snat[", i, "]");
-      if (f.is_object()) {
-        auto src = f.find("source");
-        if (src != f.end() && src->is_string()) {
-          absl::StrAppend(&where, " (\"", src->get<std::string>().substr(0, 64), "\")");
-        }
-      }
+      const std::string where = Where("snat", i, f, "source");
       if (!f.is_object()) return fail(absl::StrCat(where, ": must be an object"));
       absl::StatusOr<nat::SnatRule> one = ParseSnat(f, options);
       if (!one.ok()) return fail(absl::StrCat(where, ": ", one.status().message()));
@@ -290,13 +301,7 @@ absl::StatusOr<StaticConfig> ParseForwards(absl::string_view text, const std::st
   std::set<std::string> names;
   for (size_t i = 0; i < list->size(); ++i) {
     const json& f = (*list)[i];
-    std::string where = absl::StrCat("forwards[", i, "]");
-    if (f.is_object()) {
-      auto n = f.find("name");
-      if (n != f.end() && n->is_string()) {
-        absl::StrAppend(&where, " (\"", n->get<std::string>().substr(0, 64), "\")");
-      }
-    }
+    const std::string where = Where("forwards", i, f, "name");
     if (!f.is_object()) return fail(absl::StrCat(where, ": must be an object"));
     absl::StatusOr<StaticForward> one = ParseOne(f);
     if (!one.ok()) return fail(absl::StrCat(where, ": ", one.status().message()));

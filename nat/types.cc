@@ -351,4 +351,13 @@ absl::StatusOr<std::pair<uint16_t, uint16_t>> ParsePortRange(
   return std::make_pair(static_cast<uint16_t>(lo), static_cast<uint16_t>(hi));
 }
 
+std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules) {
+  std::vector<SnatRule> out(rules.begin(), rules.end());
+  std::stable_sort(out.begin(), out.end(), [](const SnatRule& a, const SnatRule& b) {
+    if (a.source.length != b.source.length) return a.source.length > b.source.length;
+    return a.out_interface.empty() < b.out_interface.empty();
+  });
+  return out;
+}
+
 }  // namespace fabric::nat

@@ -176,6 +176,11 @@ struct SnatRule {
 // networks, not per container).
 inline constexpr size_t kMaxSnatRules = 256;
 
+// The order both backends lay SNAT rules in: the most specific source
+// first, and for the same source a named interface before "any", so that an
+// entry for a subnet of another entry's network still applies.
+std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules);
+
 // What the agent wants the kernel to hold (or what a backend read back).
 struct RuleSet {
   std::set<DnatElement> dnat;

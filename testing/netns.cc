@@ -203,11 +203,10 @@ std::string NetTool() {
   return "testing/nettool.py";
 }
 
-absl::Status Serve(Netns& ns, const std::string& proto, int port,
-                   const std::string& token) {
-  absl::StatusOr<pid_t> pid = ns.Spawn(absl::StrCat(
-      "exec /usr/bin/python3 ", NetTool(), " serve ", proto, " ", port, " ", token));
-  if (!pid.ok()) return pid.status();
+namespace {
+
+// Waits until something in `ns` listens on `port`/`proto`.
+absl::Status WaitListening(Netns& ns, const std::string& proto, int port) {
   std::string flag = proto == "udp" ? "-uln" : (proto == "sctp" ? "-Sln" : "-tln");
   for (int i = 0; i < 200; ++i) {
     absl::StatusOr<std::string> out =
@@ -217,6 +216,29 @@ absl::Status Serve(Netns& ns, const std::string& proto, int port,
   }
   return absl::DeadlineExceededError(absl::StrCat(
       "server on ", port, "/", proto, " in ", ns.name(), " did not start"));
+}
+
+}  // namespace
+
+absl::Status Serve(Netns& ns, const std::string& proto, int port,
+                   const std::string& token) {
+  absl::StatusOr<pid_t> pid = ns.Spawn(absl::StrCat(
+      "exec /usr/bin/python3 ", NetTool(), " serve ", proto, " ", port, " ", token));
+  if (!pid.ok()) return pid.status();
+  return WaitListening(ns, proto, port);
+}
+
+absl::Status ServeCount(Netns& ns, int port, const std::string& addr) {
+  absl::StatusOr<pid_t> pid =
+      ns.Spawn(absl::StrCat("exec /usr/bin/python3 ", NetTool(), " count ", port, " ", addr));
+  if (!pid.ok()) return pid.status();
+  return WaitListening(ns, "tcp", port);
+}
+
+absl::StatusOr<std::string> SendBytes(const Netns& ns, const std::string& host, int port,
+                                      int bytes) {
+  return ns.Exec(
+      absl::StrCat("/usr/bin/python3 ", NetTool(), " send ", host, " ", port, " ", bytes));
 }
 
 absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,

@@ -91,6 +91,13 @@ std::string NetTool();
 // waits until it listens.
 absl::Status Serve(Netns& ns, const std::string& proto, int port,
                    const std::string& token);
+// `nettool.py count` in `ns` on TCP `port` of `addr` (answering each
+// connection with the bytes it got), started and listening.
+absl::Status ServeCount(Netns& ns, int port, const std::string& addr = "0.0.0.0");
+// `nettool.py send` from `ns`: `bytes` bytes to host:port over TCP; the
+// answer ("<bytes the server got>\n").
+absl::StatusOr<std::string> SendBytes(const Netns& ns, const std::string& host, int port,
+                                      int bytes);
 // `nettool.py ask` from `ns`: the server's answer, or an error when none
 // comes within `timeout` seconds.
 absl::StatusOr<std::string> Ask(const Netns& ns, const std::string& proto,

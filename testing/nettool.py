@@ -8,6 +8,11 @@
   nettool.py udpstream HOST PORT COUNT INTERVAL SOURCEPORT
       Sends COUNT datagrams from one source port, one every INTERVAL seconds,
       printing "<n> <answer>" or "<n> -" for each.
+  nettool.py count PORT [ADDR]
+      A TCP server that reads each connection to its end and answers with
+      the number of bytes it got.
+  nettool.py send HOST PORT BYTES
+      Sends BYTES bytes over TCP, half-closes, prints the answer (count's).
 """
 import socket
 import sys
@@ -94,7 +99,37 @@ def udpstream(host, port, count, interval, source_port):
     return 0
 
 
+def count(port, addr):
+    s = socket.socket(family(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        n = 0
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            n += len(d)
+        c.sendall(str(n).encode())
+        c.close()
+
+
+def send(host, port, n):
+    s = socket.create_connection((host, port), 5)
+    s.sendall(b"x" * n)
+    s.shutdown(socket.SHUT_WR)
+    sys.stdout.write(s.recv(100).decode() + "\n")
+    return 0
+
+
 def main(argv):
+    if len(argv) >= 2 and argv[0] == "count":
+        count(int(argv[1]), argv[2] if len(argv) > 2 else "0.0.0.0")
+        return 0
+    if len(argv) == 4 and argv[0] == "send":
+        return send(argv[1], int(argv[2]), int(argv[3]))
     if len(argv) >= 4 and argv[0] == "serve":
         addr = argv[4] if len(argv) > 4 else "::"
         serve(argv[1], int(argv[2]), argv[3], addr)

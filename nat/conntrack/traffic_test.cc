@@ -24,15 +24,6 @@ using ::fabric::testing::ScopedNetns;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
 
-// Sends `bytes` to 127.0.0.1:port, half-closes, and waits for the answer.
-std::string Client(int port, int bytes) {
-  return absl::StrCat(
-      "python3 -c 'import socket\n"
-      "s=socket.create_connection((\"127.0.0.1\",",
-      port, "))\ns.sendall(b\"x\"*", bytes,
-      ")\ns.shutdown(socket.SHUT_WR)\nprint(s.recv(100).decode())'");
-}
-
 class TrafficAccountingTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -44,20 +35,8 @@ class TrafficAccountingTest : public ::testing::Test {
         "nft 'add table ip t; add chain ip t out { type nat hook output priority -100; }; "
         "add rule ip t out ip daddr 127.0.0.1 tcp dport 8080 dnat to 127.0.0.1:9090' && "
         "sysctl -qw net.netfilter.nf_conntrack_acct=1"));
-    // Counts the bytes it got and answers with the count.
-    ASSERT_OK(ns_->Spawn(
-        "exec python3 -c 'import socket\n"
-        "l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-        "l.bind((\"127.0.0.1\",9090)); l.listen(8)\n"
-        "while True:\n"
-        "  c,_=l.accept(); n=0\n"
-        "  while True:\n"
-        "    d=c.recv(65536)\n"
-        "    if not d: break\n"
-        "    n+=len(d)\n"
-        "  c.sendall(str(n).encode()); c.close()'"));
-    ASSERT_OK(ns_->Exec("for i in $(seq 100); do ss -ltn | grep -q :9090 && exit 0; "
-                        "sleep 0.05; done; exit 1"));
+    // Answers each connection with the bytes it got.
+    ASSERT_OK(testing::ServeCount(*ns_, 9090, "127.0.0.1"));
     ASSERT_OK_AND_ASSIGN(auto enter, ScopedNetns::Enter(*ns_));
     ASSERT_OK_AND_ASSIGN(accounting_, TrafficAccounting::Start());
   }
@@ -70,7 +49,7 @@ class TrafficAccountingTest : public ::testing::Test {
 };
 
 TEST_F(TrafficAccountingTest, OpenThenEndedConnectionsCarryTheirBytes) {
-  ASSERT_OK_AND_ASSIGN(std::string answer, ns_->Exec(Client(8080, 200000)));
+  ASSERT_OK_AND_ASSIGN(std::string answer, testing::SendBytes(*ns_, "127.0.0.1", 8080, 200000));
   EXPECT_EQ(answer, "200000\n");  // it went through the DNAT rule to 9090
 
   // Closed but still tracked (TIME_WAIT): counted from the dump.
@@ -96,7 +75,7 @@ TEST_F(TrafficAccountingTest, OpenThenEndedConnectionsCarryTheirBytes) {
   EXPECT_EQ(accounting_->lost_events(), 0u);
 
   // A second connection adds to the first.
-  ASSERT_OK_AND_ASSIGN(answer, ns_->Exec(Client(8080, 1000)));
+  ASSERT_OK_AND_ASSIGN(answer, testing::SendBytes(*ns_, "127.0.0.1", 8080, 1000));
   ASSERT_OK_AND_ASSIGN(TrafficTable both, accounting_->Read());
   EXPECT_EQ(both[kKey].open, 1u);
   EXPECT_EQ(both[kKey].ended, 1u);
@@ -110,7 +89,7 @@ TEST_F(TrafficAccountingTest, OpenThenEndedConnectionsCarryTheirBytes) {
 }
 
 TEST_F(TrafficAccountingTest, TrafficNoDnatRuleTranslatedIsNotCounted) {
-  ASSERT_OK_AND_ASSIGN(std::string answer, ns_->Exec(Client(9090, 5000)));
+  ASSERT_OK_AND_ASSIGN(std::string answer, testing::SendBytes(*ns_, "127.0.0.1", 9090, 5000));
   EXPECT_EQ(answer, "5000\n");
   ASSERT_OK_AND_ASSIGN(TrafficTable t, accounting_->Read());
   EXPECT_TRUE(t.empty());

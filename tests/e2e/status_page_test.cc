@@ -67,23 +67,8 @@ TEST_F(StatusPageTest, ChromiumRendersMappingsAndLeasesAndRunsNothing) {
   ASSERT_OK(lan_->Exec("natpmpc -g 192.168.77.1 -a 8088 80 tcp 3600").status());
   // Real traffic through the lease: 200,000 bytes from outside to a LAN
   // server that answers with the count it got.
-  ASSERT_OK(lan_->Spawn(
-      "exec python3 -c 'import socket\n"
-      "l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-      "l.bind((\"0.0.0.0\",80)); l.listen(8)\n"
-      "while True:\n"
-      "  c,_=l.accept(); n=0\n"
-      "  while True:\n"
-      "    d=c.recv(65536)\n"
-      "    if not d: break\n"
-      "    n+=len(d)\n"
-      "  c.sendall(str(n).encode()); c.close()'"));
-  ASSERT_OK(lan_->Exec("for i in $(seq 100); do ss -ltn | grep -q ':80 ' && exit 0; "
-                       "sleep 0.05; done; exit 1"));
-  EXPECT_THAT(outside_->Exec("python3 -c 'import socket\n"
-                             "s=socket.create_connection((\"11.77.0.1\",8088))\n"
-                             "s.sendall(b\"x\"*200000); s.shutdown(socket.SHUT_WR)\n"
-                             "print(s.recv(100).decode())'"),
+  ASSERT_OK(testing::ServeCount(*lan_, 80));
+  EXPECT_THAT(testing::SendBytes(*outside_, "11.77.0.1", 8088, 200000),
               IsOkAndHolds("200000\n"));
   // Its bytes, from conntrack accounting, in the REST view and on /metrics
   // (the connection is closed but still tracked, in TIME_WAIT).

@@ -94,17 +94,6 @@ void SetSnatTarget(EntryBuilder<F>& b, const IpAddress& to) {
   std::memcpy(&r->max_addr, to.bytes(), to.size());
 }
 
-// The SNAT rules in the order the nftables backend gives them: the most
-// specific source first, a named interface before "any".
-std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules) {
-  std::vector<SnatRule> out(rules.begin(), rules.end());
-  std::stable_sort(out.begin(), out.end(), [](const SnatRule& a, const SnatRule& b) {
-    if (a.source.length != b.source.length) return a.source.length > b.source.length;
-    return a.out_interface.empty() < b.out_interface.empty();
-  });
-  return out;
-}
-
 }  // namespace
 
 template <typename F>

@@ -5,9 +5,7 @@
 #include <libnftnl/common.h>
 #include <libnftnl/expr.h>
 #include <libnftnl/rule.h>
-#include <libnftnl/udata.h>
 #include <linux/netfilter.h>
-#include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_tables.h>
 
 #include <cstring>
@@ -18,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "nat/backend/nftables/encode.h"
+#include "nat/backend/nftables/internal/layout.h"
 #include "nat/netlink/socket.h"
 
 namespace fabric::nat::nftables {
@@ -44,32 +43,9 @@ bool IsOurs(nftnl_rule* r) {
 
 // ct status dnat counter accept, with our comment.
 void AddOurRule(nftnl_rule* r) {
-  nftnl_expr* ct = nftnl_expr_alloc("ct");
-  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
-  nftnl_expr_set_u32(ct, NFTNL_EXPR_CT_DREG, NFT_REG_1);
-  nftnl_rule_add_expr(r, ct);
-  uint32_t mask = IPS_DST_NAT, zero = 0;
-  nftnl_expr* bw = nftnl_expr_alloc("bitwise");
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_SREG, NFT_REG_1);
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_DREG, NFT_REG_1);
-  nftnl_expr_set_u32(bw, NFTNL_EXPR_BITWISE_LEN, 4);
-  nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_MASK, &mask, 4);
-  nftnl_expr_set(bw, NFTNL_EXPR_BITWISE_XOR, &zero, 4);
-  nftnl_rule_add_expr(r, bw);
-  nftnl_expr* cmp = nftnl_expr_alloc("cmp");
-  nftnl_expr_set_u32(cmp, NFTNL_EXPR_CMP_SREG, NFT_REG_1);
-  nftnl_expr_set_u32(cmp, NFTNL_EXPR_CMP_OP, NFT_CMP_NEQ);
-  nftnl_expr_set(cmp, NFTNL_EXPR_CMP_DATA, &zero, 4);
-  nftnl_rule_add_expr(r, cmp);
-  nftnl_rule_add_expr(r, nftnl_expr_alloc("counter"));
-  nftnl_expr* verdict = nftnl_expr_alloc("immediate");
-  nftnl_expr_set_u32(verdict, NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
-  nftnl_expr_set_u32(verdict, NFTNL_EXPR_IMM_VERDICT, NF_ACCEPT);
-  nftnl_rule_add_expr(r, verdict);
-  nftnl_udata_buf* ud = nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN);
-  nftnl_udata_put_strz(ud, NFTNL_UDATA_RULE_COMMENT, ForwardAccept::kComment);
-  nftnl_rule_set_data(r, NFTNL_RULE_USERDATA, nftnl_udata_buf_data(ud), nftnl_udata_buf_len(ud));
-  nftnl_udata_buf_free(ud);
+  internal::CtStatusDnat(r);
+  internal::AddCountedAccept(r);
+  internal::SetComment(r, ForwardAccept::kComment);
 }
 
 // What one chain holds of interest: its first rule and our rules.

@@ -170,8 +170,6 @@ void CtBits(nftnl_rule* r, uint32_t key, uint32_t mask, bool set) {
   nftnl_rule_add_expr(r, Cmp(NFT_REG_1, set ? NFT_CMP_NEQ : NFT_CMP_EQ, &zero, 4));
 }
 
-// ct status dnat
-void CtStatusDnat(nftnl_rule* r) { CtBits(r, NFT_CT_STATUS, IPS_DST_NAT, true); }
 
 // iifname @fw6_ifaces meta nfproto ipv6
 void FromFirewalledWan(nftnl_rule* r) {
@@ -191,6 +189,21 @@ uint32_t SaddrOffset(Family f) { return f == Family::kIPv4 ? 12 : 8; }
 uint32_t DaddrOffset(Family f) { return f == Family::kIPv4 ? 16 : 24; }
 
 }  // namespace
+
+void CtStatusDnat(nftnl_rule* r) { CtBits(r, NFT_CT_STATUS, IPS_DST_NAT, true); }
+
+void SetComment(nftnl_rule* r, const std::string& comment) {
+  nftnl_udata_buf* udata = nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN);
+  nftnl_udata_put_strz(udata, NFTNL_UDATA_RULE_COMMENT, comment.c_str());
+  nftnl_rule_set_data(r, NFTNL_RULE_USERDATA, nftnl_udata_buf_data(udata),
+                      nftnl_udata_buf_len(udata));
+  nftnl_udata_buf_free(udata);
+}
+
+void AddCountedAccept(nftnl_rule* r) {
+  nftnl_rule_add_expr(r, Counter());
+  nftnl_rule_add_expr(r, Verdict(NF_ACCEPT, nullptr));
+}
 
 RulePtr NewRule(const char* chain) {
   RulePtr r(nftnl_rule_alloc());
@@ -288,24 +301,8 @@ RulePtr SnatRuleOfSpec(const SnatRule& rule) {
   nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1);
   nftnl_expr_set_u32(nat, NFTNL_EXPR_NAT_FLAGS, NF_NAT_RANGE_MAP_IPS);
   nftnl_rule_add_expr(r.get(), nat);
-  nftnl_udata_buf* udata = nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN);
-  nftnl_udata_put_strz(udata, NFTNL_UDATA_RULE_COMMENT, SnatComment(rule).c_str());
-  nftnl_rule_set_data(r.get(), NFTNL_RULE_USERDATA, nftnl_udata_buf_data(udata),
-                      nftnl_udata_buf_len(udata));
-  nftnl_udata_buf_free(udata);
+  SetComment(r.get(), SnatComment(rule));
   return r;
-}
-
-// The order of the SNAT rules: the most specific source first, and for the
-// same source a named interface before "any", so that an entry for a
-// subnet of another entry's network still applies.
-std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules) {
-  std::vector<SnatRule> out(rules.begin(), rules.end());
-  std::stable_sort(out.begin(), out.end(), [](const SnatRule& a, const SnatRule& b) {
-    if (a.source.length != b.source.length) return a.source.length > b.source.length;
-    return a.out_interface.empty() < b.out_interface.empty();
-  });
-  return out;
 }
 
 const DnatMap& DnatMapNamed(const char* name) {

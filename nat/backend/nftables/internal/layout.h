@@ -127,6 +127,14 @@ struct RuleSpec {
 // The comment a SNAT rule carries, which Read() decodes it from.
 std::string SnatComment(const SnatRule& rule);
 
+// Adds `ct status dnat` (the connection was DNAT'd) to `r`; also used by
+// forward_accept.cc for its rule in other tables.
+void CtStatusDnat(nftnl_rule* r);
+// Adds `counter accept` to `r`.
+void AddCountedAccept(nftnl_rule* r);
+// Sets `r`'s comment (its user data, as `nft` writes comments).
+void SetComment(nftnl_rule* r, const std::string& comment);
+
 // An empty rule of our table in `chain`.
 RulePtr NewRule(const char* chain);
 
