@@ -183,6 +183,29 @@ std::vector<v1::PortMapping> AgentCore::ListMappings(v1::OwnerKind kind,
   std::vector<v1::PortMapping> out;
   out.reserve(matched.size());
   for (const MappingRecord* rec : matched) out.push_back(rec->proto);
+  // The file's IPv6-to-IPv4 forwards: not DNAT mappings, but listed with
+  // the static ones (id "proxy-NAME"; the API cannot remove them either).
+  if (kind == v1::OWNER_KIND_UNSPECIFIED || kind == v1::OWNER_KIND_STATIC) {
+    for (const auto& [name, m] : snap->state.static_proxies) {
+      if (!owner_id.empty() && owner_id != name) continue;
+      v1::PortMapping p;
+      p.set_id(absl::StrCat("proxy-", name));
+      p.mutable_owner()->set_kind(v1::OWNER_KIND_STATIC);
+      p.mutable_owner()->set_id(name);
+      p.set_protocol(ToProto(m.protocol));
+      if (m.host_ip.has_value() && !m.host_ip->IsUnspecified()) {
+        p.set_host_ip(m.host_ip->ToString());
+      } else {
+        p.set_host_ip("::");
+      }
+      p.set_host_port(m.host_port);
+      p.set_port_count(m.port_count);
+      p.set_target_ip(m.target_ip.ToString());
+      p.set_target_port(m.target_port);
+      p.set_description(absl::StrCat("--forwards_file ", name, ", through the IPv6-to-IPv4 proxy"));
+      out.push_back(std::move(p));
+    }
+  }
   return out;
 }
 

@@ -200,6 +200,11 @@ TEST_F(ForwardsTest, Ipv6ClientsReachAnIpv4OnlyHostThroughTheProxy) {
               IsOkAndHolds(HasSubstr("3 applied (2 through the IPv6-to-IPv4 proxy: 0 connection(s) "
                                      "and 1 UDP flow(s) open, 1 accepted")));
 
+  // Listed with the static forwards.
+  ASSERT_OK_AND_ASSIGN(std::string list, Ctl("list"));
+  EXPECT_THAT(list, ::testing::ContainsRegex("static +tcp +\\[2001:db8:1::1\\]:8086 +192.168.77.10:80"));
+  EXPECT_THAT(list, ::testing::ContainsRegex("static +udp +\\[::\\]:27016 +192.168.77.10:27015"));
+  EXPECT_THAT(list, HasSubstr("through the IPv6-to-IPv4 proxy"));
   // The allocator knows the proxy's ports: an API mapping on them is refused.
   EXPECT_THAT(Ctl("add tcp 8086 [2001:db8:1::9]:80 --owner v6web"),
               testing::StatusIs(absl::StatusCode::kInternal,
