@@ -32,6 +32,8 @@
 # Containers run with crun and no cgroups, as in //deploy:image_test. About
 # 4 s.
 set -euo pipefail
+# A command that fails outside fail() says which it was.
+trap 'echo "podman_e2e_test: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 RUN=${TEST_SRCDIR:?run me with bazel test //tests/e2e:podman_e2e_test}/${TEST_WORKSPACE:?}
 AGENT=$RUN/agent/fabric-agent
@@ -297,14 +299,16 @@ export T OUT_NS SOCK
 machine_state() {
   for p in /var/lib/containers /etc/cni/net.d /run/containers /run/libpod /etc/containers; do
     if [ -e "$p" ]; then
-      find "$p" -printf '%p %s %T@\n' 2>/dev/null | sort
+      # find fails when a file goes while it walks (tests beside this one
+      # come and go in /var/lib/cni): what it listed is still the answer.
+      { find "$p" -printf '%p %s %T@\n' 2>/dev/null || true; } | sort
     else
       echo "$p absent"
     fi
   done
   # Leases and cached results of the two networks this test uses.
-  find /var/lib/cni \( -name '*fabricnet*' -o -name '*podman*' \) -printf '%p %s %T@\n' \
-    2>/dev/null | sort
+  { find /var/lib/cni \( -name '*fabricnet*' -o -name '*podman*' \) -printf '%p %s %T@\n' \
+      2>/dev/null || true; } | sort
 }
 
 outer_cleanup() {
