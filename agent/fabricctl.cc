@@ -10,6 +10,9 @@
 //   fabricctl [--socket PATH] backup PATH
 //   fabricctl [--socket PATH] [--state_dir DIR] diagnose [--json]
 //   fabricctl [--socket PATH] health [--ready]
+//   fabricctl upstream map|unmap PROTO PORT [--external PORT] [--lifetime S] [--gateway IP]
+//             [--protocol auto|pcp|natpmp|upnp] [--json] [--keep]
+//   fabricctl upstream status [--gateway IP] [--protocol ...] [--json]
 #include <iostream>
 #include <string>
 #include <vector>
@@ -36,6 +39,12 @@ ABSL_FLAG(bool, ready, false,
           "reconciled), not merely answering");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10),
           "how long to wait for the agent's answer");
+ABSL_FLAG(int32_t, external, 0, "upstream: the external port to ask for (default: the same)");
+ABSL_FLAG(int32_t, lifetime, 3600, "upstream map: the lifetime to ask for, seconds");
+ABSL_FLAG(std::string, gateway, "", "upstream: the gateway (default: the default route's)");
+ABSL_FLAG(std::string, protocol, "auto", "upstream: auto, pcp, natpmp or upnp");
+ABSL_FLAG(bool, keep, false,
+          "upstream map: renew until SIGINT/SIGTERM, then delete the mapping");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(fabric::agent::ctl::Usage());
@@ -54,5 +63,10 @@ int main(int argc, char** argv) {
   options.description = absl::GetFlag(FLAGS_description);
   options.ready = absl::GetFlag(FLAGS_ready);
   options.timeout = absl::GetFlag(FLAGS_timeout);
+  options.upstream.external_port = absl::GetFlag(FLAGS_external);
+  options.upstream.lifetime = absl::GetFlag(FLAGS_lifetime);
+  options.upstream.gateway = absl::GetFlag(FLAGS_gateway);
+  options.upstream.protocol = absl::GetFlag(FLAGS_protocol);
+  options.upstream.keep = absl::GetFlag(FLAGS_keep);
   return fabric::agent::ctl::Run(args, options, std::cout, std::cerr);
 }

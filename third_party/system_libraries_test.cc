@@ -5,6 +5,8 @@
 #include <libnetfilter_conntrack/libnetfilter_conntrack.h>
 #include <libnftnl/table.h>
 #include <microhttpd.h>
+#include <miniupnpc/miniupnpc.h>
+#include <miniupnpc/upnperrors.h>
 #include <pugixml.hpp>
 #include <sqlite3.h>
 
@@ -36,4 +38,6 @@ TEST(SystemLibrariesTest, EachLinksAndAnswers) {
   pugi::xml_document doc;
   ASSERT_TRUE(doc.load_string("<a><b>x</b></a>"));
   EXPECT_STREQ(doc.child("a").child("b").text().get(), "x");
+  // libminiupnpc: an error string lookup needs no network.
+  EXPECT_STREQ(strupnperror(718), "ConflictInMappingEntry");
 }

@@ -33,6 +33,12 @@ constexpr char kUsage[] =
     "                                     ready: kernel reconciled), else 1 (probes)\n"
     "  backup PATH                        snapshot the agent's state (start an\n"
     "                                     agent from it: PATH as <state_dir>/state.db)\n"
+    "  upstream map tcp|udp PORT          map PORT on the LAN's gateway (PCP, NAT-PMP or\n"
+    "                                     UPnP; --external PORT --lifetime S --gateway IP\n"
+    "                                     --protocol auto|pcp|natpmp|upnp --json; --keep:\n"
+    "                                     renew until SIGINT/SIGTERM, then delete)\n"
+    "  upstream unmap tcp|udp PORT        delete it; upstream status: what the gateway\n"
+    "                                     answers (no agent needed for upstream)\n"
     "When the agent does not answer, list, status and diagnose read --state_dir's store\n"
     "read-only (and diagnose this network namespace's kernel) instead.";
 
@@ -294,6 +300,7 @@ int Run(const std::vector<std::string>& args, const Options& options, std::ostre
     return kExitUsage;
   }
   const std::string& cmd = args[0];
+  if (cmd == "upstream") return Upstream(args, options.upstream, options.json, out, err);
   const bool offline_capable = cmd == "list" || cmd == "status" || cmd == "diagnose";
   if (access(options.socket.c_str(), F_OK) != 0) {
     Unreachable why{absl::StrCat("no agent socket at ", options.socket,

@@ -12,6 +12,8 @@
 //   backup PATH                        snapshot the agent's state
 //   diagnose [--json]                  compare kernel and store
 //   health [--ready]                   for probes (--timeout)
+//   upstream map|unmap|status ...      the LAN gateway, without the agent
+//                                      (upstream_cmd.h)
 //
 // When the agent does not answer (no socket file, or the call is UNAVAILABLE:
 // connection refused), list, status and diagnose read the store instead
@@ -43,6 +45,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "agent/ctl/upstream_cmd.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
 #include "nat/backend/backend.h"
 
@@ -69,6 +72,8 @@ struct Options {
   // Offline diagnose's read of the kernel; unset: the nftables backend's
   // Read() in this network namespace (tests give their own).
   std::function<absl::StatusOr<nat::KernelState>()> read_kernel;
+  // upstream: --external, --lifetime, --gateway, --protocol, --keep.
+  UpstreamOptions upstream;
 };
 
 // The usage text (fabricctl's program usage message; printed on a usage

@@ -37,7 +37,7 @@ absl::StatusOr<Layout> MakeLayout(const std::string& wan_net) {
 absl::StatusOr<std::unique_ptr<Miniupnpd>> Miniupnpd::Start(Layout& l, const std::string& dir,
                                                             const std::string& services,
                                                             const std::function<bool()>& ready) {
-  std::unique_ptr<Miniupnpd> m(new Miniupnpd(dir));
+  std::unique_ptr<Miniupnpd> m(new Miniupnpd(dir, &l));
   std::string conf = dir + "/miniupnpd.conf";
   std::ofstream(conf) << "ext_ifname=wan0\nlistening_ip=lan0\n"
                       << services << "\n"
@@ -57,26 +57,58 @@ absl::StatusOr<std::unique_ptr<Miniupnpd>> Miniupnpd::Start(Layout& l, const std
             ->Exec("nft add table inet filter && "
                    "nft add chain inet filter miniupnpd && "
                    "nft add chain inet filter prerouting_miniupnpd && "
-                   "nft add chain inet filter postrouting_miniupnpd")
+                   "nft add chain inet filter postrouting_miniupnpd && "
+                   // Hooked, as a router's firewall would, so its mappings
+                   // forward real packets.
+                   "nft add chain inet filter prerouting "
+                   "'{ type nat hook prerouting priority dstnat; }' && "
+                   "nft add rule inet filter prerouting jump prerouting_miniupnpd && "
+                   "nft add chain inet filter postrouting "
+                   "'{ type nat hook postrouting priority srcnat; }' && "
+                   "nft add rule inet filter postrouting jump postrouting_miniupnpd && "
+                   "nft add chain inet filter forward "
+                   "'{ type filter hook forward priority filter; }' && "
+                   "nft add rule inet filter forward jump miniupnpd")
             .status();
   }
+  if (s.ok()) s = m->Launch(ready);
+  if (!s.ok()) return s;
+  return m;
+}
+
+absl::Status Miniupnpd::Launch(const std::function<bool()>& ready) {
   // No -d: its debug log lists every rule on every request.
-  if (s.ok()) {
-    s = l.router
-            ->Spawn(absl::StrCat("exec miniupnpd -f ", conf, " -P ", dir, "/miniupnpd.pid > ",
-                                 dir, "/miniupnpd.log 2>&1"))
-            .status();
-  }
+  absl::Status s = layout_->router
+                       ->Spawn(absl::StrCat("exec miniupnpd -f ", dir_, "/miniupnpd.conf -P ",
+                                            dir_, "/miniupnpd.pid > ", dir_,
+                                            "/miniupnpd.log 2>&1"))
+                       .status();
   if (!s.ok()) return s;
   for (int i = 0; i < 100; ++i) {
-    if (ready()) return m;
+    if (ready()) return absl::OkStatus();
     usleep(100000);
   }
   return absl::UnavailableError(
-      absl::StrCat("miniupnpd did not answer; its log:\n", m->LogTail(20)));
+      absl::StrCat("miniupnpd did not answer; its log:\n", LogTail(20)));
 }
 
-Miniupnpd::~Miniupnpd() {
+absl::Status Miniupnpd::Restart(const std::function<bool()>& ready) {
+  Stop();
+  // Its rules go too, as Debian's init script flushes them at stop.
+  absl::Status s = layout_->router
+                       ->Exec("nft flush chain inet filter miniupnpd && "
+                              "nft flush chain inet filter prerouting_miniupnpd && "
+                              "nft flush chain inet filter postrouting_miniupnpd")
+                       .status();
+  if (!s.ok()) return s;
+  unlink((dir_ + "/miniupnpd.leases").c_str());
+  unlink((dir_ + "/miniupnpd.pid").c_str());
+  return Launch(ready);
+}
+
+Miniupnpd::~Miniupnpd() { Stop(); }
+
+void Miniupnpd::Stop() {
   pid_t pid = 0;
   std::ifstream(dir_ + "/miniupnpd.pid") >> pid;
   if (pid <= 1) return;

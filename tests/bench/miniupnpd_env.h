@@ -7,7 +7,9 @@
 // miniupnpd needs two things here (see docs/ARCHITECTURE.md): a STUN server
 // outside that reports the WAN address as not behind NAT (its reserved-range
 // check otherwise refuses to forward), and table inet filter with its three
-// chains, which Debian's nft_init.sh fails to create.
+// chains, which Debian's nft_init.sh fails to create (here hooked from base
+// chains at prerouting, postrouting and forward, so its mappings forward
+// real packets).
 #pragma once
 
 #include <functional>
@@ -43,12 +45,19 @@ class Miniupnpd {
                                                           const std::function<bool()>& ready);
   // It daemonizes: stopped by its pid file.
   ~Miniupnpd();
+  // Stops it, flushes its chains, forgets its leases (the lease file),
+  // and starts it again: a gateway restart with a new epoch. Waits for
+  // `ready` as Start does.
+  absl::Status Restart(const std::function<bool()>& ready);
   // The last `lines` lines of what it wrote before it daemonized.
   std::string LogTail(int lines) const;
 
  private:
-  explicit Miniupnpd(std::string dir) : dir_(std::move(dir)) {}
+  Miniupnpd(std::string dir, Layout* layout) : dir_(std::move(dir)), layout_(layout) {}
+  void Stop();
+  absl::Status Launch(const std::function<bool()>& ready);
   std::string dir_;
+  Layout* layout_;
 };
 
 // The `p` quantile (0..1) of `v`; 0 when empty.
