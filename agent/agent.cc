@@ -205,6 +205,29 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port_range: ", range.status().message()));
   }
+  UpstreamKeeper::Options upstream;
+  upstream.by_default = config.upstream != "off";
+  if (upstream.by_default) {
+    absl::StatusOr<agent::upstream::Method> m = agent::upstream::ParseMethod(config.upstream);
+    if (!m.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--upstream must be off, auto, pcp, natpmp or upnp, not \"", config.upstream, "\""));
+    }
+    upstream.method = *m;
+  }
+  if (config.upstream_lifetime < absl::Seconds(120) || config.upstream_lifetime > absl::Hours(24)) {
+    return absl::InvalidArgumentError("--upstream_lifetime must be 120s to 24h");
+  }
+  upstream.lifetime = config.upstream_lifetime;
+  if (!config.upstream_gateway.empty()) {
+    absl::StatusOr<agent::upstream::Ipv4> g = agent::upstream::ParseIpv4(config.upstream_gateway);
+    if (!g.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--upstream_gateway: \"", config.upstream_gateway, "\" is not an IPv4 address"));
+    }
+    upstream.gateway = *g;
+  }
+  upstream.state_dir = config.state_dir;
   std::set<nat::nftables::ChainRef> forward_accept;
   for (const std::string& text : config.forward_accept) {
     absl::StatusOr<nat::nftables::ChainRef> c = nat::nftables::ChainRef::Parse(text);
@@ -431,6 +454,7 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
               std::vector<std::string> out = lines;
               if (a->forwards_) out.push_back(a->forwards_->StatusLine());
               if (a->forward_accept_) out.push_back(a->forward_accept_->StatusLine());
+              if (a->upstream_) out.push_back(a->upstream_->StatusLine());
               return out;
             },
             config.metrics_per_mapping, agent->traffic_.get()));
@@ -535,6 +559,19 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     if (!k.ok()) return k.status();
     if (!forward_accept.empty()) agent->forward_accept_ = std::move(*k);
   }
+  {
+    // Also with --upstream=off: a CNI network may ask for it ("upstream").
+    absl::StatusOr<std::unique_ptr<UpstreamKeeper>> u =
+        UpstreamKeeper::Start(agent->core_.get(), upstream);
+    if (!u.ok()) return u.status();
+    agent->upstream_ = std::move(*u);
+    UpstreamKeeper* k = agent->upstream_.get();
+    agent->core_->SetUpstreamStatus([k](const v1::PortMapping& m) { return k->StatusOf(m); });
+    if (upstream.by_default) {
+      LogLine(absl::StrCat("upstream mapping on the LAN's gateway: ", config.upstream,
+                           ", lifetime ", absl::FormatDuration(config.upstream_lifetime)));
+    }
+  }
   if (agent->monitor_) {
     agent->changes_ = std::make_unique<NftablesChanges>(agent->monitor_.get(),
                                                         agent->own_port_id_);
@@ -591,6 +628,10 @@ void Agent::Reload() {
 
 Agent::~Agent() {
   if (repair_) repair_->Stop();
+  if (upstream_) {
+    core_->SetUpstreamStatus(nullptr);
+    upstream_.reset();
+  }
   forward_accept_.reset();
   if (forwards_wan_listener_ != 0) wan_->Unsubscribe(forwards_wan_listener_);
   forwards_.reset();

@@ -22,6 +22,7 @@
 #include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
 #include "agent/service.h"
+#include "agent/upstream_keeper.h"
 #include "nat/backend/nftables/monitor.h"
 #include "nat/conntrack/traffic.h"
 
@@ -82,6 +83,12 @@ struct AgentConfig {
   // (agent/forward_accept_keeper.h). nftables only. Chains no longer named
   // lose it.
   std::vector<std::string> forward_accept;
+  // Upstream mapping on the LAN's gateway (agent/upstream_keeper.h): "off",
+  // "auto", "pcp", "natpmp" or "upnp"; the lifetime asked for; the gateway
+  // (empty: the default route's).
+  std::string upstream = "off";
+  absl::Duration upstream_lifetime = absl::Seconds(3600);
+  std::string upstream_gateway;
   // Static forwards (agent/forwards.h); empty: none.
   std::string forwards_file;
   // Turn on IPv4 forwarding at start when it is off (DNAT to another host
@@ -151,6 +158,7 @@ class Agent {
   std::unique_ptr<ForwardsWatcher> forwards_;
   int forwards_wan_listener_ = 0;  // wan_'s listener that tells forwards_
   std::unique_ptr<ForwardAcceptKeeper> forward_accept_;
+  std::unique_ptr<UpstreamKeeper> upstream_;
   RealClock clock_;
   std::unique_ptr<ChangeSource> changes_;
   // Repairs after foreign changes and on a period, expires leases.

@@ -182,7 +182,10 @@ std::vector<v1::PortMapping> AgentCore::ListMappings(v1::OwnerKind kind,
   });
   std::vector<v1::PortMapping> out;
   out.reserve(matched.size());
-  for (const MappingRecord* rec : matched) out.push_back(rec->proto);
+  for (const MappingRecord* rec : matched) {
+    out.push_back(rec->proto);
+    if (upstream_status_) out.back().set_upstream(upstream_status_(rec->proto));
+  }
   // The file's IPv6-to-IPv4 forwards: not DNAT mappings, but listed with
   // the static ones (id "proxy-NAME"; the API cannot remove them either).
   if (kind == v1::OWNER_KIND_UNSPECIFIED || kind == v1::OWNER_KIND_STATIC) {

@@ -124,6 +124,14 @@ class AgentCore {
   // agent, outliving the core's use of it); null: none. Set before the
   // forwards file is applied.
   void SetProxy(proxy::Proxy* proxy) { proxy_ = proxy; }
+  // With --upstream: a mapping's state on the LAN's gateway, which
+  // ListMappings puts in PortMapping.upstream. Set before serving.
+  void SetUpstreamStatus(std::function<std::string(const v1::PortMapping&)> f) {
+    upstream_status_ = std::move(f);
+  }
+  std::string UpstreamOf(const v1::PortMapping& m) const {
+    return upstream_status_ ? upstream_status_(m) : "";
+  }
   proxy::Proxy* proxy() const { return proxy_; }
   // Other tables' forward chains that drop DNAT'd connections
   // (Backend::ForwardDropChains).
@@ -171,6 +179,7 @@ class AgentCore {
  private:
   const CoreOptions options_;
   proxy::Proxy* proxy_ = nullptr;
+  std::function<std::string(const v1::PortMapping&)> upstream_status_;
   nat::ConntrackCleaner* const conntrack_;
   const absl::Time started_at_;
   Writer writer_;

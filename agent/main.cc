@@ -93,6 +93,14 @@ ABSL_FLAG(std::vector<std::string>, forward_accept, {},
           "FAMILY/TABLE/CHAIN of another table's forward chain (e.g. inet/filter/forward) that "
           "gets `ct status dnat accept` at its top, kept there when the table is reloaded; "
           "comma-separated or repeated; chains no longer named lose it (nftables only)");
+ABSL_FLAG(std::string, upstream, "off",
+          "also map published host ports (CNI, API, static forwards) on the LAN's own gateway: "
+          "off, auto (PCP, then NAT-PMP, then UPnP IGD), pcp, natpmp or upnp; a CNI network's "
+          "\"upstream\" key overrides it");
+ABSL_FLAG(absl::Duration, upstream_lifetime, absl::Seconds(3600),
+          "the lifetime asked for upstream mappings (renewed at half of what is granted)");
+ABSL_FLAG(std::string, upstream_gateway, "",
+          "the gateway for --upstream (IPv4); empty: the default route's");
 ABSL_FLAG(bool, conntrack_accounting, true,
           "per-mapping bytes and packets on the status page and /api/v1/mappings (sets "
           "net.netfilter.nf_conntrack_acct=1 at start, logged; needs --metrics_address)");
@@ -304,6 +312,9 @@ int main(int argc, char** argv) {
   config.metrics_per_mapping = absl::GetFlag(FLAGS_metrics_per_mapping);
   config.forwards_file = absl::GetFlag(FLAGS_forwards_file);
   config.conntrack_accounting = absl::GetFlag(FLAGS_conntrack_accounting);
+  config.upstream = absl::GetFlag(FLAGS_upstream);
+  config.upstream_lifetime = absl::GetFlag(FLAGS_upstream_lifetime);
+  config.upstream_gateway = absl::GetFlag(FLAGS_upstream_gateway);
   config.forward_accept = repeated_forward_accept.empty() ? absl::GetFlag(FLAGS_forward_accept)
                                                           : repeated_forward_accept;
   config.ip_forward = absl::GetFlag(FLAGS_ip_forward);

@@ -198,6 +198,7 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     in.frontends = frontends();
     if (auto drops = core->ForwardDropChains(); drops.ok()) in.forward_drops = *std::move(drops);
     in.now = absl::Now();
+    in.upstream = [core](const v1::PortMapping& m) { return core->UpstreamOf(m); };
     // Per-mapping counts cost a whole kernel read: only for tables a page
     // can show.
     if (in.snapshot->state.mappings.size() <= in.max_rows) {

@@ -103,7 +103,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
   absl::StrAppend(&h, "<h2>Mappings</h2><table id=mappings><tr><th>id</th><th>owner</th>"
                       "<th>owner id</th><th>proto</th><th>host</th><th>target</th>"
                       "<th>expires</th><th>connections</th><th>open</th><th>bytes</th>"
-                      "<th>description</th></tr>");
+                      "<th>upstream</th><th>description</th></tr>");
   size_t shown = 0;
   for (const auto& [id, rec] : state.mappings.Sorted()) {
     if (shown == in.max_rows) break;
@@ -122,7 +122,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
     } else {
       absl::StrAppend(&h, Td("-"), Td("-"));
     }
-    absl::StrAppend(&h, Td(m.description()), "</tr>");
+    absl::StrAppend(&h, Td(in.upstream ? in.upstream(m) : ""), Td(m.description()), "</tr>");
   }
   absl::StrAppend(&h, "</table>", More(shown, state.mappings.size(), "/api/v1/mappings"));
 

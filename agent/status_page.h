@@ -9,6 +9,7 @@
 // clients.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -38,6 +39,8 @@ struct StatusPageInputs {
   // Conntrack accounting's table (operator_http.h: TrafficOf); empty: off,
   // and the bytes column shows "-".
   std::optional<nat::TrafficTable> traffic;
+  // --upstream: a mapping's state on the LAN's gateway; unset: none.
+  std::function<std::string(const v1::PortMapping&)> upstream;
   size_t max_rows = 1000;  // per table; the rest is counted, and in /api/v1
   int refresh_seconds = 5;
 };

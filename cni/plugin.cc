@@ -55,6 +55,9 @@ struct Config {
   // container's networks of its family; 4 or 6 (0: none).
   std::string snat_address;
   int snat_family = 0;
+  // "upstream": map the ports on the LAN's gateway too (or not), whatever
+  // the agent's --upstream says; unset: as it says.
+  std::optional<bool> upstream;
   json port_mappings = json::array();
   std::optional<json> prev_result;
   json raw;
@@ -183,6 +186,11 @@ std::variant<Config, CniError> ParseConfig(const std::string& data) {
                           {"hairpin", &c.hairpin},
                           {"localhost", &c.localhost}}) {
     if (auto e = ReadBool(j, key, out)) return error(*e);
+  }
+  if (j.contains("upstream")) {
+    bool up = false;
+    if (auto e = ReadBool(j, "upstream", &up)) return error(*e);
+    c.upstream = up;
   }
   if (j.contains("snatAddress") && !j["snatAddress"].is_null()) {
     const json& v = j["snatAddress"];
@@ -563,6 +571,7 @@ Outcome RunPluginUnchecked(const Invocation& in, const ClientFactory& make_clien
   for (const std::string& addr : addrs.container) a.add_container_addresses(addr);
   a.set_host_interface(addrs.host_interface);
   a.mutable_options()->set_masquerade(c.masquerade);
+  if (c.upstream.has_value()) a.mutable_options()->set_upstream(*c.upstream);
   a.mutable_options()->set_hairpin(c.hairpin);
   a.mutable_options()->set_localhost(c.localhost);
   if (!c.snat_address.empty()) {

@@ -191,6 +191,24 @@ TEST_F(PluginTest, AddSendsTheAttachmentAndEchoesPrevResult) {
   EXPECT_EQ(out, PrevResult("1.0.0"));
 }
 
+TEST_F(PluginTest, UpstreamKeyOverridesTheAgentsFlagOnlyWhenGiven) {
+  json config = Config("1.0.0");
+  ASSERT_EQ(Run("ADD", config).exit_code, 0);
+  ASSERT_EQ(agent_.attached.size(), 1u);
+  EXPECT_FALSE(agent_.attached[0].options().has_upstream());  // the flag decides
+  config["upstream"] = false;
+  ASSERT_EQ(Run("ADD", config).exit_code, 0);
+  ASSERT_EQ(agent_.attached.size(), 2u);
+  ASSERT_TRUE(agent_.attached[1].options().has_upstream());
+  EXPECT_FALSE(agent_.attached[1].options().upstream());
+  config["upstream"] = "yes";
+  Outcome o = Run("ADD", config);
+  EXPECT_EQ(o.exit_code, 1);
+  json err = json::parse(o.stdout_data);
+  EXPECT_EQ(err["code"], 7);
+  EXPECT_EQ(err["msg"], "invalid network config: \"upstream\" must be true or false");
+}
+
 TEST_F(PluginTest, SnatAddressGoesToTheAgentAndIsChecked) {
   json config = Config("1.0.0");
   config["snatAddress"] = "203.0.113.5";

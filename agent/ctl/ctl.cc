@@ -129,6 +129,10 @@ int PrintList(const v1::ListMappingsResponse& r, const Options& options, std::os
         m.description().empty()
             ? m.owner().id()
             : absl::StrCat(m.owner().id(), " \"", absl::Utf8SafeCHexEscape(m.description()), "\""));
+    // --upstream: its state on the LAN's gateway, on a line of its own.
+    if (!m.upstream().empty()) {
+      out << "         upstream: " << absl::Utf8SafeCHexEscape(m.upstream()) << "\n";
+    }
   }
   out << r.mappings_size() << " mapping(s)\n";
   return kExitOk;

@@ -155,6 +155,7 @@ class CtlTest : public ::testing::Test {
     m->set_host_port(8080);
     m->set_target_ip("10.22.0.5");
     m->set_target_port(80);
+    m->set_upstream("203.0.113.7:8080 via pcp, renews in 28m");
     m = mappings_.list.add_mappings();
     m->set_id("m-2");
     m->mutable_owner()->set_kind(v1::OWNER_KIND_NATPMP);
@@ -212,6 +213,7 @@ TEST_F(CtlTest, ListPrintsTheTable) {
             "            OWNER ID\n"
             "m-1      cni     tcp   0.0.0.0:8080             10.22.0.5:80             -          "
             "            3f2a9b1c0d2e\n"
+            "         upstream: 203.0.113.7:8080 via pcp, renews in 28m\n"
             "m-2      natpmp  udp   203.0.113.1:5353         192.168.77.10:53         2023-11-14 "
             "23:13:25 (1h5s) 192.168.77.10\n"
             "m-3      api     sctp  [::]:9000-9009           [fd00::5]:9000-9009      -          "
