@@ -388,6 +388,23 @@ TEST_P(AgentUpstream, GatewayRestartGetsTheMappingBack) {
   EXPECT_TRUE(back) << agent_->LogText() << miniupnpd_->LogTail(10);
 }
 
+// The upstream router's external address changes (it comes back with
+// another one): the agent's mapping follows, and its state says where.
+TEST_P(AgentUpstream, ANewExternalAddressIsFollowed) {
+  ASSERT_NO_FATAL_FAILURE(StartNode());
+  ASSERT_OK(NodeCtl("add tcp 8080 10.9.0.2:80 --owner web").status());
+  const std::string want = absl::StrCat("upstream: ", kWan, ":8080 via ", GetParam());
+  ASSERT_THAT(ListShows(want), HasSubstr(want)) << agent_->LogText();
+  absl::SleepFor(absl::Seconds(4));  // past the epoch's 2 s of allowed skew
+  ASSERT_OK(layout_.router->Exec("ip addr del 203.0.113.1/24 dev wan0 && "
+                                 "ip addr add 203.0.113.9/24 dev wan0"));
+  ASSERT_OK(miniupnpd_->Restart(Ready()));
+  const std::string moved = absl::StrCat("upstream: 203.0.113.9:8080 via ", GetParam());
+  EXPECT_THAT(ListShows(moved), HasSubstr(moved)) << agent_->LogText() << miniupnpd_->LogTail(10);
+  EXPECT_THAT(testing::Ask(*layout_.outside, "tcp", "203.0.113.9", 8080),
+              IsOkAndHolds("ctr 203.0.113.2\n"));
+}
+
 INSTANTIATE_TEST_SUITE_P(Protocols, AgentUpstream, ::testing::Values("pcp", "natpmp", "upnp"),
                          [](const auto& info) { return info.param; });
 
