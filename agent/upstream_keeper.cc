@@ -96,8 +96,9 @@ void UpstreamKeeper::Save() {
   }
 }
 
-std::map<UpstreamKeeper::Key, std::string> UpstreamKeeper::Wanted(const Snapshot& snap) const {
-  std::map<Key, std::string> out;
+std::map<std::pair<upstream::Proto, uint16_t>, std::string> UpstreamPorts(
+    const Snapshot& snap, bool by_default, int max_range_ports) {
+  std::map<std::pair<upstream::Proto, uint16_t>, std::string> out;
   snap.state.mappings.ForEach([&](const std::string& id, const MappingRecord& rec) {
     v1::OwnerKind kind = rec.proto.owner().kind();
     if (kind != v1::OWNER_KIND_CNI && kind != v1::OWNER_KIND_API &&
@@ -106,7 +107,7 @@ std::map<UpstreamKeeper::Key, std::string> UpstreamKeeper::Wanted(const Snapshot
     }
     std::optional<upstream::Proto> proto = ProtoOf(rec.nat.protocol);
     if (!proto.has_value() || !rec.nat.target_ip.is_v4()) return;
-    bool on = options_.by_default;
+    bool on = by_default;
     if (kind == v1::OWNER_KIND_CNI) {
       if (const AttachmentRecord* a = snap.state.attachments.Find(rec.proto.owner().id());
           a != nullptr && a->proto.options().has_upstream()) {
@@ -114,9 +115,9 @@ std::map<UpstreamKeeper::Key, std::string> UpstreamKeeper::Wanted(const Snapshot
       }
     }
     if (!on) return;
-    int n = std::min<int>(rec.nat.port_count, kMaxRangePorts);
+    int n = std::min<int>(rec.nat.port_count, max_range_ports);
     for (int i = 0; i < n; ++i) {
-      out.emplace(Key{*proto, static_cast<uint16_t>(rec.nat.host_port + i)}, id);
+      out.emplace(std::make_pair(*proto, static_cast<uint16_t>(rec.nat.host_port + i)), id);
     }
   });
   return out;
@@ -199,7 +200,8 @@ void UpstreamKeeper::Run() {
     std::shared_ptr<const Snapshot> snap = core_->snapshot();
     if (snap->ready && snap != last) {
       last = snap;
-      std::map<Key, std::string> wanted = Wanted(*snap);
+      std::map<Key, std::string> wanted =
+          UpstreamPorts(*snap, options_.by_default, kMaxRangePorts);
       if (first) {
         // What was mapped for ports that went while the agent was down.
         first = false;

@@ -40,6 +40,13 @@
 
 namespace fabric::agent {
 
+// The (protocol, port)s `snap`'s mappings want on the LAN's gateway, by
+// mapping id: owner kinds cni, api and static, IPv4, TCP and UDP, each port
+// of a range up to `max_range_ports`; `by_default` unless the mapping's CNI
+// attachment says otherwise (AttachmentOptions.upstream).
+std::map<std::pair<upstream::Proto, uint16_t>, std::string> UpstreamPorts(
+    const Snapshot& snap, bool by_default, int max_range_ports);
+
 class UpstreamKeeper {
  public:
   static constexpr int kMaxRangePorts = 64;
@@ -78,8 +85,6 @@ class UpstreamKeeper {
 
   UpstreamKeeper(AgentCore* core, Options options) : core_(core), options_(std::move(options)) {}
   void Run();
-  // The ports the snapshot wants upstream.
-  std::map<Key, std::string> Wanted(const Snapshot& snap) const;
   void EnsureMapper();
   void OnChange(const upstream::MappingStatus& s);
   void Save();  // REQUIRES: mu_ held
