@@ -16,7 +16,8 @@
 # UPnP IGD (Debian's upnpc, finding the gateway by SSDP), a router's static
 # forward from a file (also for IPv6 clients to the IPv4-only LAN host, through
 # the agent's proxy), its LAN's fixed SNAT address, its own drop-policy
-# firewall healed by --forward_accept,
+# firewall healed by --forward_accept, a second node behind a home router
+# (miniupnpd) publishing a container through it with --upstream=auto,
 # what fabricctl and the kernel hold, a firewall flush healing itself, and
 # removes everything.
 #
@@ -33,6 +34,9 @@ BIN="$PWD/bazel-bin"
 
 TAG="fdemo$$"
 HOST="$TAG-host"; OUT="$TAG-out"; C1="$TAG-c1"; C2="$TAG-c2"; LAN="$TAG-lan"
+# The upstream scene: a node behind a home router (Debian's miniupnpd).
+UPR="$TAG-upr"; NODE2="$TAG-node2"; CTR="$TAG-ctr"; OUT2="$TAG-out2"
+AGENT2_PID=""
 WORK="$(mktemp -d /tmp/fdemo-XXXXXX)"
 SOCK="$WORK/agent.sock"
 CNI_BIN="$WORK/cni-bin"
@@ -49,7 +53,8 @@ cleanup() {
     [ -f "$WORK/$c.result" ] && cni_chain DEL "$c" >/dev/null 2>&1
   done
   if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null; wait "$AGENT_PID" 2>/dev/null; fi
-  for ns in "$C1" "$C2" "$LAN" "$OUT" "$HOST"; do
+  if [ -n "$AGENT2_PID" ]; then kill "$AGENT2_PID" 2>/dev/null; wait "$AGENT2_PID" 2>/dev/null; fi
+  for ns in "$C1" "$C2" "$LAN" "$OUT" "$HOST" "$CTR" "$NODE2" "$OUT2" "$UPR"; do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
     ip netns del "$ns" 2>/dev/null
   done
@@ -215,6 +220,71 @@ run in_ns "$OUT" curl -s --max-time 3 http://192.0.2.1:8090/
 say "fabricctl diagnose finds no chain that drops DNAT'd flows (without the flag it would name this one)"
 "$BIN/agent/fabricctl" --socket "$SOCK" diagnose 2>&1 | grep -c "forward chain" || true
 in_ns "$HOST" nft delete table inet filter
+
+say "Upstream: a second node ($NODE2) behind a home router ($UPR, Debian's miniupnpd), with a container ($CTR)"
+for ns in "$UPR" "$NODE2" "$CTR" "$OUT2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+link() {  # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
+  ip link add "$TAG-x" netns "$1" type veth peer name "$TAG-y" netns "$4"
+  ip -n "$1" link set "$TAG-x" name "$2"; ip -n "$4" link set "$TAG-y" name "$5"
+  ip -n "$1" addr add "$3" dev "$2"; ip -n "$4" addr add "$6" dev "$5"
+  ip -n "$1" link set "$2" up; ip -n "$4" link set "$5" up
+}
+link "$UPR" lan0 192.168.88.1/24 "$NODE2" eth0 192.168.88.10/24
+link "$UPR" wan0 198.51.100.1/24 "$OUT2" eth0 198.51.100.2/24
+link "$NODE2" ctr0 10.99.0.1/24 "$CTR" eth0 10.99.0.2/24
+ip -n "$NODE2" route add default via 192.168.88.1
+ip -n "$CTR" route add default via 10.99.0.1
+in_ns "$UPR" sysctl -qw net.ipv4.ip_forward=1
+mkdir -p "$WORK/www-ctr"; echo "hello from $CTR, through two NATs" > "$WORK/www-ctr/index.html"
+(cd "$WORK/www-ctr" && exec ip netns exec "$CTR" python3 -m http.server 80 >/dev/null 2>&1) & disown
+# miniupnpd needs its nft chains hooked, and a STUN server outside that
+# shows its WAN address is not behind NAT (198.51.100.0/24 is reserved).
+( exec ip netns exec "$OUT2" python3 testing/stun.py 198.51.100.2 3478 >/dev/null 2>&1 ) & disown
+in_ns "$UPR" nft -f - <<'NFT'
+table inet filter {
+  chain miniupnpd { }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+  chain prerouting { type nat hook prerouting priority dstnat; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority srcnat; jump postrouting_miniupnpd; }
+  chain forward { type filter hook forward priority filter; jump miniupnpd; }
+}
+NFT
+cat > "$WORK/miniupnpd.conf" <<CONF
+ext_ifname=wan0
+listening_ip=lan0
+enable_natpmp=yes
+enable_upnp=yes
+http_port=5000
+ext_perform_stun=yes
+ext_stun_host=198.51.100.2
+ext_stun_port=3478
+secure_mode=yes
+system_uptime=no
+lease_file=$WORK/miniupnpd.leases
+allow 1024-65535 192.168.88.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+CONF
+in_ns "$UPR" miniupnpd -f "$WORK/miniupnpd.conf" -P "$WORK/miniupnpd.pid" >/dev/null 2>&1
+for _ in $(seq 50); do in_ns "$NODE2" python3 testing/pmp.py 192.168.88.1 addr 2>/dev/null | grep -q result=0 && break; sleep 0.1; done
+say "fabric-agent in $NODE2 with --upstream=auto; an API mapping tcp 8080 -> the container's port 80"
+in_ns "$NODE2" "$BIN/agent/fabric-agent" --socket "$WORK/agent2.sock" --state_dir "$WORK/state2" \
+  --run_dir "$WORK/run2" --metrics_address= --upstream=auto > "$WORK/agent2.log" 2>&1 &
+AGENT2_PID=$!
+for _ in $(seq 100); do [ -S "$WORK/agent2.sock" ] && break; sleep 0.05; done
+"$BIN/agent/fabricctl" --socket "$WORK/agent2.sock" add tcp 8080 10.99.0.2:80 --owner web >/dev/null
+for _ in $(seq 50); do grep -q "upstream: tcp 8080 ->" "$WORK/agent2.log" && break; sleep 0.1; done
+run "$BIN/agent/fabricctl" --socket "$WORK/agent2.sock" list
+say "From $OUT2 (beyond the home router): curl http://198.51.100.1:8080/"
+run in_ns "$OUT2" curl -s --max-time 3 http://198.51.100.1:8080/
+say "fabricctl upstream status (from $NODE2, without the agent: what the gateway answers)"
+in_ns "$NODE2" "$BIN/agent/fabricctl" upstream status 2>&1 | sed 's/^/  /'
+say "Deleting the mapping deletes it on the home router too"
+"$BIN/agent/fabricctl" --socket "$WORK/agent2.sock" remove m-1 >/dev/null
+for _ in $(seq 50); do grep -q "upstream: tcp 8080 removed" "$WORK/agent2.log" && break; sleep 0.1; done
+grep "upstream:" "$WORK/agent2.log" | sed 's/^[^ ]* /  /'
+echo "from $OUT2: $(in_ns "$OUT2" curl -s --max-time 1 http://198.51.100.1:8080/ || echo 'no answer (gone upstream too)')"
+kill "$(cat "$WORK/miniupnpd.pid")" 2>/dev/null || true
 
 say "A request from the WAN side gets no answer"
 run in_ns "$OUT" python3 testing/pmp.py 192.0.2.1 addr || true
