@@ -205,29 +205,10 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port_range: ", range.status().message()));
   }
-  UpstreamKeeper::Options upstream;
-  upstream.by_default = config.upstream != "off";
-  if (upstream.by_default) {
-    absl::StatusOr<agent::upstream::Method> m = agent::upstream::ParseMethod(config.upstream);
-    if (!m.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--upstream must be off, auto, pcp, natpmp or upnp, not \"", config.upstream, "\""));
-    }
-    upstream.method = *m;
-  }
-  if (config.upstream_lifetime < absl::Seconds(120) || config.upstream_lifetime > absl::Hours(24)) {
-    return absl::InvalidArgumentError("--upstream_lifetime must be 120s to 24h");
-  }
-  upstream.lifetime = config.upstream_lifetime;
-  if (!config.upstream_gateway.empty()) {
-    absl::StatusOr<agent::upstream::Ipv4> g = agent::upstream::ParseIpv4(config.upstream_gateway);
-    if (!g.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--upstream_gateway: \"", config.upstream_gateway, "\" is not an IPv4 address"));
-    }
-    upstream.gateway = *g;
-  }
-  upstream.state_dir = config.state_dir;
+  absl::StatusOr<UpstreamKeeper::Options> upstream_options = UpstreamKeeper::ParseOptions(
+      config.upstream, config.upstream_lifetime, config.upstream_gateway, config.state_dir);
+  if (!upstream_options.ok()) return upstream_options.status();
+  const UpstreamKeeper::Options& upstream = *upstream_options;
   std::set<nat::nftables::ChainRef> forward_accept;
   for (const std::string& text : config.forward_accept) {
     absl::StatusOr<nat::nftables::ChainRef> c = nat::nftables::ChainRef::Parse(text);
@@ -588,34 +569,6 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
                        agent->http_ ? absl::StrCat(" metrics:", agent->http_->port())
                                     : ""));
   return agent;
-}
-
-absl::StatusOr<std::string> RemoveKernelRules(const AgentConfig& config) {
-  absl::StatusOr<std::unique_ptr<InstanceLock>> lock =
-      InstanceLock::Acquire(config.state_dir, config.run_dir, config.socket);
-  if (!lock.ok()) return lock.status();
-  std::vector<std::string> done;
-  if (config.backend == "nftables") {
-    absl::StatusOr<std::unique_ptr<nat::nftables::ForwardAccept>> fa =
-        nat::nftables::ForwardAccept::Open();
-    if (!fa.ok()) return fa.status();
-    absl::StatusOr<nat::nftables::ForwardAccept::Result> r = (*fa)->Ensure({});
-    if (!r.ok()) return r.status();
-    if (r->changed()) done.push_back(absl::StrCat("forward accept rules ", r->ToString()));
-    absl::StatusOr<std::unique_ptr<nat::NftablesBackend>> b = nat::NftablesBackend::Create();
-    if (!b.ok()) return b.status();
-    if (absl::Status s = (*b)->DeleteTable(); !s.ok()) return s;
-    done.push_back("table inet fabric_nat deleted");
-  } else if (config.backend == "iptables") {
-    absl::StatusOr<std::unique_ptr<nat::IptablesBackend>> b = nat::IptablesBackend::Create();
-    if (!b.ok()) return b.status();
-    if (absl::Status s = (*b)->DeleteTable(); !s.ok()) return s;
-    done.push_back("iptables FABRIC-* chains deleted");
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--backend must be nftables or iptables, not ", config.backend));
-  }
-  return absl::StrJoin(done, "; ");
 }
 
 void Agent::Reload() {

@@ -28,6 +28,35 @@ std::optional<upstream::Proto> ProtoOf(nat::Protocol p) {
 
 }  // namespace
 
+absl::StatusOr<UpstreamKeeper::Options> UpstreamKeeper::ParseOptions(
+    const std::string& mode, absl::Duration lifetime, const std::string& gateway,
+    const std::string& state_dir) {
+  Options o;
+  o.by_default = mode != "off";
+  if (o.by_default) {
+    absl::StatusOr<upstream::Method> m = upstream::ParseMethod(mode);
+    if (!m.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--upstream must be off, auto, pcp, natpmp or upnp, not \"", mode.substr(0, 64), "\""));
+    }
+    o.method = *m;
+  }
+  if (lifetime < absl::Seconds(120) || lifetime > absl::Hours(24)) {
+    return absl::InvalidArgumentError("--upstream_lifetime must be 120s to 24h");
+  }
+  o.lifetime = lifetime;
+  if (!gateway.empty()) {
+    absl::StatusOr<upstream::Ipv4> g = upstream::ParseIpv4(gateway);
+    if (!g.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--upstream_gateway: \"", gateway.substr(0, 64), "\" is not an IPv4 address"));
+    }
+    o.gateway = *g;
+  }
+  o.state_dir = state_dir;
+  return o;
+}
+
 absl::StatusOr<std::unique_ptr<UpstreamKeeper>> UpstreamKeeper::Start(AgentCore* core,
                                                                       Options options) {
   std::unique_ptr<UpstreamKeeper> k(new UpstreamKeeper(core, std::move(options)));

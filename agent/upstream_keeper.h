@@ -64,6 +64,13 @@ class UpstreamKeeper {
     absl::Duration poll_interval = absl::Seconds(5);
   };
 
+  // The options from the agent's flags: `mode` off, auto, pcp, natpmp or
+  // upnp; `lifetime` 120 s to 24 h; `gateway` an IPv4 address or empty.
+  // kInvalidArgument naming the flag.
+  static absl::StatusOr<Options> ParseOptions(const std::string& mode, absl::Duration lifetime,
+                                              const std::string& gateway,
+                                              const std::string& state_dir);
+
   // Starts the thread (in the caller's network namespace). The gateway is
   // contacted only once some mapping is to go upstream.
   static absl::StatusOr<std::unique_ptr<UpstreamKeeper>> Start(AgentCore* core, Options options);

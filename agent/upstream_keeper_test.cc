@@ -87,3 +87,31 @@ TEST_F(UpstreamPortsTest, OnlyIpv4TcpAndUdpAndRangesCapped) {
 
 }  // namespace
 }  // namespace fabric::agent
+
+namespace fabric::agent {
+namespace {
+
+TEST(UpstreamOptionsTest, FlagsAreCheckedAndNamed) {
+  ASSERT_OK_AND_ASSIGN(UpstreamKeeper::Options o,
+                       UpstreamKeeper::ParseOptions("off", absl::Seconds(3600), "", "/s"));
+  EXPECT_FALSE(o.by_default);
+  ASSERT_OK_AND_ASSIGN(o, UpstreamKeeper::ParseOptions("natpmp", absl::Seconds(600),
+                                                       "192.168.1.1", "/s"));
+  EXPECT_TRUE(o.by_default);
+  EXPECT_EQ(o.method, upstream::Method::kNatPmp);
+  EXPECT_EQ(o.lifetime, absl::Seconds(600));
+  ASSERT_TRUE(o.gateway.has_value());
+  EXPECT_THAT(UpstreamKeeper::ParseOptions("yes", absl::Seconds(600), "", "/s"),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("--upstream must be off, auto, pcp, natpmp "
+                                                     "or upnp, not \"yes\"")));
+  EXPECT_THAT(UpstreamKeeper::ParseOptions("auto", absl::Seconds(60), "", "/s"),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("--upstream_lifetime must be 120s to 24h")));
+  EXPECT_THAT(UpstreamKeeper::ParseOptions("auto", absl::Seconds(600), "fd00::1", "/s"),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("is not an IPv4 address")));
+}
+
+}  // namespace
+}  // namespace fabric::agent
