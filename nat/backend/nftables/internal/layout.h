@@ -3,8 +3,9 @@
 // rules the set sizes call for.
 //
 // Internal to nat/backend/nftables: encode.cc builds its netlink messages
-// from these; layout.cc defines them, and the layout signatures Read()
-// checks (declared in encode.h). Constant tables and pure functions:
+// from these, layout.cc defines them, signatures.cc derives the layout
+// signatures Read() checks (declared in encode.h), and forward_accept.cc
+// borrows the rule builders. Constant tables and pure functions:
 // thread-safe.
 #pragma once
 
