@@ -13,24 +13,12 @@
 #include <string>
 #include <vector>
 
-namespace fabric::agent::natpmp {
+#include "agent/natpmp/wire.h"
 
-inline constexpr uint16_t kServerPort = 5351;
-inline constexpr uint16_t kClientPort = 5350;  // announcements go here
+namespace fabric::agent::natpmp {
 
 // --------------------------------------------------------------------------
 // NAT-PMP
-
-enum class PmpResult : uint16_t {
-  kSuccess = 0,
-  kUnsupportedVersion = 1,
-  kRefused = 2,  // "Not Authorized/Refused"
-  kNetworkFailure = 3,
-  kOutOfResources = 4,
-  kUnsupportedOpcode = 5,
-};
-
-enum class PmpOpcode : uint8_t { kExternalAddress = 0, kMapUdp = 1, kMapTcp = 2 };
 
 struct PmpRequest {
   uint8_t version = 0;
@@ -70,33 +58,10 @@ std::vector<uint8_t> PmpUnsupportedOpcode(const uint8_t* request, size_t len);
 // --------------------------------------------------------------------------
 // PCP
 
-inline constexpr uint8_t kPcpVersion = 2;
-inline constexpr size_t kPcpHeaderSize = 24;
-inline constexpr size_t kPcpMaxSize = 1100;
-inline constexpr size_t kPcpMapDataSize = 36;
-
-enum class PcpResult : uint8_t {
-  kSuccess = 0,
-  kUnsuppVersion = 1,
-  kNotAuthorized = 2,
-  kMalformedRequest = 3,
-  kUnsuppOpcode = 4,
-  kUnsuppOption = 5,
-  kMalformedOption = 6,
-  kNetworkFailure = 7,
-  kNoResources = 8,
-  kUnsuppProtocol = 9,
-  kUserExQuota = 10,
-  kCannotProvideExternal = 11,
-  kAddressMismatch = 12,
-  kExcessiveRemotePeers = 13,
-};
-
 // Short-lifetime errors are transient (retry soon); the rest persist until
 // something is reconfigured (RFC 6887 section 7.4).
 bool IsShortLifetimeError(PcpResult r);
 
-enum class PcpOpcode : uint8_t { kAnnounce = 0, kMap = 1, kPeer = 2 };
 enum class PcpOption : uint8_t { kThirdParty = 1, kPreferFailure = 2, kFilter = 3 };
 
 struct PcpRequest {

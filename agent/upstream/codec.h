@@ -15,39 +15,24 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/natpmp/wire.h"
 #include "agent/upstream/types.h"
 
 namespace fabric::agent::upstream {
 
-inline constexpr uint16_t kGatewayPort = 5351;
+inline constexpr uint16_t kGatewayPort = natpmp::kServerPort;
 
 // --------------------------------------------------------------------------
 // PCP
 
-inline constexpr uint8_t kPcpVersion = 2;
-inline constexpr size_t kPcpHeaderSize = 24;
-inline constexpr size_t kPcpMapSize = 60;  // header + 36 bytes of MAP data
-inline constexpr size_t kPcpMaxSize = 1100;
-inline constexpr uint8_t kPcpOpAnnounce = 0;
-inline constexpr uint8_t kPcpOpMap = 1;
-
-// RFC 6887 section 7.4 result codes.
-enum class PcpResult : uint8_t {
-  kSuccess = 0,
-  kUnsuppVersion = 1,
-  kNotAuthorized = 2,
-  kMalformedRequest = 3,
-  kUnsuppOpcode = 4,
-  kUnsuppOption = 5,
-  kMalformedOption = 6,
-  kNetworkFailure = 7,
-  kNoResources = 8,
-  kUnsuppProtocol = 9,
-  kUserExQuota = 10,
-  kCannotProvideExternal = 11,
-  kAddressMismatch = 12,
-  kExcessiveRemotePeers = 13,
-};
+// The wire's numbers, as the server side has them (agent/natpmp/wire.h).
+using natpmp::kPcpHeaderSize;
+using natpmp::kPcpMaxSize;
+using natpmp::kPcpVersion;
+using natpmp::PcpResult;
+inline constexpr size_t kPcpMapSize = kPcpHeaderSize + natpmp::kPcpMapDataSize;
+inline constexpr uint8_t kPcpOpAnnounce = static_cast<uint8_t>(natpmp::PcpOpcode::kAnnounce);
+inline constexpr uint8_t kPcpOpMap = static_cast<uint8_t>(natpmp::PcpOpcode::kMap);
 // "NOT_AUTHORIZED" and so on; "result 42" for codes without a name.
 std::string PcpResultName(uint8_t code);
 
@@ -97,19 +82,10 @@ ReplyCheck ParsePcpAnnounceReply(const uint8_t* data, size_t len, PcpReply* out)
 // --------------------------------------------------------------------------
 // NAT-PMP
 
-inline constexpr uint8_t kPmpOpAddress = 0;
-inline constexpr uint8_t kPmpOpMapUdp = 1;
-inline constexpr uint8_t kPmpOpMapTcp = 2;
-
-// RFC 6886 section 3.5 result codes.
-enum class PmpResult : uint16_t {
-  kSuccess = 0,
-  kUnsupportedVersion = 1,
-  kRefused = 2,
-  kNetworkFailure = 3,
-  kOutOfResources = 4,
-  kUnsupportedOpcode = 5,
-};
+using natpmp::PmpResult;
+inline constexpr uint8_t kPmpOpAddress = static_cast<uint8_t>(natpmp::PmpOpcode::kExternalAddress);
+inline constexpr uint8_t kPmpOpMapUdp = static_cast<uint8_t>(natpmp::PmpOpcode::kMapUdp);
+inline constexpr uint8_t kPmpOpMapTcp = static_cast<uint8_t>(natpmp::PmpOpcode::kMapTcp);
 std::string PmpResultName(uint16_t code);
 
 // The 2-byte external address request.
