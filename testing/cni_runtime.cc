@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace fabric::testing {
 
@@ -212,6 +213,21 @@ std::string AgentProcess::LogText() const {
   std::stringstream s;
   s << f.rdbuf();
   return s.str();
+}
+
+bool AgentProcess::LogShows(const std::string& text, absl::Duration within) const {
+  const absl::Time deadline = absl::Now() + within;
+  for (;;) {
+    if (LogText().find(text) != std::string::npos) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
+absl::Status WriteByRename(const std::string& path, const std::string& text) {
+  return Shell(absl::StrCat("printf '%s' ", ShellQuote(text), " > ", path, ".tmp && mv ", path,
+                            ".tmp ", path))
+      .status();
 }
 
 void AgentProcess::Stop() {

@@ -87,6 +87,8 @@ class AgentProcess {
   pid_t pid() const { return pid_; }
   const std::string& log() const { return log_; }
   std::string LogText() const;
+  // Whether `text` shows in the log within `within` (looking every 50 ms).
+  bool LogShows(const std::string& text, absl::Duration within = absl::Seconds(3)) const;
 
  private:
   AgentProcess() = default;
@@ -94,6 +96,10 @@ class AgentProcess {
   std::string socket_;
   std::string log_;
 };
+
+// Writes `text` to `path` as an editor saves: a new file renamed over the
+// old one (what the agent's file watchers must follow).
+absl::Status WriteByRename(const std::string& path, const std::string& text);
 
 // Runfiles path of a binary of this workspace, e.g. "cni/fabric-nat".
 std::string Runfile(const std::string& path);

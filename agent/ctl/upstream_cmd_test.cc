@@ -177,16 +177,21 @@ TEST(Upstream, UnmapDeletes) {
   EXPECT_EQ(g.Count("pmp map 1/53 life=0"), 1);
 }
 
+// A --keep loop's stop test: sleeps as asked, true once `after` has passed.
+std::function<bool(absl::Duration)> StopAfter(absl::Duration after) {
+  const absl::Time until = absl::Now() + after;
+  return [until](absl::Duration d) {
+    absl::SleepFor(d);
+    return absl::Now() >= until;
+  };
+}
+
 TEST(Upstream, KeepRenewsThenDeletesOnStop) {
   FakeGateway g;
   UpstreamOptions o = Local(g, "pcp");
   o.lifetime = 2;
   o.keep = true;
-  const absl::Time until = absl::Now() + absl::Milliseconds(3300);
-  o.stop = [until](absl::Duration d) {
-    absl::SleepFor(d);
-    return absl::Now() >= until;
-  };
+  o.stop = StopAfter(absl::Milliseconds(3300));
   Result r = Call({"upstream", "map", "tcp", "8080"}, o);
   ASSERT_EQ(r.code, kExitOk) << r.err;
   // Mapped, renewed at each half-life (1 s), then deleted.
@@ -202,11 +207,7 @@ TEST(Upstream, KeepJsonLines) {
   UpstreamOptions o = Local(g, "natpmp");
   o.lifetime = 2;
   o.keep = true;
-  const absl::Time until = absl::Now() + absl::Milliseconds(1500);
-  o.stop = [until](absl::Duration d) {
-    absl::SleepFor(d);
-    return absl::Now() >= until;
-  };
+  o.stop = StopAfter(absl::Milliseconds(1500));
   Result r = Call({"upstream", "map", "tcp", "8080"}, o, /*json=*/true);
   ASSERT_EQ(r.code, kExitOk) << r.err;
   std::istringstream lines(r.out);

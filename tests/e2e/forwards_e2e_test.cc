@@ -48,18 +48,9 @@ class ForwardsTest : public ::testing::Test {
   }
 
   // As an editor saves: a new file renamed over the old one.
-  void Write(const std::string& text) {
-    ASSERT_OK(testing::Shell(absl::StrCat("printf '%s' ", testing::ShellQuote(text), " > ",
-                                          file_, ".tmp && mv ", file_, ".tmp ", file_)));
-  }
+  void Write(const std::string& text) { ASSERT_OK(testing::WriteByRename(file_, text)); }
   // Waits (up to 3 s) for `text` in the agent's log.
-  bool LogShows(const std::string& text) {
-    for (int i = 0; i < 60; ++i) {
-      if (agent_->LogText().find(text) != std::string::npos) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
-  }
+  bool LogShows(const std::string& text) { return agent_->LogShows(text); }
   absl::StatusOr<std::string> Ctl(const std::string& args) {
     return testing::Fabricctl(agent_->socket(), args);
   }

@@ -53,17 +53,9 @@ class SnatTest : public ::testing::Test {
                                                          " --metrics_address=127.0.0.1:19337"));
   }
   // As an editor saves: a new file renamed over the old one.
-  void Write(const std::string& text) {
-    ASSERT_OK(testing::Shell(absl::StrCat("printf '%s' ", testing::ShellQuote(text), " > ",
-                                          file_, ".tmp && mv ", file_, ".tmp ", file_)));
-  }
-  bool LogShows(const std::string& text) {
-    for (int i = 0; i < 60; ++i) {
-      if (agent_->LogText().find(text) != std::string::npos) return true;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
-  }
+  void Write(const std::string& text) { ASSERT_OK(testing::WriteByRename(file_, text)); }
+  // Waits (up to 3 s) for `text` in the agent's log.
+  bool LogShows(const std::string& text) { return agent_->LogShows(text); }
   // What the outside server saw as the LAN host's address, waiting up to
   // 3 s for `want` (the agent heals and reloads asynchronously).
   std::string OutsideSees(const std::string& want, const std::string& proto = "tcp") {

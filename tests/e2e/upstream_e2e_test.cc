@@ -332,12 +332,8 @@ TEST_P(AgentUpstream, PublishedPortIsReachableThroughTheLansGateway) {
   ASSERT_NE(id, std::string::npos) << json;
   std::string mid = json.substr(id + 7, json.find('"', id + 7) - id - 7);
   ASSERT_OK(NodeCtl("remove " + mid).status());
-  bool gone = false;
-  for (int i = 0; i < 50 && !gone; ++i) {
-    gone = agent_->LogText().find("upstream: tcp 8080 removed from the gateway") != std::string::npos;
-    if (!gone) absl::SleepFor(absl::Milliseconds(100));
-  }
-  EXPECT_TRUE(gone) << agent_->LogText();
+  EXPECT_TRUE(agent_->LogShows("upstream: tcp 8080 removed from the gateway", absl::Seconds(5)))
+      << agent_->LogText();
   EXPECT_FALSE(FromOutside(8080, 0.5).ok());
   if (p == "upnp") EXPECT_EQ(UpnpEntries(8080), 0) << UpnpList();
 
@@ -359,13 +355,10 @@ TEST_P(AgentUpstream, PublishedPortIsReachableThroughTheLansGateway) {
       "printf '%s' '{\"mappings\":[{\"protocol\":\"tcp\",\"port\":8082,\"external_port\":8082,"
       "\"method\":\"", p, "\"}]}' > ", records)));
   ASSERT_NO_FATAL_FAILURE(StartAgent());
-  bool stale = false;
-  for (int i = 0; i < 80 && !stale; ++i) {
-    stale = agent_->LogText().find("upstream: tcp 8082 went while the agent was down: removed "
-                                   "from the gateway") != std::string::npos;
-    if (!stale) absl::SleepFor(absl::Milliseconds(100));
-  }
-  EXPECT_TRUE(stale) << agent_->LogText();
+  EXPECT_TRUE(agent_->LogShows(
+      "upstream: tcp 8082 went while the agent was down: removed from the gateway",
+      absl::Seconds(8)))
+      << agent_->LogText();
   EXPECT_FALSE(held()) << Rules();
   EXPECT_THAT(testing::Shell("cat " + records), IsOkAndHolds("{\"mappings\":[]}\n"));
 }
