@@ -1,5 +1,6 @@
 // Finding the LAN's gateway: the next hop of this network namespace's IPv4
-// default route, as the kernel lists it in /proc/<thread>/net/route.
+// default route, as the kernel lists it in /proc/<thread>/net/route
+// (parsed by agent/wan/routes.h).
 // Used by clients.cc (when no gateway is given) and fabricctl's upstream
 // commands. Pure parsing plus one file read; thread-safe. The file is the
 // calling thread's (/proc/thread-self), so a thread that entered another
@@ -11,10 +12,11 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "agent/upstream/types.h"
+#include "agent/wan/routes.h"
 
 namespace fabric::agent::upstream {
 
-inline constexpr char kRouteFile[] = "/proc/thread-self/net/route";
+using wan::kRouteFile;
 
 // The gateway of the default route in `table` (the text of a
 // /proc/net/route file). Several default routes: the lowest metric; two

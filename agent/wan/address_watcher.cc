@@ -11,14 +11,12 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "agent/wan/routes.h"
 
 namespace fabric::agent::wan {
 
@@ -39,19 +37,13 @@ std::optional<nat::IpAddress> InterfaceIPv4Address(const std::string& interface)
 }
 
 std::string DefaultRouteInterface(std::string* why) {
-  // thread-self: the namespace of the calling thread (a test enters one
-  // with setns on its own thread only).
-  std::ifstream in("/proc/thread-self/net/route");
-  std::string line;
-  std::getline(in, line);  // the header
-  std::set<std::string> found;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string iface, dest, gateway, flags, refcnt, use, metric, mask;
-    if (!(f >> iface >> dest >> gateway >> flags >> refcnt >> use >> metric >> mask)) continue;
-    unsigned long fl = std::strtoul(flags.c_str(), nullptr, 16);
-    if (dest == "00000000" && mask == "00000000" && (fl & 1)) found.insert(iface);
+  absl::StatusOr<std::vector<DefaultRoute>> routes = ReadDefaultRoutes();
+  if (!routes.ok()) {
+    *why = std::string(routes.status().message());
+    return "";
   }
+  std::set<std::string> found;
+  for (const DefaultRoute& r : *routes) found.insert(r.interface);
   if (found.size() == 1) return *found.begin();
   *why = found.empty() ? "no IPv4 default route"
                        : absl::StrCat("default routes via ", absl::StrJoin(found, ", "));
