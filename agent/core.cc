@@ -139,6 +139,7 @@ absl::Status AgentCore::Check(const v1::AttachmentKey& key) {
   if (snap->state.attachments.Find(AttachmentOwnerId(key)) == nullptr) {
     return absl::NotFoundError(absl::StrCat(AttachmentHolder(key), " is not attached"));
   }
+  ReturnFreedMemory after;
   auto read = writer_.ReadKernelConsistent();
   if (!read.ok()) return read.status();
   return owners::CheckAttachment(read->second->state, read->first, key);
@@ -342,10 +343,10 @@ absl::StatusOr<nat::SyncReport> AgentCore::CheckAndRepair() {
   // right (the generation would have moved): no read needed.
   absl::StatusOr<uint32_t> generation = writer_.KernelGeneration();
   if (generation.ok() && writer_.KnownGood(*generation)) return nat::SyncReport{};
-  auto read = writer_.ReadKernelConsistent();
-  if (read.ok() && read->first.table_present && read->first.layout_intact &&
-      read->first.rules == read->second->state.Desired()) {
-    if (generation.ok()) writer_.MarkKnownGood(*generation);
+  ReturnFreedMemory after;
+  auto compared = writer_.CompareKernel();
+  if (compared.ok() && compared->in_sync()) {
+    if (generation.ok() && compared->exact) writer_.MarkKnownGood(*generation);
     return nat::SyncReport{};
   }
   return writer_.Resync();
@@ -430,23 +431,25 @@ absl::StatusOr<v1::BackupResponse> AgentCore::Backup(const std::string& path) {
 }
 
 v1::DiagnoseResponse AgentCore::Diagnose() const {
+  ReturnFreedMemory after;  // the kernel's elements and the desired ones
   v1::DiagnoseResponse r;
-  auto read = writer_.ReadKernelConsistent();
-  std::shared_ptr<const Snapshot> snap = read.ok() ? read->second : writer_.snapshot();
+  auto compared = writer_.CompareKernel();
+  std::shared_ptr<const Snapshot> snap = compared.ok() ? compared->snapshot : writer_.snapshot();
   if (!snap->ready) r.add_findings(absl::StrCat("agent not ready: ", snap->not_ready_reason));
-  nat::RuleSet desired = snap->state.Desired();
-  if (!read.ok()) {
-    r.add_findings(absl::StrCat("cannot read the kernel: ", read.status().message()));
-  } else if (!read->first.table_present) {
-    r.add_findings(absl::StrCat("the kernel has no table inet fabric_nat (", desired.size(),
+  if (!compared.ok()) {
+    r.add_findings(absl::StrCat("cannot read the kernel: ", compared.status().message()));
+  } else if (!compared->kernel.table_present) {
+    r.add_findings(absl::StrCat("the kernel has no table inet fabric_nat (",
+                                compared->desired.size(),
                                 " entries expected); the agent rebuilds it on its next "
                                 "check or event"));
   } else {
-    const nat::KernelState& state = read->first;
+    const nat::KernelState& state = compared->kernel;
+    const nat::RuleSet& desired = compared->desired;
     if (!state.layout_intact) {
       r.add_findings(absl::StrCat("table layout damaged: ", state.problem));
     }
-    nat::Batch diff = nat::Diff(state.rules, desired);
+    const nat::Batch& diff = compared->diff;
     auto sample = [](const nat::RuleSet& rs) {
       std::vector<std::string> items;
       for (const auto& e : rs.dnat) {

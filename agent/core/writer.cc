@@ -18,6 +18,8 @@ nat::Batch Inverse(const nat::Batch& b) {
 
 }  // namespace
 
+ReturnFreedMemory::~ReturnFreedMemory() { malloc_trim(0); }
+
 Writer::Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options options)
     : options_(std::move(options)),
       backend_name_(backend->name()),
@@ -32,6 +34,7 @@ Writer::Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options opti
 absl::Status Writer::Start(
     const std::function<absl::Status(const StoreContents&, State*, nat::PortAllocator*,
                                      StoreWrite* cleanup)>& build) {
+  ReturnFreedMemory after;  // the store's contents and the first sync
   std::lock_guard<std::mutex> lock(mu_);
   auto fail = [&](absl::Status s) {
     not_ready_reason_ = std::string(s.message());
@@ -117,7 +120,8 @@ absl::Status Writer::CommitLocked(Txn& txn) {
   absl::Status s = store_->Commit(txn.write(), [&]() -> absl::Status {
     if (batch.empty()) return absl::OkStatus();
     // From here until the snapshot is out, a kernel read may see a state
-    // no snapshot describes.
+    // no snapshot describes; the log says which elements.
+    LogBatch(kernel_seq_.load(std::memory_order_acquire) + 1, batch);
     kernel_seq_.fetch_add(1, std::memory_order_acq_rel);
     absl::Status k = backend_->Apply(batch);
     applied = k.ok();
@@ -184,11 +188,11 @@ Writer::ReadKernelConsistent() const {
         continue;
       }
       absl::StatusOr<nat::KernelState> state = options_.reader->Read();
-      if (!state.ok()) return state.status();
+      // A dump that commits kept disturbing: the read under the lock below.
+      if (!state.ok() && !absl::IsUnavailable(state.status())) return state.status();
+      if (!state.ok()) break;
       uint64_t after = kernel_seq_.load(std::memory_order_acquire);
       if (after == before && snapshot()->version == snap->version) {
-        // Big reads leave freed memory in malloc's arenas: give it back.
-        malloc_trim(0);
         return std::make_pair(*std::move(state), std::move(snap));
       }
     }
@@ -197,15 +201,108 @@ Writer::ReadKernelConsistent() const {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<nat::KernelState> state = backend_->Read();
   if (!state.ok()) return state.status();
-  malloc_trim(0);
   return std::make_pair(*std::move(state), snapshot());
 }
 
+void Writer::LogBatch(uint64_t key, const nat::Batch& batch) {
+  std::lock_guard<std::mutex> l(log_mu_);
+  if (batch.size() > kBatchLogElements) {
+    // Too big to keep: a read it interleaves with falls back.
+    forgotten_ = key;
+    return;
+  }
+  batch_log_.emplace_back(key, std::make_shared<const nat::Batch>(batch));
+  batch_log_elements_ += batch.size();
+  while (batch_log_.size() > kBatchLogCommits || batch_log_elements_ > kBatchLogElements) {
+    forgotten_ = batch_log_.front().first;
+    batch_log_elements_ -= batch_log_.front().second->size();
+    batch_log_.pop_front();
+  }
+}
+
+bool Writer::InFluxSince(uint64_t before, nat::RuleSet* in_flux) const {
+  std::lock_guard<std::mutex> l(log_mu_);
+  if (forgotten_ != 0 && forgotten_ >= before) return false;
+  nat::Batch touched;
+  for (auto it = batch_log_.rbegin(); it != batch_log_.rend() && it->first >= before; ++it) {
+    nat::Merge(&touched, *it->second);
+  }
+  // Added or removed: the kernel may show it either way.
+  nat::Merge(&touched, nat::Batch{{}, touched.remove});
+  *in_flux = std::move(touched.add);
+  return true;
+}
+
+absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
+  if (options_.reader != nullptr) {
+    std::lock_guard<std::mutex> reading(read_mu_);
+    // Every batch at or after `before` (an odd `before` is a commit under
+    // way) was applied during the reads, or is about to be; commits before
+    // it published their snapshot before the first read began.
+    uint64_t before = kernel_seq_.load(std::memory_order_acquire);
+    KernelComparison c;
+    bool have = false;
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      absl::StatusOr<nat::KernelState> state = options_.reader->ReadDuringWrites();
+      if (!state.ok()) return state.status();
+      if (have && state->table_present && c.kernel.table_present) {
+        // A disturbed dump may miss an element nobody changed, hardly ever
+        // the same one twice: what either read saw is there (or in flux).
+        nat::Batch both{{}, std::move(c.kernel.rules)};
+        nat::Merge(&both, nat::Batch{{}, state->rules});
+        state->rules = std::move(both.add);
+      }
+      c.kernel = *std::move(state);
+      nat::RuleSet in_flux;
+      if (!InFluxSince(before, &in_flux)) {
+        // The log no longer reaches back to the first read: start afresh.
+        before = kernel_seq_.load(std::memory_order_acquire);
+        have = false;
+        continue;
+      }
+      // Taken after the log: it holds every commit whose batch is not in
+      // flux.
+      c.snapshot = snapshot();
+      c.exact = before % 2 == 0 && kernel_seq_.load(std::memory_order_acquire) == before;
+      c.desired = c.snapshot->state.Desired();
+      c.diff = nat::Diff(c.kernel.rules, c.desired);
+      nat::EraseAll(&c.diff.add, in_flux);
+      nat::EraseAll(&c.diff.remove, in_flux);
+      if (c.exact || c.in_sync()) return c;
+      if (!c.diff.add.dnat.empty() && c.diff.add.dnat.size() <= kLookupsPerCompare) {
+        // Elements the dump did not show, looked up one by one: a dump
+        // that commits disturbed skips some that nobody changed.
+        absl::StatusOr<std::set<nat::DnatElement>> held =
+            options_.reader->HoldsDnat(c.diff.add.dnat);
+        if (held.ok()) {
+          for (const nat::DnatElement& e : *held) {
+            c.diff.add.dnat.erase(e);
+            c.kernel.rules.dnat.insert(e);
+          }
+          // And those a commit removed after the read, before the lookup.
+          if (InFluxSince(before, &in_flux)) nat::EraseAll(&c.diff.add, in_flux);
+          if (c.in_sync()) return c;
+        }
+      }
+      have = true;
+    }
+  }
+  // The last word: a read that matches a snapshot exactly.
+  auto read = ReadKernelConsistent();
+  if (!read.ok()) return read.status();
+  KernelComparison c;
+  c.kernel = std::move(read->first);
+  c.snapshot = std::move(read->second);
+  c.exact = true;
+  c.desired = c.snapshot->state.Desired();
+  c.diff = nat::Diff(c.kernel.rules, c.desired);
+  return c;
+}
+
 absl::StatusOr<nat::SyncReport> Writer::Resync() {
+  ReturnFreedMemory after;  // the sync's reads, once the lock is released
   std::lock_guard<std::mutex> lock(mu_);
-  absl::StatusOr<nat::SyncReport> report = RepairLocked();
-  malloc_trim(0);
-  return report;
+  return RepairLocked();
 }
 
 absl::StatusOr<nat::SyncReport> Writer::RepairLocked() {

@@ -17,17 +17,22 @@
 // the store). A success means the change is on disk and in the kernel.
 //
 // Kernel reads for Check, Diagnose and the periodic check run outside the
-// lock (ReadKernelConsistent): a sequence count, odd while a commit is
-// between its kernel batch and its snapshot, tells whether a read matches
-// a snapshot.
+// lock: a sequence count, odd while a commit is between its kernel batch
+// and its snapshot, tells whether a read matches a snapshot
+// (ReadKernelConsistent retries until one does). Diagnose and the periodic
+// check need no retry (CompareKernel): the writer keeps the last
+// commits' kernel batches, and the elements of those that interleaved with
+// a read are the only ones the read may show either way.
 //
 // Thread-safe. Never calls out (callbacks, RPCs, waits on other threads)
 // while holding its lock, except the owner unit's fn, which must not either.
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -47,6 +52,17 @@
 #include "nat/port_allocator.h"
 
 namespace fabric::agent {
+
+// Gives the heap's free pages back to the system (malloc_trim) when it goes
+// out of scope. Declared before the locals of a big read or rebuild (tens
+// of MB at 100k mappings), it runs once they are gone; otherwise the
+// process keeps their peak as RSS.
+struct ReturnFreedMemory {
+  ReturnFreedMemory() = default;
+  ReturnFreedMemory(const ReturnFreedMemory&) = delete;
+  ReturnFreedMemory& operator=(const ReturnFreedMemory&) = delete;
+  ~ReturnFreedMemory();
+};
 
 class Writer {
  public:
@@ -89,6 +105,32 @@ class Writer {
   // the lock after a few tries.
   absl::StatusOr<std::pair<nat::KernelState, std::shared_ptr<const Snapshot>>>
   ReadKernelConsistent() const;
+  // The kernel compared with the state, outside the lock and without
+  // waiting for commits to pause (Diagnose, the periodic check). A commit
+  // that interleaves with the read may show either way in the kernel, so
+  // the elements its batch touched are left out of `diff`; everything else
+  // must match. The reader's dumps may be disturbed by those commits
+  // (Backend::ReadDuringWrites: a hash set's chunk can then miss an element
+  // nobody changed, the same ones read after read), so an element missing
+  // while commits interleaved is looked up by itself (Backend::HoldsDnat),
+  // other findings are read again, and what is still found after a few
+  // reads is settled by a read under ReadKernelConsistent's rules. A
+  // finding is never an artefact of concurrent writes.
+  struct KernelComparison {
+    nat::KernelState kernel;
+    std::shared_ptr<const Snapshot> snapshot;
+    nat::RuleSet desired;  // snapshot->state.Desired()
+    // Turns the kernel's elements into `desired`, elements in flux left out.
+    nat::Batch diff;
+    // No commit interleaved: `kernel` is exactly what the kernel held at
+    // `snapshot`.
+    bool exact = false;
+    // Nothing to report: the table is there, its layout intact, no diff.
+    bool in_sync() const {
+      return kernel.table_present && kernel.layout_intact && diff.empty();
+    }
+  };
+  absl::StatusOr<KernelComparison> CompareKernel() const;
   // The reader's Backend::ConnectionCounts (a rules-only read) and
   // Backend::ForwardDropChains.
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const;
@@ -160,6 +202,25 @@ class Writer {
   // Odd while a commit's kernel batch is applied but its snapshot not yet
   // published (see ReadKernelConsistent).
   std::atomic<uint64_t> kernel_seq_{0};
+  // The last commits' kernel batches, each under the (odd) kernel_seq_
+  // value it was applied at, for ReadKernelTolerant. Bounded by
+  // kBatchLogCommits and kBatchLogElements; `forgotten_` is the newest key
+  // dropped (0: none). An entry goes in before kernel_seq_ moves, so a
+  // reader that sees the count moved finds the batch.
+  static constexpr size_t kBatchLogCommits = 256;
+  static constexpr size_t kBatchLogElements = 16384;
+  // CompareKernel looks up at most this many elements a disturbed dump
+  // did not show, one by one; more are settled by reading again.
+  static constexpr size_t kLookupsPerCompare = 512;
+  // The elements of every logged batch at or after kernel_seq_ value
+  // `before`, into `in_flux`; false when the log no longer reaches back
+  // that far.
+  bool InFluxSince(uint64_t before, nat::RuleSet* in_flux) const;
+  mutable std::mutex log_mu_;
+  std::deque<std::pair<uint64_t, std::shared_ptr<const nat::Batch>>> batch_log_;  // log_mu_
+  size_t batch_log_elements_ = 0;  // guarded by log_mu_
+  uint64_t forgotten_ = 0;         // guarded by log_mu_
+  void LogBatch(uint64_t key, const nat::Batch& batch);
   EventHub hub_;
 };
 

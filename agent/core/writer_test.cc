@@ -1,6 +1,7 @@
 // The writer's transaction rules with the fake backend: commit order and
 // all-or-nothing, the deadline check, snapshots that do not change under a
-// reader, and bounded watches.
+// reader, bounded watches, and kernel comparisons that tolerate commits
+// interleaving with the read but never miss a real difference.
 #include "agent/core/writer.h"
 
 #include <atomic>
@@ -30,6 +31,31 @@ nat::PortMapping Dnat(uint16_t host_port) {
   return m;
 }
 
+// A second connection to the fake kernel, as the agent's reader backend:
+// Read() takes what the kernel holds, then runs `during` (commits that
+// interleave with the read: the read missed them).
+class InterleavedReader : public nat::Backend {
+ public:
+  explicit InterleavedReader(nat::FakeBackend* kernel) : kernel_(kernel) {}
+  std::string name() const override { return "reader"; }
+  absl::Status Apply(const nat::Batch&) override { return absl::UnimplementedError("reader"); }
+  absl::Status Replace(const nat::RuleSet&) override {
+    return absl::UnimplementedError("reader");
+  }
+  absl::Status DeleteTable() override { return absl::UnimplementedError("reader"); }
+  absl::StatusOr<nat::KernelState> Read() const override {
+    absl::StatusOr<nat::KernelState> state = kernel_->Read();
+    ++reads;
+    if (during) during();
+    return state;
+  }
+  std::function<void()> during;
+  mutable int reads = 0;
+
+ private:
+  nat::FakeBackend* kernel_;
+};
+
 class WriterTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -41,6 +67,7 @@ class WriterTest : public ::testing::Test {
     o.dynamic_hi = 40009;
     o.now = [this] { return now_; };
     o.max_watches = 2;
+    o.reader = &reader_;
     writer_ = std::make_unique<Writer>(std::move(*store), &backend_, o);
     ASSERT_OK(writer_->Start([](const StoreContents&, State*, nat::PortAllocator*,
                                 StoreWrite*) { return absl::OkStatus(); }));
@@ -68,6 +95,7 @@ class WriterTest : public ::testing::Test {
   std::string dir_;
   absl::Time now_ = absl::FromUnixSeconds(1800000000);
   nat::FakeBackend backend_;
+  InterleavedReader reader_{&backend_};
   std::unique_ptr<Writer> writer_;
 };
 int WriterTest::counter_ = 0;
@@ -157,6 +185,80 @@ TEST_F(WriterTest, WatchesAreBoundedInNumberAndBacklog) {
   writer_->hub().Unsubscribe(*a);
   writer_->hub().Unsubscribe(*b);
   EXPECT_EQ(writer_->hub().subscribers(), 0u);
+}
+
+}  // namespace
+}  // namespace fabric::agent
+
+namespace fabric::agent {
+namespace {
+
+TEST_F(WriterTest, ACompareWithoutWritesIsExact) {
+  ASSERT_OK(Add(8080).status());
+  auto c = writer_->CompareKernel();
+  ASSERT_OK(c.status());
+  EXPECT_TRUE(c->exact);
+  EXPECT_TRUE(c->in_sync());
+  EXPECT_EQ(c->desired.dnat.size(), 1u);
+  EXPECT_EQ(reader_.reads, 1);
+}
+
+TEST_F(WriterTest, ACommitDuringTheReadIsNotAFinding) {
+  ASSERT_OK(Add(8080).status());
+  // The read misses one change that adds and one that removes.
+  int next = 8081;
+  reader_.during = [&] {
+    reader_.during = nullptr;
+    ASSERT_OK(Add(next++).status());
+    ASSERT_OK(writer_->MutateStatus(absl::InfiniteFuture(), [](Txn& txn) {
+      for (const auto& e : Dnat(8080).ToElements()) txn.batch().remove.dnat.insert(e);
+      txn.state().mappings.Erase("m-1");
+      return absl::OkStatus();
+    }));
+  };
+  auto c = writer_->CompareKernel();
+  ASSERT_OK(c.status());
+  EXPECT_FALSE(c->exact);
+  EXPECT_TRUE(c->in_sync()) << c->diff.DebugString();
+  EXPECT_EQ(reader_.reads, 1);  // no second read was needed
+  // Without leaving those out, the read would not have matched.
+  EXPECT_FALSE(nat::Diff(c->kernel.rules, c->desired).empty());
+}
+
+TEST_F(WriterTest, RealDriftIsFoundEvenWhileEveryReadInterleaves) {
+  ASSERT_OK(Add(8080).status());
+  ASSERT_OK(Add(8081).status());
+  // Someone deletes 8081's element by hand; commits never stop.
+  backend_.mutable_rules().dnat.erase(*Dnat(8081).ToElements().begin());
+  int next = 9000;
+  reader_.during = [&] { ASSERT_OK(Add(next++).status()); };
+  auto c = writer_->CompareKernel();
+  ASSERT_OK(c.status());
+  EXPECT_FALSE(c->in_sync());
+  ASSERT_EQ(c->diff.add.dnat.size(), 1u) << c->diff.DebugString();
+  EXPECT_EQ(c->diff.add.dnat.begin()->port_lo, 8081);
+  EXPECT_TRUE(c->diff.remove.empty()) << c->diff.DebugString();
+  // Only the last word, taken with no commit between read and snapshot,
+  // reports it.
+  EXPECT_TRUE(c->exact);
+}
+
+TEST_F(WriterTest, AFindingWhileWritesInterleavedIsReadAgain) {
+  ASSERT_OK(Add(8080).status());
+  ASSERT_OK(Add(8081).status());
+  // A dump that interleaved with a commit and also missed an unrelated
+  // element (a hash set's chunk skipped it): read again, nothing found.
+  nat::DnatElement unrelated = *Dnat(8080).ToElements().begin();
+  backend_.mutable_rules().dnat.erase(unrelated);
+  reader_.during = [&] {
+    reader_.during = nullptr;
+    backend_.mutable_rules().dnat.insert(unrelated);
+    ASSERT_OK(Add(8082).status());
+  };
+  auto c = writer_->CompareKernel();
+  ASSERT_OK(c.status());
+  EXPECT_TRUE(c->in_sync()) << c->diff.DebugString();
+  EXPECT_EQ(reader_.reads, 2);
 }
 
 }  // namespace

@@ -106,6 +106,34 @@ Batch Diff(const RuleSet& current, const RuleSet& desired) {
 }
 
 namespace {
+template <typename T>
+void EraseEach(std::set<T>& from, const std::set<T>& elements) {
+  for (const T& e : elements) from.erase(e);
+}
+}  // namespace
+
+absl::StatusOr<std::set<DnatElement>> Backend::HoldsDnat(
+    const std::set<DnatElement>& elements) const {
+  absl::StatusOr<KernelState> state = Read();
+  if (!state.ok()) return state.status();
+  std::set<DnatElement> held;
+  for (const DnatElement& e : elements) {
+    if (state->rules.dnat.count(e) > 0) held.insert(e);
+  }
+  return held;
+}
+
+void EraseAll(RuleSet* from, const RuleSet& elements) {
+  EraseEach(from->dnat, elements.dnat);
+  EraseEach(from->masquerade, elements.masquerade);
+  EraseEach(from->snat, elements.snat);
+  EraseEach(from->hairpin, elements.hairpin);
+  EraseEach(from->localhost_interfaces, elements.localhost_interfaces);
+  EraseEach(from->firewall6_interfaces, elements.firewall6_interfaces);
+  EraseEach(from->pinholes, elements.pinholes);
+}
+
+namespace {
 // "3 (dnat tcp 0.0.0.0:8080 -> 10.22.0.5:80, masquerade 10.22.0.0/16, ...)"
 std::string Sample(const RuleSet& r) {
   std::vector<std::string> items;

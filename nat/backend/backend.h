@@ -44,6 +44,9 @@ void Merge(Batch* into, const Batch& more);
 // The changes that turn `current` into `desired`.
 Batch Diff(const RuleSet& current, const RuleSet& desired);
 
+// Removes from `from` every element that `elements` holds (of each kind).
+void EraseAll(RuleSet* from, const RuleSet& elements);
+
 // What a backend read back from the kernel.
 struct KernelState {
   // Our table exists.
@@ -83,6 +86,18 @@ class Backend {
 
   // Reads back what the kernel holds in our table.
   virtual absl::StatusOr<KernelState> Read() const = 0;
+  // Read() for a caller that knows which elements changed while it read
+  // (the agent's comparison outside its writer's lock): a dump disturbed by
+  // those changes is not read again. It may then miss an element nobody
+  // changed (a hash set's chunk skipped it) but never invents one. By
+  // default, Read().
+  virtual absl::StatusOr<KernelState> ReadDuringWrites() const { return Read(); }
+  // Which of `elements` the kernel holds (key and target alike), each
+  // looked up on its own where the backend can (nftables: single ports),
+  // so that changes to other elements cannot make it miss one. By
+  // default, from a Read().
+  virtual absl::StatusOr<std::set<DnatElement>> HoldsDnat(
+      const std::set<DnatElement>& elements) const;
 
   // Removes our table and everything in it. OK if it does not exist.
   virtual absl::Status DeleteTable() = 0;

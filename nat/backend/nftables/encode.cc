@@ -287,6 +287,19 @@ void EncodeRule(Builder& b, const RuleSpec& spec) {
 
 }  // namespace
 
+nlmsghdr* EncodeDnatLookup(char* buf, uint32_t seq, const DnatElement& e) {
+  const DnatMap& m = MapFor(e);
+  if (m.range) return nullptr;
+  SetPtr s = SetRef(m.name);
+  nftnl_set_elem* el = nftnl_set_elem_alloc();
+  std::vector<uint8_t> key = DnatKey(e, e.port_lo);
+  nftnl_set_elem_set(el, NFTNL_SET_ELEM_KEY, key.data(), key.size());
+  nftnl_set_elem_add(s.get(), el);
+  nlmsghdr* nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, 0, seq);
+  nftnl_set_elems_nlmsg_build_payload(nlh, s.get());
+  return nlh;
+}
+
 // ---------------------------------------------------------------------------
 
 SetSizes SizesOf(const RuleSet& rules) {

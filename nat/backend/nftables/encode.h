@@ -110,6 +110,11 @@ EncodedBatch EncodeReplace(const RuleSet& desired, uint32_t first_seq,
 // Deletes our table. Fails with ENOENT in the kernel when it is absent.
 EncodedBatch EncodeDeleteTable(uint32_t first_seq);
 
+// A request for the kernel's element under `e`'s key (NFT_MSG_GETSETELEM,
+// not a dump) in `buf`; null for a port range, whose map is an interval
+// set. The reply decodes with DecodeElements.
+nlmsghdr* EncodeDnatLookup(char* buf, uint32_t seq, const DnatElement& e);
+
 // Names of every map and set of the layout.
 std::vector<std::string> SetNames();
 

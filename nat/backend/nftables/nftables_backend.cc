@@ -311,11 +311,7 @@ absl::StatusOr<KernelState> NftablesBackend::Read() const {
   for (int attempt = 0; attempt < 20; ++attempt) {
     state = ReadOnce();
     if (state.ok()) {
-      if (state->table_present) {
-        sizes_ = nftables::SizesOf(state->rules);
-      } else {
-        sizes_.reset();
-      }
+      NoteSizes(*state);
       return state;
     }
     if (state.status().code() != absl::StatusCode::kAborted) return state;
@@ -415,7 +411,7 @@ absl::StatusOr<std::vector<std::string>> NftablesBackend::ForwardDropChains() co
   return out;
 }
 
-absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
+absl::StatusOr<KernelState> NftablesBackend::ReadOnce(bool disturbed_ok) const {
   KernelState state;
   netlink::NetlinkSocket& sock = *socket_;
 
@@ -548,7 +544,8 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce() const {
     std::set<std::string> seen;
     absl::Status decode =
         s.ok() && nftnl_set_is_set(all, NFTNL_SET_NAME)
-            ? nftables::DecodeElements(all, &state.rules, &seen, &state.pinhole_packets,
+            ? nftables::DecodeElements(all, &state.rules, disturbed_ok ? nullptr : &seen,
+                                       &state.pinhole_packets,
                                        &state.dnat_connections)
             : absl::OkStatus();
     nftnl_set_free(all);

@@ -33,6 +33,9 @@ class NftablesBackend : public Backend {
   absl::Status Apply(const Batch& batch) override;
   absl::Status Replace(const RuleSet& desired) override;
   absl::StatusOr<KernelState> Read() const override;
+  absl::StatusOr<KernelState> ReadDuringWrites() const override;
+  absl::StatusOr<std::set<DnatElement>> HoldsDnat(
+      const std::set<DnatElement>& elements) const override;
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const override;
   absl::StatusOr<std::vector<std::string>> ForwardDropChains() const override;
   absl::Status DeleteTable() override;
@@ -53,8 +56,11 @@ class NftablesBackend : public Backend {
       : socket_(std::move(socket)) {}
   absl::Status Send(const nftables::EncodedBatch& batch,
                     absl::string_view operation);
-  // One attempt at Read(); kAborted when a dump was inconsistent.
-  absl::StatusOr<KernelState> ReadOnce() const;
+  // One attempt at Read(); kAborted when a dump was inconsistent, unless
+  // `disturbed_ok` (ReadDuringWrites): then a repeated element is kept once.
+  absl::StatusOr<KernelState> ReadOnce(bool disturbed_ok = false) const;
+  // The layout sizes a read found (sizes_), or none without the table.
+  void NoteSizes(const KernelState& state) const;
 
   std::unique_ptr<netlink::NetlinkSocket> socket_;
   uint32_t last_generation_ = 0;
