@@ -36,9 +36,10 @@ std::optional<std::string> PortAllocator::Conflict(const Pool& pool,
   if (!pool.IsUsed(port)) return std::nullopt;
   const Slot& slot = pool.slots.at(port);
   if (slot.any_holder) return slot.any_holder;
-  if (!scope.host_ip.has_value()) return slot.specific.begin()->second;
-  auto it = slot.specific.find(*scope.host_ip);
-  if (it != slot.specific.end()) return it->second;
+  if (!slot.specific) return std::nullopt;
+  if (!scope.host_ip.has_value()) return slot.specific->begin()->second;
+  auto it = slot.specific->find(*scope.host_ip);
+  if (it != slot.specific->end()) return it->second;
   return std::nullopt;
 }
 
@@ -53,7 +54,8 @@ void PortAllocator::Hold(Pool& pool, const PortScope& scope, uint16_t port,
                          const std::string& holder) {
   Slot& slot = pool.slots[port];
   if (scope.host_ip.has_value()) {
-    slot.specific[*scope.host_ip] = holder;
+    if (!slot.specific) slot.specific = std::make_unique<std::map<IpAddress, std::string>>();
+    (*slot.specific)[*scope.host_ip] = holder;
   } else {
     slot.any_holder = holder;
   }
@@ -187,7 +189,7 @@ void PortAllocator::Release(const PortScope& scope, uint16_t port,
     Slot& slot = it->second;
     bool released = false;
     if (scope.host_ip.has_value()) {
-      released = slot.specific.erase(*scope.host_ip) > 0;
+      released = slot.specific && slot.specific->erase(*scope.host_ip) > 0;
     } else if (slot.any_holder) {
       slot.any_holder.reset();
       released = true;

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -87,10 +88,12 @@ class PortAllocator {
 
  private:
   // Holders of one port number within one (protocol, family).
+  // Small on purpose (one per held port: 100k at scale): the holders on
+  // specific addresses, rare, live behind a pointer.
   struct Slot {
     std::optional<std::string> any_holder;
-    std::map<IpAddress, std::string> specific;
-    bool empty() const { return !any_holder && specific.empty(); }
+    std::unique_ptr<std::map<IpAddress, std::string>> specific;
+    bool empty() const { return !any_holder && (!specific || specific->empty()); }
   };
   // Everything about one (protocol, family).
   struct Pool {
