@@ -344,7 +344,6 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   agent->core_ = std::make_unique<AgentCore>(std::move(*store), agent->backend_.get(),
                                              agent->conntrack_.get(), core_options);
   if (absl::Status s = agent->core_->Start(); !s.ok()) return s;
-  nat::RuleSet desired = agent->core_->Desired();
   LogLine(absl::StrCat("started: backend=", config.backend, " state=",
                        config.state_dir, "/state.db mappings=",
                        agent->core_->Status().mappings(), " kernel in sync"));
@@ -564,6 +563,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
   agent->repair_ = std::make_unique<RepairLoop>(agent->core_.get(), &agent->metrics_,
                                                 agent->changes_.get(), &agent->clock_, repair);
   agent->repair_->Start();
+  // Start-up's transient memory (the store's rows, the first sync) goes
+  // back to the system before serving.
+  GiveBackFreedMemory();
   LogLine(absl::StrCat("serving unix:", config.socket,
                        config.tls_address.empty() ? "" : " and tls:" + config.tls_address,
                        agent->http_ ? absl::StrCat(" metrics:", agent->http_->port())

@@ -35,7 +35,10 @@ Writer::Options WriterOptions(const CoreOptions& o) {
 }
 
 // Rebuilds the state from the store at start-up: O(attachments + mappings).
-absl::Status BuildState(const StoreContents& contents, absl::Time now,
+// Takes the stored mappings out of `contents` (moved, not copied: the
+// records then hold the very strings the store's rows were read into, and
+// no freed copy is left between them to fragment the heap).
+absl::Status BuildState(StoreContents& contents, absl::Time now,
                         const std::string& firewall6_interface, State* state,
                         nat::PortAllocator* allocator, StoreWrite* cleanup) {
   state->next_mapping_id = contents.next_mapping_id;
@@ -63,7 +66,7 @@ absl::Status BuildState(const StoreContents& contents, absl::Time now,
     state->epoch_start = now;
     cleanup->epoch_start = absl::ToUnixSeconds(now);
   }
-  for (const v1::PortMapping& proto : contents.mappings) {
+  for (v1::PortMapping& proto : contents.mappings) {
     if (proto.has_expires_at() && FromTimestamp(proto.expires_at()) <= now) {
       cleanup->delete_mappings.push_back(proto.id());  // ran out while down
       continue;
@@ -78,13 +81,19 @@ absl::Status BuildState(const StoreContents& contents, absl::Time now,
       return absl::FailedPreconditionError(absl::StrCat(
           "stored mapping ", proto.id(), " cannot be restored: ", s.message()));
     }
-    state->mappings.Put(proto.id(), MappingRecord{proto, *m});
-    if (IsLease(proto)) owners::IndexLease(*state, proto);
-    owners::IndexTarget(*state, proto);
+    std::string id = proto.id();
+    state->mappings.Put(id, MappingRecord{std::move(proto), *m});
+    const v1::PortMapping& stored = state->mappings.Find(id)->proto;
+    if (IsLease(stored)) owners::IndexLease(*state, stored);
+    owners::IndexTarget(*state, stored);
   }
-  for (const auto& [id, rec] : state->mappings.Sorted()) {
-    if (IsLease(rec->proto)) owners::HoldCompanionAtStart(*state, *allocator, *rec);
-  }
+  // Leases in id order (as before); only they are looked at.
+  std::vector<std::pair<std::string, const MappingRecord*>> leases;
+  state->mappings.ForEach([&](const std::string& id, const MappingRecord& rec) {
+    if (IsLease(rec.proto)) leases.emplace_back(id, &rec);
+  });
+  std::sort(leases.begin(), leases.end());
+  for (const auto& [id, rec] : leases) owners::HoldCompanionAtStart(*state, *allocator, *rec);
   owners::LoadAttachments(contents.attachments, state);
   return absl::OkStatus();
 }
@@ -102,7 +111,7 @@ absl::Status AgentCore::Start() {
   absl::Time now = options_.now();
   const std::string firewall = options_.firewall6_interface;
   const std::vector<nat::SnatRule> snat = options_.static_snat;
-  return writer_.Start([now, firewall, snat](const StoreContents& contents, State* state,
+  return writer_.Start([now, firewall, snat](StoreContents& contents, State* state,
                                              nat::PortAllocator* allocator, StoreWrite* cleanup) {
     absl::Status s = BuildState(contents, now, firewall, state, allocator, cleanup);
     if (!s.ok()) return s;

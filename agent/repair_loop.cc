@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/log.h"
+#include "nat/backend/nftables/monitor.h"
 
 namespace fabric::agent {
 
@@ -80,7 +81,11 @@ void RepairLoop::RunOnce() {
     clock_->SleepFor(absl::Milliseconds(5));
     std::string more;
     (void)changes_->Drain(&more);
-    Repair(what, /*compare_first=*/false);
+    // Lost events only (our own big batches overflow the monitor's socket):
+    // compare first, outside the writer's lock; the kernel's generation
+    // tells whether anyone else changed anything. A foreign change is
+    // repaired at once.
+    Repair(what, /*compare_first=*/what == nat::ChangeMonitor::kEventsLost);
   }
   now = clock_->Now();
   if (now >= next_expiry_) {

@@ -9,6 +9,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nat/backend/fake/fake_backend.h"
+#include "nat/backend/nftables/monitor.h"
 #include "testing/status_matchers.h"
 
 namespace fabric::agent {
@@ -70,6 +71,24 @@ TEST_F(RepairLoopTest, AForeignChangeIsRepairedAtOnce) {
   RepairLoop loop(core_.get(), &metrics_, &changes_, &clock_, o);
   backend_.mutable_rules().dnat.clear();
   changes_.pending.push_back("delete element by nft");
+  loop.RunOnce();
+  EXPECT_EQ(backend_.rules().dnat.size(), 1u);
+  EXPECT_EQ(core_->Status().repairs(), 1u);
+}
+
+TEST_F(RepairLoopTest, LostEventsAreComparedAndRepairedOnlyIfNeeded) {
+  RepairLoopOptions o;
+  o.reconcile_interval = absl::ZeroDuration();  // events only
+  RepairLoop loop(core_.get(), &metrics_, &changes_, &clock_, o);
+  int applies = backend_.applies() + backend_.replaces();
+  // Our own batch overflowed the socket: nothing to repair.
+  changes_.pending.push_back(nat::ChangeMonitor::kEventsLost);
+  loop.RunOnce();
+  EXPECT_EQ(backend_.applies() + backend_.replaces(), applies);
+  EXPECT_EQ(core_->Status().repairs(), 0u);
+  // Lost events hid a foreign change: the comparison finds and repairs it.
+  backend_.mutable_rules().dnat.clear();
+  changes_.pending.push_back(nat::ChangeMonitor::kEventsLost);
   loop.RunOnce();
   EXPECT_EQ(backend_.rules().dnat.size(), 1u);
   EXPECT_EQ(core_->Status().repairs(), 1u);

@@ -18,7 +18,9 @@ nat::Batch Inverse(const nat::Batch& b) {
 
 }  // namespace
 
-ReturnFreedMemory::~ReturnFreedMemory() { malloc_trim(0); }
+void GiveBackFreedMemory() { malloc_trim(0); }
+
+ReturnFreedMemory::~ReturnFreedMemory() { GiveBackFreedMemory(); }
 
 Writer::Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options options)
     : options_(std::move(options)),
@@ -32,7 +34,7 @@ Writer::Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options opti
 }
 
 absl::Status Writer::Start(
-    const std::function<absl::Status(const StoreContents&, State*, nat::PortAllocator*,
+    const std::function<absl::Status(StoreContents&, State*, nat::PortAllocator*,
                                      StoreWrite* cleanup)>& build) {
   ReturnFreedMemory after;  // the store's contents and the first sync
   std::lock_guard<std::mutex> lock(mu_);

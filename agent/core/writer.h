@@ -53,8 +53,10 @@
 
 namespace fabric::agent {
 
-// Gives the heap's free pages back to the system (malloc_trim) when it goes
-// out of scope. Declared before the locals of a big read or rebuild (tens
+// Gives the heap's free pages back to the system (malloc_trim).
+void GiveBackFreedMemory();
+
+// GiveBackFreedMemory when it goes out of scope. Declared before the locals of a big read or rebuild (tens
 // of MB at 100k mappings), it runs once they are gone; otherwise the
 // process keeps their peak as RSS.
 struct ReturnFreedMemory {
@@ -83,8 +85,9 @@ class Writer {
   // contents and holds their ports (on the allocator it is given); then
   // `cleanup` is committed, the kernel is made to match in one batch, and
   // the writer becomes ready. On failure it stays not ready with the reason.
+  // `build` may take (move) what it keeps out of the contents.
   absl::Status Start(
-      const std::function<absl::Status(const StoreContents&, State*, nat::PortAllocator*,
+      const std::function<absl::Status(StoreContents&, State*, nat::PortAllocator*,
                                        StoreWrite* cleanup)>& build);
 
   // Runs `fn` as one transaction (see the file comment). kDeadlineExceeded,

@@ -326,7 +326,7 @@ std::vector<v1::AttachmentKey> StaleAttachments(const State& state, const std::s
   return out;
 }
 
-void LoadAttachments(const std::vector<v1::Attachment>& attachments, State* state) {
+void LoadAttachments(std::vector<v1::Attachment>& attachments, State* state) {
   // Mapping ids by owner, in one pass, so that start-up is linear.
   std::map<std::string, std::vector<std::string>> by_owner;
   for (const auto& [id, rec] : state->mappings.Sorted()) {
@@ -334,16 +334,18 @@ void LoadAttachments(const std::vector<v1::Attachment>& attachments, State* stat
       by_owner[rec->proto.owner().id()].push_back(id);
     }
   }
-  for (const v1::Attachment& a : attachments) {
+  for (v1::Attachment& a : attachments) {
     AttachmentRecord rec;
-    rec.proto = a;
-    for (const std::string& addr : a.container_addresses()) {
+    rec.proto = std::move(a);
+    for (const std::string& addr : rec.proto.container_addresses()) {
       if (absl::StatusOr<Prefix> p = Prefix::Parse(addr); p.ok()) {
         rec.networks.push_back(p->Network());
       }
     }
-    std::string owner = AttachmentOwnerId(a.key());
-    if (auto it = by_owner.find(owner); it != by_owner.end()) rec.mapping_ids = it->second;
+    std::string owner = AttachmentOwnerId(rec.proto.key());
+    if (auto it = by_owner.find(owner); it != by_owner.end()) {
+      rec.mapping_ids = std::move(it->second);
+    }
     state->network.Count(rec, 1);
     state->attachments.Put(owner, std::move(rec));
   }

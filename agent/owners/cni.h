@@ -36,7 +36,7 @@ std::vector<v1::AttachmentKey> StaleAttachments(const State& state, const std::s
                                                 const std::vector<v1::AttachmentKey>& valid);
 
 // Start-up: the stored attachments into `state`, after the mappings, in
-// O(attachments + mappings).
-void LoadAttachments(const std::vector<v1::Attachment>& attachments, State* state);
+// O(attachments + mappings). Takes (moves) the attachments out of the vector.
+void LoadAttachments(std::vector<v1::Attachment>& attachments, State* state);
 
 }  // namespace fabric::agent::owners

@@ -89,7 +89,8 @@ class Backend {
   // Read() for a caller that knows which elements changed while it read
   // (the agent's comparison outside its writer's lock): a dump disturbed by
   // those changes is not read again. It may then miss an element nobody
-  // changed (a hash set's chunk skipped it) but never invents one. By
+  // changed (a hash set's chunk skipped it) but never invents one. The
+  // counters (pinhole_packets, dnat_connections) may be left empty. By
   // default, Read().
   virtual absl::StatusOr<KernelState> ReadDuringWrites() const { return Read(); }
   // Which of `elements` the kernel holds (key and target alike), each

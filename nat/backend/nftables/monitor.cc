@@ -102,7 +102,7 @@ absl::StatusOr<bool> ChangeMonitor::Read(uint32_t own_port_id, int timeout_ms,
     if (n < 0) {
       if (errno == ENOBUFS) {
         // Events were dropped: assume the worst.
-        if (what->empty()) *what = "netlink event queue overflowed";
+        if (what->empty()) *what = kEventsLost;
         foreign = true;
         continue;
       }

@@ -39,6 +39,10 @@ class ChangeMonitor {
   // `own_port_id` changed our table, or when events were lost (the socket
   // overflowed), so a change may have been missed. `what` then describes
   // the first foreign change seen ("delete table inet fabric_nat by nft").
+  // `what` when the first thing seen was lost events: the agent's own big
+  // batches overflow the socket too (100k elements at start), so whether
+  // anyone else changed the table is for a comparison to say.
+  static constexpr char kEventsLost[] = "netlink event queue overflowed";
   absl::StatusOr<bool> WaitForForeignChange(uint32_t own_port_id,
                                             absl::Duration timeout,
                                             std::string* what);

@@ -545,8 +545,8 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce(bool disturbed_ok) const {
     absl::Status decode =
         s.ok() && nftnl_set_is_set(all, NFTNL_SET_NAME)
             ? nftables::DecodeElements(all, &state.rules, disturbed_ok ? nullptr : &seen,
-                                       &state.pinhole_packets,
-                                       &state.dnat_connections)
+                                       disturbed_ok ? nullptr : &state.pinhole_packets,
+                                       disturbed_ok ? nullptr : &state.dnat_connections)
             : absl::OkStatus();
     nftnl_set_free(all);
     if (!s.ok()) return s;

@@ -57,7 +57,8 @@ class NftablesBackend : public Backend {
   absl::Status Send(const nftables::EncodedBatch& batch,
                     absl::string_view operation);
   // One attempt at Read(); kAborted when a dump was inconsistent, unless
-  // `disturbed_ok` (ReadDuringWrites): then a repeated element is kept once.
+  // `disturbed_ok` (ReadDuringWrites): then a repeated element is kept once,
+  // and no counters are decoded.
   absl::StatusOr<KernelState> ReadOnce(bool disturbed_ok = false) const;
   // The layout sizes a read found (sizes_), or none without the table.
   void NoteSizes(const KernelState& state) const;
