@@ -128,6 +128,9 @@ void UpstreamKeeper::Save() {
 std::map<std::pair<upstream::Proto, uint16_t>, std::string> UpstreamPorts(
     const Snapshot& snap, bool by_default, int max_range_ports) {
   std::map<std::pair<upstream::Proto, uint16_t>, std::string> out;
+  // Off, and no network asks: nothing to look at (100k mappings otherwise,
+  // on every snapshot).
+  if (!by_default && snap.state.network.upstream_asked == 0) return out;
   snap.state.mappings.ForEach([&](const std::string& id, const MappingRecord& rec) {
     v1::OwnerKind kind = rec.proto.owner().kind();
     if (kind != v1::OWNER_KIND_CNI && kind != v1::OWNER_KIND_API &&

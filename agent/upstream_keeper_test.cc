@@ -78,6 +78,26 @@ TEST_F(UpstreamPortsTest, TheFlagAndEachNetworksKey) {
   EXPECT_THAT(Ports(false), ElementsAre(Pair(Proto::kTcp, 8083)));
 }
 
+// With the flag off the keeper looks at no mapping unless a network asks:
+// the count of attachments asking follows attach and detach.
+TEST_F(UpstreamPortsTest, OffAndNobodyAskingLooksAtNothing) {
+  Attach("c1", 8081, std::nullopt);
+  Attach("c2", 8082, false);
+  EXPECT_EQ(core_->snapshot()->state.network.upstream_asked, 0);
+  EXPECT_THAT(Ports(false), ElementsAre());
+  Attach("c3", 8083, true);
+  EXPECT_EQ(core_->snapshot()->state.network.upstream_asked, 1);
+  EXPECT_THAT(Ports(false), ElementsAre(Pair(Proto::kTcp, 8083)));
+  v1::AttachmentKey key;
+  key.set_container_id("c3");
+  key.set_ifname("eth0");
+  key.set_network_name("net1");
+  ASSERT_OK(core_->Detach(key).status());
+  EXPECT_EQ(core_->snapshot()->state.network.upstream_asked, 0);
+  EXPECT_THAT(Ports(false), ElementsAre());
+  EXPECT_THAT(Ports(true), ElementsAre(Pair(Proto::kTcp, 8081)));
+}
+
 TEST_F(UpstreamPortsTest, OnlyIpv4TcpAndUdpAndRangesCapped) {
   Api(v1::PROTOCOL_SCTP, 9000, 1, "10.1.0.5");
   Api(v1::PROTOCOL_TCP, 9001, 1, "fd00::5");

@@ -20,6 +20,7 @@ void NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
       snat_to = *a;
     }
   }
+  if (o.has_upstream() && o.upstream()) upstream_asked += delta;
   for (const nat::Prefix& p : rec.networks) {
     bump(containers, p);
     if (snat_to.has_value() && snat_to->family() == p.family()) {

@@ -54,6 +54,10 @@ struct NetworkRefs {
   // Every container network, whatever its options: NAT-PMP/PCP refuse a
   // client inside one (agent/owners/leases.h).
   std::map<nat::Prefix, int> containers;
+  // Attachments whose network asks for upstream mapping (the CNI key
+  // `upstream`: true), so that the upstream keeper need not look at every
+  // mapping when --upstream is off and nobody asks.
+  int upstream_asked = 0;
   // Adds (delta 1) or removes (delta -1) one attachment's needs.
   void Count(const AttachmentRecord& rec, int delta);
   // The same for one static SNAT rule.
