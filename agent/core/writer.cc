@@ -36,7 +36,6 @@ Writer::Writer(std::unique_ptr<Store> store, nat::Backend* backend, Options opti
 absl::Status Writer::Start(
     const std::function<absl::Status(StoreContents&, State*, nat::PortAllocator*,
                                      StoreWrite* cleanup)>& build) {
-  ReturnFreedMemory after;  // the store's contents and the first sync
   std::lock_guard<std::mutex> lock(mu_);
   auto fail = [&](absl::Status s) {
     not_ready_reason_ = std::string(s.message());
@@ -225,14 +224,20 @@ void Writer::LogBatch(uint64_t key, const nat::Batch& batch) {
 bool Writer::InFluxSince(uint64_t before, nat::RuleSet* in_flux) const {
   std::lock_guard<std::mutex> l(log_mu_);
   if (forgotten_ != 0 && forgotten_ >= before) return false;
-  nat::Batch touched;
+  *in_flux = {};
   for (auto it = batch_log_.rbegin(); it != batch_log_.rend() && it->first >= before; ++it) {
-    nat::Merge(&touched, *it->second);
+    // Added or removed: the kernel may show it either way.
+    nat::Union(in_flux, it->second->add);
+    nat::Union(in_flux, it->second->remove);
   }
-  // Added or removed: the kernel may show it either way.
-  nat::Merge(&touched, nat::Batch{{}, touched.remove});
-  *in_flux = std::move(touched.add);
   return true;
+}
+
+void Writer::KernelComparison::Compare(const nat::RuleSet& in_flux) {
+  desired = snapshot->state.Desired();
+  diff = nat::Diff(kernel.rules, desired);
+  nat::EraseAll(&diff.add, in_flux);
+  nat::EraseAll(&diff.remove, in_flux);
 }
 
 absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
@@ -248,11 +253,9 @@ absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
       absl::StatusOr<nat::KernelState> state = options_.reader->ReadDuringWrites();
       if (!state.ok()) return state.status();
       if (have && state->table_present && c.kernel.table_present) {
-        // A disturbed dump may miss an element nobody changed, hardly ever
-        // the same one twice: what either read saw is there (or in flux).
-        nat::Batch both{{}, std::move(c.kernel.rules)};
-        nat::Merge(&both, nat::Batch{{}, state->rules});
-        state->rules = std::move(both.add);
+        // A disturbed dump may miss an element nobody changed: what either
+        // read saw is there (or in flux).
+        nat::Union(&state->rules, c.kernel.rules);
       }
       c.kernel = *std::move(state);
       nat::RuleSet in_flux;
@@ -266,10 +269,7 @@ absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
       // flux.
       c.snapshot = snapshot();
       c.exact = before % 2 == 0 && kernel_seq_.load(std::memory_order_acquire) == before;
-      c.desired = c.snapshot->state.Desired();
-      c.diff = nat::Diff(c.kernel.rules, c.desired);
-      nat::EraseAll(&c.diff.add, in_flux);
-      nat::EraseAll(&c.diff.remove, in_flux);
+      c.Compare(in_flux);
       if (c.exact || c.in_sync()) return c;
       if (!c.diff.add.dnat.empty() && c.diff.add.dnat.size() <= kLookupsPerCompare) {
         // Elements the dump did not show, looked up one by one: a dump
@@ -296,8 +296,7 @@ absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
   c.kernel = std::move(read->first);
   c.snapshot = std::move(read->second);
   c.exact = true;
-  c.desired = c.snapshot->state.Desired();
-  c.diff = nat::Diff(c.kernel.rules, c.desired);
+  c.Compare({});
   return c;
 }
 

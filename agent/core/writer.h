@@ -32,9 +32,9 @@
 #include <deque>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,9 +56,10 @@ namespace fabric::agent {
 // Gives the heap's free pages back to the system (malloc_trim).
 void GiveBackFreedMemory();
 
-// GiveBackFreedMemory when it goes out of scope. Declared before the locals of a big read or rebuild (tens
-// of MB at 100k mappings), it runs once they are gone; otherwise the
-// process keeps their peak as RSS.
+// GiveBackFreedMemory when it goes out of scope. Declared before the
+// locals of a big read or rebuild (tens of MB at 100k mappings), it runs
+// once they are gone; otherwise the process keeps their peak as RSS. The
+// agent's start-up calls GiveBackFreedMemory itself, before serving.
 struct ReturnFreedMemory {
   ReturnFreedMemory() = default;
   ReturnFreedMemory(const ReturnFreedMemory&) = delete;
@@ -132,6 +133,9 @@ class Writer {
     bool in_sync() const {
       return kernel.table_present && kernel.layout_intact && diff.empty();
     }
+    // Sets `desired` from `snapshot` and `diff` from `kernel`, leaving out
+    // the elements `in_flux` holds.
+    void Compare(const nat::RuleSet& in_flux);
   };
   absl::StatusOr<KernelComparison> CompareKernel() const;
   // The reader's Backend::ConnectionCounts (a rules-only read) and
@@ -206,7 +210,7 @@ class Writer {
   // published (see ReadKernelConsistent).
   std::atomic<uint64_t> kernel_seq_{0};
   // The last commits' kernel batches, each under the (odd) kernel_seq_
-  // value it was applied at, for ReadKernelTolerant. Bounded by
+  // value it was applied at, for CompareKernel. Bounded by
   // kBatchLogCommits and kBatchLogElements; `forgotten_` is the newest key
   // dropped (0: none). An entry goes in before kernel_seq_ moves, so a
   // reader that sees the count moved finds the batch.

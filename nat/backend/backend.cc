@@ -86,19 +86,21 @@ absl::Status ApplyBatch(const Batch& batch, RuleSet* rules) {
   return s;
 }
 
+void Union(RuleSet* into, const RuleSet& more) {
+  into->dnat.insert(more.dnat.begin(), more.dnat.end());
+  into->masquerade.insert(more.masquerade.begin(), more.masquerade.end());
+  into->snat.insert(more.snat.begin(), more.snat.end());
+  into->hairpin.insert(more.hairpin.begin(), more.hairpin.end());
+  into->localhost_interfaces.insert(more.localhost_interfaces.begin(),
+                                    more.localhost_interfaces.end());
+  into->firewall6_interfaces.insert(more.firewall6_interfaces.begin(),
+                                    more.firewall6_interfaces.end());
+  into->pinholes.insert(more.pinholes.begin(), more.pinholes.end());
+}
+
 void Merge(Batch* into, const Batch& more) {
-  for (auto [to, from] : {std::pair<RuleSet*, const RuleSet*>{&into->remove, &more.remove},
-                          {&into->add, &more.add}}) {
-    to->dnat.insert(from->dnat.begin(), from->dnat.end());
-    to->masquerade.insert(from->masquerade.begin(), from->masquerade.end());
-    to->snat.insert(from->snat.begin(), from->snat.end());
-    to->hairpin.insert(from->hairpin.begin(), from->hairpin.end());
-    to->localhost_interfaces.insert(from->localhost_interfaces.begin(),
-                                    from->localhost_interfaces.end());
-    to->firewall6_interfaces.insert(from->firewall6_interfaces.begin(),
-                                    from->firewall6_interfaces.end());
-    to->pinholes.insert(from->pinholes.begin(), from->pinholes.end());
-  }
+  Union(&into->remove, more.remove);
+  Union(&into->add, more.add);
 }
 
 Batch Diff(const RuleSet& current, const RuleSet& desired) {

@@ -38,6 +38,9 @@ struct Batch {
 // kAlreadyExists, each naming the element; on error `rules` is unchanged.
 absl::Status ApplyBatch(const Batch& batch, RuleSet* rules);
 
+// Adds every element of `more` to `into` (a set union of each kind).
+void Union(RuleSet* into, const RuleSet& more);
+
 // Adds `more`'s removals and additions to `into`.
 void Merge(Batch* into, const Batch& more);
 
