@@ -86,6 +86,7 @@ absl::Status BuildState(StoreContents& contents, absl::Time now,
     const v1::PortMapping& stored = state->mappings.Find(id)->proto;
     if (IsLease(stored)) owners::IndexLease(*state, stored);
     owners::IndexTarget(*state, stored);
+    state->by_owner.Add(stored.owner().id(), id);
   }
   // Leases in id order (as before); only they are looked at.
   std::vector<std::pair<std::string, const MappingRecord*>> leases;
@@ -181,45 +182,83 @@ absl::Status AgentCore::DeleteMapping(const std::string& id, absl::Time deadline
 
 std::vector<v1::PortMapping> AgentCore::ListMappings(v1::OwnerKind kind,
                                                      const std::string& owner_id) const {
-  std::shared_ptr<const Snapshot> snap = writer_.snapshot();
-  // Filter first, then order only what matched (by id, as before).
-  std::vector<const MappingRecord*> matched;
-  snap->state.mappings.ForEach([&](const std::string&, const MappingRecord& rec) {
-    if (OwnerMatches(rec.proto, kind, owner_id)) matched.push_back(&rec);
-  });
-  std::sort(matched.begin(), matched.end(), [](const MappingRecord* a, const MappingRecord* b) {
-    return a->proto.id() < b->proto.id();
-  });
+  absl::StatusOr<Page> all = ListMappingsPage(kind, owner_id, 0, "");
+  return all.ok() ? std::move(all->mappings) : std::vector<v1::PortMapping>();
+}
+
+namespace {
+
+// The file's IPv6-to-IPv4 forwards: not DNAT mappings, but listed with the
+// static ones (id "proxy-NAME"; the API cannot remove them either). By id.
+std::vector<v1::PortMapping> ProxyEntries(const State& state, v1::OwnerKind kind,
+                                          const std::string& owner_id,
+                                          const std::string& after) {
   std::vector<v1::PortMapping> out;
-  out.reserve(matched.size());
-  for (const MappingRecord* rec : matched) {
-    out.push_back(rec->proto);
-    if (upstream_status_) out.back().set_upstream(upstream_status_(rec->proto));
-  }
-  // The file's IPv6-to-IPv4 forwards: not DNAT mappings, but listed with
-  // the static ones (id "proxy-NAME"; the API cannot remove them either).
-  if (kind == v1::OWNER_KIND_UNSPECIFIED || kind == v1::OWNER_KIND_STATIC) {
-    for (const auto& [name, m] : snap->state.static_proxies) {
-      if (!owner_id.empty() && owner_id != name) continue;
-      v1::PortMapping p;
-      p.set_id(absl::StrCat("proxy-", name));
-      p.mutable_owner()->set_kind(v1::OWNER_KIND_STATIC);
-      p.mutable_owner()->set_id(name);
-      p.set_protocol(ToProto(m.protocol));
-      if (m.host_ip.has_value() && !m.host_ip->IsUnspecified()) {
-        p.set_host_ip(m.host_ip->ToString());
-      } else {
-        p.set_host_ip("::");
-      }
-      p.set_host_port(m.host_port);
-      p.set_port_count(m.port_count);
-      p.set_target_ip(m.target_ip.ToString());
-      p.set_target_port(m.target_port);
-      p.set_description(absl::StrCat("--forwards_file ", name, ", through the IPv6-to-IPv4 proxy"));
-      out.push_back(std::move(p));
+  if (kind != v1::OWNER_KIND_UNSPECIFIED && kind != v1::OWNER_KIND_STATIC) return out;
+  for (const auto& [name, m] : state.static_proxies) {  // by name: by id too
+    if (!owner_id.empty() && owner_id != name) continue;
+    std::string id = absl::StrCat("proxy-", name);
+    if (!after.empty() && id <= after) continue;
+    v1::PortMapping p;
+    p.set_id(std::move(id));
+    p.mutable_owner()->set_kind(v1::OWNER_KIND_STATIC);
+    p.mutable_owner()->set_id(name);
+    p.set_protocol(ToProto(m.protocol));
+    if (m.host_ip.has_value() && !m.host_ip->IsUnspecified()) {
+      p.set_host_ip(m.host_ip->ToString());
+    } else {
+      p.set_host_ip("::");
     }
+    p.set_host_port(m.host_port);
+    p.set_port_count(m.port_count);
+    p.set_target_ip(m.target_ip.ToString());
+    p.set_target_port(m.target_port);
+    p.set_description(absl::StrCat("--forwards_file ", name, ", through the IPv6-to-IPv4 proxy"));
+    out.push_back(std::move(p));
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<AgentCore::Page> AgentCore::ListMappingsPage(
+    v1::OwnerKind kind, const std::string& owner_id, int page_size,
+    const std::string& page_token) const {
+  if (page_size < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size ", page_size, " is negative (0: all; at most ",
+                     kMaxPageSize, " a page)"));
+  }
+  if (page_token.size() > kMaxIdLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_token of ", page_token.size(), " bytes: not one this agent gave (ids are at most ",
+        kMaxIdLength, ")"));
+  }
+  size_t limit = static_cast<size_t>(std::min(page_size, kMaxPageSize));
+  std::shared_ptr<const Snapshot> snap = writer_.snapshot();
+  // One more than the page: whether another follows.
+  std::vector<const MappingRecord*> recs =
+      SelectMappings(snap->state, kind, owner_id, page_token, limit == 0 ? 0 : limit + 1);
+  std::vector<v1::PortMapping> proxies = ProxyEntries(snap->state, kind, owner_id, page_token);
+  Page page;
+  page.mappings.reserve(limit == 0 ? recs.size() + proxies.size()
+                                   : std::min(limit, recs.size() + proxies.size()));
+  // Merge the two ordered lists.
+  size_t r = 0, p = 0;
+  while (r < recs.size() || p < proxies.size()) {
+    if (limit != 0 && page.mappings.size() == limit) {
+      page.next_page_token = page.mappings.back().id();
+      break;
+    }
+    if (p == proxies.size() || (r < recs.size() && recs[r]->proto.id() < proxies[p].id())) {
+      page.mappings.push_back(recs[r]->proto);
+      if (upstream_status_) page.mappings.back().set_upstream(upstream_status_(recs[r]->proto));
+      ++r;
+    } else {
+      page.mappings.push_back(std::move(proxies[p++]));
+    }
+  }
+  return page;
 }
 
 std::shared_ptr<EventQueue> AgentCore::Subscribe(v1::OwnerKind kind,

@@ -93,6 +93,16 @@ class AgentCore {
   // Sorted by id.
   std::vector<v1::PortMapping> ListMappings(v1::OwnerKind kind,
                                             const std::string& owner_id) const;
+  // One page of the same: at most page_size (0: all) with ids after
+  // page_token; next_page_token set when more may follow. Refuses a
+  // negative size or a token no id could be (kInvalidArgument).
+  struct Page {
+    std::vector<v1::PortMapping> mappings;
+    std::string next_page_token;
+  };
+  static constexpr int kMaxPageSize = 5000;
+  absl::StatusOr<Page> ListMappingsPage(v1::OwnerKind kind, const std::string& owner_id,
+                                        int page_size, const std::string& page_token) const;
   // Current mappings as TYPE_ADDED events, then TYPE_SYNCED, then every
   // change, through the returned queue (bounded: see EventQueue). When
   // max_watches are already served the queue comes back ended with

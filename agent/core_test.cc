@@ -12,7 +12,9 @@ namespace fabric::agent {
 namespace {
 
 using ::fabric::testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using ::testing::SizeIs;
 
 class CoreTest : public ::testing::Test {
@@ -418,6 +420,114 @@ TEST_F(CoreTest, ApiMappingsShareTheAllocatorWithContainers) {
   ASSERT_THAT(cni, SizeIs(1));
   EXPECT_THAT(core_->DeleteMapping(cni[0].id()),
               StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+// A listing of one owner reads the owner index, not every mapping: it must
+// hold exactly that owner's mappings through creates, deletes, a failed
+// transaction, a restart, an owner past the index's flat size, and an id
+// shared by owners of two kinds.
+TEST_F(CoreTest, ListingOneOwnerSeesExactlyItsMappingsThroughChangesAndRestart) {
+  auto create = [&](const std::string& owner) {
+    v1::PortMapping m;
+    m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+    m.mutable_owner()->set_id(owner);
+    m.set_protocol(v1::PROTOCOL_TCP);
+    m.set_target_ip("10.22.0.9");
+    m.set_target_port(80);
+    return core_->CreateMapping(m);
+  };
+  auto ids = [&](v1::OwnerKind kind, const std::string& owner) {
+    std::vector<std::string> out;
+    for (const v1::PortMapping& m : core_->ListMappings(kind, owner)) {
+      EXPECT_EQ(m.owner().id(), owner);
+      out.push_back(m.id());
+    }
+    return out;
+  };
+  std::vector<std::string> big, small;
+  for (int i = 0; i < 70; ++i) {  // past OwnerIndex::kFlat (64)
+    ASSERT_OK_AND_ASSIGN(v1::PortMapping m, create(i % 10 == 0 ? "small" : "big"));
+    (i % 10 == 0 ? small : big).push_back(m.id());
+  }
+  // An attachment whose owner id is the same text as an API owner's.
+  ASSERT_OK_AND_ASSIGN(v1::AttachResponse att,
+                       core_->Attach(Container("c1", "10.22.0.5/16", 8080, 80)));
+  std::string cni_owner = att.mappings(0).owner().id();
+  ASSERT_OK(create(cni_owner).status());
+  backend_.FailNext(absl::InternalError("netlink: boom"));
+  EXPECT_THAT(create("small"), StatusIs(absl::StatusCode::kInternal));
+  std::sort(big.begin(), big.end());
+  std::sort(small.begin(), small.end());
+  EXPECT_EQ(ids(v1::OWNER_KIND_API, "big"), big);
+  EXPECT_EQ(ids(v1::OWNER_KIND_UNSPECIFIED, "small"), small);
+  EXPECT_THAT(ids(v1::OWNER_KIND_CNI, cni_owner), ElementsAre(att.mappings(0).id()));
+  EXPECT_THAT(ids(v1::OWNER_KIND_UNSPECIFIED, cni_owner), SizeIs(2));
+  EXPECT_THAT(ids(v1::OWNER_KIND_NATPMP, "big"), IsEmpty());
+  EXPECT_THAT(ids(v1::OWNER_KIND_UNSPECIFIED, "nobody"), IsEmpty());
+
+  // Delete most of big (back under the flat size) and one of small.
+  while (big.size() > 5) {
+    ASSERT_OK(core_->DeleteMapping(big.back()));
+    big.pop_back();
+  }
+  ASSERT_OK(core_->DeleteMapping(small.front()));
+  small.erase(small.begin());
+  ASSERT_OK(core_->Detach(Container("c1", "", 0, 0).key()).status());
+  EXPECT_EQ(ids(v1::OWNER_KIND_API, "big"), big);
+  EXPECT_EQ(ids(v1::OWNER_KIND_API, "small"), small);
+  EXPECT_THAT(ids(v1::OWNER_KIND_CNI, cni_owner), IsEmpty());
+  Restart();
+  EXPECT_EQ(ids(v1::OWNER_KIND_API, "big"), big);
+  EXPECT_EQ(ids(v1::OWNER_KIND_API, "small"), small);
+  EXPECT_THAT(ids(v1::OWNER_KIND_UNSPECIFIED, cni_owner), SizeIs(1));
+}
+
+TEST_F(CoreTest, PagesCoverEveryMappingOnceInIdOrder) {
+  for (int i = 0; i < 23; ++i) {
+    v1::PortMapping m;
+    m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+    m.mutable_owner()->set_id(i % 3 == 0 ? "a" : "b");
+    m.set_protocol(v1::PROTOCOL_UDP);
+    m.set_target_ip("10.22.0.9");
+    m.set_target_port(53);
+    ASSERT_OK(core_->CreateMapping(m).status());
+  }
+  auto ids_of = [](const std::vector<v1::PortMapping>& ms) {
+    std::vector<std::string> out;
+    for (const v1::PortMapping& m : ms) out.push_back(m.id());
+    return out;
+  };
+  for (const std::string owner : {"", "a", "b"}) {
+    std::vector<std::string> all =
+        ids_of(core_->ListMappings(v1::OWNER_KIND_UNSPECIFIED, owner));
+    ASSERT_TRUE(std::is_sorted(all.begin(), all.end()));
+    for (int size : {1, 4, 7, 22, 23, 24}) {
+      std::vector<std::string> paged;
+      std::string token;
+      int pages = 0;
+      do {
+        ASSERT_OK_AND_ASSIGN(AgentCore::Page p,
+                             core_->ListMappingsPage(v1::OWNER_KIND_UNSPECIFIED, owner, size, token));
+        ASSERT_LE(p.mappings.size(), static_cast<size_t>(size));
+        for (std::string& id : ids_of(p.mappings)) paged.push_back(id);
+        token = p.next_page_token;
+        ASSERT_LE(++pages, 30);
+      } while (!token.empty());
+      EXPECT_EQ(paged, all) << "owner '" << owner << "', pages of " << size;
+    }
+  }
+  // A mapping removed between pages is simply not there; none repeats.
+  ASSERT_OK_AND_ASSIGN(AgentCore::Page first,
+                       core_->ListMappingsPage(v1::OWNER_KIND_UNSPECIFIED, "", 5, ""));
+  ASSERT_OK(core_->DeleteMapping(first.mappings[4].id()));
+  ASSERT_OK_AND_ASSIGN(AgentCore::Page second, core_->ListMappingsPage(
+                                                   v1::OWNER_KIND_UNSPECIFIED, "", 5,
+                                                   first.next_page_token));
+  EXPECT_GT(second.mappings[0].id(), first.mappings[4].id());
+  EXPECT_THAT(core_->ListMappingsPage(v1::OWNER_KIND_UNSPECIFIED, "", -1, ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("page_size -1")));
+  EXPECT_THAT(core_->ListMappingsPage(v1::OWNER_KIND_UNSPECIFIED, "", 5, std::string(300, 'x')),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("page_token of 300 bytes")));
 }
 
 TEST_F(CoreTest, SweepDetachesContainersWhoseNamespaceIsGone) {

@@ -147,10 +147,12 @@ grpc::Status MappingServiceImpl::DeleteMapping(
 grpc::Status MappingServiceImpl::ListMappings(
     grpc::ServerContext*, const v1::ListMappingsRequest* request,
     v1::ListMappingsResponse* response) {
-  for (v1::PortMapping& m :
-       core_->ListMappings(request->owner_kind(), request->owner_id())) {
-    *response->add_mappings() = std::move(m);
-  }
+  absl::StatusOr<AgentCore::Page> page = core_->ListMappingsPage(
+      request->owner_kind(), request->owner_id(), request->page_size(), request->page_token());
+  if (!page.ok()) return ToGrpc(page.status());
+  response->mutable_mappings()->Reserve(static_cast<int>(page->mappings.size()));
+  for (v1::PortMapping& m : page->mappings) *response->add_mappings() = std::move(m);
+  response->set_next_page_token(std::move(page->next_page_token));
   return grpc::Status::OK;
 }
 

@@ -20,11 +20,7 @@ std::optional<v1::MappingEvent> EventQueue::Pop(absl::Duration timeout) {
     std::shared_ptr<const Snapshot> snapshot = std::move(initial_);
     lock.unlock();
     std::vector<std::shared_ptr<const MappingRecord>> list;
-    if (snapshot != nullptr) {
-      for (auto& [id, rec] : snapshot->state.mappings.Sorted()) {
-        if (OwnerMatches(rec->proto, kind_, owner_id_)) list.push_back(rec);
-      }
-    }
+    if (snapshot != nullptr) list = MappingsOf(snapshot->state, kind_, owner_id_);
     snapshot.reset();
     lock.lock();
     initial_list_ = std::move(list);

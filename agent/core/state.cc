@@ -1,5 +1,6 @@
 #include "agent/core/state.h"
 
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -62,6 +63,69 @@ nat::RuleSet State::Desired() const {
     pinholes.ForEach([&r](const std::string&, const PinholeRecord& p) { r.pinholes.insert(p.nat); });
   }
   return r;
+}
+
+namespace {
+
+// A record and the first 8 bytes of its id, big-endian: most comparisons
+// of ids ("m-1234") end on that one word, without a load of the record.
+struct ById {
+  uint64_t head;
+  const MappingRecord* rec;
+};
+
+uint64_t HeadOf(const std::string& id) {
+  uint64_t h = 0;
+  for (size_t i = 0; i < 8; ++i) {
+    h = (h << 8) | (i < id.size() ? static_cast<unsigned char>(id[i]) : 0);
+  }
+  return h;
+}
+
+bool Before(const ById& a, const ById& b) {
+  if (a.head != b.head) return a.head < b.head;
+  return a.rec->proto.id() < b.rec->proto.id();
+}
+
+}  // namespace
+
+std::vector<const MappingRecord*> SelectMappings(const State& state, v1::OwnerKind kind,
+                                                 const std::string& owner_id,
+                                                 const std::string& after, size_t limit) {
+  std::vector<ById> found;
+  auto consider = [&](const std::string& id, const MappingRecord& rec) {
+    if (!OwnerMatches(rec.proto, kind, owner_id)) return;
+    if (!after.empty() && id <= after) return;
+    found.push_back({HeadOf(id), &rec});
+  };
+  if (owner_id.empty()) {
+    found.reserve(state.mappings.size());
+    state.mappings.ForEach(consider);
+  } else {
+    found.reserve(state.by_owner.CountOf(owner_id));
+    state.by_owner.ForEach(owner_id, [&](const std::string& id) {
+      if (const MappingRecord* rec = state.mappings.Find(id)) consider(id, *rec);
+    });
+  }
+  if (limit != 0 && found.size() > limit) {
+    std::nth_element(found.begin(), found.begin() + limit, found.end(), Before);
+    found.resize(limit);
+  }
+  std::sort(found.begin(), found.end(), Before);
+  std::vector<const MappingRecord*> out;
+  out.reserve(found.size());
+  for (const ById& f : found) out.push_back(f.rec);
+  return out;
+}
+
+std::vector<std::shared_ptr<const MappingRecord>> MappingsOf(const State& state,
+                                                             v1::OwnerKind kind,
+                                                             const std::string& owner_id) {
+  std::vector<std::shared_ptr<const MappingRecord>> out;
+  for (const MappingRecord* rec : SelectMappings(state, kind, owner_id, "", 0)) {
+    out.push_back(state.mappings.FindShared(rec->proto.id()));
+  }
+  return out;
 }
 
 std::string LeaseKey(const std::string& client, nat::Protocol protocol,

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "agent/core/owner_index.h"
 #include "agent/core/table.h"
 #include "fabric/nat/v1/nat.pb.h"
 #include "nat/port_allocator.h"
@@ -69,6 +70,9 @@ struct NetworkRefs {
 struct State {
   // Mapping id -> mapping, every owner.
   PersistentTable<MappingRecord> mappings;
+  // Owner id (any kind) -> its mappings' ids: a listing of one owner reads
+  // only its own.
+  OwnerIndex by_owner;
   // AttachmentOwnerId -> attachment (CNI).
   PersistentTable<AttachmentRecord> attachments;
   NetworkRefs network;
@@ -108,6 +112,18 @@ struct State {
   // The kernel state this state asks for.
   nat::RuleSet Desired() const;
 };
+
+// The mappings OwnerMatches(kind, owner_id) selects whose id sorts after
+// `after` (empty: from the first), ordered by id, at most `limit` of them
+// (0: all). Through by_owner when owner_id is set, so that costs the
+// owner's count, not the table's. The pointers live as long as `state`.
+std::vector<const MappingRecord*> SelectMappings(const State& state, v1::OwnerKind kind,
+                                                 const std::string& owner_id,
+                                                 const std::string& after, size_t limit);
+// The same (all, from the first), shared: they outlive `state`.
+std::vector<std::shared_ptr<const MappingRecord>> MappingsOf(const State& state,
+                                                             v1::OwnerKind kind,
+                                                             const std::string& owner_id);
 
 // The leases index key.
 std::string LeaseKey(const std::string& client, nat::Protocol protocol,

@@ -1,9 +1,12 @@
 #include "agent/core/table.h"
 
+#include <set>
+
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "agent/core/owner_index.h"
 
 namespace fabric::agent {
 namespace {
@@ -56,6 +59,48 @@ TEST(PersistentTableTest, SortedIsByKey) {
   int n = 0;
   t.ForEach([&n](const std::string&, const int&) { ++n; });
   EXPECT_EQ(n, 3);
+}
+
+std::set<std::string> IdsOf(const OwnerIndex& index, const std::string& owner) {
+  std::set<std::string> out;
+  index.ForEach(owner, [&](const std::string& id) {
+    EXPECT_TRUE(out.insert(id).second) << "listed twice: " << id;
+  });
+  EXPECT_EQ(out.size(), index.CountOf(owner));
+  return out;
+}
+
+TEST(OwnerIndexTest, ListsEachOwnersOwnIdsOnceThroughSpreadAndBack) {
+  OwnerIndex index;
+  std::set<std::string> big, small;
+  // Past kFlat the big owner's ids are spread over buckets; a repeated
+  // add and a remove of an id it lacks change nothing.
+  for (size_t i = 0; i < 3 * OwnerIndex::kFlat; ++i) {
+    std::string id = "m-" + std::to_string(i);
+    index.Add(i % 7 == 0 ? "small" : "big", id);
+    (i % 7 == 0 ? small : big).insert(id);
+  }
+  index.Add("big", "m-1");
+  index.Remove("big", "m-0");  // small's
+  index.Remove("nobody", "m-1");
+  EXPECT_EQ(IdsOf(index, "big"), big);
+  EXPECT_EQ(IdsOf(index, "small"), small);
+  EXPECT_EQ(index.owners(), 2u);
+
+  // Down below kFlat / 2 (back to one vector) and to nothing.
+  OwnerIndex before = index;
+  std::set<std::string> before_big = big;
+  while (big.size() > 3) {
+    index.Remove("big", *big.begin());
+    big.erase(big.begin());
+    ASSERT_EQ(IdsOf(index, "big"), big);
+  }
+  for (const std::string& id : std::set<std::string>(small)) index.Remove("small", id);
+  EXPECT_EQ(index.CountOf("small"), 0u);
+  EXPECT_EQ(index.owners(), 1u);
+  // The copy taken before saw none of it.
+  EXPECT_EQ(IdsOf(before, "big"), before_big);
+  EXPECT_EQ(before.CountOf("small"), small.size());
 }
 
 }  // namespace

@@ -46,6 +46,7 @@ constexpr char kHealthy[] = "healthy: the kernel holds exactly what the store as
 
 // The fixed deadline of list, status and diagnose (health has --timeout).
 constexpr auto kCallDeadline = std::chrono::seconds(10);
+constexpr int kListPageSize = 1000;
 
 int Fail(const std::string& what, const grpc::Status& s, std::ostream& err) {
   err << "fabricctl: " << what << ": " << s.error_message() << "\n";
@@ -92,11 +93,26 @@ std::string Ports(uint32_t first, uint32_t count) {
 
 const char* Usage() { return kUsage; }
 
+// Every mapping, a page at a time: one response of 100k mappings would pass
+// gRPC's 4 MiB message limit, and each page is a short call.
 static grpc::Status FetchList(v1::MappingService::StubInterface& stub,
                               v1::ListMappingsResponse* r) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
-  return stub.ListMappings(&ctx, v1::ListMappingsRequest(), r);
+  v1::ListMappingsRequest req;
+  req.set_page_size(kListPageSize);
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
+    v1::ListMappingsResponse page;
+    grpc::Status s = stub.ListMappings(&ctx, req, &page);
+    if (!s.ok()) return s;
+    for (v1::PortMapping& m : *page.mutable_mappings()) *r->add_mappings() = std::move(m);
+    if (page.next_page_token().empty()) return grpc::Status::OK;
+    if (page.next_page_token() == req.page_token()) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          "the agent answered the same page token again");
+    }
+    req.set_page_token(page.next_page_token());
+  }
 }
 
 int List(v1::MappingService::StubInterface& stub, const Options& options,

@@ -42,11 +42,21 @@ google::protobuf::Timestamp At(int64_t seconds) {
 
 class FakeMappings : public v1::MappingService::Service {
  public:
-  grpc::Status ListMappings(grpc::ServerContext*, const v1::ListMappingsRequest*,
+  // In pages of at most two whatever the client asks (a server may send
+  // fewer than page_size), so that every list below goes through the
+  // client's paging; the token is the next position.
+  grpc::Status ListMappings(grpc::ServerContext*, const v1::ListMappingsRequest* req,
                             v1::ListMappingsResponse* r) override {
     std::lock_guard<std::mutex> l(mu);
-    *r = list;
-    return status;
+    ++list_calls;
+    if (!status.ok()) return status;
+    int from = req->page_token().empty() ? 0 : std::stoi(req->page_token());
+    int n = req->page_size() == 0 ? list.mappings_size() : std::min(req->page_size(), 2);
+    for (int i = from; i < list.mappings_size() && i < from + n; ++i) {
+      *r->add_mappings() = list.mappings(i);
+    }
+    if (from + n < list.mappings_size()) r->set_next_page_token(std::to_string(from + n));
+    return grpc::Status::OK;
   }
   grpc::Status CreateMapping(grpc::ServerContext*, const v1::CreateMappingRequest* req,
                              v1::CreateMappingResponse* r) override {
@@ -68,6 +78,7 @@ class FakeMappings : public v1::MappingService::Service {
   std::mutex mu;
   grpc::Status status;  // what every call answers
   v1::ListMappingsResponse list;
+  int list_calls = 0;
   std::vector<v1::CreateMappingRequest> created;
   std::vector<std::string> deleted;
 };
@@ -219,6 +230,9 @@ TEST_F(CtlTest, ListPrintsTheTable) {
             "m-3      api     sctp  [::]:9000-9009           [fd00::5]:9000-9009      -          "
             "            web \"say \\\"hi\\\" \\\\ \\n\\t\\x01 caf\xc3\xa9\"\n"
             "3 mapping(s)\n");
+  // Three mappings in pages of two: two calls.
+  std::lock_guard<std::mutex> l(mappings_.mu);
+  EXPECT_EQ(mappings_.list_calls, 2);
 }
 
 TEST_F(CtlTest, ListOfNothing) {

@@ -46,8 +46,12 @@ void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& 
   for (const nat::DnatElement& e : nat.ToElements()) txn.batch().add.dnat.insert(e);
   if (const MappingRecord* old = txn.state().mappings.Find(proto.id())) {
     UnindexTarget(txn.state(), old->proto);
+    if (old->proto.owner().id() != proto.owner().id()) {
+      txn.state().by_owner.Remove(old->proto.owner().id(), proto.id());
+    }
   }
   IndexTarget(txn.state(), proto);
+  txn.state().by_owner.Add(proto.owner().id(), proto.id());
   txn.state().mappings.Put(proto.id(), MappingRecord{proto, nat});
   txn.Publish(type, proto);
   ForgetFlowsAfterCommit(txn, nat, conntrack);
@@ -64,6 +68,7 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
     UnindexLease(txn.state(), m.proto);
   }
   UnindexTarget(txn.state(), m.proto);
+  txn.state().by_owner.Remove(m.proto.owner().id(), id);
   txn.Release(nat::PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count,
               MappingHolder(m.proto));
   txn.state().mappings.Erase(id);
