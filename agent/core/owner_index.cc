@@ -15,11 +15,21 @@ bool OwnerIndex::Has(const Ids& ids, const std::string& id) {
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
-void OwnerIndex::Add(const std::string& owner, const std::string& id) {
-  const Entry* found = table_.Find(owner);
-  Entry e = found ? *found : Entry();
+namespace {
+
+// Writable access to what an entry shares: copied unless only this entry
+// holds it (then no snapshot can see the write).
+template <typename T>
+T& Own(std::shared_ptr<const T>& p) {
+  if (p.use_count() != 1) p = std::make_shared<const T>(*p);
+  return const_cast<T&>(*p);
+}
+
+}  // namespace
+
+bool OwnerIndex::AddTo(Entry& e, const std::string& id) {
   if (e.buckets == nullptr) {
-    if (Has(e.flat, id)) return;
+    if (Has(e.flat, id)) return false;
     e.flat.push_back(id);
     if (e.flat.size() > kFlat) {
       std::vector<Ids> spread(kBuckets);
@@ -33,50 +43,62 @@ void OwnerIndex::Add(const std::string& owner, const std::string& id) {
     }
   } else {
     size_t b = BucketOf(id);
-    const Ids& old = *(*e.buckets)[b];
-    if (Has(old, id)) return;
-    auto ids = std::make_shared<Ids>(old);
-    ids->push_back(id);
-    auto buckets = std::make_shared<Buckets>(*e.buckets);
-    (*buckets)[b] = std::move(ids);
-    e.buckets = std::move(buckets);
+    if (Has(*(*e.buckets)[b], id)) return false;
+    Own(Own(e.buckets)[b]).push_back(id);
   }
   ++e.count;
-  table_.Put(owner, std::move(e));
+  return true;
 }
 
-void OwnerIndex::Remove(const std::string& owner, const std::string& id) {
-  const Entry* found = table_.Find(owner);
-  if (found == nullptr) return;
-  Entry e = *found;
+bool OwnerIndex::RemoveFrom(Entry& e, const std::string& id) {
   if (e.buckets == nullptr) {
     auto it = std::find(e.flat.begin(), e.flat.end(), id);
-    if (it == e.flat.end()) return;
+    if (it == e.flat.end()) return false;
     *it = std::move(e.flat.back());
     e.flat.pop_back();
   } else {
     size_t b = BucketOf(id);
     const Ids& old = *(*e.buckets)[b];
-    if (!Has(old, id)) return;
-    auto ids = std::make_shared<Ids>();
-    ids->reserve(old.size() - 1);
-    for (const std::string& s : old) {
-      if (s != id) ids->push_back(s);
-    }
-    auto buckets = std::make_shared<Buckets>(*e.buckets);
-    (*buckets)[b] = std::move(ids);
-    e.buckets = std::move(buckets);
+    auto at = std::find(old.begin(), old.end(), id);
+    if (at == old.end()) return false;
+    size_t i = static_cast<size_t>(at - old.begin());
+    Ids& ids = Own(Own(e.buckets)[b]);
+    ids[i] = std::move(ids.back());
+    ids.pop_back();
   }
   --e.count;
-  if (e.count == 0) {
-    table_.Erase(owner);
-    return;
-  }
   if (e.buckets != nullptr && e.count < kFlat / 2) {
     for (const auto& b : *e.buckets) e.flat.insert(e.flat.end(), b->begin(), b->end());
     e.buckets.reset();
   }
-  table_.Put(owner, std::move(e));
+  return true;
+}
+
+void OwnerIndex::Add(const std::string& owner, const std::string& id) {
+  if (Entry* mine = table_.FindUnshared(owner)) {
+    AddTo(*mine, id);
+    return;
+  }
+  const Entry* found = table_.Find(owner);
+  Entry e = found ? *found : Entry();
+  if (AddTo(e, id)) table_.Put(owner, std::move(e));
+}
+
+void OwnerIndex::Remove(const std::string& owner, const std::string& id) {
+  Entry* mine = table_.FindUnshared(owner);
+  if (mine != nullptr) {
+    if (RemoveFrom(*mine, id) && mine->count == 0) table_.Erase(owner);
+    return;
+  }
+  const Entry* found = table_.Find(owner);
+  if (found == nullptr) return;
+  Entry e = *found;
+  if (!RemoveFrom(e, id)) return;
+  if (e.count == 0) {
+    table_.Erase(owner);
+  } else {
+    table_.Put(owner, std::move(e));
+  }
 }
 
 size_t OwnerIndex::CountOf(const std::string& owner) const {

@@ -7,7 +7,8 @@
 // An owner of up to kFlat mappings keeps its ids in one vector, copied on
 // write; a bigger one spreads them over kBuckets buckets by hash, so a
 // write copies one bucket (about count / kBuckets ids) and the bucket
-// pointers. It goes back to one vector below kFlat / 2, so an owner at
+// pointers. What no snapshot shares yet (the second write to an owner in
+// one transaction, a start's bulk load) is written in place. It goes back to one vector below kFlat / 2, so an owner at
 // the edge does not switch on every write.
 //
 // Thread-compatible, as PersistentTable.
@@ -50,6 +51,10 @@ class OwnerIndex {
     std::shared_ptr<const Buckets> buckets;  // set: the ids are here instead
   };
   static size_t BucketOf(const std::string& id);
+  // Change `e` (writing only what it alone holds); false when that
+  // changes nothing.
+  static bool AddTo(Entry& e, const std::string& id);
+  static bool RemoveFrom(Entry& e, const std::string& id);
   static bool Has(const Ids& ids, const std::string& id);
 
   PersistentTable<Entry> table_;

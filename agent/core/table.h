@@ -70,6 +70,18 @@ class PersistentTable {
     return it == shard->end() || it->first != key ? nullptr : it->second;
   }
 
+  // The value at `key` for writing in place, or null: only when this table
+  // made its shard and nothing else (no snapshot, no other shard) holds the
+  // value, so no reader can see the change. Otherwise Put a copy.
+  V* FindUnshared(const std::string& key) {
+    size_t i = ShardOf(key);
+    if (!owns_index_ || owned_.empty() || !owned_[i]) return nullptr;
+    Shard& shard = const_cast<Shard&>(*(*index_)[i]);
+    auto it = LowerBound(shard, key);
+    if (it == shard.end() || it->first != key || it->second.use_count() != 1) return nullptr;
+    return const_cast<V*>(it->second.get());
+  }
+
   void Put(const std::string& key, V value) {
     PutShared(key, std::make_shared<const V>(std::move(value)));
   }

@@ -50,6 +50,22 @@ TEST(PersistentTableTest, CopiesAreIndependentBothWays) {
   EXPECT_EQ(*writer.Find("k4"), -4);
 }
 
+TEST(PersistentTableTest, InPlaceWritesOnlyWhatNoCopyShares) {
+  PersistentTable<int> t;
+  t.Put("a", 1);
+  ASSERT_NE(t.FindUnshared("a"), nullptr);  // made here, never copied
+  *t.FindUnshared("a") = 2;
+  PersistentTable<int> snapshot = t;
+  EXPECT_EQ(t.FindUnshared("a"), nullptr);
+  EXPECT_EQ(snapshot.FindUnshared("a"), nullptr);
+  EXPECT_EQ(t.FindUnshared("missing"), nullptr);
+  t.Put("a", 3);  // a fresh value in a fresh shard copy: unshared again
+  ASSERT_NE(t.FindUnshared("a"), nullptr);
+  *t.FindUnshared("a") = 4;
+  EXPECT_EQ(*t.Find("a"), 4);
+  EXPECT_EQ(*snapshot.Find("a"), 2);
+}
+
 TEST(PersistentTableTest, SortedIsByKey) {
   PersistentTable<int> t;
   for (const char* k : {"m-10", "m-2", "m-1"}) t.Put(k, 0);
