@@ -94,8 +94,8 @@ std::vector<const MappingRecord*> SelectMappings(const State& state, v1::OwnerKi
                                                  const std::string& after, size_t limit) {
   std::vector<ById> found;
   auto consider = [&](const std::string& id, const MappingRecord& rec) {
+    if (!after.empty() && id <= after) return;  // the key only: no record load
     if (!OwnerMatches(rec.proto, kind, owner_id)) return;
-    if (!after.empty() && id <= after) return;
     found.push_back({HeadOf(id), &rec});
   };
   if (owner_id.empty()) {
