@@ -252,7 +252,11 @@ absl::StatusOr<AgentCore::Page> AgentCore::ListMappingsPage(
     }
     if (p == proxies.size() || (r < recs.size() && recs[r]->proto.id() < proxies[p].id())) {
       page.mappings.push_back(recs[r]->proto);
-      if (upstream_status_) page.mappings.back().set_upstream(upstream_status_(recs[r]->proto));
+      if (upstream_status_) {
+        // Set only when there is one: an empty string set is still an allocation.
+        std::string upstream = upstream_status_(recs[r]->proto);
+        if (!upstream.empty()) page.mappings.back().set_upstream(std::move(upstream));
+      }
       ++r;
     } else {
       page.mappings.push_back(std::move(proxies[p++]));

@@ -6,6 +6,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "agent/core/convert.h"
 #include "agent/owner_kind.h"
@@ -54,7 +55,8 @@ bool ParseKind(const std::string& text, v1::OwnerKind* kind) {
 Response Mappings(AgentCore* core, nat::TrafficAccounting* accounting,
                   const HttpServer::Request& r) {
   v1::OwnerKind kind = v1::OWNER_KIND_UNSPECIFIED;
-  std::string owner_id;
+  std::string owner_id, page_token;
+  int page_size = 0;
   for (const auto& [name, value] : r.query) {
     if (name == "owner_kind") {
       if (!ParseKind(value, &kind)) {
@@ -63,9 +65,15 @@ Response Mappings(AgentCore* core, nat::TrafficAccounting* accounting,
       }
     } else if (name == "owner_id") {
       owner_id = value;
+    } else if (name == "page_size") {
+      if (!absl::SimpleAtoi(value, &page_size)) {
+        return JsonError(400, absl::StrCat("page_size must be a number, not ", value.substr(0, 64)));
+      }
+    } else if (name == "page_token") {
+      page_token = value;
     } else {
       return JsonError(400, absl::StrCat("unknown parameter ", name.substr(0, 64),
-                                         " (owner_kind, owner_id)"));
+                                         " (owner_kind, owner_id, page_size, page_token)"));
     }
   }
   if (!owner_id.empty() && kind == v1::OWNER_KIND_UNSPECIFIED) {
@@ -80,7 +88,11 @@ Response Mappings(AgentCore* core, nat::TrafficAccounting* accounting,
       traffic = *std::move(t);
     }
   }
-  for (v1::PortMapping& m : core->ListMappings(kind, owner_id)) {
+  absl::StatusOr<AgentCore::Page> page =
+      core->ListMappingsPage(kind, owner_id, page_size, page_token);
+  if (!page.ok()) return JsonError(400, std::string(page.status().message()));
+  out.set_next_page_token(page->next_page_token);
+  for (v1::PortMapping& m : page->mappings) {
     if (const MappingRecord* rec = snap->state.mappings.Find(m.id())) {
       if (counts.ok()) m.set_connections(ConnectionsOf(*rec, *counts));
       if (traffic.has_value()) {

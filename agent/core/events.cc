@@ -115,7 +115,11 @@ void EventHub::Unsubscribe(const std::shared_ptr<EventQueue>& queue) {
 
 void EventHub::Publish(std::shared_ptr<const Snapshot> snapshot,
                        const std::vector<v1::MappingEvent>& events) {
+  // The one before is dropped after unlock: when no reader holds it any
+  // more, freeing what it alone held is not done while readers wait.
+  std::shared_ptr<const Snapshot> before;
   std::lock_guard<std::mutex> lock(mu_);
+  before = std::move(latest_);
   latest_ = std::move(snapshot);
   for (const v1::MappingEvent& e : events) {
     for (const auto& q : subscribers_) q->Push(e);

@@ -176,6 +176,11 @@ std::shared_ptr<grpc::Channel> Agent::NewChannel() const {
   // Separate channels per thread (no shared subchannel).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(256 << 20);
+  // A stream window big enough for a whole listing of 10k mappings
+  // (~0.6 MB): with the default 64 KiB the agent waits for a window update
+  // from this process every 64 KiB (measured: 17 against 12.7 ms for all
+  // 10,001 at p50). Any client that reads big responses wants the same.
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
   return grpc::CreateCustomChannel(absl::StrCat("unix:", socket_),
                                    grpc::InsecureChannelCredentials(), args);
 }

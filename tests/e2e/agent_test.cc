@@ -153,8 +153,23 @@ TEST_F(AgentTest, RestApiServesStatusMappingsAndLeases) {
                                             ::testing::EndsWith(" 400"))));
   EXPECT_THAT(get("/api/v1/mappings?owner_id=web"),
               IsOkAndHolds(HasSubstr("owner_id needs owner_kind")));
+  // In pages: the second of two, after the first's token.
+  ASSERT_OK_AND_ASSIGN(std::string first, get("/api/v1/mappings?page_size=1"));
+  EXPECT_THAT(first, HasSubstr("\"next_page_token\":\"m-"));
+  EXPECT_THAT(first, Not(HasSubstr("\"host_port\":5353")));
+  std::string token = first.substr(first.find("\"next_page_token\":\"") + 19);
+  token = token.substr(0, token.find('"'));
+  ASSERT_OK_AND_ASSIGN(std::string rest, get("/api/v1/mappings?page_size=5&page_token=" + token));
+  EXPECT_THAT(rest, HasSubstr("\"host_port\":5353"));
+  EXPECT_THAT(rest, HasSubstr("\"next_page_token\":\"\""));
+  EXPECT_THAT(get("/api/v1/mappings?page_size=-3"),
+              IsOkAndHolds(::testing::AllOf(HasSubstr("page_size -3 is negative"),
+                                            ::testing::EndsWith(" 400"))));
+  EXPECT_THAT(get("/api/v1/mappings?page_size=lots"),
+              IsOkAndHolds(HasSubstr("page_size must be a number")));
   // No leases here (no LAN front-end): an empty list.
-  EXPECT_THAT(get("/api/v1/leases"), IsOkAndHolds(::testing::StartsWith("{\"mappings\":[]}")));
+  EXPECT_THAT(get("/api/v1/leases"),
+              IsOkAndHolds(::testing::StartsWith("{\"mappings\":[],\"next_page_token\":\"\"}")));
   // Read-only.
   EXPECT_THAT(ns_->Exec("curl -s -o /dev/null -w '%{http_code}' -X POST "
                         "http://127.0.0.1:19333/api/v1/mappings"),
