@@ -105,8 +105,10 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
                       "<th>expires</th><th>connections</th><th>open</th><th>bytes</th>"
                       "<th>upstream</th><th>description</th></tr>");
   size_t shown = 0;
-  for (const auto& [id, rec] : state.mappings.Sorted()) {
-    if (shown == in.max_rows) break;
+  // The first max_rows by id, without sorting all of them.
+  for (const MappingRecord* rec :
+       SelectMappings(state, v1::OWNER_KIND_UNSPECIFIED, "", "", in.max_rows)) {
+    if (shown == in.max_rows) break;  // 0: none (SelectMappings' 0 is all)
     ++shown;
     const v1::PortMapping& m = rec->proto;
     std::string protocol(nat::ProtocolName(rec->nat.protocol));

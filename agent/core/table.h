@@ -8,7 +8,9 @@
 // O(size / kShards); neither grows with the number of snapshots alive.
 //
 // Values are held as shared_ptr<const V>: a shard copy copies pointers, not
-// values. A shard is a vector sorted by key: a copy is one allocation, a
+// values; a small trivially copyable value (a count) is held in the entry
+// itself, which costs no allocation and copies as cheaply as a pointer. A
+// shard is a vector sorted by key: a copy is one allocation, a
 // walk reads the keys from contiguous memory, and an entry costs 48 bytes
 // rather than a tree node's 80. Iteration order is by shard, not by key;
 // callers that need an order sort.
@@ -23,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -32,6 +35,9 @@ template <typename V>
 class PersistentTable {
  public:
   static constexpr size_t kShards = 1024;
+  // Whether values live in the entries (no shared_ptr; FindShared and
+  // ForEachShared are then not there).
+  static constexpr bool kInline = std::is_trivially_copyable_v<V> && sizeof(V) <= 16;
 
   PersistentTable() : index_(std::make_shared<Index>(kShards)), owns_index_(true) {}
   // A copy shares everything; from then on neither side owns what they
@@ -59,11 +65,12 @@ class PersistentTable {
     const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
     if (!shard) return nullptr;
     auto it = LowerBound(*shard, key);
-    return it == shard->end() || it->first != key ? nullptr : it->second.get();
+    return it == shard->end() || it->first != key ? nullptr : Ptr(it->second);
   }
   bool Contains(const std::string& key) const { return Find(key) != nullptr; }
   // The same value, shared: it outlives this table (and its snapshot).
   std::shared_ptr<const V> FindShared(const std::string& key) const {
+    static_assert(!kInline, "values held inline are not shared");
     const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
     if (!shard) return nullptr;
     auto it = LowerBound(*shard, key);
@@ -78,22 +85,25 @@ class PersistentTable {
     if (!owns_index_ || owned_.empty() || !owned_[i]) return nullptr;
     Shard& shard = const_cast<Shard&>(*(*index_)[i]);
     auto it = LowerBound(shard, key);
-    if (it == shard.end() || it->first != key || it->second.use_count() != 1) return nullptr;
-    return const_cast<V*>(it->second.get());
+    if (it == shard.end() || it->first != key) return nullptr;
+    if constexpr (kInline) {
+      return &it->second;
+    } else {
+      if (it->second.use_count() != 1) return nullptr;
+      return const_cast<V*>(it->second.get());
+    }
   }
 
   void Put(const std::string& key, V value) {
-    PutShared(key, std::make_shared<const V>(std::move(value)));
+    if constexpr (kInline) {
+      PutHeld(key, value);
+    } else {
+      PutHeld(key, std::make_shared<const V>(std::move(value)));
+    }
   }
   void PutShared(const std::string& key, std::shared_ptr<const V> value) {
-    Shard& shard = Writable(ShardOf(key));
-    auto it = LowerBound(shard, key);
-    if (it != shard.end() && it->first == key) {
-      it->second = std::move(value);
-    } else {
-      shard.emplace(it, key, std::move(value));
-      ++size_;
-    }
+    static_assert(!kInline, "values held inline are not shared");
+    PutHeld(key, std::move(value));
   }
   // True when `key` was there.
   bool Erase(const std::string& key) {
@@ -113,24 +123,25 @@ class PersistentTable {
   void ForEach(const std::function<void(const std::string&, const V&)>& f) const {
     for (const auto& shard : *index_) {
       if (!shard) continue;
-      for (const auto& [k, v] : *shard) f(k, *v);
+      for (const auto& [k, v] : *shard) f(k, *Ptr(v));
     }
   }
   // The same, with the values shared.
   void ForEachShared(
       const std::function<void(const std::string&, const std::shared_ptr<const V>&)>& f) const {
+    static_assert(!kInline, "values held inline are not shared");
     for (const auto& shard : *index_) {
       if (!shard) continue;
       for (const auto& [k, v] : *shard) f(k, v);
     }
   }
-  // Entries sorted by key.
-  std::vector<std::pair<std::string, std::shared_ptr<const V>>> Sorted() const {
-    std::vector<std::pair<std::string, std::shared_ptr<const V>>> out;
+  // Entries sorted by key; the values live as long as this table.
+  std::vector<std::pair<std::string, const V*>> Sorted() const {
+    std::vector<std::pair<std::string, const V*>> out;
     out.reserve(size_);
     for (const auto& shard : *index_) {
       if (!shard) continue;
-      for (const auto& kv : *shard) out.push_back(kv);
+      for (const auto& [k, v] : *shard) out.emplace_back(k, Ptr(v));
     }
     std::sort(out.begin(), out.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -138,8 +149,27 @@ class PersistentTable {
   }
 
  private:
-  using Shard = std::vector<std::pair<std::string, std::shared_ptr<const V>>>;
+  using Held = std::conditional_t<kInline, V, std::shared_ptr<const V>>;
+  using Shard = std::vector<std::pair<std::string, Held>>;
   using Index = std::vector<std::shared_ptr<const Shard>>;
+
+  static const V* Ptr(const Held& h) {
+    if constexpr (kInline) {
+      return &h;
+    } else {
+      return h.get();
+    }
+  }
+  void PutHeld(const std::string& key, Held value) {
+    Shard& shard = Writable(ShardOf(key));
+    auto it = LowerBound(shard, key);
+    if (it != shard.end() && it->first == key) {
+      it->second = std::move(value);
+    } else {
+      shard.emplace(it, key, std::move(value));
+      ++size_;
+    }
+  }
 
   template <typename S>
   static auto LowerBound(S& shard, const std::string& key) {

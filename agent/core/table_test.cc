@@ -1,6 +1,8 @@
 #include "agent/core/table.h"
 
+#include <memory>
 #include <set>
+#include <type_traits>
 
 #include <string>
 
@@ -50,20 +52,42 @@ TEST(PersistentTableTest, CopiesAreIndependentBothWays) {
   EXPECT_EQ(*writer.Find("k4"), -4);
 }
 
-TEST(PersistentTableTest, InPlaceWritesOnlyWhatNoCopyShares) {
-  PersistentTable<int> t;
-  t.Put("a", 1);
+// Both ways of holding a value: in the entry (int) and shared (string).
+template <typename V>
+class InPlaceTest : public ::testing::Test {};
+using HeldBothWays = ::testing::Types<int, std::string>;
+TYPED_TEST_SUITE(InPlaceTest, HeldBothWays);
+
+TYPED_TEST(InPlaceTest, WritesOnlyWhatNoCopyShares) {
+  static_assert(PersistentTable<int>::kInline && !PersistentTable<std::string>::kInline);
+  auto v = [](int i) {
+    if constexpr (std::is_same_v<TypeParam, int>) {
+      return i;
+    } else {
+      return std::to_string(i);
+    }
+  };
+  PersistentTable<TypeParam> t;
+  t.Put("a", v(1));
   ASSERT_NE(t.FindUnshared("a"), nullptr);  // made here, never copied
-  *t.FindUnshared("a") = 2;
-  PersistentTable<int> snapshot = t;
+  *t.FindUnshared("a") = v(2);
+  PersistentTable<TypeParam> snapshot = t;
   EXPECT_EQ(t.FindUnshared("a"), nullptr);
   EXPECT_EQ(snapshot.FindUnshared("a"), nullptr);
   EXPECT_EQ(t.FindUnshared("missing"), nullptr);
-  t.Put("a", 3);  // a fresh value in a fresh shard copy: unshared again
+  t.Put("a", v(3));  // a fresh value in a fresh shard copy: unshared again
   ASSERT_NE(t.FindUnshared("a"), nullptr);
-  *t.FindUnshared("a") = 4;
-  EXPECT_EQ(*t.Find("a"), 4);
-  EXPECT_EQ(*snapshot.Find("a"), 2);
+  *t.FindUnshared("a") = v(4);
+  EXPECT_EQ(*t.Find("a"), v(4));
+  EXPECT_EQ(*snapshot.Find("a"), v(2));
+  if constexpr (!PersistentTable<TypeParam>::kInline) {
+    // A value a reader still holds is not written in place either.
+    t.Put("b", v(5));
+    std::shared_ptr<const TypeParam> held = t.FindShared("b");
+    EXPECT_EQ(t.FindUnshared("b"), nullptr);
+    held.reset();
+    EXPECT_NE(t.FindUnshared("b"), nullptr);
+  }
 }
 
 TEST(PersistentTableTest, SortedIsByKey) {
