@@ -44,6 +44,7 @@ struct Figures {
   double rss_start = -1, rss_after_adds = -1;
   std::vector<std::pair<int, double>> rss_after_diagnose;  // (calls, MiB)
   std::vector<std::pair<int, double>> rss_after_checks;
+  double rss_before_checks = -1;  // that agent, serving, before its first check
   double peak = -1;
 };
 
@@ -153,6 +154,7 @@ absl::Status RssThroughChecks(testing::Netns& ns, const std::string& dir, Figure
   auto a = Agent::Start(&ns, dir, Flags("1s"));
   if (!a.ok()) return a.status();
   auto start = Clock::now();
+  f->rss_before_checks = (*a)->RssMiB();
   for (int target : {1, 5, 20}) {
     // The check runs at 1 s, 2 s, ...: sample half a second after the n-th.
     double at = (target + 0.5) * 1000;
@@ -254,6 +256,8 @@ int Run() {
               Seq(api[0].rss_after_diagnose).c_str(), Seq(api[1].rss_after_diagnose).c_str());
   std::printf("%-64s %12s %12s\n", "RSS after 1 / 5 / 20 periodic checks, fresh agent (MiB)",
               Seq(api[0].rss_after_checks).c_str(), Seq(api[1].rss_after_checks).c_str());
+  row("  the same agent serving, before its first check", api[0].rss_before_checks,
+      api[1].rss_before_checks, "MiB", "");
   row("peak RSS (VmHWM) of that agent", api[0].peak, api[1].peak, "MiB", "");
   double steady = 0;
   for (auto& [n, mib] : api[1].rss_after_diagnose) steady = std::max(steady, mib);
