@@ -8,8 +8,9 @@
 // write; a bigger one spreads them over kBuckets buckets by hash, so a
 // write copies one bucket (about count / kBuckets ids) and the bucket
 // pointers. What no snapshot shares yet (the second write to an owner in
-// one transaction, a start's bulk load) is written in place. It goes back to one vector below kFlat / 2, so an owner at
-// the edge does not switch on every write.
+// one transaction, a start's bulk load) is written in place. An owner goes
+// back to one vector below kFlat / 2, so one at the edge does not switch on
+// every write.
 //
 // Thread-compatible, as PersistentTable.
 #pragma once

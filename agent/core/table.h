@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -36,7 +37,7 @@ class PersistentTable {
  public:
   static constexpr size_t kShards = 1024;
   // Whether values live in the entries (no shared_ptr; FindShared and
-  // ForEachShared are then not there).
+  // PutShared are then not there).
   static constexpr bool kInline = std::is_trivially_copyable_v<V> && sizeof(V) <= 16;
 
   PersistentTable() : index_(std::make_shared<Index>(kShards)), owns_index_(true) {}
@@ -62,19 +63,15 @@ class PersistentTable {
 
   // The value at `key`, or null.
   const V* Find(const std::string& key) const {
-    const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
-    if (!shard) return nullptr;
-    auto it = LowerBound(*shard, key);
-    return it == shard->end() || it->first != key ? nullptr : Ptr(it->second);
+    const Held* held = HeldAt(key);
+    return held == nullptr ? nullptr : Ptr(*held);
   }
   bool Contains(const std::string& key) const { return Find(key) != nullptr; }
   // The same value, shared: it outlives this table (and its snapshot).
   std::shared_ptr<const V> FindShared(const std::string& key) const {
     static_assert(!kInline, "values held inline are not shared");
-    const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
-    if (!shard) return nullptr;
-    auto it = LowerBound(*shard, key);
-    return it == shard->end() || it->first != key ? nullptr : it->second;
+    const Held* held = HeldAt(key);
+    return held == nullptr ? nullptr : *held;
   }
 
   // The value at `key` for writing in place, or null: only when this table
@@ -83,14 +80,13 @@ class PersistentTable {
   V* FindUnshared(const std::string& key) {
     size_t i = ShardOf(key);
     if (!owns_index_ || owned_.empty() || !owned_[i]) return nullptr;
-    Shard& shard = const_cast<Shard&>(*(*index_)[i]);
-    auto it = LowerBound(shard, key);
-    if (it == shard.end() || it->first != key) return nullptr;
+    Held* held = const_cast<Held*>(HeldAt(key));
+    if (held == nullptr) return nullptr;
     if constexpr (kInline) {
-      return &it->second;
+      return held;
     } else {
-      if (it->second.use_count() != 1) return nullptr;
-      return const_cast<V*>(it->second.get());
+      if (held->use_count() != 1) return nullptr;
+      return const_cast<V*>(held->get());
     }
   }
 
@@ -109,12 +105,10 @@ class PersistentTable {
   bool Erase(const std::string& key) {
     size_t i = ShardOf(key);
     const std::shared_ptr<const Shard>& shard = (*index_)[i];
-    if (!shard) return false;
-    auto found = LowerBound(*shard, key);
-    if (found == shard->end() || found->first != key) return false;
-    size_t at = static_cast<size_t>(found - shard->begin());
+    auto found = Locate(shard, key);
+    if (!found.has_value()) return false;
     Shard& w = Writable(i);
-    w.erase(w.begin() + static_cast<std::ptrdiff_t>(at));
+    w.erase(w.begin() + static_cast<std::ptrdiff_t>(*found));
     --size_;
     return true;
   }
@@ -124,15 +118,6 @@ class PersistentTable {
     for (const auto& shard : *index_) {
       if (!shard) continue;
       for (const auto& [k, v] : *shard) f(k, *Ptr(v));
-    }
-  }
-  // The same, with the values shared.
-  void ForEachShared(
-      const std::function<void(const std::string&, const std::shared_ptr<const V>&)>& f) const {
-    static_assert(!kInline, "values held inline are not shared");
-    for (const auto& shard : *index_) {
-      if (!shard) continue;
-      for (const auto& [k, v] : *shard) f(k, v);
     }
   }
   // Entries sorted by key; the values live as long as this table.
@@ -175,6 +160,20 @@ class PersistentTable {
   static auto LowerBound(S& shard, const std::string& key) {
     return std::lower_bound(shard.begin(), shard.end(), key,
                             [](const auto& e, const std::string& k) { return e.first < k; });
+  }
+  // The position of `key` in `shard` (which may be null), if it is there.
+  static std::optional<size_t> Locate(const std::shared_ptr<const Shard>& shard,
+                                      const std::string& key) {
+    if (!shard) return std::nullopt;
+    auto it = LowerBound(*shard, key);
+    if (it == shard->end() || it->first != key) return std::nullopt;
+    return static_cast<size_t>(it - shard->begin());
+  }
+  // What holds the value at `key`, or null.
+  const Held* HeldAt(const std::string& key) const {
+    const std::shared_ptr<const Shard>& shard = (*index_)[ShardOf(key)];
+    std::optional<size_t> at = Locate(shard, key);
+    return at.has_value() ? &(*shard)[*at].second : nullptr;
   }
   static size_t ShardOf(const std::string& key) {
     return std::hash<std::string>()(key) % kShards;
