@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "agent/store.h"
 #include "nat/netlink/socket.h"
@@ -94,6 +95,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(testing::Netns* ns, const st
                                    binary,     "--socket",   a->socket_,
                                    "--state_dir", dir + "/state"};
   args.insert(args.begin() + 2, "exec");
+  // FABRIC_BENCH_WRAP="heaptrack -o /tmp/h" (or "perf record -g"): a profiler
+  // that runs the agent, words split on spaces.
+  if (const char* wrap = std::getenv("FABRIC_BENCH_WRAP"); wrap != nullptr && *wrap != '\0') {
+    std::vector<std::string> words = absl::StrSplit(wrap, ' ', absl::SkipEmpty());
+    args.insert(args.begin() + 4, words.begin(), words.end());
+  }
   for (const std::string& f : flags) args.push_back(f);
   std::vector<char*> argv;
   for (std::string& s : args) argv.push_back(s.data());
