@@ -82,16 +82,17 @@ absl::Status BuildState(StoreContents& contents, absl::Time now,
           "stored mapping ", proto.id(), " cannot be restored: ", s.message()));
     }
     std::string id = proto.id();
-    state->mappings.Put(id, MappingRecord{std::move(proto), *m});
-    const v1::PortMapping& stored = state->mappings.Find(id)->proto;
+    state->mappings.Put(id, MappingRecord(proto, *m));
+    const MappingRecord& stored = *state->mappings.Find(id);
     if (IsLease(stored)) owners::IndexLease(*state, stored);
     owners::IndexTarget(*state, stored);
     state->by_owner.Add(stored.owner().id(), id);
+    v1::PortMapping().Swap(&proto);  // its memory now, for the records that follow
   }
   // Leases in id order (as before); only they are looked at.
   std::vector<std::pair<std::string, const MappingRecord*>> leases;
   state->mappings.ForEach([&](const std::string& id, const MappingRecord& rec) {
-    if (IsLease(rec.proto)) leases.emplace_back(id, &rec);
+    if (IsLease(rec)) leases.emplace_back(id, &rec);
   });
   std::sort(leases.begin(), leases.end());
   for (const auto& [id, rec] : leases) owners::HoldCompanionAtStart(*state, *allocator, *rec);
@@ -250,11 +251,11 @@ absl::StatusOr<AgentCore::Page> AgentCore::ListMappingsPage(
       page.next_page_token = page.mappings.back().id();
       break;
     }
-    if (p == proxies.size() || (r < recs.size() && recs[r]->proto.id() < proxies[p].id())) {
-      page.mappings.push_back(recs[r]->proto);
+    if (p == proxies.size() || (r < recs.size() && recs[r]->id() < proxies[p].id())) {
+      page.mappings.push_back(recs[r]->ToProto());
       if (upstream_status_) {
         // Set only when there is one: an empty string set is still an allocation.
-        std::string upstream = upstream_status_(recs[r]->proto);
+        std::string upstream = upstream_status_(page.mappings.back());
         if (!upstream.empty()) page.mappings.back().set_upstream(std::move(upstream));
       }
       ++r;

@@ -117,7 +117,7 @@ void ForwardsWatcher::Reload(const std::string& why) {
     last_error_ = std::string(diff.status().message());
     applied_ = 0;
     core_->snapshot()->state.mappings.ForEach([&](const std::string&, const MappingRecord& m) {
-      if (m.proto.owner().kind() == v1::OWNER_KIND_STATIC) ++applied_;
+      if (m.owner().kind() == v1::OWNER_KIND_STATIC) ++applied_;
     });
     snat_applied_ = core_->snapshot()->state.static_snat.size();
     LogLine(absl::StrCat("forwards file ", path_, " (", why, "): ", EscapeForLog(last_error_),

@@ -128,8 +128,8 @@ std::string PerMappingSeries(const Snapshot& snap,
                              const MappingTraffic* traffic) {
   auto sorted = snap.state.mappings.Sorted();
   auto labels = [](const std::string& id, const MappingRecord& rec) {
-    return absl::StrCat("{id=\"", Label(id), "\",owner=\"", OwnerKindName(rec.proto.owner().kind()),
-                        "\",owner_id=\"", Label(rec.proto.owner().id()), "\"} ");
+    return absl::StrCat("{id=\"", Label(id), "\",owner=\"", OwnerKindName(rec.owner().kind()),
+                        "\",owner_id=\"", Label(rec.owner().id()), "\"} ");
   };
   std::string out =
       "# HELP nat_mapping_connections_total Connections each mapping translated (since its "
@@ -234,7 +234,7 @@ std::map<std::string, HttpServer::Handler> OperatorHandlers(
     std::shared_ptr<const Snapshot> snap = core->snapshot();
     std::map<v1::OwnerKind, size_t> counts;
     snap->state.mappings.ForEach(
-        [&](const std::string&, const MappingRecord& m) { ++counts[m.proto.owner().kind()]; });
+        [&](const std::string&, const MappingRecord& m) { ++counts[m.owner().kind()]; });
     std::vector<std::pair<std::string, size_t>> by_owner;
     for (v1::OwnerKind k : kOwnerKinds) by_owner.emplace_back(OwnerKindName(k), counts[k]);
     absl::StatusOr<std::map<std::string, uint64_t>> connections = core->ConnectionCounts();

@@ -110,7 +110,7 @@ std::string RenderStatusPage(const StatusPageInputs& in) {
        SelectMappings(state, v1::OWNER_KIND_UNSPECIFIED, "", "", in.max_rows)) {
     if (shown == in.max_rows) break;  // 0: none (SelectMappings' 0 is all)
     ++shown;
-    const v1::PortMapping& m = rec->proto;
+    const v1::PortMapping m = rec->ToProto();
     std::string protocol(nat::ProtocolName(rec->nat.protocol));
     absl::StrAppend(&h, "<tr>", Td(m.id()), Td(OwnerKindName(m.owner().kind())),
                     Td(m.owner().id()), Td(protocol),

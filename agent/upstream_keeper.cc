@@ -132,7 +132,7 @@ std::map<std::pair<upstream::Proto, uint16_t>, std::string> UpstreamPorts(
   // on every snapshot).
   if (!by_default && snap.state.network.upstream_asked == 0) return out;
   snap.state.mappings.ForEach([&](const std::string& id, const MappingRecord& rec) {
-    v1::OwnerKind kind = rec.proto.owner().kind();
+    v1::OwnerKind kind = rec.owner().kind();
     if (kind != v1::OWNER_KIND_CNI && kind != v1::OWNER_KIND_API &&
         kind != v1::OWNER_KIND_STATIC) {
       return;
@@ -141,7 +141,7 @@ std::map<std::pair<upstream::Proto, uint16_t>, std::string> UpstreamPorts(
     if (!proto.has_value() || !rec.nat.target_ip.is_v4()) return;
     bool on = by_default;
     if (kind == v1::OWNER_KIND_CNI) {
-      if (const AttachmentRecord* a = snap.state.attachments.Find(rec.proto.owner().id());
+      if (const AttachmentRecord* a = snap.state.attachments.Find(rec.owner().id());
           a != nullptr && a->proto.options().has_upstream()) {
         on = a->proto.options().upstream();
       }

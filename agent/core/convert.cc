@@ -67,12 +67,15 @@ absl::Status ValidateAttachmentKey(const v1::AttachmentKey& key) {
   return absl::OkStatus();
 }
 
+bool OwnerMatches(v1::OwnerKind kind_of, const std::string& id_of, v1::OwnerKind kind,
+                  const std::string& owner_id) {
+  if (kind != v1::OWNER_KIND_UNSPECIFIED && kind_of != kind) return false;
+  return owner_id.empty() || id_of == owner_id;
+}
+
 bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
                   const std::string& owner_id) {
-  if (kind != v1::OWNER_KIND_UNSPECIFIED && m.owner().kind() != kind) {
-    return false;
-  }
-  return owner_id.empty() || m.owner().id() == owner_id;
+  return OwnerMatches(m.owner().kind(), m.owner().id(), kind, owner_id);
 }
 
 std::string AttachmentHolder(const v1::AttachmentKey& k) {
@@ -80,13 +83,14 @@ std::string AttachmentHolder(const v1::AttachmentKey& k) {
                       k.ifname(), ", network ", k.network_name(), ")");
 }
 
-std::string MappingHolder(const v1::PortMapping& m) {
-  switch (m.owner().kind()) {
+std::string MappingHolder(v1::OwnerKind kind, const std::string& owner_id,
+                          const std::string& mapping_id) {
+  switch (kind) {
     case v1::OWNER_KIND_CNI: {
       // The owner id is "<container>/<ifname>/<network>"
       // (AttachmentOwnerId).
       std::vector<std::string> parts =
-          absl::StrSplit(m.owner().id(), absl::MaxSplits('/', 2));
+          absl::StrSplit(owner_id, absl::MaxSplits('/', 2));
       v1::AttachmentKey k;
       k.set_container_id(parts[0]);
       if (parts.size() > 1) k.set_ifname(parts[1]);
@@ -94,16 +98,20 @@ std::string MappingHolder(const v1::PortMapping& m) {
       return AttachmentHolder(k);
     }
     case v1::OWNER_KIND_NATPMP:
-      return absl::StrCat("NAT-PMP lease of ", m.owner().id());
+      return absl::StrCat("NAT-PMP lease of ", owner_id);
     case v1::OWNER_KIND_PCP:
-      return absl::StrCat("PCP lease of ", m.owner().id());
+      return absl::StrCat("PCP lease of ", owner_id);
     case v1::OWNER_KIND_UPNP:
-      return absl::StrCat("UPnP mapping of ", m.owner().id());
+      return absl::StrCat("UPnP mapping of ", owner_id);
     case v1::OWNER_KIND_STATIC:
-      return absl::StrCat("static forward ", m.owner().id());
+      return absl::StrCat("static forward ", owner_id);
     default:
-      return absl::StrCat("mapping ", m.id(), " of ", m.owner().id());
+      return absl::StrCat("mapping ", mapping_id, " of ", owner_id);
   }
+}
+
+std::string MappingHolder(const v1::PortMapping& m) {
+  return MappingHolder(m.owner().kind(), m.owner().id(), m.id());
 }
 
 google::protobuf::Timestamp ToTimestamp(absl::Time t) {
@@ -116,10 +124,12 @@ absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
       google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
 }
 
-bool IsLease(const v1::PortMapping& m) {
-  return m.owner().kind() == v1::OWNER_KIND_NATPMP ||
-         m.owner().kind() == v1::OWNER_KIND_PCP || m.owner().kind() == v1::OWNER_KIND_UPNP;
+bool IsLeaseKind(v1::OwnerKind kind) {
+  return kind == v1::OWNER_KIND_NATPMP || kind == v1::OWNER_KIND_PCP ||
+         kind == v1::OWNER_KIND_UPNP;
 }
+
+bool IsLease(const v1::PortMapping& m) { return IsLeaseKind(m.owner().kind()); }
 
 std::string ShortContainerId(const std::string& id) {
   if (id.size() >= 32 &&

@@ -48,13 +48,18 @@ std::string ShortContainerId(const std::string& id);
 // "container 3f2a9b1c5d6e (eth0, network podnet)".
 std::string AttachmentHolder(const v1::AttachmentKey& k);
 // Who holds a mapping's ports, as conflict messages name it.
+std::string MappingHolder(v1::OwnerKind kind, const std::string& owner_id,
+                          const std::string& mapping_id);
 std::string MappingHolder(const v1::PortMapping& m);
 
 // Filter of ListMappings/WatchMappings: kind UNSPECIFIED and an empty id
 // match everything.
+bool OwnerMatches(v1::OwnerKind kind_of, const std::string& id_of, v1::OwnerKind kind,
+                  const std::string& owner_id);
 bool OwnerMatches(const v1::PortMapping& m, v1::OwnerKind kind,
                   const std::string& owner_id);
 // A lease: NAT-PMP, PCP or UPnP.
+bool IsLeaseKind(v1::OwnerKind kind);
 bool IsLease(const v1::PortMapping& m);
 
 google::protobuf::Timestamp ToTimestamp(absl::Time t);

@@ -30,7 +30,7 @@ std::optional<v1::MappingEvent> EventQueue::Pop(absl::Duration timeout) {
   v1::MappingEvent e;
   if (initial_pos_ < initial_list_.size()) {
     e.set_type(v1::MappingEvent::TYPE_ADDED);
-    *e.mutable_mapping() = initial_list_[initial_pos_]->proto;
+    *e.mutable_mapping() = initial_list_[initial_pos_]->ToProto();
     initial_list_[initial_pos_++].reset();
     return e;
   }

@@ -84,7 +84,7 @@ uint64_t HeadOf(const std::string& id) {
 
 bool Before(const ById& a, const ById& b) {
   if (a.head != b.head) return a.head < b.head;
-  return a.rec->proto.id() < b.rec->proto.id();
+  return a.rec->id() < b.rec->id();
 }
 
 }  // namespace
@@ -95,7 +95,7 @@ std::vector<const MappingRecord*> SelectMappings(const State& state, v1::OwnerKi
   std::vector<ById> found;
   auto consider = [&](const std::string& id, const MappingRecord& rec) {
     if (!after.empty() && id <= after) return;  // the key only: no record load
-    if (!OwnerMatches(rec.proto, kind, owner_id)) return;
+    if (!OwnerMatches(rec, kind, owner_id)) return;
     found.push_back({HeadOf(id), &rec});
   };
   if (owner_id.empty()) {
@@ -123,7 +123,7 @@ std::vector<std::shared_ptr<const MappingRecord>> MappingsOf(const State& state,
                                                              const std::string& owner_id) {
   std::vector<std::shared_ptr<const MappingRecord>> out;
   for (const MappingRecord* rec : SelectMappings(state, kind, owner_id, "", 0)) {
-    out.push_back(state.mappings.FindShared(rec->proto.id()));
+    out.push_back(state.mappings.FindShared(rec->id()));
   }
   return out;
 }
@@ -133,18 +133,16 @@ std::string LeaseKey(const std::string& client, nat::Protocol protocol,
   return absl::StrCat(client, "/", static_cast<int>(protocol), "/", internal_port);
 }
 
-std::string LeaseKeyOf(const v1::PortMapping& m) {
-  return LeaseKey(m.target_ip(), FromProto(m.protocol()).value_or(nat::Protocol::kTcp),
-                  static_cast<uint16_t>(m.target_port()));
+std::string LeaseKeyOf(const MappingRecord& m) {
+  return LeaseKey(m.target_ip(), m.nat.protocol, m.nat.target_port);
 }
 
 std::string LeasePortKey(nat::Protocol protocol, uint16_t external_port) {
   return absl::StrCat(static_cast<int>(protocol), "/", external_port);
 }
 
-std::string LeasePortKeyOf(const v1::PortMapping& m) {
-  return LeasePortKey(FromProto(m.protocol()).value_or(nat::Protocol::kTcp),
-                      static_cast<uint16_t>(m.host_port()));
+std::string LeasePortKeyOf(const MappingRecord& m) {
+  return LeasePortKey(m.nat.protocol, m.nat.host_port);
 }
 
 }  // namespace fabric::agent

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "agent/core/mapping_record.h"
 #include "agent/core/owner_index.h"
 #include "agent/core/table.h"
 #include "fabric/nat/v1/nat.pb.h"
@@ -23,11 +24,6 @@
 namespace fabric::agent {
 
 namespace v1 = ::fabric::nat::v1;
-
-struct MappingRecord {
-  v1::PortMapping proto;
-  nat::PortMapping nat;
-};
 
 struct PinholeRecord {
   v1::Pinhole proto;
@@ -128,9 +124,9 @@ std::vector<std::shared_ptr<const MappingRecord>> MappingsOf(const State& state,
 // The leases index key.
 std::string LeaseKey(const std::string& client, nat::Protocol protocol,
                      uint16_t internal_port);
-std::string LeaseKeyOf(const v1::PortMapping& m);
+std::string LeaseKeyOf(const MappingRecord& m);
 // The leases_by_port key.
 std::string LeasePortKey(nat::Protocol protocol, uint16_t external_port);
-std::string LeasePortKeyOf(const v1::PortMapping& m);
+std::string LeasePortKeyOf(const MappingRecord& m);
 
 }  // namespace fabric::agent

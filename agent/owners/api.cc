@@ -43,14 +43,14 @@ absl::StatusOr<v1::PortMapping> CreateMapping(Txn& txn, const v1::PortMapping& r
 absl::Status DeleteMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* ct) {
   const MappingRecord* m = txn.state().mappings.Find(id);
   if (m == nullptr) return absl::NotFoundError(absl::StrCat("no mapping ", id));
-  if (m->proto.owner().kind() == v1::OWNER_KIND_CNI) {
+  if (m->owner().kind() == v1::OWNER_KIND_CNI) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "mapping ", id, " belongs to container attachment ", m->proto.owner().id(),
+        "mapping ", id, " belongs to container attachment ", m->owner().id(),
         "; it goes when the container is deleted"));
   }
-  if (m->proto.owner().kind() == v1::OWNER_KIND_STATIC) {
+  if (m->owner().kind() == v1::OWNER_KIND_STATIC) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "mapping ", id, " is static forward ", m->proto.owner().id(),
+        "mapping ", id, " is static forward ", m->owner().id(),
         " from --forwards_file; remove it from the file"));
   }
   RemoveMapping(txn, id, ct);

@@ -107,7 +107,7 @@ absl::StatusOr<v1::AttachResponse> Attach(Txn& txn, const v1::Attachment& attach
     if (google::protobuf::util::MessageDifferencer::Equals(existing->proto, attachment)) {
       v1::AttachResponse response;
       for (const std::string& id : existing->mapping_ids) {
-        *response.add_mappings() = txn.state().mappings.Find(id)->proto;
+        *response.add_mappings() = txn.state().mappings.Find(id)->ToProto();
       }
       txn.Discard();  // nothing changes
       return response;
@@ -330,8 +330,8 @@ void LoadAttachments(std::vector<v1::Attachment>& attachments, State* state) {
   // Mapping ids by owner, in one pass, so that start-up is linear.
   std::map<std::string, std::vector<std::string>> by_owner;
   for (const auto& [id, rec] : state->mappings.Sorted()) {
-    if (rec->proto.owner().kind() == v1::OWNER_KIND_CNI) {
-      by_owner[rec->proto.owner().id()].push_back(id);
+    if (rec->owner().kind() == v1::OWNER_KIND_CNI) {
+      by_owner[rec->owner().id()].push_back(id);
     }
   }
   for (v1::Attachment& a : attachments) {

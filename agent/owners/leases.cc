@@ -24,7 +24,7 @@ LeaseResult Refuse(Txn& txn, LeaseOutcome outcome, std::string detail) {
 
 // UPnP names each protocol's port on its own: only NAT-PMP/PCP leases
 // hold a companion.
-std::optional<PortScope> CompanionScope(const v1::PortMapping& m, const PortMapping& n) {
+std::optional<PortScope> CompanionScope(const MappingRecord& m, const PortMapping& n) {
   if (n.protocol == nat::Protocol::kSctp || m.owner().kind() == v1::OWNER_KIND_UPNP) {
     return std::nullopt;
   }
@@ -34,14 +34,14 @@ std::optional<PortScope> CompanionScope(const v1::PortMapping& m, const PortMapp
   return other;
 }
 
-std::string CompanionHolder(const v1::PortMapping& m) {
+std::string CompanionHolder(const MappingRecord& m) {
   return absl::StrCat(MappingHolder(m), " (companion port)");
 }
 
 // Why `r` may not change lease `m` of the same client, or nullopt. A PCP
 // lease answers only to its nonce, so NAT-PMP (which has none) cannot
 // refresh or delete it.
-std::optional<std::string> NotItsLease(const LeaseRequest& r, const v1::PortMapping& m) {
+std::optional<std::string> NotItsLease(const LeaseRequest& r, const MappingRecord& m) {
   if (m.owner().kind() != v1::OWNER_KIND_PCP) return std::nullopt;
   if (r.kind != v1::OWNER_KIND_PCP) {
     return absl::StrCat("lease ", m.id(), " is a PCP lease: only PCP with its nonce changes it");
@@ -60,13 +60,13 @@ LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner*
     }
   } else {
     st.leases.ForEach([&](const std::string&, const std::string& id) {
-      const v1::PortMapping& m = st.mappings.Find(id)->proto;
+      const MappingRecord& m = *st.mappings.Find(id);
       if (m.target_ip() != client) return;
       // NAT-PMP's "delete all" is about NAT-PMP's own leases: a PCP lease
       // can only be deleted with its nonce.
       if (r.kind == v1::OWNER_KIND_NATPMP && m.owner().kind() == v1::OWNER_KIND_PCP) return;
       if (!r.all_protocols &&
-          FromProto(m.protocol()).value_or(nat::Protocol::kTcp) != r.protocol) {
+          m.nat.protocol != r.protocol) {
         return;
       }
       ids.push_back(id);
@@ -74,7 +74,7 @@ LeaseResult DeleteLeases(Txn& txn, const LeaseRequest& r, nat::ConntrackCleaner*
     std::sort(ids.begin(), ids.end());
   }
   for (const std::string& id : ids) {
-    if (std::optional<std::string> why = NotItsLease(r, st.mappings.Find(id)->proto)) {
+    if (std::optional<std::string> why = NotItsLease(r, *st.mappings.Find(id))) {
       return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
     }
   }
@@ -181,14 +181,14 @@ std::optional<std::string> RefusedClient(const State& state, const IpAddress& cl
   return std::nullopt;
 }
 
-void IndexLease(State& state, const v1::PortMapping& m) {
+void IndexLease(State& state, const MappingRecord& m) {
   if (m.owner().kind() != v1::OWNER_KIND_UPNP) state.leases.Put(LeaseKeyOf(m), m.id());
   state.leases_by_port.Put(LeasePortKeyOf(m), m.id());
   const int* n = state.leases_per_client.Find(m.target_ip());
   state.leases_per_client.Put(m.target_ip(), (n == nullptr ? 0 : *n) + 1);
 }
 
-void UnindexLease(State& state, const v1::PortMapping& m) {
+void UnindexLease(State& state, const MappingRecord& m) {
   const std::string* id = state.leases_by_port.Find(LeasePortKeyOf(m));
   if (id == nullptr || *id != m.id()) return;
   state.leases_by_port.Erase(LeasePortKeyOf(m));
@@ -202,18 +202,18 @@ void UnindexLease(State& state, const v1::PortMapping& m) {
 }
 
 void HoldCompanion(Txn& txn, const MappingRecord& m) {
-  std::optional<PortScope> other = CompanionScope(m.proto, m.nat);
+  std::optional<PortScope> other = CompanionScope(m, m.nat);
   if (!other || txn.allocator().ConflictingHolder(*other, m.nat.host_port).has_value()) return;
-  if (txn.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m.proto)).ok()) {
-    txn.state().companions.Put(m.proto.id(), *other);
+  if (txn.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m)).ok()) {
+    txn.state().companions.Put(m.id(), *other);
   }
 }
 
 void HoldCompanionAtStart(State& state, nat::PortAllocator& allocator, const MappingRecord& m) {
-  std::optional<PortScope> other = CompanionScope(m.proto, m.nat);
+  std::optional<PortScope> other = CompanionScope(m, m.nat);
   if (!other || allocator.ConflictingHolder(*other, m.nat.host_port).has_value()) return;
-  if (allocator.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m.proto)).ok()) {
-    state.companions.Put(m.proto.id(), *other);
+  if (allocator.Reserve(*other, m.nat.host_port, 1, CompanionHolder(m)).ok()) {
+    state.companions.Put(m.id(), *other);
   }
 }
 
@@ -223,7 +223,7 @@ void FreeOwnCompanion(Txn& txn, const std::string& client, nat::Protocol protoco
   txn.state().companions.ForEach([&](const std::string& id, const PortScope& comp) {
     if (!freed.empty() || comp.protocol != protocol) return;
     const MappingRecord* other = txn.state().mappings.Find(id);
-    if (other != nullptr && other->proto.target_ip() == client && other->nat.host_port == port) {
+    if (other != nullptr && other->target_ip() == client && other->nat.host_port == port) {
       freed = id;
     }
   });
@@ -231,11 +231,11 @@ void FreeOwnCompanion(Txn& txn, const std::string& client, nat::Protocol protoco
 }
 
 void ReleaseCompanion(Txn& txn, const MappingRecord& m) {
-  const PortScope* scope = txn.state().companions.Find(m.proto.id());
+  const PortScope* scope = txn.state().companions.Find(m.id());
   if (scope == nullptr) return;
   PortScope copy = *scope;
-  txn.Release(copy, m.nat.host_port, 1, CompanionHolder(m.proto));
-  txn.state().companions.Erase(m.proto.id());
+  txn.Release(copy, m.nat.host_port, 1, CompanionHolder(m));
+  txn.state().companions.Erase(m.id());
 }
 
 LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
@@ -255,17 +255,18 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   // A repeated request refreshes the lease and keeps its port.
   if (const std::string* existing = st.leases.Find(LeaseKey(client, r.protocol, r.internal_port))) {
     MappingRecord rec = *st.mappings.Find(*existing);
-    if (std::optional<std::string> why = NotItsLease(r, rec.proto)) {
+    if (std::optional<std::string> why = NotItsLease(r, rec)) {
       return Refuse(txn, LeaseOutcome::kNotAuthorized, *why);
     }
     if (r.prefer_failure && r.suggested_port != 0 && r.suggested_port != rec.nat.host_port) {
       return Refuse(txn, LeaseOutcome::kCannotProvide, "lease exists on another port");
     }
-    *rec.proto.mutable_expires_at() = ToTimestamp(now + absl::Seconds(lifetime));
-    txn.write().put_mappings.push_back(rec.proto);
-    txn.Publish(v1::MappingEvent::TYPE_UPDATED, rec.proto);
+    rec.set_expires_at(now + absl::Seconds(lifetime));
+    v1::PortMapping stored = rec.ToProto();
+    txn.write().put_mappings.push_back(stored);
+    txn.Publish(v1::MappingEvent::TYPE_UPDATED, stored);
     uint16_t port = rec.nat.host_port;
-    std::string id = rec.proto.id();  // not from rec: it is moved
+    std::string id = rec.id();  // not from rec: it is moved
     st.mappings.Put(id, std::move(rec));
     return {LeaseOutcome::kOk, port, lifetime, "refreshed"};
   }
@@ -326,8 +327,9 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   proto.set_host_port(*port);
   *proto.mutable_created_at() = ToTimestamp(now);
   PutMapping(txn, proto, nat_mapping, v1::MappingEvent::TYPE_ADDED, ct);
-  IndexLease(st, proto);
-  HoldCompanion(txn, MappingRecord{proto, nat_mapping});
+  const MappingRecord& rec = *st.mappings.Find(proto.id());
+  IndexLease(st, rec);
+  HoldCompanion(txn, rec);
   return {LeaseOutcome::kOk, *port, lifetime, absl::StrCat("new lease ", proto.id())};
 }
 
@@ -335,7 +337,7 @@ int ExpireLeases(Txn& txn, nat::ConntrackCleaner* ct) {
   if (txn.state().leases_need_move) MoveLeases(txn, ct);
   std::vector<std::string> expired;
   txn.state().mappings.ForEach([&](const std::string& id, const MappingRecord& m) {
-    if (m.proto.has_expires_at() && FromTimestamp(m.proto.expires_at()) <= txn.now()) {
+    if (m.has_expires_at() && m.expires_at() <= txn.now()) {
       expired.push_back(id);
     }
   });
@@ -352,28 +354,28 @@ void MoveLeases(Txn& txn, nat::ConntrackCleaner* ct) {
   // onto the new address; a lease whose port is taken there is dropped.
   std::vector<std::string> ids;
   st.mappings.ForEach([&](const std::string& id, const MappingRecord& m) {
-    if (IsLease(m.proto) && m.nat.host_ip != address) ids.push_back(id);
+    if (IsLease(m) && m.nat.host_ip != address) ids.push_back(id);
   });
   std::sort(ids.begin(), ids.end());
   std::vector<std::string> dropped;
   for (const std::string& id : ids) {
     MappingRecord m = *st.mappings.Find(id);
     ReleaseCompanion(txn, m);
-    txn.Release(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m.proto));
+    txn.Release(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m));
     PortMapping n = m.nat;
     n.host_ip = address;
-    if (!txn.Reserve(PortScope::Of(n), n.host_port, 1, MappingHolder(m.proto)).ok()) {
+    if (!txn.Reserve(PortScope::Of(n), n.host_port, 1, MappingHolder(m)).ok()) {
       // Held again for RemoveMapping to release.
-      txn.Reserve(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m.proto))
+      txn.Reserve(PortScope::Of(m.nat), m.nat.host_port, 1, MappingHolder(m))
           .IgnoreError();
       dropped.push_back(id);
       continue;
     }
     for (const auto& e : m.nat.ToElements()) txn.batch().remove.dnat.insert(e);
-    v1::PortMapping p = m.proto;
+    v1::PortMapping p = m.ToProto();
     p.set_host_ip(address.ToString());
     PutMapping(txn, p, n, v1::MappingEvent::TYPE_UPDATED, ct);
-    HoldCompanion(txn, MappingRecord{p, n});
+    HoldCompanion(txn, *st.mappings.Find(id));
   }
   for (const std::string& id : dropped) RemoveMapping(txn, id, ct);
   st.leases_need_move = false;

@@ -115,8 +115,8 @@ std::optional<std::pair<LeaseOutcome, std::string>> RoomForLease(const State& st
 
 // The index and companion bookkeeping, also used at start-up and by
 // RemoveMapping.
-void IndexLease(State& state, const v1::PortMapping& m);
-void UnindexLease(State& state, const v1::PortMapping& m);
+void IndexLease(State& state, const MappingRecord& m);
+void UnindexLease(State& state, const MappingRecord& m);
 // Holds the same external port in the other protocol for the lease's client
 // when it is free. At start-up pass a null txn and the allocator directly.
 void HoldCompanion(Txn& txn, const MappingRecord& m);

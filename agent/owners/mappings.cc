@@ -45,14 +45,15 @@ void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& 
   txn.write().put_mappings.push_back(proto);
   for (const nat::DnatElement& e : nat.ToElements()) txn.batch().add.dnat.insert(e);
   if (const MappingRecord* old = txn.state().mappings.Find(proto.id())) {
-    UnindexTarget(txn.state(), old->proto);
-    if (old->proto.owner().id() != proto.owner().id()) {
-      txn.state().by_owner.Remove(old->proto.owner().id(), proto.id());
+    UnindexTarget(txn.state(), *old);
+    if (old->owner().id() != proto.owner().id()) {
+      txn.state().by_owner.Remove(old->owner().id(), proto.id());
     }
   }
-  IndexTarget(txn.state(), proto);
+  MappingRecord rec(proto, nat);
+  IndexTarget(txn.state(), rec);
   txn.state().by_owner.Add(proto.owner().id(), proto.id());
-  txn.state().mappings.Put(proto.id(), MappingRecord{proto, nat});
+  txn.state().mappings.Put(proto.id(), std::move(rec));
   txn.Publish(type, proto);
   ForgetFlowsAfterCommit(txn, nat, conntrack);
 }
@@ -63,16 +64,16 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
   MappingRecord m = *found;
   txn.write().delete_mappings.push_back(id);
   for (const nat::DnatElement& e : m.nat.ToElements()) txn.batch().remove.dnat.insert(e);
-  if (IsLease(m.proto)) {
+  if (IsLease(m)) {
     ReleaseCompanion(txn, m);
-    UnindexLease(txn.state(), m.proto);
+    UnindexLease(txn.state(), m);
   }
-  UnindexTarget(txn.state(), m.proto);
-  txn.state().by_owner.Remove(m.proto.owner().id(), id);
+  UnindexTarget(txn.state(), m);
+  txn.state().by_owner.Remove(m.owner().id(), id);
   txn.Release(nat::PortScope::Of(m.nat), m.nat.host_port, m.nat.port_count,
-              MappingHolder(m.proto));
+              MappingHolder(m));
   txn.state().mappings.Erase(id);
-  txn.Publish(v1::MappingEvent::TYPE_REMOVED, m.proto);
+  txn.Publish(v1::MappingEvent::TYPE_REMOVED, m.ToProto());
   ForgetFlowsAfterCommit(txn, m.nat, conntrack);
 }
 
@@ -82,26 +83,23 @@ namespace {
 // containers' and API mappings do; leases are the LAN host's own, and a
 // static forward the router's admin points at a LAN host leaves that host
 // free to ask for its other ports itself.
-bool CountsAsTarget(const v1::PortMapping& m) {
+bool CountsAsTarget(const MappingRecord& m) {
   return !IsLease(m) && m.owner().kind() != v1::OWNER_KIND_STATIC;
 }
 
 // The canonical text of a target address (as nat::IpAddress prints it).
-std::string TargetKey(const v1::PortMapping& m) {
-  absl::StatusOr<nat::IpAddress> a = nat::IpAddress::Parse(m.target_ip());
-  return a.ok() ? a->ToString() : m.target_ip();
-}
+std::string TargetKey(const MappingRecord& m) { return m.target_ip(); }
 
 }  // namespace
 
-void IndexTarget(State& state, const v1::PortMapping& m) {
+void IndexTarget(State& state, const MappingRecord& m) {
   if (!CountsAsTarget(m)) return;
   std::string key = TargetKey(m);
   const int* n = state.mapping_targets.Find(key);
   state.mapping_targets.Put(key, (n == nullptr ? 0 : *n) + 1);
 }
 
-void UnindexTarget(State& state, const v1::PortMapping& m) {
+void UnindexTarget(State& state, const MappingRecord& m) {
   if (!CountsAsTarget(m)) return;
   std::string key = TargetKey(m);
   const int* n = state.mapping_targets.Find(key);

@@ -31,8 +31,8 @@ void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* connt
 // The index of other owners' targets (State::mapping_targets) that
 // NAT-PMP/PCP consult; PutMapping and RemoveMapping keep it, start-up
 // fills it. Leases and static forwards are not indexed.
-void IndexTarget(State& state, const v1::PortMapping& m);
-void UnindexTarget(State& state, const v1::PortMapping& m);
+void IndexTarget(State& state, const MappingRecord& m);
+void UnindexTarget(State& state, const MappingRecord& m);
 
 // Datagram flows keep their translation (or their lack of one) as long as
 // the client keeps sending: after commit, outside the lock, forget them so

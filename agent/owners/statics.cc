@@ -150,8 +150,8 @@ absl::StatusOr<StaticDiff> ApplyStaticForwards(Txn& txn, const StaticConfig& con
   std::vector<std::string> remove;
   std::map<std::string, bool> keep;
   txn.state().mappings.ForEach([&](const std::string& id, const MappingRecord& m) {
-    if (m.proto.owner().kind() != v1::OWNER_KIND_STATIC) return;
-    auto it = by_name.find(m.proto.owner().id());
+    if (m.owner().kind() != v1::OWNER_KIND_STATIC) return;
+    auto it = by_name.find(m.owner().id());
     if (it != by_name.end() && Same(it->second->mapping, m.nat) && !keep[it->first]) {
       keep[it->first] = true;
       ++diff.kept;

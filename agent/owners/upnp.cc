@@ -61,28 +61,29 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
 
   if (const MappingRecord* held = LeaseAt(st, r.protocol, want)) {
     MappingRecord rec = *held;
-    const bool own = rec.proto.target_ip() == client;
-    const bool pcp = rec.proto.owner().kind() == v1::OWNER_KIND_PCP;
+    const bool own = rec.target_ip() == client;
+    const bool pcp = rec.owner().kind() == v1::OWNER_KIND_PCP;
     if (!own || pcp) {
       if (!any) {
         return Refuse(txn, own ? UpnpOutcome::kOtherMechanism : UpnpOutcome::kConflict,
                       absl::StrCat(PortText(r.protocol, want), " is mapped to ",
-                                   rec.proto.target_ip(), ":", rec.proto.target_port(),
+                                   rec.target_ip(), ":", rec.nat.target_port,
                                    pcp ? " by PCP (only PCP with its nonce changes it)" : ""));
       }
       // AddAnyPortMapping: another port below.
-    } else if (rec.proto.owner().kind() == v1::OWNER_KIND_UPNP &&
+    } else if (rec.owner().kind() == v1::OWNER_KIND_UPNP &&
                rec.nat.target_port == r.internal_port) {
       // The same mapping again: a refresh (lease, description).
       if (permanent) {
-        rec.proto.clear_expires_at();
+        rec.clear_expires_at();
       } else {
-        *rec.proto.mutable_expires_at() = ToTimestamp(txn.now() + absl::Seconds(lease));
+        rec.set_expires_at(txn.now() + absl::Seconds(lease));
       }
-      rec.proto.set_description(r.description);
-      txn.write().put_mappings.push_back(rec.proto);
-      txn.Publish(v1::MappingEvent::TYPE_UPDATED, rec.proto);
-      std::string id = rec.proto.id();
+      rec.set_description(r.description);
+      v1::PortMapping stored = rec.ToProto();
+      txn.write().put_mappings.push_back(stored);
+      txn.Publish(v1::MappingEvent::TYPE_UPDATED, stored);
+      std::string id = rec.id();
       st.mappings.Put(id, std::move(rec));
       UpnpResult ok;
       ok.external_port = want;
@@ -92,7 +93,7 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
     } else {
       // The host's own NAT-PMP lease, or its UPnP lease to another internal
       // port: replaced.
-      RemoveMapping(txn, rec.proto.id(), ct);
+      RemoveMapping(txn, rec.id(), ct);
     }
   }
   if (std::optional<std::pair<LeaseOutcome, std::string>> full =
@@ -141,7 +142,7 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
   proto.set_host_port(*port);
   *proto.mutable_created_at() = ToTimestamp(txn.now());
   PutMapping(txn, proto, n, v1::MappingEvent::TYPE_ADDED, ct);
-  IndexLease(st, proto);
+  IndexLease(st, *st.mappings.Find(proto.id()));
   UpnpResult ok;
   ok.external_port = *port;
   ok.lease_seconds = lease;
@@ -150,7 +151,7 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
 }
 
 // Why `client` may not delete `m`, or nullopt.
-std::optional<std::string> NotDeletable(const v1::PortMapping& m, const std::string& client) {
+std::optional<std::string> NotDeletable(const MappingRecord& m, const std::string& client) {
   if (m.target_ip() != client) {
     return absl::StrCat("the mapping belongs to ", m.target_ip());
   }
@@ -167,10 +168,10 @@ UpnpResult Delete(Txn& txn, const UpnpRequest& r, nat::ConntrackCleaner* ct) {
     return Refuse(txn, UpnpOutcome::kNoSuchEntry,
                   absl::StrCat("no mapping of ", PortText(r.protocol, r.external_port)));
   }
-  if (std::optional<std::string> why = NotDeletable(m->proto, client)) {
+  if (std::optional<std::string> why = NotDeletable(*m, client)) {
     return Refuse(txn, UpnpOutcome::kNotAuthorized, *why);
   }
-  std::string id = m->proto.id();
+  std::string id = m->id();
   RemoveMapping(txn, id, ct);
   UpnpResult ok;
   ok.deleted = 1;
@@ -185,7 +186,7 @@ UpnpResult DeleteRange(Txn& txn, const UpnpRequest& r, nat::ConntrackCleaner* ct
     const MappingRecord* m = txn.state().mappings.Find(id);
     if (m == nullptr || m->nat.protocol != r.protocol) return;
     if (m->nat.host_port < r.external_port || m->nat.host_port > r.end_port) return;
-    if (NotDeletable(m->proto, client)) return;
+    if (NotDeletable(*m, client)) return;
     ids.emplace_back(m->nat.host_port, id);
   });
   if (ids.empty()) {
@@ -223,13 +224,13 @@ UpnpEntry EntryOf(const MappingRecord& m, absl::Time now) {
   UpnpEntry e;
   e.protocol = m.nat.protocol;
   e.external_port = m.nat.host_port;
-  e.internal_client = m.proto.target_ip();
+  e.internal_client = m.target_ip();
   e.internal_port = m.nat.target_port;
-  e.description = m.proto.description();
-  e.kind = m.proto.owner().kind();
-  if (m.proto.has_expires_at()) {
+  e.description = m.description();
+  e.kind = m.owner().kind();
+  if (m.has_expires_at()) {
     int64_t left = absl::ToInt64Seconds(
-        absl::Ceil(FromTimestamp(m.proto.expires_at()) - now, absl::Seconds(1)));
+        absl::Ceil(m.expires_at() - now, absl::Seconds(1)));
     e.lease_remaining = static_cast<uint32_t>(std::clamp<int64_t>(left, 1, UINT32_MAX));
   }
   return e;
