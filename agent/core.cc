@@ -97,6 +97,7 @@ absl::Status BuildState(StoreContents& contents, absl::Time now,
   std::sort(leases.begin(), leases.end());
   for (const auto& [id, rec] : leases) owners::HoldCompanionAtStart(*state, *allocator, *rec);
   owners::LoadAttachments(contents.attachments, state);
+  state->ShrinkToFit();
   return absl::OkStatus();
 }
 

@@ -1,5 +1,7 @@
 #include "nat/port_allocator.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 
 namespace fabric::nat {
@@ -7,6 +9,26 @@ namespace fabric::nat {
 std::string PortScope::ToString() const {
   IpAddress a = host_ip.has_value() ? *host_ip : IpAddress::AnyOf(family);
   return absl::StrCat(ProtocolName(protocol), " on ", a.ToString());
+}
+
+PortAllocator::Name::Name(const std::string& s) : text_(new char[s.size() + 1]) {
+  std::memcpy(text_.get(), s.c_str(), s.size() + 1);
+}
+
+PortAllocator::Slot& PortAllocator::Pool::At(uint16_t p) {
+  std::unique_ptr<Page>& page = pages[p >> kPageBits];
+  if (!page) page = std::make_unique<Page>();
+  return (*page)[p & ((1 << kPageBits) - 1)];
+}
+
+void PortAllocator::Pool::DropPageIfUnused(uint16_t p) {
+  // A page covers 1 << kPageBits ports: that many bits of `used`.
+  constexpr int kWords = (1 << kPageBits) / 64;
+  size_t first = static_cast<size_t>(p >> kPageBits) * kWords;
+  for (int w = 0; w < kWords; ++w) {
+    if (used[first + w] != 0) return;
+  }
+  pages[p >> kPageBits].reset();
 }
 
 PortAllocator::PortAllocator(uint16_t dynamic_lo, uint16_t dynamic_hi)
@@ -34,8 +56,10 @@ std::optional<std::string> PortAllocator::Conflict(const Pool& pool,
                                                    const PortScope& scope,
                                                    uint16_t port) {
   if (!pool.IsUsed(port)) return std::nullopt;
-  const Slot& slot = pool.slots.at(port);
-  if (slot.any_holder) return slot.any_holder;
+  const Slot* found = pool.Find(port);
+  if (found == nullptr) return std::nullopt;
+  const Slot& slot = *found;
+  if (slot.any_holder) return slot.any_holder.str();
   if (!slot.specific) return std::nullopt;
   if (!scope.host_ip.has_value()) return slot.specific->begin()->second;
   auto it = slot.specific->find(*scope.host_ip);
@@ -52,12 +76,12 @@ std::optional<std::string> PortAllocator::ConflictingHolder(
 
 void PortAllocator::Hold(Pool& pool, const PortScope& scope, uint16_t port,
                          const std::string& holder) {
-  Slot& slot = pool.slots[port];
+  Slot& slot = pool.At(port);
   if (scope.host_ip.has_value()) {
     if (!slot.specific) slot.specific = std::make_unique<std::map<IpAddress, std::string>>();
     (*slot.specific)[*scope.host_ip] = holder;
   } else {
-    slot.any_holder = holder;
+    slot.any_holder = Name(holder);
   }
   pool.used[port >> 6] |= uint64_t{1} << (port & 63);
   ++held_;
@@ -184,9 +208,8 @@ void PortAllocator::Release(const PortScope& scope, uint16_t port,
   if (pit == pools_.end()) return;
   Pool& pool = pit->second;
   for (int p = port; p < int{port} + count && p <= 65535; ++p) {
-    auto it = pool.slots.find(static_cast<uint16_t>(p));
-    if (it == pool.slots.end()) continue;
-    Slot& slot = it->second;
+    if (!pool.IsUsed(static_cast<uint16_t>(p))) continue;
+    Slot& slot = pool.At(static_cast<uint16_t>(p));
     bool released = false;
     if (scope.host_ip.has_value()) {
       released = slot.specific && slot.specific->erase(*scope.host_ip) > 0;
@@ -196,8 +219,9 @@ void PortAllocator::Release(const PortScope& scope, uint16_t port,
     }
     if (released) --held_;
     if (!slot.empty()) continue;
-    pool.slots.erase(it);
+    slot.specific.reset();
     pool.used[p >> 6] &= ~(uint64_t{1} << (p & 63));
+    pool.DropPageIfUnused(static_cast<uint16_t>(p));
     if (p >= dynamic_lo_ && p <= dynamic_hi_ && !pool.in_queue[p]) {
       pool.free_queue.push_back(static_cast<uint16_t>(p));
       pool.in_queue[p] = true;

@@ -30,6 +30,34 @@ TEST(PortAllocatorTest, ReserveConflictNamesHolder) {
                                  "cni:3f2a/eth0")));
 }
 
+// Slots live in pages of 256 ports, dropped when their last port goes: a
+// range across a page edge, a port held on a specific address beside one
+// held on any, and a page emptied and filled again.
+TEST(PortAllocatorTest, HoldersSurviveAcrossPagesAndPagesRefill) {
+  PortAllocator a(32768, 60999);
+  ASSERT_OK(a.Reserve(Any4(), 250, 12, "range 250-261"));
+  ASSERT_OK(a.Reserve(On("192.0.2.1"), 300, 1, "specific 300"));
+  ASSERT_OK(a.Reserve(Any4(), 301, 1, "any 301"));
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 255), "range 250-261");
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 261), "range 250-261");
+  EXPECT_EQ(a.ConflictingHolder(On("192.0.2.1"), 300), "specific 300");
+  EXPECT_EQ(a.ConflictingHolder(On("192.0.2.2"), 300), std::nullopt);
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 300), "specific 300");
+  a.Release(Any4(), 250, 12);
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 255), std::nullopt);
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 258), std::nullopt);
+  EXPECT_EQ(a.held(), 2u);
+  // Port 256's page is empty now and made again.
+  ASSERT_OK(a.Reserve(Any4(), 258, 1, "again 258"));
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 258), "again 258");
+  a.Release(On("192.0.2.1"), 300, 1);
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 300), std::nullopt);
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 301), "any 301");
+  ASSERT_OK(a.Reserve(Any4(), 65535, 1, "last"));
+  EXPECT_EQ(a.ConflictingHolder(Any4(), 65535), "last");
+  EXPECT_EQ(a.held(), 3u);
+}
+
 TEST(PortAllocatorTest, ProtocolsAndFamiliesAreIndependent) {
   PortAllocator a(32768, 60999);
   ASSERT_OK(a.Reserve(Any4(Protocol::kTcp), 53, 1, "a"));

@@ -74,6 +74,16 @@ bool OwnerIndex::RemoveFrom(Entry& e, const std::string& id) {
   return true;
 }
 
+void OwnerIndex::ShrinkToFit() {
+  table_.ShrinkToFit([](Entry& e) {
+    e.flat.shrink_to_fit();
+    if (e.buckets == nullptr || e.buckets.use_count() != 1) return;
+    for (const std::shared_ptr<const Ids>& b : *e.buckets) {
+      if (b.use_count() == 1) const_cast<Ids&>(*b).shrink_to_fit();
+    }
+  });
+}
+
 void OwnerIndex::Add(const std::string& owner, const std::string& id) {
   if (Entry* mine = table_.FindUnshared(owner)) {
     AddTo(*mine, id);

@@ -40,6 +40,8 @@ class OwnerIndex {
   // Calls f(id) for each of owner's mapping ids, in no particular order.
   void ForEach(const std::string& owner,
                const std::function<void(const std::string&)>& f) const;
+  // Gives back spare capacity no snapshot shares (after a bulk load).
+  void ShrinkToFit();
   // Owners with at least one mapping.
   size_t owners() const { return table_.size(); }
 

@@ -36,6 +36,18 @@ void NetworkRefs::Count(const AttachmentRecord& rec, int delta) {
   }
 }
 
+void State::ShrinkToFit() {
+  mappings.ShrinkToFit();
+  by_owner.ShrinkToFit();
+  attachments.ShrinkToFit([](AttachmentRecord& a) { a.mapping_ids.shrink_to_fit(); });
+  leases.ShrinkToFit();
+  leases_by_port.ShrinkToFit();
+  leases_per_client.ShrinkToFit();
+  mapping_targets.ShrinkToFit();
+  companions.ShrinkToFit();
+  pinholes.ShrinkToFit();
+}
+
 void NetworkRefs::CountSnat(const nat::SnatRule& rule, int delta) {
   if ((snat[rule] += delta) <= 0) snat.erase(rule);
 }

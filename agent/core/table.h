@@ -113,6 +113,28 @@ class PersistentTable {
     return true;
   }
 
+  // Gives back the spare capacity of the shards this table alone holds
+  // (a bulk load grows them by doubling: about a third spare), and calls
+  // shrink(value) on each value held only here, so it can do the same.
+  // Readers see no change.
+  void ShrinkToFit(const std::function<void(V&)>& shrink = nullptr) {
+    if (!owns_index_ || owned_.empty()) return;
+    Index& index = const_cast<Index&>(*index_);
+    for (size_t i = 0; i < kShards; ++i) {
+      if (!owned_[i] || !index[i]) continue;
+      Shard& shard = const_cast<Shard&>(*index[i]);
+      shard.shrink_to_fit();
+      if (!shrink) continue;
+      for (auto& [k, v] : shard) {
+        if constexpr (kInline) {
+          shrink(v);
+        } else {
+          if (v.use_count() == 1) shrink(const_cast<V&>(*v));
+        }
+      }
+    }
+  }
+
   // Calls f(key, value) for every entry, shard by shard.
   void ForEach(const std::function<void(const std::string&, const V&)>& f) const {
     for (const auto& shard : *index_) {

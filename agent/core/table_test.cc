@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -88,6 +89,41 @@ TYPED_TEST(InPlaceTest, WritesOnlyWhatNoCopyShares) {
     held.reset();
     EXPECT_NE(t.FindUnshared("b"), nullptr);
   }
+}
+
+// ShrinkToFit touches only what the table alone holds: a copy taken
+// before still reads every entry, and a value a snapshot shares is not
+// handed to the shrink callback.
+TEST(PersistentTableTest, ShrinkToFitLeavesCopiesAndSharedValuesAlone) {
+  PersistentTable<std::vector<int>> t;
+  for (int i = 0; i < 3000; ++i) t.Put(std::to_string(i), std::vector<int>(3, i));
+  PersistentTable<std::vector<int>> snapshot = t;
+  t.Put("new", {7});
+  int shrunk = 0;
+  t.ShrinkToFit([&](std::vector<int>& v) {
+    ++shrunk;
+    v.shrink_to_fit();
+  });
+  EXPECT_EQ(shrunk, 1);  // only "new" is held by t alone
+  for (int i = 0; i < 3000; ++i) {
+    const std::vector<int>* v = snapshot.Find(std::to_string(i));
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ((*v)[2], i);
+    ASSERT_NE(t.Find(std::to_string(i)), nullptr);
+  }
+  EXPECT_EQ(snapshot.Find("new"), nullptr);
+  EXPECT_EQ(t.size(), 3001u);
+
+  OwnerIndex index;
+  for (int i = 0; i < 500; ++i) index.Add("bulk", "m-" + std::to_string(i));
+  OwnerIndex before = index;
+  index.ShrinkToFit();
+  index.Add("bulk", "m-500");
+  EXPECT_EQ(index.CountOf("bulk"), 501u);
+  EXPECT_EQ(before.CountOf("bulk"), 500u);
+  std::set<std::string> seen;
+  index.ForEach("bulk", [&](const std::string& id) { seen.insert(id); });
+  EXPECT_EQ(seen.size(), 501u);
 }
 
 TEST(PersistentTableTest, SortedIsByKey) {
