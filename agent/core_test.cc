@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "agent/core/convert.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nat/backend/fake/fake_backend.h"
@@ -556,6 +557,37 @@ TEST_F(CoreTest, CreateMappingTakesOnlyApiOwners) {
   m.set_target_port(80);
   EXPECT_THAT(core_->CreateMapping(m), StatusIs(absl::StatusCode::kInvalidArgument,
                                                 HasSubstr("owner kind API")));
+}
+
+// Output-only fields a client sets are ignored: the reply, the listing and
+// the record after a restart show the mapping as the agent holds it, with
+// the client's own spelling of its addresses kept.
+TEST_F(CoreTest, CreateMappingIgnoresOutputOnlyFieldsAndKeepsTheClientsText) {
+  v1::PortMapping m;
+  m.mutable_owner()->set_kind(v1::OWNER_KIND_API);
+  m.mutable_owner()->set_id("billing");
+  m.set_protocol(v1::PROTOCOL_TCP);
+  m.set_host_ip("0.0.0.0");
+  m.set_host_port(8085);
+  m.set_target_ip("FD00:0::9");
+  m.set_target_port(80);
+  m.set_description("invoices");
+  m.set_connections(42);
+  m.set_upstream("203.0.113.1:1 via pcp");
+  *m.mutable_created_at() = ToTimestamp(absl::FromUnixSeconds(1));
+  ASSERT_OK_AND_ASSIGN(v1::PortMapping created, core_->CreateMapping(m));
+  EXPECT_FALSE(created.has_connections());
+  EXPECT_EQ(created.upstream(), "");
+  EXPECT_NE(created.created_at().seconds(), 1);
+  EXPECT_EQ(created.target_ip(), "FD00:0::9");
+  EXPECT_EQ(created.host_ip(), "0.0.0.0");
+  std::vector<v1::PortMapping> listed = core_->ListMappings(v1::OWNER_KIND_API, "billing");
+  ASSERT_THAT(listed, SizeIs(1));
+  EXPECT_EQ(listed[0].DebugString(), created.DebugString());
+  Restart();
+  listed = core_->ListMappings(v1::OWNER_KIND_API, "billing");
+  ASSERT_THAT(listed, SizeIs(1));
+  EXPECT_EQ(listed[0].DebugString(), created.DebugString());
 }
 
 TEST_F(CoreTest, DualStackHostPortZeroFindsAPortFreeInBothFamilies) {

@@ -36,7 +36,13 @@ absl::StatusOr<v1::PortMapping> CreateMapping(Txn& txn, const v1::PortMapping& r
   absl::StatusOr<nat::PortMapping> m = ToNatMapping(request);
   if (!m.ok()) return m.status();
   v1::PortMapping proto = request;
+  // Output-only fields are ignored on input: not stored, not echoed.
   proto.clear_created_at();
+  proto.clear_connections();
+  proto.clear_bytes();
+  proto.clear_packets();
+  proto.clear_open_connections();
+  proto.clear_upstream();
   return AddMapping(txn, proto, *m, ct);
 }
 
