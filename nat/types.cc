@@ -278,28 +278,8 @@ absl::Status PortMapping::Validate() const {
 }
 
 std::vector<DnatElement> PortMapping::ToElements() const {
-  DnatElement base;
-  base.family = family();
-  base.protocol = protocol;
-  base.host_ip = host_ip;
-  base.target_ip = target_ip;
   std::vector<DnatElement> out;
-  if (port_count <= 1) {
-    base.port_lo = base.port_hi = host_port;
-    base.target_port = target_port;
-    out.push_back(base);
-  } else if (host_port == target_port) {
-    base.port_lo = host_port;
-    base.port_hi = last_host_port();
-    out.push_back(base);
-  } else {
-    for (int i = 0; i < port_count; ++i) {
-      DnatElement e = base;
-      e.port_lo = e.port_hi = host_port + i;
-      e.target_port = target_port + i;
-      out.push_back(e);
-    }
-  }
+  ForEachElement([&out](const DnatElement& e) { out.push_back(e); });
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/container/btree_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
@@ -182,8 +183,14 @@ inline constexpr size_t kMaxSnatRules = 256;
 std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules);
 
 // What the agent wants the kernel to hold (or what a backend read back).
+// DNAT elements by value: a B-tree, not std::set. At 100k elements a
+// kernel read-back holds two of these (what the kernel has, what the state
+// wants): about 5 MB each instead of 10, built and compared in a fraction
+// of the time (no node per element).
+using DnatSet = absl::btree_set<DnatElement>;
+
 struct RuleSet {
-  std::set<DnatElement> dnat;
+  DnatSet dnat;
   // Container networks whose traffic to anywhere outside them is
   // masqueraded.
   std::set<Prefix> masquerade;
@@ -241,6 +248,27 @@ struct PortMapping {
   // range whose host and target ports differ, one element per port (the
   // kernel's nftables NAT cannot shift a port range).
   std::vector<DnatElement> ToElements() const;
+  // Calls f(element) for each of them, without the vector.
+  template <typename F>
+  void ForEachElement(F f) const {
+    DnatElement e;
+    e.family = family();
+    e.protocol = protocol;
+    e.host_ip = host_ip;
+    e.target_ip = target_ip;
+    if (port_count <= 1 || host_port == target_port) {
+      e.port_lo = host_port;
+      e.port_hi = port_count <= 1 ? host_port : last_host_port();
+      e.target_port = port_count <= 1 ? target_port : uint16_t{0};
+      f(e);
+      return;
+    }
+    for (int i = 0; i < port_count; ++i) {
+      e.port_lo = e.port_hi = static_cast<uint16_t>(host_port + i);
+      e.target_port = static_cast<uint16_t>(target_port + i);
+      f(e);
+    }
+  }
   std::string ToString() const;
 
   auto tie() const {

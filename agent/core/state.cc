@@ -66,9 +66,15 @@ void NetworkRefs::Fill(nat::RuleSet* rules) const {
 
 nat::RuleSet State::Desired() const {
   nat::RuleSet r;
-  mappings.ForEach([&r](const std::string&, const MappingRecord& m) {
-    for (const nat::DnatElement& e : m.nat.ToElements()) r.dnat.insert(e);
+  // Gathered, sorted, then loaded in order: the B-tree then appends
+  // instead of searching (at 30k mappings a third of Desired's time).
+  std::vector<nat::DnatElement> dnat;
+  dnat.reserve(mappings.size());
+  mappings.ForEach([&dnat](const std::string&, const MappingRecord& m) {
+    m.nat.ForEachElement([&dnat](const nat::DnatElement& e) { dnat.push_back(e); });
   });
+  std::sort(dnat.begin(), dnat.end());
+  r.dnat.insert(dnat.begin(), dnat.end());
   network.Fill(&r);
   if (!firewall6_interface.empty()) {
     r.firewall6_interfaces.insert(firewall6_interface);

@@ -274,7 +274,7 @@ absl::StatusOr<Writer::KernelComparison> Writer::CompareKernel() const {
       if (!c.diff.add.dnat.empty() && c.diff.add.dnat.size() <= kLookupsPerCompare) {
         // Elements the dump did not show, looked up one by one: a dump
         // that commits disturbed skips some that nobody changed.
-        absl::StatusOr<std::set<nat::DnatElement>> held =
+        absl::StatusOr<nat::DnatSet> held =
             options_.reader->HoldsDnat(c.diff.add.dnat);
         if (held.ok()) {
           for (const nat::DnatElement& e : *held) {

@@ -66,7 +66,7 @@ absl::StatusOr<nat::KernelState> ReadNftables() {
 
 v1::DiagnoseResponse Compare(const StoreReading& store, const Options& options) {
   v1::DiagnoseResponse r;
-  std::set<nat::DnatElement> desired;
+  nat::DnatSet desired;
   for (const v1::PortMapping& m : store.mappings) {
     absl::StatusOr<nat::PortMapping> nm = ToNatMapping(m);
     if (!nm.ok()) {

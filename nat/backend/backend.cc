@@ -8,9 +8,9 @@
 namespace fabric::nat {
 
 namespace {
-template <typename T>
-std::set<T> Minus(const std::set<T>& a, const std::set<T>& b) {
-  std::set<T> out;
+template <typename S>
+S Minus(const S& a, const S& b) {
+  S out;
   std::set_difference(a.begin(), a.end(), b.begin(), b.end(),
                       std::inserter(out, out.end()));
   return out;
@@ -44,9 +44,9 @@ std::string Describe(const std::string& s) { return s; }
 std::string Describe(const Pinhole& p) { return p.ToString(); }
 std::string Describe(const SnatRule& r) { return "snat " + r.ToString(); }
 
-template <typename T>
-absl::Status RemoveAll(std::set<T>& have, const std::set<T>& remove) {
-  for (const T& x : remove) {
+template <typename S>
+absl::Status RemoveAll(S& have, const S& remove) {
+  for (const auto& x : remove) {
     if (have.erase(x) == 0) {
       return absl::NotFoundError(absl::StrCat("remove ", Describe(x), ": not in the table"));
     }
@@ -54,9 +54,9 @@ absl::Status RemoveAll(std::set<T>& have, const std::set<T>& remove) {
   return absl::OkStatus();
 }
 
-template <typename T>
-absl::Status AddAll(std::set<T>& have, const std::set<T>& add) {
-  for (const T& x : add) {
+template <typename S>
+absl::Status AddAll(S& have, const S& add) {
+  for (const auto& x : add) {
     if (!have.insert(x).second) {
       return absl::AlreadyExistsError(
           absl::StrCat("add ", Describe(x), ": already in the table"));
@@ -108,17 +108,17 @@ Batch Diff(const RuleSet& current, const RuleSet& desired) {
 }
 
 namespace {
-template <typename T>
-void EraseEach(std::set<T>& from, const std::set<T>& elements) {
-  for (const T& e : elements) from.erase(e);
+template <typename S>
+void EraseEach(S& from, const S& elements) {
+  for (const auto& e : elements) from.erase(e);
 }
 }  // namespace
 
-absl::StatusOr<std::set<DnatElement>> Backend::HoldsDnat(
-    const std::set<DnatElement>& elements) const {
+absl::StatusOr<DnatSet> Backend::HoldsDnat(
+    const DnatSet& elements) const {
   absl::StatusOr<KernelState> state = Read();
   if (!state.ok()) return state.status();
-  std::set<DnatElement> held;
+  DnatSet held;
   for (const DnatElement& e : elements) {
     if (state->rules.dnat.count(e) > 0) held.insert(e);
   }

@@ -100,8 +100,8 @@ class Backend {
   // looked up on its own where the backend can (nftables: single ports),
   // so that changes to other elements cannot make it miss one. By
   // default, from a Read().
-  virtual absl::StatusOr<std::set<DnatElement>> HoldsDnat(
-      const std::set<DnatElement>& elements) const;
+  virtual absl::StatusOr<DnatSet> HoldsDnat(
+      const DnatSet& elements) const;
 
   // Removes our table and everything in it. OK if it does not exist.
   virtual absl::Status DeleteTable() = 0;

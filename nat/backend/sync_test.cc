@@ -28,8 +28,8 @@ TEST(DiffTest, RemovesExtraAndAddsMissing) {
   RuleSet current;
   current.dnat = {Element(8080), Element(9999)};
   Batch b = Diff(current, Desired());
-  EXPECT_EQ(b.remove.dnat, std::set<DnatElement>{Element(9999)});
-  EXPECT_EQ(b.add.dnat, std::set<DnatElement>{Element(8081)});
+  EXPECT_EQ(b.remove.dnat, DnatSet{Element(9999)});
+  EXPECT_EQ(b.add.dnat, DnatSet{Element(8081)});
   EXPECT_EQ(b.add.masquerade.size(), 1u);
   EXPECT_TRUE(Diff(Desired(), Desired()).empty());
 }

@@ -26,9 +26,9 @@ void NftablesBackend::NoteSizes(const KernelState& state) const {
   }
 }
 
-absl::StatusOr<std::set<DnatElement>> NftablesBackend::HoldsDnat(
-    const std::set<DnatElement>& elements) const {
-  std::set<DnatElement> held;
+absl::StatusOr<DnatSet> NftablesBackend::HoldsDnat(
+    const DnatSet& elements) const {
+  DnatSet held;
   for (const DnatElement& e : elements) {
     if (e.is_range()) {
       // An interval map: no lookup by key here; one read answers for all.

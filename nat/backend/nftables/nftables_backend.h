@@ -34,8 +34,8 @@ class NftablesBackend : public Backend {
   absl::Status Replace(const RuleSet& desired) override;
   absl::StatusOr<KernelState> Read() const override;
   absl::StatusOr<KernelState> ReadDuringWrites() const override;
-  absl::StatusOr<std::set<DnatElement>> HoldsDnat(
-      const std::set<DnatElement>& elements) const override;
+  absl::StatusOr<DnatSet> HoldsDnat(
+      const DnatSet& elements) const override;
   absl::StatusOr<std::map<std::string, uint64_t>> ConnectionCounts() const override;
   absl::StatusOr<std::vector<std::string>> ForwardDropChains() const override;
   absl::Status DeleteTable() override;

@@ -296,14 +296,14 @@ TEST_F(NftablesBackendTest, ReadsDuringWritesAndLookupsByKey) {
   DnatElement other_target = Dnat(Protocol::kTcp, std::nullopt, 20000, "10.97.0.1", 80);
   DnatElement present = *stable.dnat.begin();
   EXPECT_THAT(backend_->HoldsDnat({present, specific, absent, other_target}),
-              IsOkAndHolds(std::set<DnatElement>{present, specific}));
+              IsOkAndHolds(DnatSet{present, specific}));
   // A range has no lookup by key: answered from a read, as exactly.
   EXPECT_THAT(backend_->HoldsDnat({range, absent}),
-              IsOkAndHolds(std::set<DnatElement>{range}));
+              IsOkAndHolds(DnatSet{range}));
 
   // Another connection adds and removes elements on other ports all along.
   std::atomic<bool> stop{false};
-  std::set<DnatElement> churn;
+  DnatSet churn;
   for (int i = 0; i < 200; ++i) {
     churn.insert(Dnat(Protocol::kTcp, std::nullopt, 40000 + i, "10.96.0.2", 80));
   }
@@ -327,7 +327,7 @@ TEST_F(NftablesBackendTest, ReadsDuringWritesAndLookupsByKey) {
     for (const DnatElement& e : state.rules.dnat) {
       ASSERT_TRUE(stable.dnat.count(e) > 0 || churn.count(e) > 0) << e.ToString();
     }
-    std::set<DnatElement> missing;
+    DnatSet missing;
     for (const DnatElement& e : stable.dnat) {
       if (state.rules.dnat.count(e) == 0) missing.insert(e);
     }
