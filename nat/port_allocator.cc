@@ -208,8 +208,10 @@ void PortAllocator::Release(const PortScope& scope, uint16_t port,
   if (pit == pools_.end()) return;
   Pool& pool = pit->second;
   for (int p = port; p < int{port} + count && p <= 65535; ++p) {
-    if (!pool.IsUsed(static_cast<uint16_t>(p))) continue;
-    Slot& slot = pool.At(static_cast<uint16_t>(p));
+    Slot* found = pool.IsUsed(static_cast<uint16_t>(p)) ? pool.Find(static_cast<uint16_t>(p))
+                                                         : nullptr;
+    if (found == nullptr) continue;
+    Slot& slot = *found;
     bool released = false;
     if (scope.host_ip.has_value()) {
       released = slot.specific && slot.specific->erase(*scope.host_ip) > 0;

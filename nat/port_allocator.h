@@ -132,6 +132,10 @@ class PortAllocator {
       const std::unique_ptr<Page>& page = pages[p >> kPageBits];
       return page ? &(*page)[p & ((1 << kPageBits) - 1)] : nullptr;
     }
+    Slot* Find(uint16_t p) {
+      return const_cast<Slot*>(static_cast<const Pool*>(this)->Find(p));
+    }
+    // The slot of port p, its page made if needed.
     Slot& At(uint16_t p);
     // Drops port p's page when no port on it is used.
     void DropPageIfUnused(uint16_t p);

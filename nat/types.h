@@ -183,10 +183,11 @@ inline constexpr size_t kMaxSnatRules = 256;
 std::vector<SnatRule> SnatOrder(const std::set<SnatRule>& rules);
 
 // What the agent wants the kernel to hold (or what a backend read back).
-// DNAT elements by value: a B-tree, not std::set. At 100k elements a
-// kernel read-back holds two of these (what the kernel has, what the state
-// wants): about 5 MB each instead of 10, built and compared in a fraction
-// of the time (no node per element).
+// DNAT elements by value: a B-tree, not std::set. A kernel read-back
+// builds two of these (what the kernel has, what the state wants) with one
+// allocation per node of several elements rather than one per element;
+// with it and Desired()'s ordered load, Diagnose at 30k mappings went from
+// 6.1 to 2.6-2.8 us a mapping (check_bench).
 using DnatSet = absl::btree_set<DnatElement>;
 
 struct RuleSet {

@@ -66,8 +66,8 @@ void NetworkRefs::Fill(nat::RuleSet* rules) const {
 
 nat::RuleSet State::Desired() const {
   nat::RuleSet r;
-  // Gathered, sorted, then loaded in order: the B-tree then appends
-  // instead of searching (at 30k mappings a third of Desired's time).
+  // Gathered, sorted, then loaded in order: the B-tree then appends at its
+  // end instead of searching for each element's place.
   std::vector<nat::DnatElement> dnat;
   dnat.reserve(mappings.size());
   mappings.ForEach([&dnat](const std::string&, const MappingRecord& m) {

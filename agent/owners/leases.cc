@@ -262,12 +262,8 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
       return Refuse(txn, LeaseOutcome::kCannotProvide, "lease exists on another port");
     }
     rec.set_expires_at(now + absl::Seconds(lifetime));
-    v1::PortMapping stored = rec.ToProto();
-    txn.write().put_mappings.push_back(stored);
-    txn.Publish(v1::MappingEvent::TYPE_UPDATED, stored);
     uint16_t port = rec.nat.host_port;
-    std::string id = rec.id();  // not from rec: it is moved
-    st.mappings.Put(id, std::move(rec));
+    RefreshMapping(txn, std::move(rec));
     return {LeaseOutcome::kOk, port, lifetime, "refreshed"};
   }
 
@@ -326,8 +322,8 @@ LeaseResult Lease(Txn& txn, const LeaseRequest& r, const LeasePolicy& policy,
   nat_mapping.host_port = *port;
   proto.set_host_port(*port);
   *proto.mutable_created_at() = ToTimestamp(now);
-  PutMapping(txn, proto, nat_mapping, v1::MappingEvent::TYPE_ADDED, ct);
-  const MappingRecord& rec = *st.mappings.Find(proto.id());
+  const MappingRecord& rec =
+      PutMapping(txn, proto, nat_mapping, v1::MappingEvent::TYPE_ADDED, ct);
   IndexLease(st, rec);
   HoldCompanion(txn, rec);
   return {LeaseOutcome::kOk, *port, lifetime, absl::StrCat("new lease ", proto.id())};
@@ -374,8 +370,7 @@ void MoveLeases(Txn& txn, nat::ConntrackCleaner* ct) {
     for (const auto& e : m.nat.ToElements()) txn.batch().remove.dnat.insert(e);
     v1::PortMapping p = m.ToProto();
     p.set_host_ip(address.ToString());
-    PutMapping(txn, p, n, v1::MappingEvent::TYPE_UPDATED, ct);
-    HoldCompanion(txn, *st.mappings.Find(id));
+    HoldCompanion(txn, PutMapping(txn, p, n, v1::MappingEvent::TYPE_UPDATED, ct));
   }
   for (const std::string& id : dropped) RemoveMapping(txn, id, ct);
   st.leases_need_move = false;

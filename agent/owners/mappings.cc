@@ -40,8 +40,9 @@ absl::StatusOr<v1::PortMapping> AddMapping(Txn& txn, v1::PortMapping proto,
   return proto;
 }
 
-void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& nat,
-                v1::MappingEvent::Type type, nat::ConntrackCleaner* conntrack) {
+const MappingRecord& PutMapping(Txn& txn, const v1::PortMapping& proto,
+                                const nat::PortMapping& nat, v1::MappingEvent::Type type,
+                                nat::ConntrackCleaner* conntrack) {
   txn.write().put_mappings.push_back(proto);
   for (const nat::DnatElement& e : nat.ToElements()) txn.batch().add.dnat.insert(e);
   if (const MappingRecord* old = txn.state().mappings.Find(proto.id())) {
@@ -56,6 +57,14 @@ void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& 
   txn.state().mappings.Put(proto.id(), std::move(rec));
   txn.Publish(type, proto);
   ForgetFlowsAfterCommit(txn, nat, conntrack);
+  return *txn.state().mappings.Find(proto.id());
+}
+
+void RefreshMapping(Txn& txn, MappingRecord rec) {
+  v1::PortMapping stored = rec.ToProto();
+  txn.write().put_mappings.push_back(stored);
+  txn.Publish(v1::MappingEvent::TYPE_UPDATED, stored);
+  txn.state().mappings.Put(stored.id(), std::move(rec));
 }
 
 void RemoveMapping(Txn& txn, const std::string& id, nat::ConntrackCleaner* conntrack) {
@@ -87,21 +96,18 @@ bool CountsAsTarget(const MappingRecord& m) {
   return !IsLease(m) && m.owner().kind() != v1::OWNER_KIND_STATIC;
 }
 
-// The canonical text of a target address (as nat::IpAddress prints it).
-std::string TargetKey(const MappingRecord& m) { return m.target_ip(); }
-
 }  // namespace
 
 void IndexTarget(State& state, const MappingRecord& m) {
   if (!CountsAsTarget(m)) return;
-  std::string key = TargetKey(m);
+  std::string key = m.target_ip();  // canonical text
   const int* n = state.mapping_targets.Find(key);
   state.mapping_targets.Put(key, (n == nullptr ? 0 : *n) + 1);
 }
 
 void UnindexTarget(State& state, const MappingRecord& m) {
   if (!CountsAsTarget(m)) return;
-  std::string key = TargetKey(m);
+  std::string key = m.target_ip();  // canonical text
   const int* n = state.mapping_targets.Find(key);
   if (n == nullptr) return;
   if (*n <= 1) {

@@ -20,9 +20,16 @@ absl::StatusOr<v1::PortMapping> AddMapping(Txn& txn, v1::PortMapping proto,
                                            nat::ConntrackCleaner* conntrack);
 
 // Adds an already allocated mapping (its ports held by the caller) to the
-// state, the store row, the kernel batch and the events.
-void PutMapping(Txn& txn, const v1::PortMapping& proto, const nat::PortMapping& nat,
-                v1::MappingEvent::Type type, nat::ConntrackCleaner* conntrack);
+// state, the store row, the kernel batch and the events. Returns the record
+// as the transaction's state holds it (valid until the next write to the
+// mapping table).
+const MappingRecord& PutMapping(Txn& txn, const v1::PortMapping& proto,
+                                const nat::PortMapping& nat, v1::MappingEvent::Type type,
+                                nat::ConntrackCleaner* conntrack);
+
+// Stores and announces (TYPE_UPDATED) a changed record whose kernel form
+// and owner are unchanged: a lease's new expiry or description.
+void RefreshMapping(Txn& txn, MappingRecord rec);
 
 // Removes mapping `id` (which must exist): row, kernel elements, ports,
 // lease index and companion port, and tells subscribers.

@@ -80,11 +80,8 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
         rec.set_expires_at(txn.now() + absl::Seconds(lease));
       }
       rec.set_description(r.description);
-      v1::PortMapping stored = rec.ToProto();
-      txn.write().put_mappings.push_back(stored);
-      txn.Publish(v1::MappingEvent::TYPE_UPDATED, stored);
       std::string id = rec.id();
-      st.mappings.Put(id, std::move(rec));
+      RefreshMapping(txn, std::move(rec));
       UpnpResult ok;
       ok.external_port = want;
       ok.lease_seconds = lease;
@@ -141,8 +138,7 @@ UpnpResult Add(Txn& txn, const UpnpRequest& r, const LeasePolicy& policy,
   n.host_port = *port;
   proto.set_host_port(*port);
   *proto.mutable_created_at() = ToTimestamp(txn.now());
-  PutMapping(txn, proto, n, v1::MappingEvent::TYPE_ADDED, ct);
-  IndexLease(st, *st.mappings.Find(proto.id()));
+  IndexLease(st, PutMapping(txn, proto, n, v1::MappingEvent::TYPE_ADDED, ct));
   UpnpResult ok;
   ok.external_port = *port;
   ok.lease_seconds = lease;
