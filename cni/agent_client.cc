@@ -1,8 +1,12 @@
 #include "cni/agent_client.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <mutex>
@@ -12,6 +16,7 @@
 #include "cni/trace_context.h"
 #include "grpc/event_engine/event_engine.h"
 #include "fabric/nat/v1/nat.grpc.pb.h"
+#include "grpcpp/create_channel_posix.h"
 #include "grpcpp/grpcpp.h"
 
 // gRPC's own engine (src/core/lib/event_engine/default_event_engine_factory.h
@@ -78,13 +83,6 @@ class GrpcAgentClient : public AgentClient {
  public:
   GrpcAgentClient(std::string socket, absl::Duration timeout)
       : socket_(std::move(socket)), timeout_(timeout) {
-    grpc::ChannelArguments args;
-    // One short-lived process, one call: no retries or backoff games.
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-    channel_ = grpc::CreateCustomChannel(absl::StrCat("unix:", socket_),
-                                         grpc::InsecureChannelCredentials(), args);
-    attachments_ = v1::AttachmentService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
     // The runtime's trace (CNI 1.1: TRACEPARENT, TRACESTATE), when valid.
     const char* tp = getenv("TRACEPARENT");
     const char* ts = getenv("TRACESTATE");
@@ -131,11 +129,7 @@ class GrpcAgentClient : public AgentClient {
  private:
   template <typename Resp, typename F>
   absl::StatusOr<Resp> Call(F f, const Resp& resp) {
-    if (access(socket_.c_str(), F_OK) != 0) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot reach fabric-agent: no socket at ", socket_,
-          " (is the agent running? see agentSocket in the network config)"));
-    }
+    if (absl::Status s = Connect(); !s.ok()) return s;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
     if (trace_) {
@@ -151,6 +145,52 @@ class GrpcAgentClient : public AgentClient {
           "cannot reach fabric-agent at ", socket_, ": ", s.error_message()));
     }
     return absl::Status(code, s.error_message());
+  }
+
+  // Connects the unix socket itself and hands gRPC the connected socket
+  // (a direct channel): no resolver, load-balancing policy, subchannel or
+  // connector, and the request goes out with the connection preface instead
+  // of after the agent's SETTINGS frame. The connect is bounded by the
+  // call's timeout (SO_SNDTIMEO: a listener whose backlog is full makes a
+  // unix connect wait). See docs/ARCHITECTURE.md, "Where an ADD's time goes".
+  absl::Status Connect() {
+    if (channel_ != nullptr) return absl::OkStatus();
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (socket_.empty() || socket_.size() >= sizeof(addr.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "agentSocket \"", socket_, "\" is empty or longer than ", sizeof(addr.sun_path) - 1,
+          " bytes"));
+    }
+    std::memcpy(addr.sun_path, socket_.data(), socket_.size());
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach fabric-agent at ", socket_, ": socket: ", strerror(errno)));
+    }
+    timeval tv = absl::ToTimeval(timeout_);
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      int e = errno;
+      close(fd);
+      if (e == ENOENT) {
+        return absl::UnavailableError(absl::StrCat(
+            "cannot reach fabric-agent: no socket at ", socket_,
+            " (is the agent running? see agentSocket in the network config)"));
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach fabric-agent at ", socket_, ": ",
+          e == EAGAIN ? "connect timed out (the agent accepts no connections)" : strerror(e),
+          e == ECONNREFUSED ? " (no agent listens on it: is the agent running?)" : ""));
+    }
+    grpc::ChannelArguments args;
+    // One short-lived process, one call: no retries or backoff games.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+    // gRPC owns the socket from here (and makes it non-blocking).
+    channel_ = grpc::CreateCustomInsecureChannelFromFd("fabric-agent", fd, args);
+    attachments_ = v1::AttachmentService::NewStub(channel_);
+    agent_ = v1::AgentService::NewStub(channel_);
+    return absl::OkStatus();
   }
 
   std::string socket_;

@@ -130,6 +130,7 @@ class AgentClientTest : public ::testing::Test {
     attachments_.Release();
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     if (listener_ >= 0) close(listener_);
+    for (int fd : fillers_) close(fd);
     unlink(socket_.c_str());
     rmdir(dir_.c_str());
   }
@@ -145,7 +146,7 @@ class AgentClientTest : public ::testing::Test {
 
   // A socket that accepts connections (the kernel's backlog) and never
   // reads them: an agent stopped with SIGSTOP.
-  void StartSilentListener() {
+  void StartSilentListener(int backlog = 8) {
     listener_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(listener_, 0) << std::strerror(errno);
     sockaddr_un addr{};
@@ -153,12 +154,30 @@ class AgentClientTest : public ::testing::Test {
     std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
     ASSERT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
         << std::strerror(errno);
-    ASSERT_EQ(listen(listener_, 8), 0) << std::strerror(errno);
+    ASSERT_EQ(listen(listener_, backlog), 0) << std::strerror(errno);
+  }
+
+  // Fills the silent listener's backlog: the next connect waits.
+  void FillBacklog() {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
+    for (int i = 0; i < 64; ++i) {
+      int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      ASSERT_GE(fd, 0) << std::strerror(errno);
+      fillers_.push_back(fd);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+        return;
+      }
+    }
+    FAIL() << "the backlog never filled";
   }
 
   std::string dir_;
   std::string socket_;
   int listener_ = -1;
+  std::vector<int> fillers_;
   FakeAttachments attachments_;
   FakeAgent agent_;
   std::unique_ptr<grpc::Server> server_;
@@ -186,7 +205,8 @@ TEST_F(AgentClientTest, SocketNobodyListensOnIsUnavailable) {
   absl::Time start = absl::Now();
   EXPECT_THAT(client->Attach(AttachmentOf("c1")),
               StatusIs(absl::StatusCode::kUnavailable,
-                       HasSubstr("cannot reach fabric-agent at " + socket_ + ": ")));
+                       AllOf(HasSubstr("cannot reach fabric-agent at " + socket_ + ": "),
+                             HasSubstr("no agent listens on it"))));
   EXPECT_LT(absl::Now() - start, kLate);
 }
 
@@ -200,6 +220,22 @@ TEST_F(AgentClientTest, AgentThatAcceptsButNeverAnswersFailsAtTheDeadline) {
                           AllOf(HasSubstr("cannot reach fabric-agent at " + socket_ + ": "),
                                 HasSubstr("Deadline Exceeded"))));
   EXPECT_GE(took, absl::Milliseconds(300));
+  EXPECT_LT(took, kLate);
+}
+
+// An agent that accepts no connections at all (its backlog full): the
+// client's own connect is bounded by the call's deadline.
+TEST_F(AgentClientTest, ConnectToAFullBacklogFailsAtTheDeadline) {
+  ASSERT_NO_FATAL_FAILURE(StartSilentListener(/*backlog=*/0));
+  ASSERT_NO_FATAL_FAILURE(FillBacklog());
+  auto client = NewGrpcAgentClient(socket_, absl::Milliseconds(300));
+  absl::Time start = absl::Now();
+  absl::StatusOr<v1::AttachResponse> r = client->Attach(AttachmentOf("c1"));
+  absl::Duration took = absl::Now() - start;
+  EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable,
+                          HasSubstr("cannot reach fabric-agent at " + socket_ +
+                                    ": connect timed out")));
+  EXPECT_GE(took, absl::Milliseconds(290));
   EXPECT_LT(took, kLate);
 }
 
