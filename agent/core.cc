@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -185,7 +186,9 @@ absl::Status AgentCore::DeleteMapping(const std::string& id, absl::Time deadline
 std::vector<v1::PortMapping> AgentCore::ListMappings(v1::OwnerKind kind,
                                                      const std::string& owner_id) const {
   absl::StatusOr<Page> all = ListMappingsPage(kind, owner_id, 0, "");
-  return all.ok() ? std::move(all->mappings) : std::vector<v1::PortMapping>();
+  if (!all.ok()) return {};
+  return std::vector<v1::PortMapping>(std::make_move_iterator(all->mappings.begin()),
+                                      std::make_move_iterator(all->mappings.end()));
 }
 
 namespace {
@@ -243,25 +246,26 @@ absl::StatusOr<AgentCore::Page> AgentCore::ListMappingsPage(
       SelectMappings(snap->state, kind, owner_id, page_token, limit == 0 ? 0 : limit + 1);
   std::vector<v1::PortMapping> proxies = ProxyEntries(snap->state, kind, owner_id, page_token);
   Page page;
-  page.mappings.reserve(limit == 0 ? recs.size() + proxies.size()
-                                   : std::min(limit, recs.size() + proxies.size()));
+  page.mappings.Reserve(static_cast<int>(
+      limit == 0 ? recs.size() + proxies.size() : std::min(limit, recs.size() + proxies.size())));
   // Merge the two ordered lists.
   size_t r = 0, p = 0;
   while (r < recs.size() || p < proxies.size()) {
-    if (limit != 0 && page.mappings.size() == limit) {
-      page.next_page_token = page.mappings.back().id();
+    if (limit != 0 && static_cast<size_t>(page.mappings.size()) == limit) {
+      page.next_page_token = page.mappings[page.mappings.size() - 1].id();
       break;
     }
     if (p == proxies.size() || (r < recs.size() && recs[r]->id() < proxies[p].id())) {
-      page.mappings.push_back(recs[r]->ToProto());
+      v1::PortMapping* m = page.mappings.Add();
+      recs[r]->ToProto(m);
       if (upstream_status_) {
         // Set only when there is one: an empty string set is still an allocation.
-        std::string upstream = upstream_status_(page.mappings.back());
-        if (!upstream.empty()) page.mappings.back().set_upstream(std::move(upstream));
+        std::string upstream = upstream_status_(*m);
+        if (!upstream.empty()) m->set_upstream(std::move(upstream));
       }
       ++r;
     } else {
-      page.mappings.push_back(std::move(proxies[p++]));
+      *page.mappings.Add() = std::move(proxies[p++]);
     }
   }
   return page;
@@ -484,12 +488,28 @@ absl::StatusOr<v1::BackupResponse> AgentCore::Backup(const std::string& path) {
   return r;
 }
 
-v1::DiagnoseResponse AgentCore::Diagnose() const {
-  ReturnFreedMemory after;  // the kernel's elements and the desired ones
+v1::DiagnoseResponse AgentCore::Diagnose(bool full) const {
   v1::DiagnoseResponse r;
+  // As the periodic check: nobody has committed anything in the kernel since
+  // it was last found right, or the generation would have moved.
+  absl::StatusOr<uint32_t> generation = writer_.KernelGeneration();
+  if (!full && generation.ok() && writer_.KnownGood(*generation)) {
+    std::shared_ptr<const Snapshot> snap = writer_.snapshot();
+    if (!snap->ready) r.add_findings(absl::StrCat("agent not ready: ", snap->not_ready_reason));
+    r.add_facts(absl::StrCat(
+        "kernel table inet fabric_nat: at generation ", *generation,
+        ", where it was last found to match the store, changed since only by this agent's own "
+        "commits; not read element by element (diagnose --full reads them)"));
+    DiagnoseFacts(*snap, &r);
+    return r;
+  }
+  ReturnFreedMemory after;  // the kernel's elements and the desired ones
   auto compared = writer_.CompareKernel();
   std::shared_ptr<const Snapshot> snap = compared.ok() ? compared->snapshot : writer_.snapshot();
   if (!snap->ready) r.add_findings(absl::StrCat("agent not ready: ", snap->not_ready_reason));
+  if (compared.ok() && compared->in_sync() && compared->exact && generation.ok()) {
+    writer_.MarkKnownGood(*generation);
+  }
   if (!compared.ok()) {
     r.add_findings(absl::StrCat("cannot read the kernel: ", compared.status().message()));
   } else if (!compared->kernel.table_present) {
@@ -528,6 +548,13 @@ v1::DiagnoseResponse AgentCore::Diagnose() const {
     r.add_facts(absl::StrCat("kernel table inet fabric_nat: ", state.rules.size(), " entries, ",
                              desired.size(), " expected"));
   }
+  DiagnoseFacts(*snap, &r);
+  return r;
+}
+
+// What every Diagnose reports besides the comparison; sets `healthy`.
+void AgentCore::DiagnoseFacts(const Snapshot& snap, v1::DiagnoseResponse* out) const {
+  v1::DiagnoseResponse& r = *out;
   if (absl::StatusOr<std::vector<std::string>> drops = writer_.ForwardDropChains(); drops.ok()) {
     for (const std::string& chain : *drops) {
       r.add_findings(absl::StrCat(
@@ -535,17 +562,16 @@ v1::DiagnoseResponse AgentCore::Diagnose() const {
           "forwards) that it does not accept: add `ct status dnat accept` at its top"));
     }
   }
-  r.add_facts(absl::StrCat(snap->state.attachments.size(), " attachment(s), ",
-                           snap->state.mappings.size(), " mapping(s), ", snap->leases,
+  r.add_facts(absl::StrCat(snap.state.attachments.size(), " attachment(s), ",
+                           snap.state.mappings.size(), " mapping(s), ", snap.leases,
                            " NAT-PMP/PCP lease(s)"));
-  r.add_facts(absl::StrCat("host ports held: ", snap->ports_held, "; dynamic range ",
-                           snap->dynamic_lo, "-", snap->dynamic_hi));
+  r.add_facts(absl::StrCat("host ports held: ", snap.ports_held, "; dynamic range ",
+                           snap.dynamic_lo, "-", snap.dynamic_hi));
   r.add_facts(absl::StrCat("external address for leases: ",
-                           snap->state.external_address ? snap->state.external_address->ToString()
-                                                        : "none"));
-  r.add_facts(absl::StrCat("repairs so far: ", snap->repairs));
+                           snap.state.external_address ? snap.state.external_address->ToString()
+                                                       : "none"));
+  r.add_facts(absl::StrCat("repairs so far: ", snap.repairs));
   r.set_healthy(r.findings_size() == 0);
-  return r;
 }
 
 v1::GetStatusResponse AgentCore::Status() const {

@@ -97,7 +97,8 @@ class AgentCore {
   // page_token; next_page_token set when more may follow. Refuses a
   // negative size or a token no id could be (kInvalidArgument).
   struct Page {
-    std::vector<v1::PortMapping> mappings;
+    // The reply's own type: the service swaps it in, no copy.
+    google::protobuf::RepeatedPtrField<v1::PortMapping> mappings;
     std::string next_page_token;
   };
   static constexpr int kMaxPageSize = 5000;
@@ -179,14 +180,18 @@ class AgentCore {
   absl::StatusOr<v1::BackupResponse> Backup(const std::string& path);
 
   v1::GetStatusResponse Status() const;
-  // Kernel vs store (read only), readiness, port pool use.
-  v1::DiagnoseResponse Diagnose() const;
+  // Kernel vs store (read only), readiness, port pool use. Unless `full`,
+  // a kernel whose generation is the known-good one (nothing but this
+  // agent's own commits since it last matched) is not read element by
+  // element: the generation proves it unchanged.
+  v1::DiagnoseResponse Diagnose(bool full = false) const;
   // The kernel state the store asks for.
   nat::RuleSet Desired() const;
   const std::string& backend_name() const { return writer_.backend_name(); }
   std::shared_ptr<const Snapshot> snapshot() const { return writer_.snapshot(); }
 
  private:
+  void DiagnoseFacts(const Snapshot& snap, v1::DiagnoseResponse* out) const;
   const CoreOptions options_;
   proxy::Proxy* proxy_ = nullptr;
   std::function<std::string(const v1::PortMapping&)> upstream_status_;

@@ -493,7 +493,7 @@ TEST_F(CoreTest, PagesCoverEveryMappingOnceInIdOrder) {
     m.set_target_port(53);
     ASSERT_OK(core_->CreateMapping(m).status());
   }
-  auto ids_of = [](const std::vector<v1::PortMapping>& ms) {
+  auto ids_of = [](const auto& ms) {
     std::vector<std::string> out;
     for (const v1::PortMapping& m : ms) out.push_back(m.id());
     return out;
@@ -509,7 +509,7 @@ TEST_F(CoreTest, PagesCoverEveryMappingOnceInIdOrder) {
       do {
         ASSERT_OK_AND_ASSIGN(AgentCore::Page p,
                              core_->ListMappingsPage(v1::OWNER_KIND_UNSPECIFIED, owner, size, token));
-        ASSERT_LE(p.mappings.size(), static_cast<size_t>(size));
+        ASSERT_LE(p.mappings.size(), size);
         for (std::string& id : ids_of(p.mappings)) paged.push_back(id);
         token = p.next_page_token;
         ASSERT_LE(++pages, 30);

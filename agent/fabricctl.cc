@@ -8,7 +8,7 @@
 //   fabricctl [--socket PATH] add PROTO HOSTPORT TARGETIP:PORT [--owner ID] [--host_ip IP]
 //   fabricctl [--socket PATH] remove ID
 //   fabricctl [--socket PATH] backup PATH
-//   fabricctl [--socket PATH] [--state_dir DIR] diagnose [--json]
+//   fabricctl [--socket PATH] [--state_dir DIR] diagnose [--json] [--full]
 //   fabricctl [--socket PATH] health [--ready]
 //   fabricctl upstream map|unmap PROTO PORT [--external PORT] [--lifetime S] [--gateway IP]
 //             [--protocol auto|pcp|natpmp|upnp] [--json] [--keep]
@@ -31,6 +31,9 @@ ABSL_FLAG(std::string, state_dir, "/var/lib/fabric-nat",
           "the agent's state dir: list, status and diagnose read its store "
           "(read-only) when the agent does not answer");
 ABSL_FLAG(bool, json, false, "print JSON instead of a table");
+ABSL_FLAG(bool, full, false,
+          "diagnose: read and compare every element of the kernel's table, even when its "
+          "generation shows that only the agent changed it since it last matched");
 ABSL_FLAG(std::string, owner, "fabricctl", "owner id for add");
 ABSL_FLAG(std::string, host_ip, "", "host address for add (default: any)");
 ABSL_FLAG(std::string, description, "", "description for add");
@@ -58,6 +61,7 @@ int main(int argc, char** argv) {
   options.socket = absl::GetFlag(FLAGS_socket);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.json = absl::GetFlag(FLAGS_json);
+  options.full = absl::GetFlag(FLAGS_full);
   options.owner = absl::GetFlag(FLAGS_owner);
   options.host_ip = absl::GetFlag(FLAGS_host_ip);
   options.description = absl::GetFlag(FLAGS_description);

@@ -150,8 +150,7 @@ grpc::Status MappingServiceImpl::ListMappings(
   absl::StatusOr<AgentCore::Page> page = core_->ListMappingsPage(
       request->owner_kind(), request->owner_id(), request->page_size(), request->page_token());
   if (!page.ok()) return ToGrpc(page.status());
-  response->mutable_mappings()->Reserve(static_cast<int>(page->mappings.size()));
-  for (v1::PortMapping& m : page->mappings) *response->add_mappings() = std::move(m);
+  response->mutable_mappings()->Swap(&page->mappings);
   response->set_next_page_token(std::move(page->next_page_token));
   return grpc::Status::OK;
 }
@@ -197,9 +196,9 @@ grpc::Status AgentServiceImpl::Backup(grpc::ServerContext* context,
 }
 
 grpc::Status AgentServiceImpl::Diagnose(grpc::ServerContext*,
-                                        const v1::DiagnoseRequest*,
+                                        const v1::DiagnoseRequest* request,
                                         v1::DiagnoseResponse* response) {
-  *response = core_->Diagnose();
+  *response = core_->Diagnose(request->full());
   return grpc::Status::OK;
 }
 

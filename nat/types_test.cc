@@ -1,5 +1,10 @@
 #include "nat/types.h"
 
+#include <arpa/inet.h>
+
+#include <cstdint>
+#include <string>
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "testing/status_matchers.h"
@@ -12,6 +17,23 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 IpAddress Ip(const char* s) { return *IpAddress::Parse(s); }
+
+// The IPv4 text is formatted by hand: it must agree with inet_ntop for
+// every value in every position.
+TEST(IpAddressTest, IPv4TextAgreesWithInetNtop) {
+  for (int pos = 0; pos < 4; ++pos) {
+    for (int v = 0; v < 256; ++v) {
+      for (uint8_t other : {0, 7, 10, 99, 100, 255}) {
+        uint8_t b[4] = {other, other, other, other};
+        b[pos] = static_cast<uint8_t>(v);
+        char want[INET_ADDRSTRLEN];
+        ASSERT_NE(inet_ntop(AF_INET, b, want, sizeof(want)), nullptr);
+        ASSERT_EQ(IpAddress::FromBytes(Family::kIPv4, b).ToString(), std::string(want))
+            << "octet " << pos << " = " << v << ", others " << int{other};
+      }
+    }
+  }
+}
 
 TEST(IpAddressTest, ParsesBothFamiliesAndRoundTrips) {
   EXPECT_EQ(Ip("10.0.0.1").family(), Family::kIPv4);

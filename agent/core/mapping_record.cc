@@ -53,6 +53,13 @@ MappingRecord::Extra& MappingRecord::MutableExtra() {
 
 v1::PortMapping MappingRecord::ToProto() const {
   v1::PortMapping p;
+  ToProto(&p);
+  return p;
+}
+
+void MappingRecord::ToProto(v1::PortMapping* out) const {
+  v1::PortMapping& p = *out;
+  p.Clear();
   p.set_id(id_);
   p.mutable_owner()->set_kind(owner_.kind_);
   p.mutable_owner()->set_id(owner_.id_);
@@ -83,7 +90,6 @@ v1::PortMapping MappingRecord::ToProto() const {
     if (!extra_->description.empty()) p.set_description(extra_->description);
     if (!extra_->pcp_nonce.empty()) p.set_pcp_nonce(extra_->pcp_nonce);
   }
-  return p;
 }
 
 void MappingRecord::set_expires_at(absl::Time t) {

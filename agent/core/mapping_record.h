@@ -39,6 +39,9 @@ class MappingRecord {
 
   // The mapping as stored and as the API shows it.
   v1::PortMapping ToProto() const;
+  // The same into `out` (cleared first): a listing fills its reply's
+  // messages in place.
+  void ToProto(v1::PortMapping* out) const;
 
   // The kernel form. Its addresses and ports are the record's.
   nat::PortMapping nat;

@@ -31,6 +31,17 @@ void ExpectRoundTrip(const v1::PortMapping& p) {
       << "given:\n" << p.DebugString() << "got:\n" << back.DebugString();
   MappingRecord copy = rec;
   EXPECT_EQ(copy.ToProto().DebugString(), p.DebugString());
+  // Into a message that held another mapping (a reused reply): nothing of
+  // it is left.
+  v1::PortMapping reused;
+  reused.set_id("old");
+  reused.set_description("stale");
+  reused.set_upstream("stale");
+  *reused.mutable_expires_at() = ToTimestamp(absl::FromUnixSeconds(5));
+  reused.set_host_ip("203.0.113.9");
+  rec.ToProto(&reused);
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(reused, p))
+      << "given:\n" << p.DebugString() << "got:\n" << reused.DebugString();
 }
 
 TEST(MappingRecordTest, HostAddressSpellingsComeBackAsGiven) {

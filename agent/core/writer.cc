@@ -86,7 +86,7 @@ absl::StatusOr<std::vector<std::string>> Writer::ForwardDropChains() const {
   return options_.reader->ForwardDropChains();
 }
 
-void Writer::MarkKnownGood(uint32_t generation) {
+void Writer::MarkKnownGood(uint32_t generation) const {
   std::lock_guard<std::mutex> lock(mu_);
   absl::StatusOr<uint32_t> now = backend_->Generation();
   if (now.ok() && *now == generation) {

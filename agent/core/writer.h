@@ -158,7 +158,7 @@ class Writer {
   }
   // After a read that matched the state: remember `generation` as known
   // good if the kernel is still at it.
-  void MarkKnownGood(uint32_t generation);
+  void MarkKnownGood(uint32_t generation) const;
 
   // A consistent copy of the store at `path`.
   absl::Status Backup(const std::string& path);
@@ -203,7 +203,7 @@ class Writer {
   void KnownGoodNowLocked();
   // The generation at which the kernel last matched the state; -1: unknown.
   // Written under mu_.
-  std::atomic<int64_t> verified_generation_{-1};
+  mutable std::atomic<int64_t> verified_generation_{-1};  // knowledge, not state
   // Serializes the users of options_.reader.
   mutable std::mutex read_mu_;
   // Odd while a commit's kernel batch is applied but its snapshot not yet

@@ -28,7 +28,9 @@ constexpr char kUsage[] =
     "  status [--json]                    agent health\n"
     "  add PROTO HOSTPORT TARGETIP:PORT   create an API mapping (HOSTPORT 0 allocates)\n"
     "  remove ID                          delete an API mapping\n"
-    "  diagnose [--json]                  compare kernel and store; exit 1 if not healthy\n"
+    "  diagnose [--json] [--full]         compare kernel and store; exit 1 if not healthy\n"
+    "                                     (--full: read every kernel element even when\n"
+    "                                     the kernel's generation shows it unchanged)\n"
     "  health [--ready]                   exit 0 if the agent answers (--ready: and is\n"
     "                                     ready: kernel reconciled), else 1 (probes)\n"
     "  backup PATH                        snapshot the agent's state (start an\n"
@@ -250,17 +252,19 @@ int Add(v1::MappingService::StubInterface& stub, const std::vector<std::string>&
   return kExitOk;
 }
 
-static grpc::Status FetchDiagnose(v1::AgentService::StubInterface& stub,
+static grpc::Status FetchDiagnose(v1::AgentService::StubInterface& stub, bool full,
                                   v1::DiagnoseResponse* r) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kCallDeadline);
-  return stub.Diagnose(&ctx, v1::DiagnoseRequest(), r);
+  v1::DiagnoseRequest req;
+  req.set_full(full);
+  return stub.Diagnose(&ctx, req, r);
 }
 
 int Diagnose(v1::AgentService::StubInterface& stub, const Options& options,
              std::ostream& out, std::ostream& err) {
   v1::DiagnoseResponse r;
-  grpc::Status s = FetchDiagnose(stub, &r);
+  grpc::Status s = FetchDiagnose(stub, options.full, &r);
   if (!s.ok()) return Fail("diagnose", s, err);
   return PrintDiagnose(r, kHealthy, options, out, err);
 }
@@ -356,7 +360,7 @@ int Run(const std::vector<std::string>& args, const Options& options, std::ostre
   }
   if (cmd == "diagnose") {
     v1::DiagnoseResponse r;
-    grpc::Status s = FetchDiagnose(*v1::AgentService::NewStub(channel), &r);
+    grpc::Status s = FetchDiagnose(*v1::AgentService::NewStub(channel), options.full, &r);
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return offline(s);
     return s.ok() ? PrintDiagnose(r, kHealthy, options, out, err) : Fail("diagnose", s, err);
   }

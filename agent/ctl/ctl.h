@@ -62,6 +62,7 @@ struct Options {
   // The agent's state dir, read when it does not answer.
   std::string state_dir = "/var/lib/fabric-nat";
   bool json = false;         // list, status, diagnose
+  bool full = false;         // diagnose: read every element (DiagnoseRequest.full)
   std::string owner = "fabricctl";  // add
   std::string host_ip;       // add; empty: any address
   std::string description;   // add

@@ -27,6 +27,7 @@ namespace fabric::agent::ctl {
 namespace {
 
 namespace v1 = ::fabric::nat::v1;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using json = nlohmann::json;
@@ -91,9 +92,10 @@ class FakeAgent : public v1::AgentService::Service {
     *r = get_status;
     return status;
   }
-  grpc::Status Diagnose(grpc::ServerContext*, const v1::DiagnoseRequest*,
+  grpc::Status Diagnose(grpc::ServerContext*, const v1::DiagnoseRequest* req,
                         v1::DiagnoseResponse* r) override {
     std::lock_guard<std::mutex> l(mu);
+    diagnose_full.push_back(req->full());
     *r = diagnose;
     return status;
   }
@@ -109,6 +111,7 @@ class FakeAgent : public v1::AgentService::Service {
   std::mutex mu;
   grpc::Status status;
   v1::GetStatusResponse get_status;
+  std::vector<bool> diagnose_full;
   v1::DiagnoseResponse diagnose;
   std::vector<std::string> backups;
 };
@@ -452,6 +455,12 @@ TEST_F(CtlTest, DiagnoseHealthyAndNot) {
   json j = json::parse(r.out);
   EXPECT_EQ(j["findings"].size(), 1u);
   EXPECT_EQ(j["facts"][0], "2 mapping(s)");
+  o.json = false;
+  o.full = true;
+  r = Ctl({"diagnose"}, o);
+  EXPECT_EQ(r.code, 1);
+  std::lock_guard<std::mutex> l(agent_.mu);
+  EXPECT_THAT(agent_.diagnose_full, ElementsAre(false, false, false, true));
 }
 
 TEST_F(CtlTest, Health) {

@@ -35,6 +35,7 @@ constexpr char kElement8080[] =
 using ::fabric::testing::AgentProcess;
 using ::fabric::testing::IsOkAndHolds;
 using ::fabric::testing::Netns;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -563,7 +564,15 @@ TEST_F(AgentTest, DiagnoseComparesKernelAndStore) {
                                                    "--repair_on_change=false"));
   ASSERT_OK(Ctl("add tcp 8080 10.1.0.5:80 --owner web").status());
   ASSERT_OK(Ctl("add udp 5353 10.1.0.5:53 --owner dns").status());
-  EXPECT_THAT(Ctl("diagnose"), IsOkAndHolds(HasSubstr("healthy")));
+  // The kernel's generation shows nothing but the agent's own commits since
+  // it last matched: no element is read; --full reads and counts them.
+  EXPECT_THAT(Ctl("diagnose"),
+              IsOkAndHolds(AllOf(HasSubstr("healthy"), HasSubstr("changed since only by this "
+                                                                 "agent's own commits"))));
+  EXPECT_THAT(Ctl("diagnose --full"),
+              IsOkAndHolds(AllOf(HasSubstr("healthy"),
+                                 HasSubstr("kernel table inet fabric_nat: 2 entries, 2 expected"))));
+  // Anyone else's commit moves the generation: the next diagnose reads.
   ASSERT_OK(ns_->Exec("nft delete element inet fabric_nat dnat4_any '{ tcp . 8080 }' && "
                       "nft add element inet fabric_nat dnat4_any '{ tcp . 9999 : 10.9.9.9 . 99 }'"));
   absl::StatusOr<testing::CommandResult> r = testing::RunCommand(absl::StrCat(
