@@ -27,7 +27,9 @@ struct DumpPlan {
 }  // namespace
 
 NetfilterConntrackCleaner::NetfilterConntrackCleaner(Options options)
-    : log_(std::move(options.log)), filtered_(options.dump == Dump::kFiltered) {
+    : log_(std::move(options.log)),
+      flush_(options.dump == Dump::kFlush),
+      filtered_(options.dump != Dump::kFull) {
   if (!log_) {
     log_ = [](const std::string& line) {
       std::string text = line + "\n";
@@ -57,6 +59,16 @@ absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Pr
   const ctnetlink::HostPortQuery q{family, protocol, host_ip, port_lo, port_hi};
   absl::StatusOr<std::unique_ptr<netlink::NetlinkSocket>> socket = netlink::NetlinkSocket::Open();
   if (!socket.ok()) return socket.status();
+
+  if (flush_.load() && ctnetlink::KernelFlushIsExact(q) && port_hi - port_lo < kMaxPortDumps) {
+    absl::Status s = Flush(**socket, q);
+    if (s.ok()) return kUncounted;
+    if (!absl::IsInvalidArgument(s)) return s;
+    if (flush_.exchange(false)) {
+      log_(absl::StrCat("conntrack: the kernel refused a filtered delete (", s.message(),
+                        "); forgetting host ports by filtered dumps from now on"));
+    }
+  }
 
   std::vector<ctnetlink::Entry> found;
   // Runs one dump; `ignored`: the kernel returned entries outside the filter.
@@ -130,6 +142,22 @@ absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Pr
   }
   if (!first_error.ok()) return first_error;
   return deleted;
+}
+
+absl::Status NetfilterConntrackCleaner::Flush(netlink::NetlinkSocket& socket,
+                                              const ctnetlink::HostPortQuery& q) {
+  for (int p = q.port_lo; p <= q.port_hi; ++p) {
+    absl::Status s = socket.Request(
+        absl::StrCat("conntrack: filtered delete of ", ProtocolName(q.protocol), " ",
+                     q.host_ip.has_value() ? q.host_ip->ToString() : FamilyName(q.family),
+                     " port ", p),
+        [&](char* buf, uint32_t seq) {
+          return ctnetlink::BuildFilteredFlush(buf, seq, q, static_cast<uint16_t>(p));
+        },
+        [](const nlmsghdr*) { return absl::OkStatus(); });
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace fabric::nat

@@ -23,6 +23,13 @@
 #include "absl/strings/str_cat.h"
 #include "nat/types.h"
 
+namespace fabric::nat::netlink {
+class NetlinkSocket;
+}  // namespace fabric::nat::netlink
+namespace fabric::nat::ctnetlink {
+struct HostPortQuery;
+}  // namespace fabric::nat::ctnetlink
+
 namespace fabric::nat {
 
 class ConntrackCleaner {
@@ -30,13 +37,27 @@ class ConntrackCleaner {
   virtual ~ConntrackCleaner() = default;
   // Deletes entries whose original direction is `protocol` to host ports
   // [port_lo, port_hi] (on `host_ip`, or any address) in `family`. Returns
-  // how many were deleted.
+  // how many were deleted, or kUncounted when the kernel deleted them
+  // itself and did not say.
+  static constexpr int kUncounted = -1;
   virtual absl::StatusOr<int> ForgetHostPorts(Family family, Protocol protocol,
                                               std::optional<IpAddress> host_ip, uint16_t port_lo,
                                               uint16_t port_hi) = 0;
 };
 
-// Targeted: one kernel-filtered dump per port of the range (IPCTNL_MSG_CT_GET
+// Targeted. Where the kernel's filter selects exactly the entries asked for
+// (TCP or UDP, any address or an IPv4 one, a range of at most kMaxPortDumps
+// ports), one filtered delete per port (IPCTNL_MSG_CT_DELETE with
+// CTA_TUPLE_ORIG + CTA_FILTER): the kernel walks its table and deletes the
+// matches itself, taking each bucket's lock in turn and yielding the CPU
+// between buckets. A dump cannot yield: it walks the whole table with
+// bottom halves off until its message is full, and a filtered dump that
+// finds nothing walks all of it at once (~50 ms at 200k entries on this
+// machine, during which that core runs nothing else: readers' tails).
+//
+// Otherwise, and when the kernel refuses filtered deletes (it then answers
+// EINVAL and deletes nothing; logged once, later calls dump): one
+// kernel-filtered dump per port of the range (IPCTNL_MSG_CT_GET
 // with CTA_TUPLE_ORIG + CTA_FILTER, Linux >= 5.8; see ctnetlink.h for what
 // the kernel compares), then one IPCTNL_MSG_CT_DELETE per entry found, by
 // its original tuple and id. Ranges wider than kMaxPortDumps, and protocols
@@ -64,11 +85,12 @@ class NetfilterConntrackCleaner : public ConntrackCleaner {
   static constexpr int kMaxPortDumps = 4;
 
   enum class Dump {
+    kFlush,     // kernel-side filtered deletes where exact, else kFiltered
     kFiltered,  // kernel-side filtered dumps, falling back to kFull
     kFull,      // one dump of the family per call, filtered here
   };
   struct Options {
-    Dump dump = Dump::kFiltered;
+    Dump dump = Dump::kFlush;
     // Where the one line about a fallback goes (must be thread-safe);
     // nullptr: stderr.
     std::function<void(const std::string&)> log;
@@ -88,11 +110,18 @@ class NetfilterConntrackCleaner : public ConntrackCleaner {
   // Whether calls still filter in the kernel (false with Dump::kFull or
   // after a fallback).
   bool filters_in_kernel() const { return filtered_.load(); }
+  // Whether calls still delete in the kernel where exact (false unless
+  // Dump::kFlush, and after the kernel refused).
+  bool deletes_in_kernel() const { return flush_.load(); }
 
  private:
   void FallBack(const std::string& why);
+  // The filtered deletes of `q`: OK, kInvalidArgument when the kernel
+  // refused them (nothing deleted), or another error.
+  absl::Status Flush(netlink::NetlinkSocket& socket, const ctnetlink::HostPortQuery& q);
 
   std::function<void(const std::string&)> log_;
+  std::atomic<bool> flush_;
   std::atomic<bool> filtered_;
 };
 

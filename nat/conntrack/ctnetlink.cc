@@ -68,10 +68,10 @@ uint32_t FilterFlags(const HostPortQuery& q, bool port) {
   return flags;
 }
 
-nlmsghdr* BuildDumpRequest(char* buf, uint32_t seq, const HostPortQuery& q, uint32_t filter_flags,
-                           uint16_t port) {
-  nlmsghdr* nlh = PutHeader(buf, seq, IPCTNL_MSG_CT_GET, NLM_F_DUMP, q.family);
-  if (filter_flags == 0) return nlh;
+namespace {
+
+// The original-tuple values and CTA_FILTER of a filtered request for `q`.
+void PutFilter(nlmsghdr* nlh, const HostPortQuery& q, uint32_t filter_flags, uint16_t port) {
   nlattr* tuple = mnl_attr_nest_start(nlh, CTA_TUPLE_ORIG);
   if (filter_flags & kFilterIpDst) {
     nlattr* ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
@@ -91,6 +91,24 @@ nlmsghdr* BuildDumpRequest(char* buf, uint32_t seq, const HostPortQuery& q, uint
   // Host order: the kernel reads it with nla_get_u32.
   mnl_attr_put_u32(nlh, CTA_FILTER_ORIG_FLAGS, filter_flags);
   mnl_attr_nest_end(nlh, filter);
+}
+
+}  // namespace
+
+nlmsghdr* BuildDumpRequest(char* buf, uint32_t seq, const HostPortQuery& q, uint32_t filter_flags,
+                           uint16_t port) {
+  nlmsghdr* nlh = PutHeader(buf, seq, IPCTNL_MSG_CT_GET, NLM_F_DUMP, q.family);
+  if (filter_flags != 0) PutFilter(nlh, q, filter_flags, port);
+  return nlh;
+}
+
+bool KernelFlushIsExact(const HostPortQuery& q) {
+  return KernelFiltersPort(q.protocol) && (!q.host_ip.has_value() || q.family == Family::kIPv4);
+}
+
+nlmsghdr* BuildFilteredFlush(char* buf, uint32_t seq, const HostPortQuery& q, uint16_t port) {
+  nlmsghdr* nlh = PutHeader(buf, seq, IPCTNL_MSG_CT_DELETE, NLM_F_ACK, q.family);
+  PutFilter(nlh, q, FilterFlags(q, /*port=*/true), port);
   return nlh;
 }
 

@@ -68,6 +68,20 @@ inline constexpr size_t kMaxRequestSize = 256;
 nlmsghdr* BuildDumpRequest(char* buf, uint32_t seq, const HostPortQuery& q, uint32_t filter_flags,
                            uint16_t port);
 
+// Whether the kernel's filter can select exactly `q`'s entries of one port
+// (TCP or UDP; an IPv4 host address or none: the kernel's IPv6 address
+// filter compares the wrong way round), so that it may delete them itself.
+bool KernelFlushIsExact(const HostPortQuery& q);
+
+// Builds IPCTNL_MSG_CT_DELETE with CTA_TUPLE_ORIG + CTA_FILTER and NLM_F_ACK:
+// the kernel deletes every entry of `q.family` whose original tuple matches
+// FilterFlags(q, true) with destination port `port`, walking its table with
+// its per-bucket locks (preemptible), and does not say how many. A kernel
+// that does not filter deletes (before 6.4) takes the tuple as one entry's,
+// finds it incomplete (no source) and answers EINVAL: nothing is deleted.
+// (Linux 6.18 filters them.)
+nlmsghdr* BuildFilteredFlush(char* buf, uint32_t seq, const HostPortQuery& q, uint16_t port);
+
 // One dumped entry: what the match needs, and what deleting it needs.
 struct Entry {
   Family family = Family::kIPv4;
