@@ -111,10 +111,16 @@ std::vector<const MappingRecord*> SelectMappings(const State& state, v1::OwnerKi
                                                  const std::string& owner_id,
                                                  const std::string& after, size_t limit) {
   std::vector<ById> found;
+  // Keys only, unless an owner filter needs the record: loading every
+  // record of the table is a cache miss each (a page of 1,000 of 30,000
+  // cost 2.0 ms in-process with the loads, check_bench).
+  const bool by_owner = kind != v1::OWNER_KIND_UNSPECIFIED || !owner_id.empty();
+  const uint64_t after_head = HeadOf(after);
   auto consider = [&](const std::string& id, const MappingRecord& rec) {
-    if (!after.empty() && id <= after) return;  // the key only: no record load
-    if (!OwnerMatches(rec, kind, owner_id)) return;
-    found.push_back({HeadOf(id), &rec});
+    uint64_t head = HeadOf(id);
+    if (!after.empty() && (head < after_head || (head == after_head && id <= after))) return;
+    if (by_owner && !OwnerMatches(rec, kind, owner_id)) return;
+    found.push_back({head, &rec});
   };
   if (owner_id.empty()) {
     found.reserve(state.mappings.size());
