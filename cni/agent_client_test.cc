@@ -135,6 +135,23 @@ class AgentClientTest : public ::testing::Test {
     rmdir(dir_.c_str());
   }
 
+  // The address of socket_.
+  sockaddr_un Address() const {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
+    return addr;
+  }
+
+  // An Attach of container c1, and how long it took.
+  static absl::StatusOr<v1::AttachResponse> TimedAttach(AgentClient& client,
+                                                        absl::Duration* took) {
+    absl::Time start = absl::Now();
+    absl::StatusOr<v1::AttachResponse> r = client.Attach(AttachmentOf("c1"));
+    *took = absl::Now() - start;
+    return r;
+  }
+
   void StartServer() {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("unix:" + socket_, grpc::InsecureServerCredentials());
@@ -149,9 +166,7 @@ class AgentClientTest : public ::testing::Test {
   void StartSilentListener(int backlog = 8) {
     listener_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(listener_, 0) << std::strerror(errno);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
+    sockaddr_un addr = Address();
     ASSERT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
         << std::strerror(errno);
     ASSERT_EQ(listen(listener_, backlog), 0) << std::strerror(errno);
@@ -159,9 +174,7 @@ class AgentClientTest : public ::testing::Test {
 
   // Fills the silent listener's backlog: the next connect waits.
   void FillBacklog() {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
+    sockaddr_un addr = Address();
     for (int i = 0; i < 64; ++i) {
       int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       ASSERT_GE(fd, 0) << std::strerror(errno);
@@ -196,9 +209,7 @@ TEST_F(AgentClientTest, NoSocketIsUnavailable) {
 
 TEST_F(AgentClientTest, SocketNobodyListensOnIsUnavailable) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket_.c_str(), sizeof(addr.sun_path) - 1);
+  sockaddr_un addr = Address();
   ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   close(fd);
   auto client = NewGrpcAgentClient(socket_, absl::Seconds(4));
@@ -213,9 +224,8 @@ TEST_F(AgentClientTest, SocketNobodyListensOnIsUnavailable) {
 TEST_F(AgentClientTest, AgentThatAcceptsButNeverAnswersFailsAtTheDeadline) {
   ASSERT_NO_FATAL_FAILURE(StartSilentListener());
   auto client = NewGrpcAgentClient(socket_, absl::Milliseconds(300));
-  absl::Time start = absl::Now();
-  absl::StatusOr<v1::AttachResponse> r = client->Attach(AttachmentOf("c1"));
-  absl::Duration took = absl::Now() - start;
+  absl::Duration took;
+  absl::StatusOr<v1::AttachResponse> r = TimedAttach(*client, &took);
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable,
                           AllOf(HasSubstr("cannot reach fabric-agent at " + socket_ + ": "),
                                 HasSubstr("Deadline Exceeded"))));
@@ -229,9 +239,8 @@ TEST_F(AgentClientTest, ConnectToAFullBacklogFailsAtTheDeadline) {
   ASSERT_NO_FATAL_FAILURE(StartSilentListener(/*backlog=*/0));
   ASSERT_NO_FATAL_FAILURE(FillBacklog());
   auto client = NewGrpcAgentClient(socket_, absl::Milliseconds(300));
-  absl::Time start = absl::Now();
-  absl::StatusOr<v1::AttachResponse> r = client->Attach(AttachmentOf("c1"));
-  absl::Duration took = absl::Now() - start;
+  absl::Duration took;
+  absl::StatusOr<v1::AttachResponse> r = TimedAttach(*client, &took);
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable,
                           HasSubstr("cannot reach fabric-agent at " + socket_ +
                                     ": connect timed out")));
@@ -258,9 +267,8 @@ TEST_F(AgentClientTest, HandlerThatNeverReturnsFailsAtTheDeadline) {
   attachments_.hang = true;
   ASSERT_NO_FATAL_FAILURE(StartServer());
   auto client = NewGrpcAgentClient(socket_, absl::Milliseconds(300));
-  absl::Time start = absl::Now();
-  absl::StatusOr<v1::AttachResponse> r = client->Attach(AttachmentOf("c1"));
-  absl::Duration took = absl::Now() - start;
+  absl::Duration took;
+  absl::StatusOr<v1::AttachResponse> r = TimedAttach(*client, &took);
   EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable,
                           HasSubstr("cannot reach fabric-agent at " + socket_ + ": ")));
   EXPECT_GE(took, absl::Milliseconds(300));

@@ -60,7 +60,11 @@ absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Pr
   absl::StatusOr<std::unique_ptr<netlink::NetlinkSocket>> socket = netlink::NetlinkSocket::Open();
   if (!socket.ok()) return socket.status();
 
-  if (flush_.load() && ctnetlink::KernelFlushIsExact(q) && port_hi - port_lo < kMaxPortDumps) {
+  // One request per port where the kernel compares the port, up to
+  // kMaxPortDumps of them: a delete each where its filter is exact, else a
+  // dump each.
+  const bool per_port = ctnetlink::KernelFiltersPort(protocol) && port_hi - port_lo < kMaxPortDumps;
+  if (flush_.load() && per_port && ctnetlink::KernelFlushIsExact(q)) {
     absl::Status s = Flush(**socket, q);
     if (s.ok()) return kUncounted;
     if (!absl::IsInvalidArgument(s)) return s;
@@ -92,7 +96,7 @@ absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Pr
   bool full = !filtered_.load();
   if (!full) {
     std::vector<DumpPlan> plan;
-    if (ctnetlink::KernelFiltersPort(protocol) && port_hi - port_lo < kMaxPortDumps) {
+    if (per_port) {
       uint32_t flags = ctnetlink::FilterFlags(q, /*port=*/true);
       for (int p = port_lo; p <= port_hi; ++p) plan.push_back({flags, static_cast<uint16_t>(p)});
     } else {
@@ -147,12 +151,12 @@ absl::StatusOr<int> NetfilterConntrackCleaner::ForgetHostPorts(Family family, Pr
 absl::Status NetfilterConntrackCleaner::Flush(netlink::NetlinkSocket& socket,
                                               const ctnetlink::HostPortQuery& q) {
   for (int p = q.port_lo; p <= q.port_hi; ++p) {
+    ctnetlink::HostPortQuery one = q;
+    one.port_lo = one.port_hi = static_cast<uint16_t>(p);
     absl::Status s = socket.Request(
-        absl::StrCat("conntrack: filtered delete of ", ProtocolName(q.protocol), " ",
-                     q.host_ip.has_value() ? q.host_ip->ToString() : FamilyName(q.family),
-                     " port ", p),
+        absl::StrCat("conntrack: filtered delete of ", Describe(one)),
         [&](char* buf, uint32_t seq) {
-          return ctnetlink::BuildFilteredFlush(buf, seq, q, static_cast<uint16_t>(p));
+          return ctnetlink::BuildFilteredFlush(buf, seq, q, one.port_lo);
         },
         [](const nlmsghdr*) { return absl::OkStatus(); });
     if (!s.ok()) return s;

@@ -213,9 +213,10 @@ int InProcess(testing::Netns& ns, const std::string& state_dir) {
       ms.push_back(Ms(Clock::now() - t));
       bytes = wire.size();
     }
-    PrintLatency(size == 0 ? absl::StrFormat("  ListMappings in-process, all %d, built + serialized (%zu bytes)", kMappings, bytes)
-                           : absl::StrFormat("  ListMappings in-process, a page of %d, built + serialized", size),
-                 ms, 0);
+    std::string what =
+        size == 0 ? absl::StrFormat("all %d, built + serialized (%zu bytes)", kMappings, bytes)
+                  : absl::StrFormat("a page of %d, built + serialized", size);
+    PrintLatency("  ListMappings in-process, " + what, ms, 0);
   }
   return 0;
 }
