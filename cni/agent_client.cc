@@ -4,79 +4,36 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
-#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cni/grpc_unary.h"
 #include "cni/trace_context.h"
-#include "grpc/event_engine/event_engine.h"
-#include "fabric/nat/v1/nat.grpc.pb.h"
-#include "grpcpp/create_channel_posix.h"
-#include "grpcpp/grpcpp.h"
-
-// gRPC's own engine (src/core/lib/event_engine/default_event_engine_factory.h
-// in the grpc 1.51 sources; not in the installed headers). The plugin links
-// Debian's libgrpc.a statically, so a change of signature fails the link.
-namespace grpc_event_engine::experimental {
-std::unique_ptr<EventEngine> DefaultEventEngineFactory();
-}  // namespace grpc_event_engine::experimental
 
 namespace fabric::cni {
 
 namespace {
 
-namespace ee = ::grpc_event_engine::experimental;
+// The agent's methods (proto/fabric/nat/v1/nat.proto; agent_client_test
+// calls each one on gRPC's own server).
+constexpr char kAttach[] = "/fabric.nat.v1.AttachmentService/Attach";
+constexpr char kDetach[] = "/fabric.nat.v1.AttachmentService/Detach";
+constexpr char kCheck[] = "/fabric.nat.v1.AttachmentService/Check";
+constexpr char kGarbageCollect[] = "/fabric.nat.v1.AttachmentService/GarbageCollect";
+constexpr char kGetStatus[] = "/fabric.nat.v1.AgentService/GetStatus";
 
-// Forwards to gRPC's default engine, created on the first call that needs
-// it. Until then no threads: IsWorkerThread is trivially false.
-class LazyEventEngine final : public ee::EventEngine {
- public:
-  bool IsWorkerThread() override {
-    std::lock_guard<std::mutex> l(mu_);
-    return real_ != nullptr && real_->IsWorkerThread();
+// Closes a socket when the call ends.
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) close(fd);
   }
-  absl::StatusOr<std::unique_ptr<Listener>> CreateListener(
-      Listener::AcceptCallback on_accept,
-      absl::AnyInvocable<void(absl::Status)> on_shutdown, const ee::EndpointConfig& config,
-      std::unique_ptr<ee::MemoryAllocatorFactory> factory) override {
-    return Real()->CreateListener(std::move(on_accept), std::move(on_shutdown), config,
-                                  std::move(factory));
-  }
-  ConnectionHandle Connect(OnConnectCallback on_connect, const ResolvedAddress& addr,
-                           const ee::EndpointConfig& args, ee::MemoryAllocator allocator,
-                           Duration timeout) override {
-    return Real()->Connect(std::move(on_connect), addr, args, std::move(allocator), timeout);
-  }
-  bool CancelConnect(ConnectionHandle handle) override {
-    return Real()->CancelConnect(handle);
-  }
-  std::unique_ptr<DNSResolver> GetDNSResolver(
-      const DNSResolver::ResolverOptions& options) override {
-    return Real()->GetDNSResolver(options);
-  }
-  void Run(Closure* closure) override { Real()->Run(closure); }
-  void Run(absl::AnyInvocable<void()> closure) override { Real()->Run(std::move(closure)); }
-  TaskHandle RunAfter(Duration when, Closure* closure) override {
-    return Real()->RunAfter(when, closure);
-  }
-  TaskHandle RunAfter(Duration when, absl::AnyInvocable<void()> closure) override {
-    return Real()->RunAfter(when, std::move(closure));
-  }
-  bool Cancel(TaskHandle handle) override { return Real()->Cancel(handle); }
-
- private:
-  ee::EventEngine* Real() {
-    std::lock_guard<std::mutex> l(mu_);
-    if (real_ == nullptr) real_ = ee::DefaultEventEngineFactory();
-    return real_.get();
-  }
-  std::mutex mu_;
-  std::unique_ptr<ee::EventEngine> real_;
 };
 
 class GrpcAgentClient : public AgentClient {
@@ -92,69 +49,62 @@ class GrpcAgentClient : public AgentClient {
   absl::StatusOr<v1::AttachResponse> Attach(const v1::Attachment& a) override {
     v1::AttachRequest req;
     *req.mutable_attachment() = a;
-    v1::AttachResponse resp;
-    return Call([&](grpc::ClientContext* c) { return attachments_->Attach(c, req, &resp); },
-                resp);
+    return Call<v1::AttachResponse>(kAttach, req);
   }
   absl::Status Detach(const v1::AttachmentKey& key) override {
     v1::DetachRequest req;
     *req.mutable_key() = key;
-    v1::DetachResponse resp;
-    return Call([&](grpc::ClientContext* c) { return attachments_->Detach(c, req, &resp); },
-                resp)
-        .status();
+    return Call<v1::DetachResponse>(kDetach, req).status();
   }
   absl::Status Check(const v1::AttachmentKey& key) override {
     v1::CheckRequest req;
     *req.mutable_key() = key;
-    v1::CheckResponse resp;
-    return Call([&](grpc::ClientContext* c) { return attachments_->Check(c, req, &resp); },
-                resp)
-        .status();
+    return Call<v1::CheckResponse>(kCheck, req).status();
   }
   absl::StatusOr<v1::GarbageCollectResponse> GarbageCollect(
       const v1::GarbageCollectRequest& req) override {
-    v1::GarbageCollectResponse resp;
-    return Call(
-        [&](grpc::ClientContext* c) { return attachments_->GarbageCollect(c, req, &resp); },
-        resp);
+    return Call<v1::GarbageCollectResponse>(kGarbageCollect, req);
   }
   absl::StatusOr<v1::GetStatusResponse> GetStatus() override {
-    v1::GetStatusRequest req;
-    v1::GetStatusResponse resp;
-    return Call([&](grpc::ClientContext* c) { return agent_->GetStatus(c, req, &resp); },
-                resp);
+    return Call<v1::GetStatusResponse>(kGetStatus, v1::GetStatusRequest());
   }
 
  private:
-  template <typename Resp, typename F>
-  absl::StatusOr<Resp> Call(F f, const Resp& resp) {
-    if (absl::Status s = Connect(); !s.ok()) return s;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  // One connection per call (a process makes one): connect, send, answer.
+  template <typename Resp>
+  absl::StatusOr<Resp> Call(const char* method, const google::protobuf::MessageLite& req) {
+    UnaryCall call;
+    call.deadline = absl::Now() + timeout_;
+    call.path = method;
+    if (!req.SerializeToString(&call.request)) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot encode the call to ", method));
+    }
     if (trace_) {
-      ctx.AddMetadata("traceparent", trace_->traceparent);
-      if (!trace_->tracestate.empty()) ctx.AddMetadata("tracestate", trace_->tracestate);
+      call.metadata.emplace_back("traceparent", trace_->traceparent);
+      if (!trace_->tracestate.empty()) call.metadata.emplace_back("tracestate", trace_->tracestate);
     }
-    grpc::Status s = f(&ctx);
-    if (s.ok()) return resp;
-    absl::StatusCode code = static_cast<absl::StatusCode>(s.error_code());
-    if (code == absl::StatusCode::kDeadlineExceeded ||
-        code == absl::StatusCode::kUnavailable) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot reach fabric-agent at ", socket_, ": ", s.error_message()));
+    Fd fd;
+    if (absl::Status s = Connect(call.deadline, &fd.fd); !s.ok()) return s;
+    absl::StatusOr<std::string> answer = CallUnary(fd.fd, call);
+    if (!answer.ok()) {
+      absl::StatusCode code = answer.status().code();
+      if (code == absl::StatusCode::kDeadlineExceeded || code == absl::StatusCode::kUnavailable) {
+        return absl::UnavailableError(absl::StrCat("cannot reach fabric-agent at ", socket_,
+                                                   ": ", answer.status().message()));
+      }
+      return answer.status();
     }
-    return absl::Status(code, s.error_message());
+    Resp resp;
+    if (!resp.ParseFromString(*answer)) {
+      return absl::InternalError(absl::StrCat("fabric-agent's answer to ", method, " is not a ",
+                                              resp.GetTypeName()));
+    }
+    return resp;
   }
 
-  // Connects the unix socket itself and hands gRPC the connected socket
-  // (a direct channel): no resolver, load-balancing policy, subchannel or
-  // connector, and the request goes out with the connection preface instead
-  // of after the agent's SETTINGS frame. The connect is bounded by the
-  // call's timeout (SO_SNDTIMEO: a listener whose backlog is full makes a
-  // unix connect wait). See docs/ARCHITECTURE.md, "Where an ADD's time goes".
-  absl::Status Connect() {
-    if (channel_ != nullptr) return absl::OkStatus();
+  // Connects the unix socket, bounded by the call's deadline (SO_SNDTIMEO:
+  // a listener whose backlog is full makes a unix connect wait).
+  absl::Status Connect(absl::Time deadline, int* out) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (socket_.empty() || socket_.size() >= sizeof(addr.sun_path)) {
@@ -168,7 +118,7 @@ class GrpcAgentClient : public AgentClient {
       return absl::UnavailableError(
           absl::StrCat("cannot reach fabric-agent at ", socket_, ": socket: ", strerror(errno)));
     }
-    timeval tv = absl::ToTimeval(timeout_);
+    timeval tv = absl::ToTimeval(std::max(deadline - absl::Now(), absl::Milliseconds(1)));
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
       int e = errno;
@@ -183,29 +133,16 @@ class GrpcAgentClient : public AgentClient {
           e == EAGAIN ? "connect timed out (the agent accepts no connections)" : strerror(e),
           e == ECONNREFUSED ? " (no agent listens on it: is the agent running?)" : ""));
     }
-    grpc::ChannelArguments args;
-    // One short-lived process, one call: no retries or backoff games.
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-    // gRPC owns the socket from here (and makes it non-blocking).
-    channel_ = grpc::CreateCustomInsecureChannelFromFd("fabric-agent", fd, args);
-    attachments_ = v1::AttachmentService::NewStub(channel_);
-    agent_ = v1::AgentService::NewStub(channel_);
+    *out = fd;
     return absl::OkStatus();
   }
 
   std::string socket_;
   absl::Duration timeout_;
   std::optional<TraceContext> trace_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::AttachmentService::Stub> attachments_;
-  std::unique_ptr<v1::AgentService::Stub> agent_;
 };
 
 }  // namespace
-
-void PrepareGrpcForOneShotProcess() {
-  ee::SetEventEngineFactory([] { return std::make_unique<LazyEventEngine>(); });
-}
 
 std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& socket_path,
                                                 absl::Duration timeout) {

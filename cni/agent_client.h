@@ -26,16 +26,10 @@ class AgentClient {
   virtual absl::StatusOr<v1::GetStatusResponse> GetStatus() = 0;
 };
 
-// For a process that makes one call and exits (the plugin executable): call
-// before the first client. gRPC's default EventEngine starts a thread pool
-// and a timer thread as soon as a channel is created, though a unary call
-// over a unix socket never uses them; this makes the engine start only if
-// something asks it for work. (Debian's gRPC 1.51; see
-// docs/ARCHITECTURE.md, "Where an ADD's time goes".)
-void PrepareGrpcForOneShotProcess();
-
-// Talks to the agent on `socket_path`. Every call fails within `timeout`
-// with kUnavailable naming the socket when the agent cannot be reached.
+// Talks to the agent on `socket_path`, in gRPC on the calling thread
+// (cni/grpc_unary.h): a connection per call, no threads. Every call fails
+// within `timeout` with kUnavailable naming the socket when the agent
+// cannot be reached.
 std::unique_ptr<AgentClient> NewGrpcAgentClient(const std::string& socket_path,
                                                 absl::Duration timeout);
 

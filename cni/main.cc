@@ -2,9 +2,9 @@
 // stdin, runs the plugin logic (cni/plugin.h), writes its result.
 //
 // A runtime execs it for every ADD and DEL, so start-up and exit are most of
-// its cost (docs/ARCHITECTURE.md, "Where an ADD's time goes"): gRPC's event
-// engine starts only if used, and the process ends with _exit once its
-// result is written, without tearing gRPC down.
+// its cost (docs/ARCHITECTURE.md, "Where an ADD's time goes"): one thread,
+// its one gRPC call made on it (cni/grpc_unary.h), and _exit once the
+// result is written.
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,51 +13,13 @@
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cni/agent_client.h"
 #include "cni/plugin.h"
 
 extern char** environ;
 
-namespace {
-
-// Hands RunPlugin a client it may destroy without tearing down the real one
-// (its channel, and with it gRPC's shutdown: joining threads, draining the
-// executor), which the process never needs: _exit follows.
-class Borrowed : public fabric::cni::AgentClient {
- public:
-  explicit Borrowed(fabric::cni::AgentClient* real) : real_(real) {}
-  absl::StatusOr<fabric::cni::v1::AttachResponse> Attach(
-      const fabric::cni::v1::Attachment& a) override {
-    return real_->Attach(a);
-  }
-  absl::Status Detach(const fabric::cni::v1::AttachmentKey& key) override {
-    return real_->Detach(key);
-  }
-  absl::Status Check(const fabric::cni::v1::AttachmentKey& key) override {
-    return real_->Check(key);
-  }
-  absl::StatusOr<fabric::cni::v1::GarbageCollectResponse> GarbageCollect(
-      const fabric::cni::v1::GarbageCollectRequest& request) override {
-    return real_->GarbageCollect(request);
-  }
-  absl::StatusOr<fabric::cni::v1::GetStatusResponse> GetStatus() override {
-    return real_->GetStatus();
-  }
-
- private:
-  fabric::cni::AgentClient* real_;
-};
-
-}  // namespace
-
 int main() {
-  // Debian builds abseil with its mutex deadlock detector on; gRPC takes
-  // hundreds of locks while starting, each one recorded in its graph. A
-  // process that lives for one RPC has no use for it.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  fabric::cni::PrepareGrpcForOneShotProcess();
   fabric::cni::Invocation in;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv = *e;
@@ -70,13 +32,10 @@ int main() {
     in.stdin_data.assign(std::istreambuf_iterator<char>(std::cin),
                          std::istreambuf_iterator<char>());
   }
-  // Owned by nobody: see Borrowed.
-  std::unique_ptr<fabric::cni::AgentClient> kept;
   fabric::cni::Outcome out = fabric::cni::RunPlugin(
-      in, [&kept](const std::string& socket) -> std::unique_ptr<fabric::cni::AgentClient> {
+      in, [](const std::string& socket) {
         // Well inside the 5 s a runtime may wait for a verdict.
-        kept = fabric::cni::NewGrpcAgentClient(socket, absl::Seconds(4));
-        return std::make_unique<Borrowed>(kept.get());
+        return fabric::cni::NewGrpcAgentClient(socket, absl::Seconds(4));
       });
   std::fwrite(out.stdout_data.data(), 1, out.stdout_data.size(), stdout);
   int code = out.exit_code;
@@ -85,7 +44,7 @@ int main() {
   // Everything the process owes anyone is written: stdout is flushed,
   // stderr is unbuffered, the plugin keeps no files, and the agent has
   // answered the one call (the kernel closes the socket, which the agent
-  // sees as the client going away). Skip static destructors and gRPC's
-  // teardown, which cost more than the call itself.
+  // sees as the client going away). Static destructors have nothing left
+  // to do for anyone.
   _exit(code);
 }

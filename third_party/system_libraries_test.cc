@@ -6,6 +6,7 @@
 #include <libnftnl/table.h>
 #include <microhttpd.h>
 #include <miniupnpc/miniupnpc.h>
+#include <nghttp2/nghttp2.h>
 #include <miniupnpc/upnperrors.h>
 #include <pugixml.hpp>
 #include <sqlite3.h>
@@ -19,6 +20,8 @@
 TEST(SystemLibrariesTest, EachLinksAndAnswers) {
   EXPECT_EQ(absl::StrCat("a", 1), "a1");
   EXPECT_FALSE(grpc::Version().empty());
+  ASSERT_NE(nghttp2_version(0), nullptr);
+  EXPECT_GE(nghttp2_version(0)->version_num, 0x013400);  // Debian 12: 1.52
   EXPECT_GT(GOOGLE_PROTOBUF_VERSION, 3000000);
   nftnl_table* t = nftnl_table_alloc();
   ASSERT_NE(t, nullptr);

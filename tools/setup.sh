@@ -11,7 +11,7 @@ PACKAGES=(
   libabsl-dev libnftnl-dev libmnl-dev libip4tc-dev libip6tc-dev libxtables-dev
   libnetfilter-conntrack-dev libsqlite3-dev nlohmann-json3-dev libmicrohttpd-dev libpugixml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libsystemd-dev zlib1g-dev
-  libre2-dev libc-ares-dev libminiupnpc-dev
+  libre2-dev libc-ares-dev libminiupnpc-dev libnghttp2-dev
   # the fuzz build (bazel --config=fuzz): clang and its libFuzzer runtime
   clang libclang-rt-14-dev
   # kernel-facing tools used by tests and the demo (never by the product)

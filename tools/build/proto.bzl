@@ -10,7 +10,8 @@ def cc_grpc_library(name, srcs, proto_root, grpc = True, deps = [], visibility =
     """Generates and compiles C++ messages (and services, if grpc) for srcs.
 
     Args:
-      name: the cc_library's name.
+      name: the cc_library's name (messages and services); name + "_messages"
+        holds the messages alone.
       srcs: the .proto files, in this package.
       proto_root: path, from the workspace root, that imports are relative to.
       grpc: whether to generate service stubs too.
@@ -40,11 +41,24 @@ def cc_grpc_library(name, srcs, proto_root, grpc = True, deps = [], visibility =
         srcs = srcs + [d + "_srcs" for d in deps],
         visibility = visibility,
     )
+    messages = [o for o in outs if not o.endswith(".grpc.pb.h") and not o.endswith(".grpc.pb.cc")]
+    services = [o for o in outs if o not in messages]
+
+    # The messages alone, for a program that speaks the wire format without
+    # gRPC's runtime (the CNI plugin, cni/grpc_unary.h).
+    native.cc_library(
+        name = name + "_messages",
+        srcs = [o for o in messages if o.endswith(".cc")],
+        hdrs = [o for o in messages if o.endswith(".h")],
+        strip_include_prefix = "/" + proto_root,
+        deps = [d + "_messages" for d in deps] + ["//third_party:protobuf"],
+        visibility = visibility,
+    )
     native.cc_library(
         name = name,
-        srcs = [o for o in outs if o.endswith(".cc")],
-        hdrs = [o for o in outs if o.endswith(".h")],
+        srcs = [o for o in services if o.endswith(".cc")],
+        hdrs = [o for o in services if o.endswith(".h")],
         strip_include_prefix = "/" + proto_root,
-        deps = deps + ["//third_party:protobuf"] + (["//third_party:grpc++"] if grpc else []),
+        deps = deps + [name + "_messages"] + (["//third_party:grpc++"] if grpc else []),
         visibility = visibility,
     )

@@ -1,0 +1,385 @@
+#include "cni/grpc_unary.h"
+
+#include <fcntl.h>
+#include <nghttp2/nghttp2.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+
+namespace fabric::cni {
+
+namespace {
+
+// gRPC's length prefix: a compressed flag and a big-endian length.
+constexpr size_t kPrefix = 5;
+// All response headers and trailers together, names and values.
+constexpr size_t kMaxHeaderBytes = 16 << 10;
+
+// gRPC's mapping of an HTTP status that is not 200 to a code
+// (doc/http-grpc-status-mapping.md in the grpc sources).
+absl::StatusCode CodeOfHttpStatus(int http) {
+  switch (http) {
+    case 400: return absl::StatusCode::kInternal;
+    case 401: return absl::StatusCode::kUnauthenticated;
+    case 403: return absl::StatusCode::kPermissionDenied;
+    case 404: return absl::StatusCode::kUnimplemented;
+    case 429: case 502: case 503: case 504: return absl::StatusCode::kUnavailable;
+    default: return absl::StatusCode::kUnknown;
+  }
+}
+
+// And of an HTTP/2 stream error that came without a grpc-status
+// (doc/PROTOCOL-HTTP2.md, "Errors").
+absl::StatusCode CodeOfStreamError(uint32_t error) {
+  switch (error) {
+    case NGHTTP2_REFUSED_STREAM: return absl::StatusCode::kUnavailable;
+    case NGHTTP2_CANCEL: return absl::StatusCode::kCancelled;
+    case NGHTTP2_ENHANCE_YOUR_CALM: return absl::StatusCode::kResourceExhausted;
+    case NGHTTP2_INADEQUATE_SECURITY: return absl::StatusCode::kPermissionDenied;
+    default: return absl::StatusCode::kInternal;
+  }
+}
+
+struct SessionFree {
+  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
+};
+struct CallbacksFree {
+  void operator()(nghttp2_session_callbacks* c) const { nghttp2_session_callbacks_del(c); }
+};
+
+// One call's state, shared with nghttp2's callbacks.
+struct Exchange {
+  const UnaryCall* call = nullptr;
+  std::string body;  // prefix + request, then sent from `sent`
+  size_t sent = 0;
+  int32_t stream = -1;
+
+  std::map<std::string, std::string> headers;  // response headers and trailers
+  size_t header_bytes = 0;
+  std::string response;  // the DATA frames, prefix included
+  bool closed = false;   // our stream ended
+  uint32_t stream_error = 0;
+  std::optional<absl::Status> failure;  // set by a callback: the call is over
+  std::string protocol_error;            // nghttp2's word on what the peer sent
+};
+
+ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
+                 nghttp2_data_source* source, void*) {
+  auto* x = static_cast<Exchange*>(source->ptr);
+  size_t n = std::min(length, x->body.size() - x->sent);
+  std::memcpy(buf, x->body.data() + x->sent, n);
+  x->sent += n;
+  if (x->sent == x->body.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(n);
+}
+
+int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+             const uint8_t* value, size_t valuelen, uint8_t, void* user) {
+  auto* x = static_cast<Exchange*>(user);
+  if (frame->hd.stream_id != x->stream) return 0;
+  x->header_bytes += namelen + valuelen;
+  if (x->header_bytes > kMaxHeaderBytes) {
+    x->failure = absl::ResourceExhaustedError(absl::StrCat(
+        "the agent's answer has more than ", kMaxHeaderBytes, " bytes of headers"));
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  x->headers[std::string(reinterpret_cast<const char*>(name), namelen)] =
+      std::string(reinterpret_cast<const char*>(value), valuelen);
+  return 0;
+}
+
+int OnData(nghttp2_session*, uint8_t, int32_t stream, const uint8_t* data, size_t len,
+           void* user) {
+  auto* x = static_cast<Exchange*>(user);
+  if (stream != x->stream) return 0;
+  if (x->response.size() + len > x->call->max_response_bytes + kPrefix) {
+    x->failure = absl::ResourceExhaustedError(absl::StrCat(
+        "the agent's answer is longer than ", x->call->max_response_bytes, " bytes"));
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
+  }
+  x->response.append(reinterpret_cast<const char*>(data), len);
+  return 0;
+}
+
+int OnStreamClose(nghttp2_session*, int32_t stream, uint32_t error, void* user) {
+  auto* x = static_cast<Exchange*>(user);
+  if (stream != x->stream) return 0;
+  x->closed = true;
+  x->stream_error = error;
+  return 0;
+}
+
+int OnError(nghttp2_session*, int, const char* msg, size_t len, void* user) {
+  static_cast<Exchange*>(user)->protocol_error.assign(msg, len);
+  return 0;
+}
+
+int MillisUntil(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  // Rounded up: a poll that returns early only loops once more.
+  int64_t ms = absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1));
+  return static_cast<int>(std::min<int64_t>(ms, std::numeric_limits<int>::max()));
+}
+
+absl::Status DeadlineError() { return absl::DeadlineExceededError("Deadline Exceeded"); }
+
+// Waits until `fd` is ready for `events` or the deadline passes.
+absl::Status Wait(int fd, short events, absl::Time deadline) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int ms = MillisUntil(deadline);
+    if (ms == 0) return DeadlineError();
+    int n = poll(&p, 1, ms);
+    if (n > 0) return absl::OkStatus();
+    if (n == 0) continue;  // the loop's MillisUntil decides
+    if (errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("poll: ", strerror(errno)));
+    }
+  }
+}
+
+// Writes what nghttp2 has queued, in one write where the socket takes it:
+// each write wakes the agent's poller, and frames sent one by one (the
+// preface, SETTINGS, HEADERS, DATA) cost it a wake-up each.
+absl::Status Flush(int fd, nghttp2_session* session, std::string* out, absl::Time deadline) {
+  out->clear();
+  for (;;) {
+    const uint8_t* data = nullptr;
+    ssize_t n = nghttp2_session_mem_send(session, &data);
+    if (n < 0) return absl::InternalError(absl::StrCat("HTTP/2: ", nghttp2_strerror(n)));
+    if (n == 0) break;
+    out->append(reinterpret_cast<const char*>(data), n);
+  }
+  size_t off = 0;
+  while (off < out->size()) {
+    // No SIGPIPE from a peer that has gone: the error says so instead.
+    ssize_t w = send(fd, out->data() + off, out->size() - off, MSG_NOSIGNAL);
+    if (w > 0) {
+      off += w;
+    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (absl::Status s = Wait(fd, POLLOUT, deadline); !s.ok()) return s;
+    } else if (w < 0 && errno == EINTR) {
+      continue;
+    } else if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+      return absl::UnavailableError("the agent closed the connection before answering");
+    } else {
+      return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The call's outcome from what the stream carried.
+absl::StatusOr<std::string> Outcome(Exchange& x) {
+  auto header = [&](const char* name) -> const std::string* {
+    auto it = x.headers.find(name);
+    return it == x.headers.end() ? nullptr : &it->second;
+  };
+  const std::string* http = header(":status");
+  int http_status = 0;
+  if (http == nullptr || !absl::SimpleAtoi(*http, &http_status)) {
+    if (x.stream_error != 0) {
+      return absl::Status(CodeOfStreamError(x.stream_error),
+                          absl::StrCat("the agent reset the call (HTTP/2 error ",
+                                       nghttp2_http2_strerror(x.stream_error), ")"));
+    }
+    return absl::InternalError("the agent's answer has no HTTP status");
+  }
+  if (http_status != 200) {
+    return absl::Status(CodeOfHttpStatus(http_status),
+                        absl::StrCat("the agent answered HTTP status ", http_status));
+  }
+  const std::string* type = header("content-type");
+  if (type == nullptr || !absl::StartsWith(*type, "application/grpc")) {
+    return absl::UnknownError(absl::StrCat("the agent's answer is not gRPC (content-type \"",
+                                           type == nullptr ? "" : *type, "\")"));
+  }
+  const std::string* grpc_status = header("grpc-status");
+  int code = 0;
+  if (grpc_status == nullptr) {
+    if (x.stream_error != 0) {
+      return absl::Status(CodeOfStreamError(x.stream_error),
+                          absl::StrCat("the agent reset the call (HTTP/2 error ",
+                                       nghttp2_http2_strerror(x.stream_error), ")"));
+    }
+    return absl::UnknownError("the agent's answer ended without a grpc-status");
+  }
+  if (!absl::SimpleAtoi(*grpc_status, &code) || code < 0 || code > 16) {
+    return absl::UnknownError(
+        absl::StrCat("the agent's answer has grpc-status \"", *grpc_status, "\""));
+  }
+  if (code != 0) {
+    const std::string* message = header("grpc-message");
+    return absl::Status(static_cast<absl::StatusCode>(code),
+                        message == nullptr ? "" : PercentDecode(*message));
+  }
+  // Exactly one uncompressed message.
+  if (x.response.size() < kPrefix) {
+    return absl::InternalError("the agent's answer holds no message");
+  }
+  const auto* p = reinterpret_cast<const uint8_t*>(x.response.data());
+  uint32_t len = (uint32_t{p[1]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 8) | p[4];
+  if (p[0] != 0) {
+    return absl::InternalError("the agent's answer is compressed, which this client did not ask for");
+  }
+  if (x.response.size() != kPrefix + len) {
+    return absl::InternalError(absl::StrCat("the agent's answer is ", x.response.size(),
+                                            " bytes for a message of ", len));
+  }
+  return x.response.substr(kPrefix);
+}
+
+}  // namespace
+
+std::string GrpcTimeout(absl::Duration remaining) {
+  if (remaining <= absl::ZeroDuration()) return "0n";
+  // The finest unit in which the value has at most 8 digits, rounded up.
+  const std::pair<absl::Duration, char> units[] = {
+      {absl::Nanoseconds(1), 'n'}, {absl::Microseconds(1), 'u'}, {absl::Milliseconds(1), 'm'},
+      {absl::Seconds(1), 'S'},     {absl::Minutes(1), 'M'},      {absl::Hours(1), 'H'}};
+  for (const auto& [unit, letter] : units) {
+    absl::Duration rest;
+    int64_t n = absl::IDivDuration(remaining + unit - absl::Nanoseconds(1), unit, &rest);
+    if (n <= 99999999) return absl::StrCat(n, std::string(1, letter));
+  }
+  return "99999999H";
+}
+
+std::string PercentDecode(absl::string_view s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
+  if (call.request.size() > std::numeric_limits<uint32_t>::max()) {
+    return absl::InvalidArgumentError("request too long for one gRPC message");
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return absl::UnavailableError(absl::StrCat("fcntl: ", strerror(errno)));
+  }
+
+  Exchange x;
+  x.call = &call;
+  uint32_t len = static_cast<uint32_t>(call.request.size());
+  x.body.reserve(kPrefix + call.request.size());
+  x.body.push_back('\0');
+  for (int shift = 24; shift >= 0; shift -= 8) x.body.push_back(static_cast<char>(len >> shift));
+  x.body += call.request;
+
+  nghttp2_session_callbacks* raw_callbacks = nullptr;
+  if (nghttp2_session_callbacks_new(&raw_callbacks) != 0) {
+    return absl::ResourceExhaustedError("out of memory");
+  }
+  std::unique_ptr<nghttp2_session_callbacks, CallbacksFree> callbacks(raw_callbacks);
+  nghttp2_session_callbacks_set_on_header_callback(callbacks.get(), OnHeader);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks.get(), OnData);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks.get(), OnStreamClose);
+  nghttp2_session_callbacks_set_error_callback2(callbacks.get(), OnError);
+  nghttp2_session* raw_session = nullptr;
+  if (nghttp2_session_client_new(&raw_session, callbacks.get(), &x) != 0) {
+    return absl::ResourceExhaustedError("out of memory");
+  }
+  std::unique_ptr<nghttp2_session, SessionFree> session(raw_session);
+
+  // No pushes; a window that takes the whole bounded answer at once.
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE,
+       static_cast<uint32_t>(std::min<size_t>(call.max_response_bytes + kPrefix, (1u << 31) - 1))},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(kMaxHeaderBytes)},
+  };
+  nghttp2_submit_settings(session.get(), NGHTTP2_FLAG_NONE, settings,
+                          sizeof(settings) / sizeof(settings[0]));
+  nghttp2_session_set_local_window_size(session.get(), NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(settings[1].value));
+
+  std::string timeout = GrpcTimeout(call.deadline - absl::Now());
+  std::vector<std::pair<std::string, std::string>> fields = {
+      {":method", "POST"},          {":scheme", "http"},
+      {":path", call.path},         {":authority", "fabric-agent"},
+      {"te", "trailers"},           {"content-type", "application/grpc"},
+      {"user-agent", "fabric-nat"},
+  };
+  if (call.deadline != absl::InfiniteFuture()) fields.emplace_back("grpc-timeout", timeout);
+  for (const auto& kv : call.metadata) fields.push_back(kv);
+  std::vector<nghttp2_nv> nva;
+  nva.reserve(fields.size());
+  for (auto& [name, value] : fields) {
+    nva.push_back({reinterpret_cast<uint8_t*>(name.data()),
+                   reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
+                   NGHTTP2_NV_FLAG_NONE});
+  }
+  nghttp2_data_provider provider;
+  provider.source.ptr = &x;
+  provider.read_callback = ReadBody;
+  x.stream = nghttp2_submit_request(session.get(), nullptr, nva.data(), nva.size(), &provider,
+                                    nullptr);
+  if (x.stream < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot send the call: ", nghttp2_strerror(x.stream)));
+  }
+
+  char buf[16 << 10];
+  std::string pending;
+  while (!x.closed) {
+    if (absl::Status s = Flush(fd, session.get(), &pending, call.deadline); !s.ok()) return s;
+    if (!nghttp2_session_want_read(session.get()) && !nghttp2_session_want_write(session.get())) {
+      if (!x.protocol_error.empty()) {
+        return absl::InternalError(
+            absl::StrCat("the agent does not answer in HTTP/2: ", x.protocol_error));
+      }
+      return absl::UnavailableError("the agent ended the connection before answering");
+    }
+    if (absl::Status s = Wait(fd, POLLIN, call.deadline); !s.ok()) return s;
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      return absl::UnavailableError(absl::StrCat("read: ", strerror(errno)));
+    }
+    if (n == 0) {
+      return absl::UnavailableError("the agent closed the connection before answering");
+    }
+    ssize_t used = nghttp2_session_mem_recv(session.get(), reinterpret_cast<uint8_t*>(buf), n);
+    if (x.failure) return *x.failure;
+    if (used < 0) {
+      return absl::InternalError(
+          absl::StrCat("the agent does not answer in HTTP/2: ", nghttp2_strerror(used)));
+    }
+    // Once our stream has closed (inside mem_recv) nothing more is sent:
+    // the connection ends with the process.
+  }
+  return Outcome(x);
+}
+
+}  // namespace fabric::cni
