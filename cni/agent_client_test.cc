@@ -72,6 +72,10 @@ class FakeAttachments : public v1::AttachmentService::Service {
     std::lock_guard<std::mutex> l(mu);
     Record(context, "gc:" + req->network_name());
     resp->add_removed()->set_container_id("gone");
+    // With `echo`, every valid attachment comes back too (a large answer).
+    if (echo) {
+      for (const v1::AttachmentKey& k : req->valid_attachments()) *resp->add_removed() = k;
+    }
     return status;
   }
 
@@ -84,6 +88,7 @@ class FakeAttachments : public v1::AttachmentService::Service {
   std::mutex mu;
   std::condition_variable released;
   bool hang = false;
+  bool echo = false;
   grpc::Status status;
   std::vector<std::string> calls;
   std::chrono::system_clock::time_point deadline;
@@ -340,6 +345,29 @@ TEST_F(AgentClientTest, EveryCallReachesItsMethod) {
   EXPECT_EQ(status->attachments(), 3u);
   std::lock_guard<std::mutex> l(attachments_.mu);
   EXPECT_THAT(attachments_.calls, ElementsAre("detach:c2", "check:c3", "gc:fabric"));
+}
+
+// A GC with 20,000 valid attachments (~1 MB) is far larger than the
+// agent's HTTP/2 windows (64 KiB to start): the request goes out as the
+// agent's WINDOW_UPDATEs allow, and the answer as large comes back whole.
+TEST_F(AgentClientTest, LargeCallsCrossTheFlowControlWindows) {
+  attachments_.echo = true;
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto client = NewGrpcAgentClient(socket_, absl::Seconds(10));
+  v1::GarbageCollectRequest gc;
+  gc.set_network_name("fabric");
+  for (int i = 0; i < 20000; ++i) {
+    v1::AttachmentKey* k = gc.add_valid_attachments();
+    k->set_container_id(absl::StrCat("container-", i, "-", std::string(20, 'x')));
+    k->set_ifname("eth0");
+    k->set_network_name("fabric");
+  }
+  ASSERT_GT(gc.ByteSizeLong(), 1000000u);
+  absl::StatusOr<v1::GarbageCollectResponse> r = client->GarbageCollect(gc);
+  ASSERT_OK(r.status());
+  ASSERT_EQ(r->removed_size(), 20001);
+  EXPECT_EQ(r->removed(0).container_id(), "gone");
+  EXPECT_EQ(r->removed(20000).container_id(), gc.valid_attachments(19999).container_id());
 }
 
 TEST_F(AgentClientTest, ForwardsTheRuntimesTrace) {
