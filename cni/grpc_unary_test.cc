@@ -41,8 +41,8 @@ std::string Framed(const std::string& message, char flag = 0) {
 // What the server sends back: response headers (none: nothing but a reset
 // or silence), DATA, trailers, or a reset of the stream.
 struct Script {
-  std::vector<std::pair<std::string, std::string>> headers = {
-      {":status", "200"}, {"content-type", "application/grpc"}};
+  std::vector<std::pair<std::string, std::string>> headers = {{":status", "200"},
+                                                              {"content-type", "application/grpc"}};
   std::string data;
   std::vector<std::pair<std::string, std::string>> trailers = {{"grpc-status", "0"}};
   uint32_t reset = 0;   // RST_STREAM with this code instead of an answer
@@ -72,8 +72,8 @@ class ScriptedServer {
   std::string request_body;
 
  private:
-  static ssize_t ReadData(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
-                          uint32_t* flags, nghttp2_data_source* source, void*) {
+  static ssize_t ReadData(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
+                          nghttp2_data_source* source, void*) {
     auto* self = static_cast<ScriptedServer*>(source->ptr);
     size_t n = std::min(length, self->script_.data.size() - self->sent_);
     std::memcpy(buf, self->script_.data.data() + self->sent_, n);
@@ -136,9 +136,9 @@ class ScriptedServer {
     nghttp2_session_callbacks* cb;
     nghttp2_session_callbacks_new(&cb);
     nghttp2_session_callbacks_set_on_header_callback(
-        cb, [](nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
-               size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
-               void* user) -> int {
+        cb,
+        [](nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+           const uint8_t* value, size_t valuelen, uint8_t, void* user) -> int {
           auto* self = static_cast<ScriptedServer*>(user);
           self->stream_ = frame->hd.stream_id;
           self->request_headers[std::string(reinterpret_cast<const char*>(name), namelen)] =
@@ -146,8 +146,8 @@ class ScriptedServer {
           return 0;
         });
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-        cb, [](nghttp2_session*, uint8_t, int32_t, const uint8_t* data, size_t len,
-               void* user) -> int {
+        cb,
+        [](nghttp2_session*, uint8_t, int32_t, const uint8_t* data, size_t len, void* user) -> int {
           static_cast<ScriptedServer*>(user)->request_body.append(
               reinterpret_cast<const char*>(data), len);
           return 0;
@@ -194,6 +194,12 @@ UnaryCall CallOf(std::string request, absl::Duration timeout = absl::Seconds(5))
   c.request = std::move(request);
   c.deadline = absl::Now() + timeout;
   return c;
+}
+
+// CallUnary against a server that answers with `s`.
+absl::StatusOr<std::string> Against(const Script& s, const UnaryCall& call = CallOf("q")) {
+  ScriptedServer server(s);
+  return CallUnary(server.client_fd(), call);
 }
 
 TEST(CallUnaryTest, SendsAGrpcRequestAndReturnsTheMessage) {
@@ -244,8 +250,7 @@ TEST(CallUnaryTest, ALargeAnswerCrossesTheFlowControlWindows) {
 TEST(CallUnaryTest, TrailersOnlyErrorKeepsCodeAndDecodedMessage) {
   Script s;
   s.trailers = {{"grpc-status", "5"}, {"grpc-message", "no attachment c1%2Feth0 %E2%9C%93"}};
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
+  EXPECT_THAT(Against(s),
               StatusIs(absl::StatusCode::kNotFound, "no attachment c1/eth0 \xE2\x9C\x93"));
 }
 
@@ -253,18 +258,14 @@ TEST(CallUnaryTest, ErrorAfterAMessageIsTheError) {
   Script s;
   s.data = Framed("partial");
   s.trailers = {{"grpc-status", "14"}, {"grpc-message", "store closed"}};
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-              StatusIs(absl::StatusCode::kUnavailable, "store closed"));
+  EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnavailable, "store closed"));
 }
 
 TEST(CallUnaryTest, HttpErrorStatusMapsAsGrpcDoes) {
   Script s;
   s.headers = {{":status", "503"}};
   s.trailers.clear();
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("HTTP status 503")));
+  EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("HTTP status 503")));
 }
 
 TEST(CallUnaryTest, AnswerThatIsNotGrpcIsRefused) {
@@ -272,8 +273,7 @@ TEST(CallUnaryTest, AnswerThatIsNotGrpcIsRefused) {
   s.headers = {{":status", "200"}, {"content-type", "text/html"}};
   s.data = "<html>";
   s.trailers.clear();
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
+  EXPECT_THAT(Against(s),
               StatusIs(absl::StatusCode::kUnknown, HasSubstr("content-type \"text/html\"")));
 }
 
@@ -281,17 +281,13 @@ TEST(CallUnaryTest, AnswerWithoutGrpcStatusIsUnknown) {
   Script s;
   s.data = Framed("answer");
   s.trailers.clear();
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-              StatusIs(absl::StatusCode::kUnknown, HasSubstr("without a grpc-status")));
+  EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnknown, HasSubstr("without a grpc-status")));
 }
 
 TEST(CallUnaryTest, GrpcStatusOutOfRangeIsUnknown) {
   Script s;
   s.trailers = {{"grpc-status", "17"}};
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-              StatusIs(absl::StatusCode::kUnknown, HasSubstr("grpc-status \"17\"")));
+  EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnknown, HasSubstr("grpc-status \"17\"")));
 }
 
 TEST(CallUnaryTest, ResetStreamMapsAsGrpcDoes) {
@@ -302,42 +298,32 @@ TEST(CallUnaryTest, ResetStreamMapsAsGrpcDoes) {
            {NGHTTP2_PROTOCOL_ERROR, absl::StatusCode::kInternal}}) {
     Script s;
     s.reset = error;
-    ScriptedServer server(s);
-    EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-                StatusIs(code, HasSubstr("reset the call")))
-        << error;
+    EXPECT_THAT(Against(s), StatusIs(code, HasSubstr("reset the call"))) << error;
   }
 }
 
 TEST(CallUnaryTest, CompressedMessageIsRefused) {
   Script s;
   s.data = Framed("zzz", /*flag=*/1);
-  ScriptedServer server(s);
-  EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-              StatusIs(absl::StatusCode::kInternal, HasSubstr("compressed")));
+  EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kInternal, HasSubstr("compressed")));
 }
 
 TEST(CallUnaryTest, TwoMessagesOrATruncatedOneAreRefused) {
   {
     Script s;
     s.data = Framed("one") + Framed("two");
-    ScriptedServer server(s);
-    EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-                StatusIs(absl::StatusCode::kInternal, HasSubstr("for a message of 3")));
+    EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kInternal, HasSubstr("for a message of 3")));
   }
   {
     Script s;
     s.data = Framed("truncated").substr(0, 8);
-    ScriptedServer server(s);
-    EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
+    EXPECT_THAT(Against(s),
                 StatusIs(absl::StatusCode::kInternal, HasSubstr("8 bytes for a message of 9")));
   }
   {
     Script s;
     s.data = "abc";  // shorter than a prefix
-    ScriptedServer server(s);
-    EXPECT_THAT(CallUnary(server.client_fd(), CallOf("q")),
-                StatusIs(absl::StatusCode::kInternal, HasSubstr("holds no message")));
+    EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kInternal, HasSubstr("holds no message")));
   }
 }
 
@@ -421,9 +407,15 @@ TEST(CallUnaryTest, RandomFramesNeverCrashOrHang) {
       uint8_t type = rng() % 10;
       uint8_t flags = rng() % 256;
       uint32_t stream = rng() % 4;
-      bytes += std::string{static_cast<char>(len >> 16), static_cast<char>(len >> 8),
-                           static_cast<char>(len), static_cast<char>(type),
-                           static_cast<char>(flags), 0, 0, 0, static_cast<char>(stream)};
+      bytes += std::string{static_cast<char>(len >> 16),
+                           static_cast<char>(len >> 8),
+                           static_cast<char>(len),
+                           static_cast<char>(type),
+                           static_cast<char>(flags),
+                           0,
+                           0,
+                           0,
+                           static_cast<char>(stream)};
       for (uint32_t b = 0; b < len; ++b) bytes.push_back(static_cast<char>(rng()));
     }
     absl::Time start = absl::Now();
