@@ -62,7 +62,7 @@ struct CallbacksFree {
 
 // One call's state, shared with nghttp2's callbacks.
 struct Exchange {
-  const UnaryCall* call = nullptr;
+  size_t max_response_bytes = 0;
   std::string body;  // prefix + request, then sent from `sent`
   size_t sent = 0;
   int32_t stream = -1;
@@ -105,9 +105,9 @@ int OnData(nghttp2_session*, uint8_t, int32_t stream, const uint8_t* data, size_
            void* user) {
   auto* x = static_cast<Exchange*>(user);
   if (stream != x->stream) return 0;
-  if (x->response.size() + len > x->call->max_response_bytes + kPrefix) {
+  if (x->response.size() + len > x->max_response_bytes + kPrefix) {
     x->failure = absl::ResourceExhaustedError(absl::StrCat(
-        "the agent's answer is longer than ", x->call->max_response_bytes, " bytes"));
+        "the agent's answer is longer than ", x->max_response_bytes, " bytes"));
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   }
   x->response.append(reinterpret_cast<const char*>(data), len);
@@ -184,6 +184,13 @@ absl::Status Flush(int fd, nghttp2_session* session, std::string* out, absl::Tim
   return absl::OkStatus();
 }
 
+// A stream the agent reset before its grpc-status.
+absl::Status ResetError(uint32_t error) {
+  return absl::Status(CodeOfStreamError(error),
+                      absl::StrCat("the agent reset the call (HTTP/2 error ",
+                                   nghttp2_http2_strerror(error), ")"));
+}
+
 // The call's outcome from what the stream carried.
 absl::StatusOr<std::string> Outcome(Exchange& x) {
   auto header = [&](const char* name) -> const std::string* {
@@ -193,11 +200,7 @@ absl::StatusOr<std::string> Outcome(Exchange& x) {
   const std::string* http = header(":status");
   int http_status = 0;
   if (http == nullptr || !absl::SimpleAtoi(*http, &http_status)) {
-    if (x.stream_error != 0) {
-      return absl::Status(CodeOfStreamError(x.stream_error),
-                          absl::StrCat("the agent reset the call (HTTP/2 error ",
-                                       nghttp2_http2_strerror(x.stream_error), ")"));
-    }
+    if (x.stream_error != 0) return ResetError(x.stream_error);
     return absl::InternalError("the agent's answer has no HTTP status");
   }
   if (http_status != 200) {
@@ -212,11 +215,7 @@ absl::StatusOr<std::string> Outcome(Exchange& x) {
   const std::string* grpc_status = header("grpc-status");
   int code = 0;
   if (grpc_status == nullptr) {
-    if (x.stream_error != 0) {
-      return absl::Status(CodeOfStreamError(x.stream_error),
-                          absl::StrCat("the agent reset the call (HTTP/2 error ",
-                                       nghttp2_http2_strerror(x.stream_error), ")"));
-    }
+    if (x.stream_error != 0) return ResetError(x.stream_error);
     return absl::UnknownError("the agent's answer ended without a grpc-status");
   }
   if (!absl::SimpleAtoi(*grpc_status, &code) || code < 0 || code > 16) {
@@ -290,7 +289,7 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
   }
 
   Exchange x;
-  x.call = &call;
+  x.max_response_bytes = call.max_response_bytes;
   uint32_t len = static_cast<uint32_t>(call.request.size());
   x.body.reserve(kPrefix + call.request.size());
   x.body.push_back('\0');
@@ -324,14 +323,15 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
   nghttp2_session_set_local_window_size(session.get(), NGHTTP2_FLAG_NONE, 0,
                                         static_cast<int32_t>(settings[1].value));
 
-  std::string timeout = GrpcTimeout(call.deadline - absl::Now());
   std::vector<std::pair<std::string, std::string>> fields = {
       {":method", "POST"},          {":scheme", "http"},
       {":path", call.path},         {":authority", "fabric-agent"},
       {"te", "trailers"},           {"content-type", "application/grpc"},
       {"user-agent", "fabric-nat"},
   };
-  if (call.deadline != absl::InfiniteFuture()) fields.emplace_back("grpc-timeout", timeout);
+  if (call.deadline != absl::InfiniteFuture()) {
+    fields.emplace_back("grpc-timeout", GrpcTimeout(call.deadline - absl::Now()));
+  }
   for (const auto& kv : call.metadata) fields.push_back(kv);
   std::vector<nghttp2_nv> nva;
   nva.reserve(fields.size());

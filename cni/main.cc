@@ -43,8 +43,7 @@ int main() {
   if (std::fflush(stdout) != 0 && code == 0) code = 1;
   // Everything the process owes anyone is written: stdout is flushed,
   // stderr is unbuffered, the plugin keeps no files, and the agent has
-  // answered the one call (the kernel closes the socket, which the agent
-  // sees as the client going away). Static destructors have nothing left
-  // to do for anyone.
+  // answered the one call (its socket is closed). Static destructors have
+  // nothing left to do for anyone.
   _exit(code);
 }
