@@ -222,6 +222,7 @@ bool Store::IsStoreFile(const std::string& path) {
 }
 
 Store::~Store() {
+  for (sqlite3_stmt* s : cached_) sqlite3_finalize(s);
   if (db_ != nullptr) sqlite3_close(db_);
 }
 
@@ -318,81 +319,154 @@ absl::StatusOr<StoreContents> Store::Load() const {
   return out;
 }
 
+sqlite3_stmt* Store::Prepared(Cached which) {
+  static constexpr const char* kSql[kCachedCount] = {
+      "BEGIN IMMEDIATE",
+      "COMMIT",
+      "ROLLBACK",
+      "DELETE FROM attachments WHERE container_id=?1 AND ifname=?2 AND network=?3",
+      "INSERT OR REPLACE INTO attachments VALUES(?1,?2,?3,?4)",
+      "DELETE FROM mappings WHERE id=?1",
+      "INSERT OR REPLACE INTO mappings VALUES(?1,?2,?3,?4)",
+      "DELETE FROM pinholes WHERE id=?1",
+      "INSERT OR REPLACE INTO pinholes VALUES(?1,?2)",
+      "UPDATE meta SET value=?1 WHERE key='next_mapping_id'",
+      "INSERT OR REPLACE INTO meta VALUES('epoch_start', ?1)",
+  };
+  sqlite3_stmt*& s = cached_[which];
+  if (s == nullptr &&
+      sqlite3_prepare_v3(db_, kSql[which], -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
+          SQLITE_OK) {
+    sqlite3_finalize(s);
+    s = nullptr;
+  }
+  return s;
+}
+
+void Store::Rollback() {
+  if (sqlite3_stmt* s = Prepared(kRollback)) {
+    sqlite3_step(s);
+    sqlite3_reset(s);
+  } else {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+}
+
+namespace {
+
+// Binds text or a blob without a copy: the caller's string outlives the
+// step (Run resets the statement and clears its bindings).
+void BindText(sqlite3_stmt* s, int i, const std::string& v) {
+  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+void BindBlob(sqlite3_stmt* s, int i, const std::string& v) {
+  sqlite3_bind_blob(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+bool Run(sqlite3_stmt* s) {
+  int rc = sqlite3_step(s);
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc == SQLITE_DONE;
+}
+
+}  // namespace
+
 absl::Status Store::Commit(const StoreWrite& write,
                            const std::function<absl::Status()>& inside) {
   if (write.empty()) return inside ? inside() : absl::OkStatus();
-  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  sqlite3_stmt* begin = Prepared(kBegin);
+  if (begin == nullptr) return SqlError(db_, "begin");
+  if (!Run(begin)) return SqlError(db_, "begin");
   auto fail = [&](absl::string_view what) {
     absl::Status s = SqlError(db_, what);
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    Rollback();
     return s;
   };
-  {
-    Statement del(db_,
-                  "DELETE FROM attachments WHERE container_id=?1 AND "
-                  "ifname=?2 AND network=?3");
+  // A statement is prepared (the first time) only when the write has rows
+  // for it.
+  if (!write.delete_attachments.empty()) {
+    sqlite3_stmt* del = Prepared(kDeleteAttachment);
+    if (del == nullptr) return fail("delete attachment");
     for (const v1::AttachmentKey& k : write.delete_attachments) {
-      del.BindText(1, k.container_id());
-      del.BindText(2, k.ifname());
-      del.BindText(3, k.network_name());
-      if (!del.Run()) return fail("delete attachment");
+      BindText(del, 1, k.container_id());
+      BindText(del, 2, k.ifname());
+      BindText(del, 3, k.network_name());
+      if (!Run(del)) return fail("delete attachment");
     }
-    Statement put(db_, "INSERT OR REPLACE INTO attachments VALUES(?1,?2,?3,?4)");
+  }
+  std::string blob;
+  if (!write.put_attachments.empty()) {
+    sqlite3_stmt* put = Prepared(kPutAttachment);
+    if (put == nullptr) return fail("write attachment");
     for (const v1::Attachment& a : write.put_attachments) {
-      put.BindText(1, a.key().container_id());
-      put.BindText(2, a.key().ifname());
-      put.BindText(3, a.key().network_name());
-      put.BindBlob(4, a.SerializeAsString());
-      if (!put.Run()) return fail("write attachment");
+      BindText(put, 1, a.key().container_id());
+      BindText(put, 2, a.key().ifname());
+      BindText(put, 3, a.key().network_name());
+      a.SerializeToString(&blob);
+      BindBlob(put, 4, blob);
+      if (!Run(put)) return fail("write attachment");
     }
   }
-  {
-    Statement del(db_, "DELETE FROM mappings WHERE id=?1");
+  if (!write.delete_mappings.empty()) {
+    sqlite3_stmt* del = Prepared(kDeleteMapping);
+    if (del == nullptr) return fail("delete mapping");
     for (const std::string& id : write.delete_mappings) {
-      del.BindText(1, id);
-      if (!del.Run()) return fail("delete mapping");
-    }
-    Statement put(db_, "INSERT OR REPLACE INTO mappings VALUES(?1,?2,?3,?4)");
-    for (const v1::PortMapping& m : write.put_mappings) {
-      put.BindText(1, m.id());
-      sqlite3_bind_int(put.get(), 2, m.owner().kind());
-      put.BindText(3, m.owner().id());
-      put.BindBlob(4, m.SerializeAsString());
-      if (!put.Run()) return fail("write mapping");
+      BindText(del, 1, id);
+      if (!Run(del)) return fail("delete mapping");
     }
   }
-  {
-    Statement del(db_, "DELETE FROM pinholes WHERE id=?1");
-    for (uint32_t id : write.delete_pinholes) {
-      sqlite3_bind_int64(del.get(), 1, id);
-      if (!del.Run()) return fail("delete pinhole");
+  if (!write.put_mappings.empty()) {
+    sqlite3_stmt* put = Prepared(kPutMapping);
+    if (put == nullptr) return fail("write mapping");
+    for (const v1::PortMapping& m : write.put_mappings) {
+      BindText(put, 1, m.id());
+      sqlite3_bind_int(put, 2, m.owner().kind());
+      BindText(put, 3, m.owner().id());
+      m.SerializeToString(&blob);
+      BindBlob(put, 4, blob);
+      if (!Run(put)) return fail("write mapping");
     }
-    Statement put(db_, "INSERT OR REPLACE INTO pinholes VALUES(?1,?2)");
+  }
+  if (!write.delete_pinholes.empty()) {
+    sqlite3_stmt* del = Prepared(kDeletePinhole);
+    if (del == nullptr) return fail("delete pinhole");
+    for (uint32_t id : write.delete_pinholes) {
+      sqlite3_bind_int64(del, 1, id);
+      if (!Run(del)) return fail("delete pinhole");
+    }
+  }
+  if (!write.put_pinholes.empty()) {
+    sqlite3_stmt* put = Prepared(kPutPinhole);
+    if (put == nullptr) return fail("write pinhole");
     for (const v1::Pinhole& p : write.put_pinholes) {
-      sqlite3_bind_int64(put.get(), 1, p.unique_id());
-      put.BindBlob(2, p.SerializeAsString());
-      if (!put.Run()) return fail("write pinhole");
+      sqlite3_bind_int64(put, 1, p.unique_id());
+      p.SerializeToString(&blob);
+      BindBlob(put, 2, blob);
+      if (!Run(put)) return fail("write pinhole");
     }
   }
   if (write.next_mapping_id.has_value()) {
-    Statement put(db_, "UPDATE meta SET value=?1 WHERE key='next_mapping_id'");
-    put.BindText(1, absl::StrCat(*write.next_mapping_id));
-    if (!put.Run()) return fail("write mapping id counter");
+    sqlite3_stmt* put = Prepared(kPutNextMappingId);
+    if (put == nullptr) return fail("write mapping id counter");
+    std::string value = absl::StrCat(*write.next_mapping_id);
+    BindText(put, 1, value);
+    if (!Run(put)) return fail("write mapping id counter");
   }
   if (write.epoch_start.has_value()) {
-    Statement put(db_, "INSERT OR REPLACE INTO meta VALUES('epoch_start', ?1)");
-    put.BindText(1, absl::StrCat(*write.epoch_start));
-    if (!put.Run()) return fail("write epoch start");
+    sqlite3_stmt* put = Prepared(kPutEpochStart);
+    if (put == nullptr) return fail("write epoch start");
+    std::string value = absl::StrCat(*write.epoch_start);
+    BindText(put, 1, value);
+    if (!Run(put)) return fail("write epoch start");
   }
   if (inside) {
     if (absl::Status s = inside(); !s.ok()) {
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      Rollback();
       return s;
     }
   }
-  if (sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return fail("commit");
-  }
+  sqlite3_stmt* commit = Prepared(kCommit);
+  if (commit == nullptr || !Run(commit)) return fail("commit");
   return absl::OkStatus();
 }
 

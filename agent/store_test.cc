@@ -66,6 +66,42 @@ TEST(StoreTest, CommitsAndLoadsAcrossReopen) {
   EXPECT_EQ(c.next_mapping_id, 3);
 }
 
+// The statements are prepared once and reused: after a refused commit
+// (rolled back half way) the same statements write the next one whole.
+TEST(StoreTest, ARefusedCommitWritesNothingAndTheNextIsWhole) {
+  std::string dir = TempDir("refused");
+  {
+    ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+    StoreWrite first;
+    first.put_mappings = {Mapping("m-1", 8080)};
+    first.put_attachments = {Attachment("a")};
+    ASSERT_OK(store->Commit(first));
+    StoreWrite refused;
+    refused.put_mappings = {Mapping("m-2", 8081), Mapping("m-1", 9999)};
+    refused.delete_attachments = {Attachment("a").key()};
+    refused.next_mapping_id = 40;
+    EXPECT_THAT(store->Commit(refused, [] { return absl::UnavailableError("kernel said no"); }),
+                StatusIs(absl::StatusCode::kUnavailable, HasSubstr("kernel said no")));
+    StoreWrite next;
+    next.put_mappings = {Mapping("m-3", 8082)};
+    next.delete_mappings = {"m-1"};
+    next.next_mapping_id = 4;
+    int inside_ran = 0;
+    ASSERT_OK(store->Commit(next, [&] {
+      ++inside_ran;
+      return absl::OkStatus();
+    }));
+    EXPECT_EQ(inside_ran, 1);
+  }
+  ASSERT_OK_AND_ASSIGN(auto store, Store::Open(dir));
+  ASSERT_OK_AND_ASSIGN(StoreContents c, store->Load());
+  ASSERT_EQ(c.mappings.size(), 1u);
+  EXPECT_EQ(c.mappings[0].id(), "m-3");
+  ASSERT_EQ(c.attachments.size(), 1u);
+  EXPECT_EQ(c.attachments[0].key().container_id(), "a");
+  EXPECT_EQ(c.next_mapping_id, 4);
+}
+
 TEST(StoreTest, CorruptFileRefusesWithClearMessage) {
   std::string dir = TempDir("corrupt");
   mkdir(dir.c_str(), 0700);
