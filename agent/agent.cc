@@ -378,9 +378,9 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
                                                           &agent->metrics_);
   agent->status_ =
       std::make_unique<AgentServiceImpl>(agent->core_.get(), &agent->metrics_);
+  // No port of its own: the unix socket is the SocketFront's (below), which
+  // hands it every connection that is not one of the plugin's calls.
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat("unix:", config.socket),
-                           grpc::InsecureServerCredentials());
   builder.RegisterService(agent->attachments_.get());
   builder.RegisterService(agent->mappings_.get());
   builder.RegisterService(agent->status_.get());
@@ -414,15 +414,22 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
           absl::StrCat("cannot listen on --tls_address ", config.tls_address));
     }
   }
-  mode_t old_umask = umask(0177);
   agent->server_ = builder.BuildAndStart();
-  umask(old_umask);
   if (agent->server_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "cannot serve on unix:", config.socket,
         config.tls_address.empty() ? "" : absl::StrCat(" and ", config.tls_address)));
   }
-  chmod(config.socket.c_str(), 0600);
+  {
+    absl::StatusOr<std::unique_ptr<SocketFront>> front = SocketFront::Start(
+        config.socket, agent->server_.get(),
+        PluginHandlers(agent->attachments_.get(), agent->status_.get()));
+    if (!front.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve on unix:", config.socket, ": ", front.status().message()));
+    }
+    agent->front_ = std::move(*front);
+  }
 
   if (!config.metrics_address.empty() && config.conntrack_accounting) {
     // Per-mapping bytes: conntrack's accounting extension, for connections
@@ -605,6 +612,7 @@ Agent::~Agent() {
   pmp_.reset();
   if (tls_server_) tls_server_->Shutdown(std::chrono::system_clock::now() +
                                          std::chrono::seconds(2));
+  front_.reset();  // no new connection reaches server_ after this
   if (server_) server_->Shutdown(std::chrono::system_clock::now() +
                                  std::chrono::seconds(2));
   http_.reset();

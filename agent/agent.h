@@ -22,6 +22,7 @@
 #include "agent/wan/address_watcher.h"
 #include "agent/repair_loop.h"
 #include "agent/service.h"
+#include "agent/socket_front.h"
 #include "agent/upstream_keeper.h"
 #include "nat/backend/nftables/monitor.h"
 #include "nat/conntrack/traffic.h"
@@ -146,6 +147,8 @@ class Agent {
   std::unique_ptr<MappingServiceImpl> mappings_;
   std::unique_ptr<AgentServiceImpl> status_;
   std::unique_ptr<grpc::Server> server_;
+  // The unix socket: the plugin's calls here, the rest to server_.
+  std::unique_ptr<SocketFront> front_;
   // Mappings and read-only status for orchestrators (--tls_address).
   std::unique_ptr<AgentServiceImpl> tls_status_;
   std::unique_ptr<grpc::Server> tls_server_;

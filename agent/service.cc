@@ -12,30 +12,41 @@
 
 namespace fabric::agent {
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
+absl::Status ForTheWire(const absl::Status& s) {
   // Messages quote client input; one too long for gRPC's metadata would
   // turn into a transport error with another code (the plugin then reported
   // "no free port"). Keep the code, cut the text.
   constexpr size_t kMaxMessage = 2048;
-  std::string message(s.message());
-  if (message.size() > kMaxMessage) {
-    message = absl::StrCat(message.substr(0, kMaxMessage), "... (", message.size(), " bytes)");
+  if (s.message().size() <= kMaxMessage) return s;
+  return absl::Status(s.code(), absl::StrCat(s.message().substr(0, kMaxMessage), "... (",
+                                             s.message().size(), " bytes)"));
+}
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  absl::Status cut = ForTheWire(s);
+  return grpc::Status(static_cast<grpc::StatusCode>(cut.code()), std::string(cut.message()));
+}
+
+CallInfo CallInfoOf(const grpc::ServerContext* context) {
+  CallInfo info;
+  if (context == nullptr) return info;
+  auto d = context->deadline();
+  if (d != std::chrono::system_clock::time_point::max()) info.deadline = absl::FromChrono(d);
+  auto it = context->client_metadata().find("traceparent");
+  if (it != context->client_metadata().end()) {
+    info.traceparent.assign(it->second.data(), it->second.size());
   }
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), message);
+  return info;
 }
 
 namespace {
 
 // The caller's trace id (its "traceparent" metadata), or a new one.
-std::string TraceOf(const grpc::ServerContext* context) {
-  if (context != nullptr) {
-    auto it = context->client_metadata().find("traceparent");
-    if (it != context->client_metadata().end()) {
-      if (std::optional<cni::TraceContext> t = cni::ParseTraceparent(
-              absl::string_view(it->second.data(), it->second.size()))) {
-        return t->trace_id;
-      }
+std::string TraceOf(const std::string& traceparent) {
+  if (!traceparent.empty()) {
+    if (std::optional<cni::TraceContext> t = cni::ParseTraceparent(traceparent)) {
+      return t->trace_id;
     }
   }
   return cni::NewTraceId();
@@ -45,21 +56,26 @@ std::string TraceOf(const grpc::ServerContext* context) {
 // thread's for the call (ScopedTrace): the watch events it causes carry it.
 class OpScope {
  public:
-  OpScope(Metrics* metrics, const grpc::ServerContext* context, std::string op,
-          std::string subject)
-      : metrics_(metrics), op_(std::move(op)), subject_(std::move(subject)),
-        start_(absl::Now()), trace_(TraceOf(context)) {}
+  OpScope(Metrics* metrics, const CallInfo& call, std::string op, std::string subject)
+      : metrics_(metrics),
+        op_(std::move(op)),
+        subject_(std::move(subject)),
+        start_(absl::Now()),
+        trace_(TraceOf(call.traceparent)) {}
+  OpScope(Metrics* metrics, const grpc::ServerContext* context, std::string op, std::string subject)
+      : OpScope(metrics, CallInfoOf(context), std::move(op), std::move(subject)) {}
   grpc::Status Finish(const absl::Status& s, const std::string& detail = "") {
+    return ToGrpc(Done(s, detail));
+  }
+  absl::Status Done(const absl::Status& s, const std::string& detail = "") {
     absl::Duration took = absl::Now() - start_;
     metrics_->RecordOperation(op_, s.ok(), took);
     LogLine(absl::StrCat(
-        "op=", op_, " ", subject_, " outcome=",
-        s.ok() ? "ok" : absl::StatusCodeToString(s.code()),
+        "op=", op_, " ", subject_, " outcome=", s.ok() ? "ok" : absl::StatusCodeToString(s.code()),
         detail.empty() ? "" : " " + detail,
-        absl::StrFormat(" duration=%.3fms", absl::ToDoubleMilliseconds(took)), " trace=",
-        CurrentTraceId(),
-        s.ok() ? "" : absl::StrCat(" error=\"", s.message(), "\"")));
-    return ToGrpc(s);
+        absl::StrFormat(" duration=%.3fms", absl::ToDoubleMilliseconds(took)),
+        " trace=", CurrentTraceId(), s.ok() ? "" : absl::StrCat(" error=\"", s.message(), "\"")));
+    return ForTheWire(s);
   }
 
  private:
@@ -73,63 +89,78 @@ class OpScope {
 // The caller's deadline: a call still waiting for the writer when it passes
 // is refused without doing anything, so a client that gave up (the plugin
 // reports "try again later") never has it happen behind its back.
-absl::Time DeadlineOf(const grpc::ServerContext* context) {
-  auto d = context->deadline();
-  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
-  return absl::FromChrono(d);
-}
+absl::Time DeadlineOf(const grpc::ServerContext* context) { return CallInfoOf(context).deadline; }
 
 std::string Subject(const v1::AttachmentKey& k) {
-  return absl::StrCat("container=", ShortContainerId(k.container_id()),
-                      " ifname=", k.ifname(), " network=", k.network_name());
+  return absl::StrCat("container=", ShortContainerId(k.container_id()), " ifname=", k.ifname(),
+                      " network=", k.network_name());
 }
 
 }  // namespace
 
+absl::Status AttachmentServiceImpl::Attach(const CallInfo& call, const v1::AttachRequest& request,
+                                           v1::AttachResponse* response) {
+  OpScope op(metrics_, call, "attach", Subject(request.attachment().key()));
+  absl::StatusOr<v1::AttachResponse> r = core_->Attach(request.attachment(), call.deadline);
+  if (r.ok()) *response = *std::move(r);
+  return op.Done(r.status(), r.ok() ? absl::StrCat("mappings=", response->mappings_size()) : "");
+}
+
+absl::Status AttachmentServiceImpl::Detach(const CallInfo& call, const v1::DetachRequest& request,
+                                           v1::DetachResponse* response) {
+  OpScope op(metrics_, call, "detach", Subject(request.key()));
+  absl::StatusOr<bool> r = core_->Detach(request.key(), call.deadline);
+  if (r.ok()) response->set_existed(*r);
+  return op.Done(r.status(), r.ok() && !*r ? "existed=false" : "");
+}
+
+absl::Status AttachmentServiceImpl::Check(const CallInfo& call, const v1::CheckRequest& request,
+                                          v1::CheckResponse*) {
+  OpScope op(metrics_, call, "check", Subject(request.key()));
+  return op.Done(core_->Check(request.key()));
+}
+
+absl::Status AttachmentServiceImpl::GarbageCollect(const CallInfo& call,
+                                                   const v1::GarbageCollectRequest& request,
+                                                   v1::GarbageCollectResponse* response) {
+  OpScope op(metrics_, call, "gc", absl::StrCat("network=", request.network_name()));
+  std::vector<v1::AttachmentKey> valid(request.valid_attachments().begin(),
+                                       request.valid_attachments().end());
+  absl::StatusOr<std::vector<v1::AttachmentKey>> r =
+      core_->GarbageCollect(request.network_name(), valid, call.deadline);
+  if (r.ok()) {
+    for (const auto& k : *r) *response->add_removed() = k;
+  }
+  return op.Done(r.status(), r.ok() ? absl::StrCat("removed=", r->size()) : "");
+}
+
 grpc::Status AttachmentServiceImpl::Attach(grpc::ServerContext* context,
                                            const v1::AttachRequest* request,
                                            v1::AttachResponse* response) {
-  OpScope op(metrics_, context, "attach", Subject(request->attachment().key()));
-  absl::StatusOr<v1::AttachResponse> r = core_->Attach(request->attachment(), DeadlineOf(context));
-  if (r.ok()) *response = *r;
-  return op.Finish(r.status(),
-                   r.ok() ? absl::StrCat("mappings=", r->mappings_size()) : "");
+  return ToGrpc(Attach(CallInfoOf(context), *request, response));
 }
 
 grpc::Status AttachmentServiceImpl::Detach(grpc::ServerContext* context,
                                            const v1::DetachRequest* request,
                                            v1::DetachResponse* response) {
-  OpScope op(metrics_, context, "detach", Subject(request->key()));
-  absl::StatusOr<bool> r = core_->Detach(request->key(), DeadlineOf(context));
-  if (r.ok()) response->set_existed(*r);
-  return op.Finish(r.status(), r.ok() && !*r ? "existed=false" : "");
+  return ToGrpc(Detach(CallInfoOf(context), *request, response));
 }
 
 grpc::Status AttachmentServiceImpl::Check(grpc::ServerContext* context,
                                           const v1::CheckRequest* request,
-                                          v1::CheckResponse*) {
-  OpScope op(metrics_, context, "check", Subject(request->key()));
-  return op.Finish(core_->Check(request->key()));
+                                          v1::CheckResponse* response) {
+  return ToGrpc(Check(CallInfoOf(context), *request, response));
 }
 
-grpc::Status AttachmentServiceImpl::GarbageCollect(
-    grpc::ServerContext* context, const v1::GarbageCollectRequest* request,
-    v1::GarbageCollectResponse* response) {
-  OpScope op(metrics_, context, "gc", absl::StrCat("network=", request->network_name()));
-  std::vector<v1::AttachmentKey> valid(request->valid_attachments().begin(),
-                                       request->valid_attachments().end());
-  absl::StatusOr<std::vector<v1::AttachmentKey>> r =
-      core_->GarbageCollect(request->network_name(), valid, DeadlineOf(context));
-  if (r.ok()) {
-    for (const auto& k : *r) *response->add_removed() = k;
-  }
-  return op.Finish(r.status(),
-                   r.ok() ? absl::StrCat("removed=", r->size()) : "");
+grpc::Status AttachmentServiceImpl::GarbageCollect(grpc::ServerContext* context,
+                                                   const v1::GarbageCollectRequest* request,
+                                                   v1::GarbageCollectResponse* response) {
+  return ToGrpc(GarbageCollect(CallInfoOf(context), *request, response));
 }
 
-grpc::Status MappingServiceImpl::CreateMapping(
-    grpc::ServerContext* context, const v1::CreateMappingRequest* request,
-    v1::CreateMappingResponse* response) {
+grpc::Status MappingServiceImpl::CreateMapping(grpc::ServerContext* context,
+                                               const v1::CreateMappingRequest* request,
+                                               v1::CreateMappingResponse* response) {
   OpScope op(metrics_, context, "create_mapping",
              absl::StrCat("owner=", request->mapping().owner().id()));
   absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping(), DeadlineOf(context));
@@ -137,16 +168,16 @@ grpc::Status MappingServiceImpl::CreateMapping(
   return op.Finish(r.status(), r.ok() ? absl::StrCat("id=", r->id()) : "");
 }
 
-grpc::Status MappingServiceImpl::DeleteMapping(
-    grpc::ServerContext* context, const v1::DeleteMappingRequest* request,
-    v1::DeleteMappingResponse*) {
+grpc::Status MappingServiceImpl::DeleteMapping(grpc::ServerContext* context,
+                                               const v1::DeleteMappingRequest* request,
+                                               v1::DeleteMappingResponse*) {
   OpScope op(metrics_, context, "delete_mapping", absl::StrCat("id=", request->id()));
   return op.Finish(core_->DeleteMapping(request->id(), DeadlineOf(context)));
 }
 
-grpc::Status MappingServiceImpl::ListMappings(
-    grpc::ServerContext*, const v1::ListMappingsRequest* request,
-    v1::ListMappingsResponse* response) {
+grpc::Status MappingServiceImpl::ListMappings(grpc::ServerContext*,
+                                              const v1::ListMappingsRequest* request,
+                                              v1::ListMappingsResponse* response) {
   absl::StatusOr<AgentCore::Page> page = core_->ListMappingsPage(
       request->owner_kind(), request->owner_id(), request->page_size(), request->page_token());
   if (!page.ok()) return ToGrpc(page.status());
@@ -155,11 +186,10 @@ grpc::Status MappingServiceImpl::ListMappings(
   return grpc::Status::OK;
 }
 
-grpc::Status MappingServiceImpl::WatchMappings(
-    grpc::ServerContext* context, const v1::WatchMappingsRequest* request,
-    grpc::ServerWriter<v1::MappingEvent>* writer) {
-  std::shared_ptr<EventQueue> queue =
-      core_->Subscribe(request->owner_kind(), request->owner_id());
+grpc::Status MappingServiceImpl::WatchMappings(grpc::ServerContext* context,
+                                               const v1::WatchMappingsRequest* request,
+                                               grpc::ServerWriter<v1::MappingEvent>* writer) {
+  std::shared_ptr<EventQueue> queue = core_->Subscribe(request->owner_kind(), request->owner_id());
   while (!context->IsCancelled()) {
     std::optional<v1::MappingEvent> e = queue->Pop(absl::Milliseconds(200));
     if (!e.has_value()) {
@@ -174,12 +204,17 @@ grpc::Status MappingServiceImpl::WatchMappings(
   return ToGrpc(queue->end_status());
 }
 
-grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext*,
-                                         const v1::GetStatusRequest*,
+absl::Status AgentServiceImpl::GetStatus(const CallInfo&, const v1::GetStatusRequest&,
                                          v1::GetStatusResponse* response) {
   *response = core_->Status();
   response->set_version(kVersion);
-  return grpc::Status::OK;
+  return absl::OkStatus();
+}
+
+grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext* context,
+                                         const v1::GetStatusRequest* request,
+                                         v1::GetStatusResponse* response) {
+  return ToGrpc(GetStatus(CallInfoOf(context), *request, response));
 }
 
 grpc::Status AgentServiceImpl::Backup(grpc::ServerContext* context,
@@ -195,11 +230,51 @@ grpc::Status AgentServiceImpl::Backup(grpc::ServerContext* context,
   return op.Finish(r.status());
 }
 
-grpc::Status AgentServiceImpl::Diagnose(grpc::ServerContext*,
-                                        const v1::DiagnoseRequest* request,
+grpc::Status AgentServiceImpl::Diagnose(grpc::ServerContext*, const v1::DiagnoseRequest* request,
                                         v1::DiagnoseResponse* response) {
   *response = core_->Diagnose(request->full());
   return grpc::Status::OK;
+}
+
+namespace {
+
+// One method for agent/unary_server.h: parses the request, runs `fn`,
+// serializes the response.
+template <typename Request, typename Response, typename Service>
+UnaryHandler Handler(Service* service,
+                     absl::Status (Service::*fn)(const CallInfo&, const Request&, Response*)) {
+  return [service, fn](const UnaryCall& call, absl::string_view bytes,
+                       std::string* out) -> absl::Status {
+    Request request;
+    if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+      return absl::InternalError("the request does not parse as " + request.GetTypeName());
+    }
+    Response response;
+    absl::Status s = (service->*fn)(CallInfo{call.deadline, call.traceparent}, request, &response);
+    if (!s.ok()) return s;
+    if (!response.SerializeToString(out)) return absl::InternalError("cannot serialize the answer");
+    return absl::OkStatus();
+  };
+}
+
+}  // namespace
+
+UnaryHandlers PluginHandlers(AttachmentServiceImpl* attachments, AgentServiceImpl* status) {
+  using A = AttachmentServiceImpl;
+  UnaryHandlers h;
+  h["/fabric.nat.v1.AttachmentService/Attach"] =
+      Handler<v1::AttachRequest, v1::AttachResponse, A>(attachments, &A::Attach);
+  h["/fabric.nat.v1.AttachmentService/Detach"] =
+      Handler<v1::DetachRequest, v1::DetachResponse, A>(attachments, &A::Detach);
+  h["/fabric.nat.v1.AttachmentService/Check"] =
+      Handler<v1::CheckRequest, v1::CheckResponse, A>(attachments, &A::Check);
+  h["/fabric.nat.v1.AttachmentService/GarbageCollect"] =
+      Handler<v1::GarbageCollectRequest, v1::GarbageCollectResponse, A>(attachments,
+                                                                        &A::GarbageCollect);
+  h["/fabric.nat.v1.AgentService/GetStatus"] =
+      Handler<v1::GetStatusRequest, v1::GetStatusResponse, AgentServiceImpl>(
+          status, &AgentServiceImpl::GetStatus);
+  return h;
 }
 
 }  // namespace fabric::agent

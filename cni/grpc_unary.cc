@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
+#include "cni/http2_io.h"
 
 namespace fabric::cni {
 
@@ -127,63 +128,6 @@ int OnError(nghttp2_session*, int, const char* msg, size_t len, void* user) {
   return 0;
 }
 
-int MillisUntil(absl::Time deadline) {
-  if (deadline == absl::InfiniteFuture()) return -1;
-  absl::Duration left = deadline - absl::Now();
-  if (left <= absl::ZeroDuration()) return 0;
-  // Rounded up: a poll that returns early only loops once more.
-  int64_t ms = absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1));
-  return static_cast<int>(std::min<int64_t>(ms, std::numeric_limits<int>::max()));
-}
-
-absl::Status DeadlineError() { return absl::DeadlineExceededError("Deadline Exceeded"); }
-
-// Waits until `fd` is ready for `events` or the deadline passes.
-absl::Status Wait(int fd, short events, absl::Time deadline) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    int ms = MillisUntil(deadline);
-    if (ms == 0) return DeadlineError();
-    int n = poll(&p, 1, ms);
-    if (n > 0) return absl::OkStatus();
-    if (n == 0) continue;  // the loop's MillisUntil decides
-    if (errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll: ", strerror(errno)));
-    }
-  }
-}
-
-// Writes what nghttp2 has queued, in one write where the socket takes it:
-// each write wakes the agent's poller, and frames sent one by one (the
-// preface, SETTINGS, HEADERS, DATA) cost it a wake-up each.
-absl::Status Flush(int fd, nghttp2_session* session, std::string* out, absl::Time deadline) {
-  out->clear();
-  for (;;) {
-    const uint8_t* data = nullptr;
-    ssize_t n = nghttp2_session_mem_send(session, &data);
-    if (n < 0) return absl::InternalError(absl::StrCat("HTTP/2: ", nghttp2_strerror(n)));
-    if (n == 0) break;
-    out->append(reinterpret_cast<const char*>(data), n);
-  }
-  size_t off = 0;
-  while (off < out->size()) {
-    // No SIGPIPE from a peer that has gone: the error says so instead.
-    ssize_t w = send(fd, out->data() + off, out->size() - off, MSG_NOSIGNAL);
-    if (w > 0) {
-      off += w;
-    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (absl::Status s = Wait(fd, POLLOUT, deadline); !s.ok()) return s;
-    } else if (w < 0 && errno == EINTR) {
-      continue;
-    } else if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
-      return absl::UnavailableError("the agent closed the connection before answering");
-    } else {
-      return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // A stream the agent reset before its grpc-status.
 absl::Status ResetError(uint32_t error) {
   return absl::Status(CodeOfStreamError(error),
@@ -241,6 +185,21 @@ absl::StatusOr<std::string> Outcome(Exchange& x) {
                                             " bytes for a message of ", len));
   }
   return x.response.substr(kPrefix);
+}
+
+// Reads what the peer sent before it closed; true when our stream ended in
+// it.
+bool DrainAfterClose(int fd, nghttp2_session* session, Exchange* x) {
+  char buf[16 << 10];
+  while (!x->closed) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (nghttp2_session_mem_recv(session, reinterpret_cast<uint8_t*>(buf), n) < 0 || x->failure) {
+      break;
+    }
+  }
+  return x->closed;
 }
 
 }  // namespace
@@ -353,7 +312,14 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
   char buf[16 << 10];
   std::string pending;
   while (!x.closed) {
-    if (absl::Status s = Flush(fd, session.get(), &pending, call.deadline); !s.ok()) return s;
+    if (absl::Status s = FlushSession(fd, session.get(), &pending, call.deadline,
+                                      "the agent closed the connection before answering");
+        !s.ok()) {
+      // A server that closed after answering fails our last writes (a
+      // SETTINGS ACK): its answer may still wait unread in the socket.
+      if (!absl::IsUnavailable(s) || !DrainAfterClose(fd, session.get(), &x)) return s;
+      break;
+    }
     if (!nghttp2_session_want_read(session.get()) && !nghttp2_session_want_write(session.get())) {
       if (!x.protocol_error.empty()) {
         return absl::InternalError(
@@ -361,7 +327,7 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
       }
       return absl::UnavailableError("the agent ended the connection before answering");
     }
-    if (absl::Status s = Wait(fd, POLLIN, call.deadline); !s.ok()) return s;
+    if (absl::Status s = WaitFor(fd, POLLIN, call.deadline); !s.ok()) return s;
     ssize_t n = read(fd, buf, sizeof(buf));
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;

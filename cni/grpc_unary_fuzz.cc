@@ -16,60 +16,27 @@
 
 #include "absl/time/clock.h"
 #include "cni/grpc_unary.h"
+#include "testing/http2_frames.h"
 
 namespace {
 
 constexpr size_t kMaxAnswer = 1024;
 
-class Input {
- public:
-  Input(const uint8_t* data, size_t size) : p_(data), end_(data + size) {}
-  bool empty() const { return p_ == end_; }
-  uint8_t Byte() { return p_ == end_ ? 0 : *p_++; }
-  std::string Bytes(size_t n) {
-    n = std::min<size_t>(n, end_ - p_);
-    std::string s(reinterpret_cast<const char*>(p_), n);
-    p_ += n;
-    return s;
-  }
-
- private:
-  const uint8_t* p_;
-  const uint8_t* end_;
-};
-
-void Frame(std::string* out, uint8_t type, uint8_t flags, uint32_t stream,
-           const std::string& payload) {
-  uint32_t len = payload.size();
-  *out += std::string{static_cast<char>(len >> 16), static_cast<char>(len >> 8),
-                      static_cast<char>(len), static_cast<char>(type), static_cast<char>(flags),
-                      static_cast<char>(stream >> 24), static_cast<char>(stream >> 16),
-                      static_cast<char>(stream >> 8), static_cast<char>(stream)};
-  *out += payload;
-}
+using fabric::testing::AppendFrame;
+using Input = fabric::testing::FuzzInput;
 
 std::string HeaderBlock(nghttp2_hd_deflater* deflater, Input& in) {
   static const char* kNames[] = {":status",     "content-type", "grpc-status",
                                  "grpc-message", "grpc-encoding", "x-other"};
   static const char* kValues[] = {"200", "application/grpc", "0", "5", "14", "503"};
-  std::vector<std::string> names, values;
+  std::vector<std::pair<std::string, std::string>> fields;
   int n = in.Byte() % 6;
   for (int i = 0; i < n; ++i) {
     uint8_t b = in.Byte();
-    names.push_back(kNames[b % 6]);
-    values.push_back((b & 0x80) ? in.Bytes(in.Byte() % 32) : kValues[(b >> 3) % 6]);
+    fields.emplace_back(kNames[b % 6],
+                        (b & 0x80) ? in.Bytes(in.Byte() % 32) : kValues[(b >> 3) % 6]);
   }
-  std::vector<nghttp2_nv> nva;
-  for (size_t i = 0; i < names.size(); ++i) {
-    nva.push_back({reinterpret_cast<uint8_t*>(names[i].data()),
-                   reinterpret_cast<uint8_t*>(values[i].data()), names[i].size(),
-                   values[i].size(), NGHTTP2_NV_FLAG_NONE});
-  }
-  std::string block(nghttp2_hd_deflate_bound(deflater, nva.data(), nva.size()), '\0');
-  ssize_t len = nghttp2_hd_deflate_hd(deflater, reinterpret_cast<uint8_t*>(block.data()),
-                                      block.size(), nva.data(), nva.size());
-  block.resize(len < 0 ? 0 : len);
-  return block;
+  return fabric::testing::EncodeHeaders(deflater, std::move(fields));
 }
 
 }  // namespace
@@ -79,14 +46,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   nghttp2_hd_deflater* deflater = nullptr;
   if (nghttp2_hd_deflate_new(&deflater, 4096) != 0) return 0;
   std::string bytes;
-  Frame(&bytes, NGHTTP2_SETTINGS, 0, 0, "");
+  AppendFrame(&bytes, NGHTTP2_SETTINGS, 0, 0, "");
   for (int frames = 0; frames < 16 && !in.empty(); ++frames) {
     uint8_t kind = in.Byte();
     uint8_t flags = in.Byte();
     uint32_t stream = kind & 0x80 ? in.Byte() : 1;  // our stream is 1
     switch (kind % 6) {
       case 0:  // HEADERS
-        Frame(&bytes, NGHTTP2_HEADERS, flags & (NGHTTP2_FLAG_END_STREAM | NGHTTP2_FLAG_END_HEADERS),
+        AppendFrame(&bytes, NGHTTP2_HEADERS, flags & (NGHTTP2_FLAG_END_STREAM | NGHTTP2_FLAG_END_HEADERS),
               stream, HeaderBlock(deflater, in));
         break;
       case 1: {  // DATA: a gRPC message (prefix from the input) or raw bytes
@@ -100,17 +67,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         } else {
           payload = in.Bytes(in.Byte());
         }
-        Frame(&bytes, NGHTTP2_DATA, flags & NGHTTP2_FLAG_END_STREAM, stream, payload);
+        AppendFrame(&bytes, NGHTTP2_DATA, flags & NGHTTP2_FLAG_END_STREAM, stream, payload);
         break;
       }
       case 2:  // RST_STREAM
-        Frame(&bytes, NGHTTP2_RST_STREAM, 0, stream, std::string(3, '\0') + in.Bytes(1));
+        AppendFrame(&bytes, NGHTTP2_RST_STREAM, 0, stream, std::string(3, '\0') + in.Bytes(1));
         break;
       case 3:  // GOAWAY
-        Frame(&bytes, NGHTTP2_GOAWAY, 0, 0, std::string(3, '\0') + in.Bytes(5));
+        AppendFrame(&bytes, NGHTTP2_GOAWAY, 0, 0, std::string(3, '\0') + in.Bytes(5));
         break;
       case 4:  // PING, SETTINGS, WINDOW_UPDATE, or any type with raw payload
-        Frame(&bytes, in.Byte() % 12, flags, stream, in.Bytes(in.Byte() % 64));
+        AppendFrame(&bytes, in.Byte() % 12, flags, stream, in.Bytes(in.Byte() % 64));
         break;
       default:  // raw bytes
         bytes += in.Bytes(in.Byte() % 32);

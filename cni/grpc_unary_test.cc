@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "testing/http2_frames.h"
 #include "testing/status_matchers.h"
 
 namespace fabric::cni {
@@ -31,12 +32,6 @@ namespace {
 using ::fabric::testing::StatusIs;
 using ::testing::HasSubstr;
 
-std::string Framed(const std::string& message, char flag = 0) {
-  uint32_t n = message.size();
-  std::string out(1, flag);
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(n >> shift));
-  return out + message;
-}
 
 // What the server sends back: response headers (none: nothing but a reset
 // or silence), DATA, trailers, or a reset of the stream.
@@ -204,14 +199,14 @@ absl::StatusOr<std::string> Against(const Script& s, const UnaryCall& call = Cal
 
 TEST(CallUnaryTest, SendsAGrpcRequestAndReturnsTheMessage) {
   Script s;
-  s.data = Framed("answer");
+  s.data = testing::GrpcFramed("answer");
   ScriptedServer server(s);
   UnaryCall call = CallOf("question", absl::Seconds(4));
   call.metadata = {{"traceparent", "00-abc-01"}};
   absl::StatusOr<std::string> r = CallUnary(server.client_fd(), call);
   ASSERT_OK(r.status());
   EXPECT_EQ(*r, "answer");
-  EXPECT_EQ(server.request_body, Framed("question"));
+  EXPECT_EQ(server.request_body, testing::GrpcFramed("question"));
   EXPECT_EQ(server.request_headers[":method"], "POST");
   EXPECT_EQ(server.request_headers[":path"], "/test.Service/Method");
   EXPECT_EQ(server.request_headers["content-type"], "application/grpc");
@@ -229,7 +224,7 @@ TEST(CallUnaryTest, SendsAGrpcRequestAndReturnsTheMessage) {
 
 TEST(CallUnaryTest, AnEmptyMessageIsAMessage) {
   Script s;
-  s.data = Framed("");
+  s.data = testing::GrpcFramed("");
   ScriptedServer server(s);
   absl::StatusOr<std::string> r = CallUnary(server.client_fd(), CallOf(""));
   ASSERT_OK(r.status());
@@ -240,7 +235,7 @@ TEST(CallUnaryTest, ALargeAnswerCrossesTheFlowControlWindows) {
   Script s;
   std::string big(1 << 20, 'x');
   for (size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>(i / 4096);
-  s.data = Framed(big);
+  s.data = testing::GrpcFramed(big);
   ScriptedServer server(s);
   absl::StatusOr<std::string> r = CallUnary(server.client_fd(), CallOf("q"));
   ASSERT_OK(r.status());
@@ -256,7 +251,7 @@ TEST(CallUnaryTest, TrailersOnlyErrorKeepsCodeAndDecodedMessage) {
 
 TEST(CallUnaryTest, ErrorAfterAMessageIsTheError) {
   Script s;
-  s.data = Framed("partial");
+  s.data = testing::GrpcFramed("partial");
   s.trailers = {{"grpc-status", "14"}, {"grpc-message", "store closed"}};
   EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnavailable, "store closed"));
 }
@@ -279,7 +274,7 @@ TEST(CallUnaryTest, AnswerThatIsNotGrpcIsRefused) {
 
 TEST(CallUnaryTest, AnswerWithoutGrpcStatusIsUnknown) {
   Script s;
-  s.data = Framed("answer");
+  s.data = testing::GrpcFramed("answer");
   s.trailers.clear();
   EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kUnknown, HasSubstr("without a grpc-status")));
 }
@@ -304,19 +299,19 @@ TEST(CallUnaryTest, ResetStreamMapsAsGrpcDoes) {
 
 TEST(CallUnaryTest, CompressedMessageIsRefused) {
   Script s;
-  s.data = Framed("zzz", /*flag=*/1);
+  s.data = testing::GrpcFramed("zzz", /*flag=*/1);
   EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kInternal, HasSubstr("compressed")));
 }
 
 TEST(CallUnaryTest, TwoMessagesOrATruncatedOneAreRefused) {
   {
     Script s;
-    s.data = Framed("one") + Framed("two");
+    s.data = testing::GrpcFramed("one") + testing::GrpcFramed("two");
     EXPECT_THAT(Against(s), StatusIs(absl::StatusCode::kInternal, HasSubstr("for a message of 3")));
   }
   {
     Script s;
-    s.data = Framed("truncated").substr(0, 8);
+    s.data = testing::GrpcFramed("truncated").substr(0, 8);
     EXPECT_THAT(Against(s),
                 StatusIs(absl::StatusCode::kInternal, HasSubstr("8 bytes for a message of 9")));
   }
@@ -329,7 +324,7 @@ TEST(CallUnaryTest, TwoMessagesOrATruncatedOneAreRefused) {
 
 TEST(CallUnaryTest, OversizeAnswerIsRefusedWithoutReadingItAll) {
   Script s;
-  s.data = Framed(std::string(200000, 'x'));
+  s.data = testing::GrpcFramed(std::string(200000, 'x'));
   ScriptedServer server(s);
   UnaryCall call = CallOf("q");
   call.max_response_bytes = 100000;
@@ -407,16 +402,9 @@ TEST(CallUnaryTest, RandomFramesNeverCrashOrHang) {
       uint8_t type = rng() % 10;
       uint8_t flags = rng() % 256;
       uint32_t stream = rng() % 4;
-      bytes += std::string{static_cast<char>(len >> 16),
-                           static_cast<char>(len >> 8),
-                           static_cast<char>(len),
-                           static_cast<char>(type),
-                           static_cast<char>(flags),
-                           0,
-                           0,
-                           0,
-                           static_cast<char>(stream)};
-      for (uint32_t b = 0; b < len; ++b) bytes.push_back(static_cast<char>(rng()));
+      std::string payload;
+      for (uint32_t b = 0; b < len; ++b) payload.push_back(static_cast<char>(rng()));
+      testing::AppendFrame(&bytes, type, flags, stream, payload);
     }
     absl::Time start = absl::Now();
     absl::Status s = AgainstRawPeer(bytes, /*close_after=*/i % 2 == 0);

@@ -47,7 +47,7 @@ run_bazel() {
 
 run_bazel "all tests" //... --nocache_test_results "$@"
 run_bazel "ThreadSanitizer" --config=tsan //tests/stress:all --nocache_test_results "$@"
-run_bazel "libFuzzer (bounded)" --config=fuzz //agent/natpmp:codec_fuzz_test //cni:plugin_fuzz_test //cni:grpc_unary_fuzz_test //agent:http_server_fuzz_test //agent/ssdp:ssdp_fuzz_test //agent/upnp:soap_fuzz_test //agent/upstream:codec_fuzz_test --nocache_test_results "$@"
+run_bazel "libFuzzer (bounded)" --config=fuzz //agent/natpmp:codec_fuzz_test //cni:plugin_fuzz_test //cni:grpc_unary_fuzz_test //agent:unary_server_fuzz_test //agent:http_server_fuzz_test //agent/ssdp:ssdp_fuzz_test //agent/upnp:soap_fuzz_test //agent/upstream:codec_fuzz_test --nocache_test_results "$@"
 
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 [ "$overall" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -1,0 +1,74 @@
+#include "cni/http2_io.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace fabric::cni {
+
+namespace {
+
+int MillisUntil(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  // Rounded up: a poll that returns early only loops once more.
+  int64_t ms = absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1));
+  return static_cast<int>(std::min<int64_t>(ms, std::numeric_limits<int>::max()));
+}
+
+}  // namespace
+
+absl::Status WaitFor(int fd, short events, absl::Time deadline) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int ms = MillisUntil(deadline);
+    if (ms == 0) return absl::DeadlineExceededError("Deadline Exceeded");
+    int n = poll(&p, 1, ms);
+    if (n > 0) return absl::OkStatus();
+    if (n == 0) continue;  // the loop's MillisUntil decides
+    if (errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("poll: ", strerror(errno)));
+    }
+  }
+}
+
+absl::Status FlushSession(int fd, nghttp2_session* session, std::string* scratch,
+                          absl::Time deadline, absl::string_view peer_gone) {
+  std::string& out = *scratch;
+  out.clear();
+  for (;;) {
+    const uint8_t* data = nullptr;
+    ssize_t n = nghttp2_session_mem_send(session, &data);
+    if (n < 0) return absl::InternalError(absl::StrCat("HTTP/2: ", nghttp2_strerror(n)));
+    if (n == 0) break;
+    out.append(reinterpret_cast<const char*>(data), n);
+  }
+  size_t off = 0;
+  while (off < out.size()) {
+    // No SIGPIPE from a peer that has gone: the error says so instead.
+    ssize_t w = send(fd, out.data() + off, out.size() - off, MSG_NOSIGNAL);
+    if (w > 0) {
+      off += w;
+    } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (absl::Status s = WaitFor(fd, POLLOUT, deadline); !s.ok()) return s;
+    } else if (w < 0 && errno == EINTR) {
+      continue;
+    } else if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+      return absl::UnavailableError(peer_gone);
+    } else {
+      return absl::UnavailableError(absl::StrCat("send: ", strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fabric::cni
