@@ -9,12 +9,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
-#include <cerrno>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -32,7 +32,6 @@ namespace {
 
 constexpr absl::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 constexpr size_t kMaxWaiting = 256;
-constexpr size_t kMaxQueued = 1024;
 constexpr absl::Duration kFirstBytesWait = absl::Seconds(1);
 
 struct InflaterFree {
@@ -187,7 +186,11 @@ class SocketFront::Impl {
         n > 0 ? FirstCallPath(absl::string_view(buf, static_cast<size_t>(n))) : std::nullopt;
     if (path.has_value() && handlers_.contains(*path)) {
       std::unique_lock<std::mutex> l(mu_);
-      if (queue_.size() < kMaxQueued) {
+      // As many waiting as there are workers: a client that holds a worker
+      // (slow to send, or slow to read its answer, up to io_timeout) can
+      // only delay that many; the rest go to gRPC's server, slower but not
+      // behind it.
+      if (queue_.size() < static_cast<size_t>(options_.workers)) {
         queue_.push_back(fd);
         l.unlock();
         queued_.notify_one();

@@ -11,7 +11,8 @@
 //
 // Bounds: connections waiting for their first bytes (256; over that, and
 // after 1 s of silence, they go to gRPC, which has its own limits), the
-// workers' queue (1,024; when full, gRPC serves the connection).
+// workers' queue (as long as there are workers; when full, gRPC serves the
+// connection).
 //
 // Thread-safe; destruction stops accepting, closes what waits, joins its
 // threads and removes the socket file (call it before shutting gRPC's
