@@ -261,17 +261,20 @@ UnaryHandler Handler(Service* service,
 
 UnaryHandlers PluginHandlers(AttachmentServiceImpl* attachments, AgentServiceImpl* status) {
   using A = AttachmentServiceImpl;
+  auto path = [](const char* service, const char* method) {
+    return absl::StrCat("/", service, "/", method);
+  };
+  const char* att = v1::AttachmentService::service_full_name();
   UnaryHandlers h;
-  h["/fabric.nat.v1.AttachmentService/Attach"] =
+  h[path(att, "Attach")] =
       Handler<v1::AttachRequest, v1::AttachResponse, A>(attachments, &A::Attach);
-  h["/fabric.nat.v1.AttachmentService/Detach"] =
+  h[path(att, "Detach")] =
       Handler<v1::DetachRequest, v1::DetachResponse, A>(attachments, &A::Detach);
-  h["/fabric.nat.v1.AttachmentService/Check"] =
-      Handler<v1::CheckRequest, v1::CheckResponse, A>(attachments, &A::Check);
-  h["/fabric.nat.v1.AttachmentService/GarbageCollect"] =
+  h[path(att, "Check")] = Handler<v1::CheckRequest, v1::CheckResponse, A>(attachments, &A::Check);
+  h[path(att, "GarbageCollect")] =
       Handler<v1::GarbageCollectRequest, v1::GarbageCollectResponse, A>(attachments,
                                                                         &A::GarbageCollect);
-  h["/fabric.nat.v1.AgentService/GetStatus"] =
+  h[path(v1::AgentService::service_full_name(), "GetStatus")] =
       Handler<v1::GetStatusRequest, v1::GetStatusResponse, AgentServiceImpl>(
           status, &AgentServiceImpl::GetStatus);
   return h;

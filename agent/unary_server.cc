@@ -138,12 +138,7 @@ ssize_t ReadAnswer(nghttp2_session* session, int32_t stream, uint8_t* buf, size_
   if (c->sent == c->answer.size()) {
     // The stream ends with the trailers, not with the message.
     *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-    std::vector<nghttp2_nv> nva;
-    for (auto& [name, value] : c->trailers) {
-      nva.push_back({reinterpret_cast<uint8_t*>(name.data()),
-                     reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
-                     NGHTTP2_NV_FLAG_NONE});
-    }
+    std::vector<nghttp2_nv> nva = cni::NameValues(c->trailers);
     if (nghttp2_submit_trailer(session, stream, nva.data(), nva.size()) != 0) {
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
@@ -204,14 +199,10 @@ int Answer(nghttp2_session* session, Call& c, const absl::Status& status) {
   c.trailers = {{"grpc-status", absl::StrCat(static_cast<int>(status.code()))}};
   if (!status.ok()) c.trailers.emplace_back("grpc-message", PercentEncode(status.message()));
   if (!status.ok()) head.insert(head.end(), c.trailers.begin(), c.trailers.end());
-  std::vector<nghttp2_nv> nva;
-  for (auto& [name, value] : head) {
-    nva.push_back({reinterpret_cast<uint8_t*>(name.data()),
-                   reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
-                   NGHTTP2_NV_FLAG_NONE});
-  }
-  if (!status.ok())
+  std::vector<nghttp2_nv> nva = cni::NameValues(head);
+  if (!status.ok()) {
     return nghttp2_submit_response(session, c.stream, nva.data(), nva.size(), nullptr);
+  }
   nghttp2_data_provider provider;
   provider.source.ptr = &c;
   provider.read_callback = ReadAnswer;

@@ -292,13 +292,7 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
     fields.emplace_back("grpc-timeout", GrpcTimeout(call.deadline - absl::Now()));
   }
   for (const auto& kv : call.metadata) fields.push_back(kv);
-  std::vector<nghttp2_nv> nva;
-  nva.reserve(fields.size());
-  for (auto& [name, value] : fields) {
-    nva.push_back({reinterpret_cast<uint8_t*>(name.data()),
-                   reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
-                   NGHTTP2_NV_FLAG_NONE});
-  }
+  std::vector<nghttp2_nv> nva = NameValues(fields);
   nghttp2_data_provider provider;
   provider.source.ptr = &x;
   provider.read_callback = ReadBody;

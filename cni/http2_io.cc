@@ -71,4 +71,15 @@ absl::Status FlushSession(int fd, nghttp2_session* session, std::string* scratch
   return absl::OkStatus();
 }
 
+std::vector<nghttp2_nv> NameValues(std::vector<std::pair<std::string, std::string>>& fields) {
+  std::vector<nghttp2_nv> nva;
+  nva.reserve(fields.size());
+  for (auto& [name, value] : fields) {
+    nva.push_back({reinterpret_cast<uint8_t*>(name.data()),
+                   reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
+                   NGHTTP2_NV_FLAG_NONE});
+  }
+  return nva;
+}
+
 }  // namespace fabric::cni

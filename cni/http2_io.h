@@ -6,6 +6,8 @@
 #include <nghttp2/nghttp2.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -23,5 +25,9 @@ absl::Status WaitFor(int fd, short events, absl::Time deadline);
 // `peer_gone` when the peer has closed.
 absl::Status FlushSession(int fd, nghttp2_session* session, std::string* scratch,
                           absl::Time deadline, absl::string_view peer_gone);
+
+// nghttp2's view of `fields` (which must outlive it): names and values
+// copied by nghttp2 when the frame is submitted.
+std::vector<nghttp2_nv> NameValues(std::vector<std::pair<std::string, std::string>>& fields);
 
 }  // namespace fabric::cni
