@@ -421,9 +421,12 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& given) {
         config.tls_address.empty() ? "" : absl::StrCat(" and ", config.tls_address)));
   }
   {
+    SocketFrontOptions options;
+    Metrics* metrics = &agent->metrics_;
+    options.on_route = [metrics](bool here) { metrics->RecordSocketConnection(here); };
     absl::StatusOr<std::unique_ptr<SocketFront>> front = SocketFront::Start(
         config.socket, agent->server_.get(),
-        PluginHandlers(agent->attachments_.get(), agent->status_.get()));
+        PluginHandlers(agent->attachments_.get(), agent->status_.get()), options);
     if (!front.ok()) {
       return absl::UnavailableError(
           absl::StrCat("cannot serve on unix:", config.socket, ": ", front.status().message()));

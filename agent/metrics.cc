@@ -101,7 +101,18 @@ std::string Metrics::Render(const nat::RuleSet& desired,
       "# TYPE nat_last_repair_seconds gauge\n",
       "nat_last_repair_seconds ",
       repairs_ == 0 ? 0 : absl::ToUnixSeconds(last_repair_), "\n");
+  absl::StrAppend(&out,
+                  "# HELP nat_socket_connections_total Connections on the unix socket by the "
+                  "server that took them: the agent's own (the CNI plugin's calls) or gRPC's.\n"
+                  "# TYPE nat_socket_connections_total counter\n",
+                  "nat_socket_connections_total{server=\"agent\"} ", socket_agent_, "\n",
+                  "nat_socket_connections_total{server=\"grpc\"} ", socket_grpc_, "\n");
   return out;
+}
+
+void Metrics::RecordSocketConnection(bool served_by_agent) {
+  std::lock_guard<std::mutex> l(mu_);
+  ++(served_by_agent ? socket_agent_ : socket_grpc_);
 }
 
 }  // namespace fabric::agent

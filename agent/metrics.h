@@ -26,6 +26,9 @@ class Metrics {
   // status page.
   void RecordRepair(absl::Time when, const std::string& what = "");
   static constexpr size_t kRecentRepairs = 20;
+  // A connection on the unix socket, by the server that took it: the
+  // agent's own (the plugin's calls, agent/socket_front.h) or gRPC's.
+  void RecordSocketConnection(bool served_by_agent);
   // Newest first.
   std::vector<std::pair<absl::Time, std::string>> RecentRepairs() const;
 
@@ -48,6 +51,8 @@ class Metrics {
   uint64_t repairs_ = 0;                             // guarded by mu_
   absl::Time last_repair_ = absl::UnixEpoch();       // guarded by mu_
   std::deque<std::pair<absl::Time, std::string>> recent_;  // guarded by mu_
+  uint64_t socket_agent_ = 0;                        // guarded by mu_
+  uint64_t socket_grpc_ = 0;                         // guarded by mu_
 };
 
 }  // namespace fabric::agent

@@ -148,6 +148,7 @@ class SocketFront::Impl {
   void ToGrpc(int fd) {
     grpc::AddInsecureChannelFromFd(server_, fd);
     handed.fetch_add(1, std::memory_order_relaxed);
+    if (options_.on_route) options_.on_route(false);
   }
 
   void Accept() {
@@ -194,6 +195,7 @@ class SocketFront::Impl {
         queue_.push_back(fd);
         l.unlock();
         queued_.notify_one();
+        if (options_.on_route) options_.on_route(true);
         return;
       }
     }

@@ -19,6 +19,7 @@
 // server down).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,8 @@ namespace fabric::agent {
 struct SocketFrontOptions {
   int workers = 8;
   UnaryServerLimits limits;
+  // Told where each connection went (true: a worker here); may be empty.
+  std::function<void(bool served_here)> on_route;
 };
 
 class SocketFront {

@@ -78,10 +78,20 @@ TEST_F(AgentTest, SocketIsPrivateAndMetricsAndHealthServe) {
               fabric::testing::StatusIs(absl::StatusCode::kInternal,
                                         HasSubstr("host port 8080/tcp on 0.0.0.0 is held by "
                                                   "mapping m-1 of web")));
+  // The plugin's STATUS (CNI 1.1): its call is one the agent serves itself;
+  // fabricctl's three went to gRPC's server.
+  std::string status_config = absl::StrCat(
+      R"({"cniVersion":"1.1.0","name":"n","type":"fabric-nat","agentSocket":")", agent_->socket(),
+      R"("})");
+  ASSERT_OK(ns_->Exec(absl::StrCat("echo '", status_config,
+                                   "' | CNI_COMMAND=STATUS CNI_PATH=/nowhere ",
+                                   testing::Runfile("cni/fabric-nat")))
+                .status());
   ASSERT_OK_AND_ASSIGN(std::string metrics,
                        ns_->Exec("curl -s http://127.0.0.1:19333/metrics"));
   for (const char* want :
-       {"nat_rules{type=\"dnat\"} 2", "nat_port_mappings{owner=\"api\"} 2",
+       {"nat_socket_connections_total{server=\"agent\"} 1",
+        "nat_socket_connections_total{server=\"grpc\"} 3", "nat_rules{type=\"dnat\"} 2", "nat_port_mappings{owner=\"api\"} 2",
         "nat_port_mappings{owner=\"cni\"} 0", "nat_connections_total{type=\"dnat\"} 0",
         "nat_operations_total{op=\"create_mapping\"} 3",
         "nat_operation_errors_total{op=\"create_mapping\"} 1",
