@@ -282,6 +282,7 @@ absl::StatusOr<std::unique_ptr<SocketFront>> SocketFront::Start(const std::strin
   umask(old_umask);
   if (bound != 0 || listen(fd, 1024) != 0) {
     int e = bound != 0 ? bind_errno : errno;
+    if (bound == 0) unlink(path.c_str());  // ours, and never listened on
     close(fd);
     return absl::UnavailableError(absl::StrCat("cannot listen on ", path, ": ", strerror(e)));
   }
