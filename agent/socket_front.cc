@@ -146,9 +146,10 @@ class SocketFront::Impl {
 
  private:
   void ToGrpc(int fd) {
-    grpc::AddInsecureChannelFromFd(server_, fd);
+    // Counted first: gRPC may answer before AddInsecureChannelFromFd returns.
     handed.fetch_add(1, std::memory_order_relaxed);
     if (options_.on_route) options_.on_route(false);
+    grpc::AddInsecureChannelFromFd(server_, fd);
   }
 
   void Accept() {
@@ -192,10 +193,10 @@ class SocketFront::Impl {
       // only delay that many; the rest go to gRPC's server, slower but not
       // behind it.
       if (queue_.size() < static_cast<size_t>(options_.workers)) {
+        if (options_.on_route) options_.on_route(true);
         queue_.push_back(fd);
         l.unlock();
         queued_.notify_one();
-        if (options_.on_route) options_.on_route(true);
         return;
       }
     }

@@ -286,7 +286,7 @@ TEST_F(SocketFrontTest, WorkersHeldBySlowClientsDoNotDelayTheNextCall) {
   ASSERT_OK_AND_ASSIGN(v1::AttachResponse resp, PluginAttach("next"));
   EXPECT_EQ(resp.mappings(0).id(), "from-grpc:next");
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
-  EXPECT_EQ(front_->handed_to_grpc(), 1u);
+  EXPECT_GE(front_->handed_to_grpc(), 1u);  // a slow one too, if it found the queue full
   for (int fd : slow) close(fd);
 }
 
