@@ -463,10 +463,7 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                             std::map<Pinhole, uint64_t>* packets,
                             std::map<DnatElement, uint64_t>* connections) {
   std::string name = nftnl_set_get_str(set, NFTNL_SET_NAME);
-  const DnatMap* map = nullptr;
-  for (const DnatMap& m : kDnatMaps) {
-    if (name == m.name) map = &m;
-  }
+  const DnatMap* map = DnatMapNamed(name);
   const PrefixSet* prefixes = nullptr;
   for (const PrefixSet& p : kPrefixSets) {
     if (name == p.name) prefixes = &p;
@@ -506,33 +503,10 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
       }
     }
     if (map != nullptr) {
-      size_t alen = AddrLen(map->family);
-      size_t want_key = (map->specific_host ? alen : 0) + 8;
-      size_t want_data = alen + (map->range ? 0 : 4);
-      if (key == nullptr || klen != want_key || data == nullptr ||
-          dlen != want_data || (map->range && (key_end == nullptr || kelen != klen))) {
+      DnatElement d;
+      if (!DecodeDnatElement(*map, key, klen, key_end, kelen, data, dlen, &d)) {
         foreign.push_back("malformed element");
         continue;
-      }
-      DnatElement d;
-      d.family = map->family;
-      size_t off = 0;
-      if (map->specific_host) {
-        d.host_ip = IpAddress::FromBytes(map->family, key);
-        off = alen;
-      }
-      d.protocol = static_cast<Protocol>(key[off]);
-      uint16_t port;
-      std::memcpy(&port, key + off + 4, 2);
-      d.port_lo = d.port_hi = ntohs(port);
-      if (map->range) {
-        std::memcpy(&port, key_end + off + 4, 2);
-        d.port_hi = ntohs(port);
-      }
-      d.target_ip = IpAddress::FromBytes(map->family, data);
-      if (!map->range) {
-        std::memcpy(&port, data + alen, 2);
-        d.target_port = ntohs(port);
       }
       if (connections != nullptr) (*connections)[d] = ElementPackets(e);
       dnat.push_back(d);
@@ -576,8 +550,7 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
     }
   }
   nftnl_set_elems_iter_destroy(it);
-  std::sort(dnat.begin(), dnat.end());
-  for (const DnatElement& d : dnat) rules->dnat.insert(rules->dnat.end(), d);
+  InsertSorted(std::move(dnat), &rules->dnat);
 
   if (prefixes != nullptr) {
     // Pair each start with the next end; a start with no end runs to the top.

@@ -57,6 +57,10 @@ struct nftnl_chain;
 
 namespace fabric::nat::nftables {
 
+namespace internal {
+struct DnatMap;
+}
+
 inline constexpr char kTableName[] = "fabric_nat";
 
 // A netlink batch ready to send, and what each message does (by sequence
@@ -130,6 +134,23 @@ absl::Status DecodeElements(const nftnl_set* set, RuleSet* rules,
                             std::set<std::string>* seen = nullptr,
                             std::map<Pinhole, uint64_t>* packets = nullptr,
                             std::map<DnatElement, uint64_t>* connections = nullptr);
+
+// The DNAT map named `name` of the layout, or null.
+const internal::DnatMap* DnatMapNamed(const std::string& name);
+// One element of DNAT map `map` from its key (and key end, for a port
+// range) and data bytes; false when they do not fit the map (a foreign
+// element).
+bool DecodeDnatElement(const internal::DnatMap& map, const uint8_t* key, uint32_t klen,
+                       const uint8_t* key_end, uint32_t kelen, const uint8_t* data,
+                       uint32_t dlen, DnatElement* out);
+// The elements of one message of a dump of DNAT map `map`, decoded from
+// the netlink attributes without libnftnl (dnat_dump.cc: no object per
+// element); elements that do not fit are counted in `malformed`.
+void DecodeDnatDump(const nlmsghdr* nlh, const internal::DnatMap& map,
+                    std::vector<DnatElement>* out, size_t* malformed);
+// Adds `elements` to `set` in order (a B-tree filled at random costs
+// several times one filled in order; a dump comes in hash order).
+void InsertSorted(std::vector<DnatElement> elements, DnatSet* set);
 
 // Which kind of connection a NAT rule of ours counts ("dnat", "hairpin",
 // "masquerade", "localhost", "snat"), from the set it looks up or its snat

@@ -269,6 +269,46 @@ TEST(EncodeTest, EveryKindOfElementRoundTrips) {
   EXPECT_EQ(got, want) << got.DebugString();
 }
 
+// The DNAT maps' direct decoder (the full read's fast path) against
+// libnftnl's parse and DecodeElements, over every kind of DNAT element.
+TEST(EncodeTest, DirectDnatDecodeMatchesLibnftnls) {
+  RuleSet want = Sample();
+  ASSERT_FALSE(want.dnat.empty());
+  Batch b;
+  b.add = want;
+  EncodedBatch batch = EncodeApply(b, {}, 1);
+  DnatSet direct;
+  size_t malformed = 0, maps_seen = 0;
+  const auto* nlh = reinterpret_cast<const nlmsghdr*>(batch.bytes.data());
+  int len = static_cast<int>(batch.bytes.size());
+  for (; mnl_nlmsg_ok(nlh, len); nlh = mnl_nlmsg_next(nlh, &len)) {
+    if ((nlh->nlmsg_type & 0xff) != NFT_MSG_NEWSETELEM) continue;
+    nftnl_set* one = nftnl_set_alloc();
+    ASSERT_EQ(nftnl_set_elems_nlmsg_parse(nlh, one), 0);
+    const internal::DnatMap* map = DnatMapNamed(nftnl_set_get_str(one, NFTNL_SET_NAME));
+    nftnl_set_free(one);
+    if (map == nullptr) continue;
+    ++maps_seen;
+    std::vector<DnatElement> found;
+    DecodeDnatDump(nlh, *map, &found, &malformed);
+    InsertSorted(std::move(found), &direct);
+  }
+  EXPECT_GE(maps_seen, 3u);
+  EXPECT_EQ(malformed, 0u);
+  EXPECT_EQ(direct, DecodeBatch(batch).dnat);
+  EXPECT_EQ(direct, want.dnat);
+  // A key of the wrong length is counted, not decoded.
+  const internal::DnatMap* any4 = DnatMapNamed("dnat4_any");
+  ASSERT_NE(any4, nullptr);
+  uint8_t key[8] = {6, 0, 0, 0, 0, 80, 0, 0};  // protocol, port (4 bytes each)
+  uint8_t data[8] = {10, 0, 0, 5, 0, 80, 0, 0};
+  DnatElement d;
+  EXPECT_FALSE(DecodeDnatElement(*any4, key, 7, nullptr, 0, data, sizeof(data), &d));
+  EXPECT_TRUE(DecodeDnatElement(*any4, key, sizeof(key), nullptr, 0, data, sizeof(data), &d));
+  EXPECT_EQ(d.port_lo, 80);
+  EXPECT_EQ(d.target_port, 80);
+}
+
 TEST(EncodeTest, WholeAddressSpacePrefixRoundTrips) {
   RuleSet want;
   want.masquerade = {*Prefix::Parse("0.0.0.0/0"), *Prefix::Parse("::/0")};

@@ -525,17 +525,37 @@ absl::StatusOr<KernelState> NftablesBackend::ReadOnce(bool disturbed_ok) const {
     nftnl_set_set_str(st, NFTNL_SET_TABLE, kTableName);
     nftnl_set_set_str(st, NFTNL_SET_NAME, name.c_str());
     nftnl_set_set_u32(st, NFTNL_SET_FAMILY, NFPROTO_INET);
+    auto build = [&](char* buf, uint32_t seq) {
+      nlmsghdr* nlh =
+          nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, seq);
+      nftnl_set_elems_nlmsg_build_payload(nlh, st);
+      return nlh;
+    };
+    // A DNAT map without its counters: decoded from the messages as they
+    // come (no libnftnl object per element).
+    if (const nftables::internal::DnatMap* map = nftables::DnatMapNamed(name);
+        map != nullptr && disturbed_ok) {
+      std::vector<DnatElement> found;
+      size_t malformed = 0;
+      s = sock.Request(absl::StrCat("list elements of set ", name), build,
+                       [&](const nlmsghdr* nlh) {
+                         nftables::DecodeDnatDump(nlh, *map, &found, &malformed);
+                         return absl::OkStatus();
+                       });
+      nftnl_set_free(st);
+      if (!s.ok()) return s;
+      nftables::InsertSorted(std::move(found), &state.rules.dnat);
+      if (malformed > 0) {
+        problems.push_back(absl::StrCat("set ", name, ": ", malformed,
+                                        " foreign element(s), first: malformed element"));
+      }
+      continue;
+    }
     // Every chunk of the dump into one set, decoded once: an interval's
     // start and end may arrive in different chunks.
     nftnl_set* all = nftnl_set_alloc();
     s = sock.Request(
-        absl::StrCat("list elements of set ", name),
-        [&](char* buf, uint32_t seq) {
-          nlmsghdr* nlh = nftnl_nlmsg_build_hdr(
-              buf, NFT_MSG_GETSETELEM, NFPROTO_INET, NLM_F_DUMP, seq);
-          nftnl_set_elems_nlmsg_build_payload(nlh, st);
-          return nlh;
-        },
+        absl::StrCat("list elements of set ", name), build,
         [&](const nlmsghdr* nlh) {
           nftnl_set_elems_nlmsg_parse(nlh, all);
           return absl::OkStatus();
