@@ -62,8 +62,6 @@ class OpScope {
         subject_(std::move(subject)),
         start_(absl::Now()),
         trace_(TraceOf(call.traceparent)) {}
-  OpScope(Metrics* metrics, const grpc::ServerContext* context, std::string op, std::string subject)
-      : OpScope(metrics, CallInfoOf(context), std::move(op), std::move(subject)) {}
   grpc::Status Finish(const absl::Status& s, const std::string& detail = "") {
     return ToGrpc(Done(s, detail));
   }
@@ -85,11 +83,6 @@ class OpScope {
   absl::Time start_;
   ScopedTrace trace_;
 };
-
-// The caller's deadline: a call still waiting for the writer when it passes
-// is refused without doing anything, so a client that gave up (the plugin
-// reports "try again later") never has it happen behind its back.
-absl::Time DeadlineOf(const grpc::ServerContext* context) { return CallInfoOf(context).deadline; }
 
 std::string Subject(const v1::AttachmentKey& k) {
   return absl::StrCat("container=", ShortContainerId(k.container_id()), " ifname=", k.ifname(),
@@ -161,9 +154,10 @@ grpc::Status AttachmentServiceImpl::GarbageCollect(grpc::ServerContext* context,
 grpc::Status MappingServiceImpl::CreateMapping(grpc::ServerContext* context,
                                                const v1::CreateMappingRequest* request,
                                                v1::CreateMappingResponse* response) {
-  OpScope op(metrics_, context, "create_mapping",
+  CallInfo call = CallInfoOf(context);
+  OpScope op(metrics_, call, "create_mapping",
              absl::StrCat("owner=", request->mapping().owner().id()));
-  absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping(), DeadlineOf(context));
+  absl::StatusOr<v1::PortMapping> r = core_->CreateMapping(request->mapping(), call.deadline);
   if (r.ok()) *response->mutable_mapping() = *r;
   return op.Finish(r.status(), r.ok() ? absl::StrCat("id=", r->id()) : "");
 }
@@ -171,8 +165,9 @@ grpc::Status MappingServiceImpl::CreateMapping(grpc::ServerContext* context,
 grpc::Status MappingServiceImpl::DeleteMapping(grpc::ServerContext* context,
                                                const v1::DeleteMappingRequest* request,
                                                v1::DeleteMappingResponse*) {
-  OpScope op(metrics_, context, "delete_mapping", absl::StrCat("id=", request->id()));
-  return op.Finish(core_->DeleteMapping(request->id(), DeadlineOf(context)));
+  CallInfo call = CallInfoOf(context);
+  OpScope op(metrics_, call, "delete_mapping", absl::StrCat("id=", request->id()));
+  return op.Finish(core_->DeleteMapping(request->id(), call.deadline));
 }
 
 grpc::Status MappingServiceImpl::ListMappings(grpc::ServerContext*,
@@ -220,7 +215,7 @@ grpc::Status AgentServiceImpl::GetStatus(grpc::ServerContext* context,
 grpc::Status AgentServiceImpl::Backup(grpc::ServerContext* context,
                                       const v1::BackupRequest* request,
                                       v1::BackupResponse* response) {
-  OpScope op(metrics_, context, "backup", absl::StrCat("path=", request->path()));
+  OpScope op(metrics_, CallInfoOf(context), "backup", absl::StrCat("path=", request->path()));
   if (!allow_backup_) {
     return op.Finish(absl::PermissionDeniedError(
         "backups are taken over the agent's unix socket only, not over TLS"));

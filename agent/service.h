@@ -25,6 +25,9 @@ absl::Status ForTheWire(const absl::Status& s);
 // What a call carries besides its message, from gRPC's context or from
 // agent/unary_server.h's call.
 struct CallInfo {
+  // A call still waiting for the writer when it passes is refused without
+  // doing anything, so a client that gave up (the plugin reports "try again
+  // later") never has it happen behind its back.
   absl::Time deadline = absl::InfiniteFuture();
   std::string traceparent;
 };

@@ -24,6 +24,21 @@ absl::Status SqlError(sqlite3* db, absl::string_view what) {
       absl::StrCat("store: ", what, ": ", sqlite3_errmsg(db)));
 }
 
+// Binds text or a blob without a copy: the caller's string outlives the
+// step (Run resets the statement and clears its bindings).
+void BindText(sqlite3_stmt* s, int i, const std::string& v) {
+  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+void BindBlob(sqlite3_stmt* s, int i, const std::string& v) {
+  sqlite3_bind_blob(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+}
+bool Run(sqlite3_stmt* s) {
+  int rc = sqlite3_step(s);
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  return rc == SQLITE_DONE;
+}
+
 // A prepared statement, finalized on scope exit.
 class Statement {
  public:
@@ -42,12 +57,7 @@ class Statement {
                       SQLITE_TRANSIENT);
   }
   // Runs a statement that returns no rows, then resets it for reuse.
-  bool Run() {
-    int rc = sqlite3_step(stmt_);
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-    return rc == SQLITE_DONE;
-  }
+  bool Run() { return fabric::agent::Run(stmt_); }
 
  private:
   sqlite3* db_;
@@ -352,24 +362,6 @@ void Store::Rollback() {
   }
 }
 
-namespace {
-
-// Binds text or a blob without a copy: the caller's string outlives the
-// step (Run resets the statement and clears its bindings).
-void BindText(sqlite3_stmt* s, int i, const std::string& v) {
-  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-}
-void BindBlob(sqlite3_stmt* s, int i, const std::string& v) {
-  sqlite3_bind_blob(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-}
-bool Run(sqlite3_stmt* s) {
-  int rc = sqlite3_step(s);
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
-  return rc == SQLITE_DONE;
-}
-
-}  // namespace
 
 absl::Status Store::Commit(const StoreWrite& write,
                            const std::function<absl::Status()>& inside) {

@@ -1,6 +1,5 @@
 #include "agent/unary_server.h"
 
-#include <fcntl.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -24,16 +23,8 @@ namespace fabric::agent {
 
 namespace {
 
-// gRPC's length prefix: a compressed flag and a big-endian length.
-constexpr size_t kPrefix = 5;
+constexpr size_t kPrefix = cni::kGrpcPrefix;
 constexpr char kPeerGone[] = "the client closed the connection";
-
-struct SessionFree {
-  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
-};
-struct CallbacksFree {
-  void operator()(nghttp2_session_callbacks* c) const { nghttp2_session_callbacks_del(c); }
-};
 
 // The connection's one call, shared with nghttp2's callbacks.
 struct Call {
@@ -174,9 +165,9 @@ absl::Status Validate(const Call& c, const UnaryHandlers& handlers, UnaryCall* c
   if (c.body.size() < kPrefix) {
     return absl::InternalError("request holds no message");
   }
-  const auto* p = reinterpret_cast<const uint8_t*>(c.body.data());
-  uint32_t len = (uint32_t{p[1]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 8) | p[4];
-  if (p[0] != 0) return absl::InternalError("request message is compressed without grpc-encoding");
+  uint32_t len = cni::GrpcMessageLength(c.body.data());
+  if (c.body[0] != 0)
+    return absl::InternalError("request message is compressed without grpc-encoding");
   if (c.body.size() != kPrefix + size_t{len}) {
     return absl::InternalError(
         absl::StrCat("request is ", c.body.size(), " bytes for one message of ", len));
@@ -225,28 +216,20 @@ void Linger(int fd) {
 }
 
 absl::Status Serve(int fd, const UnaryHandlers& handlers, const UnaryServerLimits& limits) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    return absl::UnavailableError(absl::StrCat("fcntl: ", strerror(errno)));
-  }
+  if (absl::Status s = cni::SetNonBlocking(fd); !s.ok()) return s;
   Call c;
   c.limits = &limits;
-  nghttp2_session_callbacks* raw_callbacks = nullptr;
-  if (nghttp2_session_callbacks_new(&raw_callbacks) != 0) {
-    return absl::ResourceExhaustedError("out of memory");
-  }
-  std::unique_ptr<nghttp2_session_callbacks, CallbacksFree> callbacks(raw_callbacks);
-  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks.get(), OnBeginHeaders);
-  nghttp2_session_callbacks_set_on_header_callback(callbacks.get(), OnHeader);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks.get(), OnData);
-  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks.get(), OnFrame);
-  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks.get(), OnStreamClose);
-  nghttp2_session_callbacks_set_error_callback2(callbacks.get(), OnError);
-  nghttp2_session* raw_session = nullptr;
-  if (nghttp2_session_server_new(&raw_session, callbacks.get(), &c) != 0) {
-    return absl::ResourceExhaustedError("out of memory");
-  }
-  std::unique_ptr<nghttp2_session, SessionFree> session(raw_session);
+  absl::StatusOr<cni::SessionPtr> made =
+      cni::NewSession(/*server=*/true, &c, [](nghttp2_session_callbacks* cb) {
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cb, OnBeginHeaders);
+        nghttp2_session_callbacks_set_on_header_callback(cb, OnHeader);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnData);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cb, OnFrame);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
+        nghttp2_session_callbacks_set_error_callback2(cb, OnError);
+      });
+  if (!made.ok()) return made.status();
+  cni::SessionPtr session = *std::move(made);
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 1},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<uint32_t>(limits.max_header_bytes)},
@@ -269,15 +252,7 @@ absl::Status Serve(int fd, const UnaryHandlers& handlers, const UnaryServerLimit
       absl::Status status = Validate(c, handlers, &call, &message);
       std::string response;
       if (status.ok()) status = handlers.at(call.path)(call, message, &response);
-      if (status.ok()) {
-        c.answer.reserve(kPrefix + response.size());
-        c.answer.push_back('\0');
-        uint32_t len = static_cast<uint32_t>(response.size());
-        for (int shift = 24; shift >= 0; shift -= 8) {
-          c.answer.push_back(static_cast<char>(len >> shift));
-        }
-        c.answer += response;
-      }
+      if (status.ok()) c.answer = cni::GrpcMessage(response);
       if (int rv = Answer(session.get(), c, status); rv != 0) {
         return absl::InternalError(absl::StrCat("HTTP/2: ", nghttp2_strerror(rv)));
       }

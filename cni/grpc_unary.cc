@@ -1,6 +1,5 @@
 #include "cni/grpc_unary.h"
 
-#include <fcntl.h>
 #include <nghttp2/nghttp2.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -24,8 +23,7 @@ namespace fabric::cni {
 
 namespace {
 
-// gRPC's length prefix: a compressed flag and a big-endian length.
-constexpr size_t kPrefix = 5;
+constexpr size_t kPrefix = kGrpcPrefix;
 // All response headers and trailers together, names and values.
 constexpr size_t kMaxHeaderBytes = 16 << 10;
 
@@ -53,13 +51,6 @@ absl::StatusCode CodeOfStreamError(uint32_t error) {
     default: return absl::StatusCode::kInternal;
   }
 }
-
-struct SessionFree {
-  void operator()(nghttp2_session* s) const { nghttp2_session_del(s); }
-};
-struct CallbacksFree {
-  void operator()(nghttp2_session_callbacks* c) const { nghttp2_session_callbacks_del(c); }
-};
 
 // One call's state, shared with nghttp2's callbacks.
 struct Exchange {
@@ -175,9 +166,8 @@ absl::StatusOr<std::string> Outcome(Exchange& x) {
   if (x.response.size() < kPrefix) {
     return absl::InternalError("the agent's answer holds no message");
   }
-  const auto* p = reinterpret_cast<const uint8_t*>(x.response.data());
-  uint32_t len = (uint32_t{p[1]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 8) | p[4];
-  if (p[0] != 0) {
+  uint32_t len = GrpcMessageLength(x.response.data());
+  if (x.response[0] != 0) {
     return absl::InternalError("the agent's answer is compressed, which this client did not ask for");
   }
   if (x.response.size() != kPrefix + len) {
@@ -242,33 +232,21 @@ absl::StatusOr<std::string> CallUnary(int fd, const UnaryCall& call) {
   if (call.request.size() > std::numeric_limits<uint32_t>::max()) {
     return absl::InvalidArgumentError("request too long for one gRPC message");
   }
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    return absl::UnavailableError(absl::StrCat("fcntl: ", strerror(errno)));
-  }
+  if (absl::Status s = SetNonBlocking(fd); !s.ok()) return s;
 
   Exchange x;
   x.max_response_bytes = call.max_response_bytes;
-  uint32_t len = static_cast<uint32_t>(call.request.size());
-  x.body.reserve(kPrefix + call.request.size());
-  x.body.push_back('\0');
-  for (int shift = 24; shift >= 0; shift -= 8) x.body.push_back(static_cast<char>(len >> shift));
-  x.body += call.request;
+  x.body = GrpcMessage(call.request);
 
-  nghttp2_session_callbacks* raw_callbacks = nullptr;
-  if (nghttp2_session_callbacks_new(&raw_callbacks) != 0) {
-    return absl::ResourceExhaustedError("out of memory");
-  }
-  std::unique_ptr<nghttp2_session_callbacks, CallbacksFree> callbacks(raw_callbacks);
-  nghttp2_session_callbacks_set_on_header_callback(callbacks.get(), OnHeader);
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks.get(), OnData);
-  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks.get(), OnStreamClose);
-  nghttp2_session_callbacks_set_error_callback2(callbacks.get(), OnError);
-  nghttp2_session* raw_session = nullptr;
-  if (nghttp2_session_client_new(&raw_session, callbacks.get(), &x) != 0) {
-    return absl::ResourceExhaustedError("out of memory");
-  }
-  std::unique_ptr<nghttp2_session, SessionFree> session(raw_session);
+  absl::StatusOr<SessionPtr> made =
+      NewSession(/*server=*/false, &x, [](nghttp2_session_callbacks* cb) {
+        nghttp2_session_callbacks_set_on_header_callback(cb, OnHeader);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, OnData);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cb, OnStreamClose);
+        nghttp2_session_callbacks_set_error_callback2(cb, OnError);
+      });
+  if (!made.ok()) return made.status();
+  SessionPtr session = *std::move(made);
 
   // No pushes; a window that takes the whole bounded answer at once.
   const nghttp2_settings_entry settings[] = {

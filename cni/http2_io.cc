@@ -1,5 +1,6 @@
 #include "cni/http2_io.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -26,6 +27,29 @@ int MillisUntil(absl::Time deadline) {
 }
 
 }  // namespace
+
+absl::StatusOr<SessionPtr> NewSession(bool server, void* user,
+                                      const std::function<void(nghttp2_session_callbacks*)>& set) {
+  nghttp2_session_callbacks* callbacks = nullptr;
+  if (nghttp2_session_callbacks_new(&callbacks) != 0) {
+    return absl::ResourceExhaustedError("out of memory");
+  }
+  set(callbacks);
+  nghttp2_session* session = nullptr;
+  int rv = server ? nghttp2_session_server_new(&session, callbacks, user)
+                  : nghttp2_session_client_new(&session, callbacks, user);
+  nghttp2_session_callbacks_del(callbacks);  // the session keeps a copy
+  if (rv != 0) return absl::ResourceExhaustedError("out of memory");
+  return SessionPtr(session);
+}
+
+absl::Status SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return absl::UnavailableError(absl::StrCat("fcntl: ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status WaitFor(int fd, short events, absl::Time deadline) {
   for (;;) {
@@ -80,6 +104,21 @@ std::vector<nghttp2_nv> NameValues(std::vector<std::pair<std::string, std::strin
                    NGHTTP2_NV_FLAG_NONE});
   }
   return nva;
+}
+
+std::string GrpcMessage(const std::string& message) {
+  uint32_t len = static_cast<uint32_t>(message.size());
+  std::string out;
+  out.reserve(kGrpcPrefix + message.size());
+  out.push_back('\0');
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(len >> shift));
+  out += message;
+  return out;
+}
+
+uint32_t GrpcMessageLength(const char* prefix) {
+  const auto* p = reinterpret_cast<const uint8_t*>(prefix);
+  return (uint32_t{p[1]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 8) | p[4];
 }
 
 }  // namespace fabric::cni

@@ -64,6 +64,21 @@ inline std::string EncodeHeaders(nghttp2_hd_deflater* deflater,
   return block;
 }
 
+// A header block of fewer than `max_fields` fields drawn from `in`: each
+// a name of `names` and either that table's value of `values` or up to 31
+// bytes of the input, HPACK-encoded with `deflater`.
+template <size_t N>
+std::string FuzzHeaderBlock(nghttp2_hd_deflater* deflater, FuzzInput& in, int max_fields,
+                            const char* const (&names)[N], const char* const (&values)[N]) {
+  std::vector<std::pair<std::string, std::string>> fields;
+  int n = in.Byte() % max_fields;
+  for (int i = 0; i < n; ++i) {
+    uint8_t b = in.Byte();
+    fields.emplace_back(names[b % N], (b & 0x80) ? in.Bytes(in.Byte() % 32) : values[(b >> 3) % N]);
+  }
+  return EncodeHeaders(deflater, std::move(fields));
+}
+
 // A gRPC message: the compressed flag, a big-endian length, the bytes.
 inline std::string GrpcFramed(const std::string& message, char flag = 0) {
   uint32_t n = static_cast<uint32_t>(message.size());
