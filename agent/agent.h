@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -131,6 +132,11 @@ class Agent {
  private:
   Agent() = default;
   class NftablesChanges;
+  // Start's second half (agent_frontends.cc): the gRPC servers, the socket
+  // front and the operator's HTTP; then the LAN front-ends, when configured.
+  absl::Status StartServing(const AgentConfig& config);
+  absl::Status StartLan(const AgentConfig& config,
+                        const std::pair<uint16_t, uint16_t>& dynamic_range, bool follow_route);
 
   // Held for the agent's lifetime; released last.
   std::unique_ptr<InstanceLock> lock_;
